@@ -1,0 +1,238 @@
+"""The only place audio is converted.
+
+Inside voxgate audio is a 1-D float32 numpy array, mono, 16 kHz. Files are decoded with PyAV
+(any container/codec FFmpeg knows), downmixed by libswresample at the source rate and resampled
+to 16 kHz with soxr *in blocks*, so a 3-hour file never holds 3 hours of PCM at the original rate.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+import soxr
+
+from .errors import AudioError
+
+__all__ = [
+    "SAMPLE_RATE",
+    "AudioSource",
+    "decode_audio",
+    "iter_audio_blocks",
+    "probe_duration",
+    "pcm16_to_float32",
+    "float32_to_pcm16",
+    "f32le_to_float32",
+    "resample",
+    "encode_wav",
+    "StreamResampler",
+]
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+AudioSource = Union[str, os.PathLike, bytes, BinaryIO]
+_BLOCK_SECONDS = 30.0
+
+
+def _open_container(source: AudioSource):  # -> av.container.InputContainer
+    import av
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise AudioError("empty input: 0 bytes of audio")
+        handle: object = io.BytesIO(bytes(source))
+        name = "<bytes>"
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = str(path)
+        if not path.exists():
+            raise AudioError(f"{name}: no such file")
+        if path.is_dir():
+            raise AudioError(f"{name}: is a directory, not an audio file")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{name}: empty file (0 bytes)")
+        handle = str(path)
+    else:
+        handle = source
+        name = getattr(source, "name", "<stream>")
+    try:
+        container = av.open(handle, mode="r", metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise AudioError(f"{name}: not a readable audio file ({_ffmpeg_reason(exc)})") from exc
+    if not container.streams.audio:
+        container.close()
+        raise AudioError(f"{name}: contains no audio stream")
+    return container, name
+
+
+def _ffmpeg_reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def iter_audio_blocks(
+    source: AudioSource, sample_rate: int = SAMPLE_RATE, block_seconds: float = _BLOCK_SECONDS
+) -> Iterator[np.ndarray]:
+    """Yield float32 mono blocks of about ``block_seconds`` at ``sample_rate``.
+
+    Memory stays bounded by one block at the source rate, whatever the file's length. A file
+    truncated mid-stream yields what was decodable and logs a warning rather than failing.
+    """
+    import av
+
+    container, name = _open_container(source)
+    try:
+        stream = container.streams.audio[0]
+        stream.thread_type = "AUTO"
+        to_mono = av.AudioResampler(format="flt", layout="mono")
+        resampler: soxr.ResampleStream | None = None
+        source_rate = 0
+        pending: list[np.ndarray] = []
+        pending_len = 0
+        block_len = max(int(block_seconds * sample_rate), 1)
+        try:
+            for frame in container.decode(stream):
+                for mono in to_mono.resample(frame):
+                    if resampler is None:
+                        source_rate = mono.sample_rate
+                        resampler = _make_stream(source_rate, sample_rate)
+                    samples = mono.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                    out = resampler.resample_chunk(samples) if resampler else samples
+                    if out.size:
+                        pending.append(out)
+                        pending_len += out.size
+                    if pending_len >= block_len:
+                        yield np.concatenate(pending)
+                        pending, pending_len = [], 0
+            for mono in to_mono.resample(None):
+                if resampler is None:
+                    source_rate = mono.sample_rate
+                    resampler = _make_stream(source_rate, sample_rate)
+                pending.append(resampler.resample_chunk(mono.to_ndarray().reshape(-1)))
+        except av.error.FFmpegError as exc:
+            if resampler is None:
+                raise AudioError(f"{name}: cannot decode audio ({_ffmpeg_reason(exc)})") from exc
+            logger.warning("%s: decoding stopped early (%s); using the audio before it",
+                           name, _ffmpeg_reason(exc))
+        if resampler is not None:
+            pending.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        tail = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+        if tail.size:
+            yield tail.astype(np.float32, copy=False)
+    finally:
+        container.close()
+
+
+def _make_stream(in_rate: int, out_rate: int) -> soxr.ResampleStream:
+    return soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+
+
+def decode_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode a whole file/bytes/stream to float32 mono at ``sample_rate``.
+
+    Raises :class:`AudioError` with a one-line reason for missing, empty, non-audio or
+    undecodable input; zero decoded samples is also an error.
+    """
+    blocks = list(iter_audio_blocks(source, sample_rate))
+    audio = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    if audio.size == 0:
+        name = source if isinstance(source, (str, os.PathLike)) else "input"
+        raise AudioError(f"{name}: contains no audio samples (zero-length audio)")
+    return np.clip(audio, -1.0, 1.0, out=audio)
+
+
+def probe_duration(source: str | os.PathLike) -> float | None:
+    """Container-declared duration in seconds without decoding (None when unknown)."""
+    container, _ = _open_container(source)
+    try:
+        stream = container.streams.audio[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if container.duration is not None:
+            return container.duration / 1_000_000
+        return None
+    finally:
+        container.close()
+
+
+def pcm16_to_float32(data: bytes | bytearray | memoryview) -> np.ndarray:
+    """Little-endian signed 16-bit PCM bytes -> float32 in [-1, 1)."""
+    if len(data) % 2:
+        raise AudioError(f"PCM16 audio must have an even number of bytes, got {len(data)}")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def f32le_to_float32(data: bytes | bytearray | memoryview) -> np.ndarray:
+    """Little-endian float32 bytes -> float32 array (copy)."""
+    if len(data) % 4:
+        raise AudioError(f"float32 audio must be a multiple of 4 bytes, got {len(data)}")
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+def float32_to_pcm16(audio: np.ndarray) -> bytes:
+    """float32 [-1, 1] -> little-endian PCM16 bytes (clipped, rounded)."""
+    clipped = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 32767 / 32768)
+    return np.round(clipped * 32768.0).astype("<i2").tobytes()
+
+
+def downmix(interleaved: np.ndarray, channels: int) -> np.ndarray:
+    """Interleaved multi-channel samples -> mono by averaging the channels."""
+    if channels <= 1:
+        return np.asarray(interleaved, dtype=np.float32)
+    usable = (interleaved.size // channels) * channels
+    return interleaved[:usable].reshape(-1, channels).mean(axis=1).astype(np.float32)
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a whole array with soxr (HQ). Identity when the rates match."""
+    if from_rate <= 0 or to_rate <= 0:
+        raise AudioError(f"invalid sample rate {from_rate} -> {to_rate}")
+    audio = np.asarray(audio, dtype=np.float32)
+    if from_rate == to_rate or audio.size == 0:
+        return audio
+    return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def encode_wav(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """float32 mono -> a complete 16-bit PCM WAV file in memory."""
+    pcm = float32_to_pcm16(audio)
+    header = b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVE"
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+    return header + fmt + b"data" + struct.pack("<I", len(pcm)) + pcm
+
+
+class StreamResampler:
+    """Resample a live stream chunk by chunk, keeping filter state across chunk borders.
+
+    Resampling each chunk on its own restarts the filter and clicks at every border and
+    drifts in length; this keeps one soxr stream per audio stream instead.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int = SAMPLE_RATE, channels: int = 1) -> None:
+        if in_rate <= 0 or out_rate <= 0:
+            raise AudioError(f"invalid sample rate {in_rate} -> {out_rate}")
+        if channels < 1:
+            raise AudioError(f"invalid channel count {channels}")
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self.channels = channels
+        self._stream = None if in_rate == out_rate else _make_stream(in_rate, out_rate)
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        """Feed interleaved float32 samples; get mono float32 at ``out_rate`` (may be empty)."""
+        mono = downmix(np.asarray(chunk, dtype=np.float32).reshape(-1), self.channels)
+        if self._stream is None:
+            return mono
+        return self._stream.resample_chunk(mono)
+
+    def flush(self) -> np.ndarray:
+        """End of stream: return the samples still held in the filter."""
+        if self._stream is None:
+            return np.zeros(0, np.float32)
+        return self._stream.resample_chunk(np.zeros(0, np.float32), last=True)

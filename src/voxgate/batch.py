@@ -1,0 +1,131 @@
+"""Long-form transcription of a whole recording.
+
+VAD finds speech; speech spans are packed into chunks of at most ``max_chunk_s`` (cut only in
+pauses, so no word is split); chunks are decoded ``batch_size`` at a time in one model call;
+segment and word times are shifted back into the original file's time base. Results stream out
+as a generator so callers can print and report progress while the rest decodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+from .engines.base import Asr, AsrOptions, Vad, VadOptions
+from .types import Segment, SpeechSpan, Transcript, Word
+
+__all__ = ["BatchOptions", "BatchUpdate", "plan_chunks", "iter_transcribe", "transcribe_audio"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class BatchOptions:
+    asr: AsrOptions = field(default_factory=AsrOptions)
+    vad: VadOptions = field(default_factory=VadOptions)
+    use_vad: bool = True
+    batch_size: int = 8
+    max_chunk_s: float = 30.0
+
+
+@dataclass(slots=True)
+class BatchUpdate:
+    """Progress of one transcription: new segments plus where we are."""
+
+    segments: list[Segment]
+    processed_s: float  # audio seconds covered so far (speech decoded + silence skipped)
+    duration_s: float
+    language: str
+    language_probability: float
+    vad_coverage: float
+
+
+def plan_chunks(spans: list[SpeechSpan], max_chunk_s: float,
+                sample_rate: int = SAMPLE_RATE) -> list[SpeechSpan]:
+    """Pack consecutive speech spans into chunks no longer than ``max_chunk_s``.
+
+    A chunk runs from its first span's start to its last span's end (short pauses inside are
+    kept, so times map back by a plain offset). Spans longer than the limit are hard-split.
+    """
+    limit = int(max_chunk_s * sample_rate)
+    chunks: list[SpeechSpan] = []
+    for span in spans:
+        start, end = span.start, span.end
+        while end - start > limit:
+            chunks.append(SpeechSpan(start, start + limit))
+            start += limit
+        if chunks and end - chunks[-1].start <= limit and start >= chunks[-1].end:
+            chunks[-1] = SpeechSpan(chunks[-1].start, end)
+        else:
+            chunks.append(SpeechSpan(start, end))
+    return chunks
+
+
+def _shift(segment: Segment, offset: float, index: int, limit: float) -> Segment:
+    words = [Word(min(w.start + offset, limit), min(w.end + offset, limit), w.word, w.probability)
+             for w in segment.words]
+    return replace(segment, id=index, start=min(segment.start + offset, limit),
+                   end=min(segment.end + offset, limit), words=words)
+
+
+def iter_transcribe(audio: np.ndarray, asr: Asr, vad: Vad | None,
+                    options: BatchOptions) -> Iterator[BatchUpdate]:
+    """Yield :class:`BatchUpdate` objects as batches of chunks are decoded."""
+    total = audio.size
+    duration = total / SAMPLE_RATE
+    if options.use_vad and vad is not None:
+        vad_opts = replace(options.vad, max_speech_s=options.max_chunk_s)
+        spans = vad.speech_spans(audio, vad_opts)
+        chunks = plan_chunks(spans, options.max_chunk_s)
+    else:
+        chunks = [SpeechSpan(0, total)] if total else []
+    speech = sum(c.end - c.start for c in chunks)
+    coverage = speech / total if total else 0.0
+
+    asr_options = replace(options.asr)
+    language = asr_options.language if asr_options.language not in (None, "", "auto") else None
+    probability = 1.0
+    if language is None and chunks:
+        language, probability = asr.detect_language(audio[chunks[0].start:chunks[0].end])
+        asr_options.language = language
+    language = language or ""
+    if not chunks:
+        yield BatchUpdate([], duration, duration, language, 0.0, 0.0)
+        return
+
+    if not options.use_vad or vad is None:  # whole input, one utterance
+        result = asr.transcribe(audio, asr_options)
+        yield BatchUpdate([_shift(s, 0.0, i, duration) for i, s in enumerate(result.segments)],
+                          duration, duration, result.language, result.language_probability, 1.0)
+        return
+
+    index = 0
+    for first in range(0, len(chunks), options.batch_size):
+        group = chunks[first:first + options.batch_size]
+        results = asr.transcribe_batch([audio[c.start:c.end] for c in group], asr_options)
+        new: list[Segment] = []
+        for chunk, result in zip(group, results):
+            for segment in result.segments:
+                new.append(_shift(segment, chunk.start / SAMPLE_RATE, index, duration))
+                index += 1
+        done = group[-1].end if first + options.batch_size < len(chunks) else total
+        yield BatchUpdate(new, done / SAMPLE_RATE, duration, language, probability, coverage)
+
+
+def transcribe_audio(audio: np.ndarray, asr: Asr, vad: Vad | None, options: BatchOptions,
+                     model_id: str = "") -> Transcript:
+    """Collect :func:`iter_transcribe` into one :class:`Transcript`."""
+    segments: list[Segment] = []
+    last: BatchUpdate | None = None
+    for update in iter_transcribe(audio, asr, vad, options):
+        segments.extend(update.segments)
+        last = update
+    assert last is not None  # iter_transcribe always yields at least once
+    return Transcript(segments=segments, language=last.language,
+                      language_probability=last.language_probability,
+                      duration=audio.size / SAMPLE_RATE, model=model_id,
+                      vad_coverage=last.vad_coverage, task=options.asr.task)

@@ -1,0 +1,102 @@
+"""Settings: built once at start-up and passed down explicitly (never a module global).
+
+Every value comes from the environment (prefix ``VOXGATE_``, nested groups joined with ``__``,
+e.g. ``VOXGATE_LLM__BASE_URL``) or a ``.env`` file. Nothing else in voxgate reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "AsrSettings", "LlmSettings", "OnnxSettings", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """The user's cache dir (XDG), where joined model packs live."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "voxgate"
+
+
+class AsrSettings(BaseModel):
+    """Speech recognition defaults; requests may override model, language and beam size."""
+
+    model: str = "whisper-base"
+    partial_model: str = "whisper-tiny.en"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = "default"  # int8 on CPU, float16 on CUDA when "default"
+    cpu_threads: int = 0  # 0: CTranslate2 picks
+    beam_size: int = Field(5, ge=1, le=20)
+    batch_size: int = Field(8, ge=1, le=64)
+    max_chunk_s: float = Field(30.0, gt=1.0, le=30.0)
+    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    min_silence_ms: int = Field(500, ge=0)
+    speech_pad_ms: int = Field(200, ge=0)
+
+
+class LlmSettings(BaseModel):
+    """LLM for cleanup / summaries / translation. Empty ``base_url``: the offline GGUF in-process."""
+
+    base_url: str = ""
+    api_key: str = ""
+    model: str = "qwen2.5-coder-1.5b-instruct-q4km"
+    timeout_s: float = 120.0
+    max_retries: int = 3
+    context_tokens: int = 8192
+    threads: int = 0
+
+
+class OnnxSettings(BaseModel):
+    """ONNX Runtime execution providers and threads (Parakeet, VAD, Piper)."""
+
+    providers: list[str] = ["CPUExecutionProvider"]
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    trt_fp16: bool = True
+    trt_engine_cache_dir: str = ""
+
+
+class Settings(BaseSettings):
+    """All of voxgate's configuration. See README "Configuration" for every variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VOXGATE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("data")
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    api_keys: Annotated[list[str], NoDecode] = []
+    redis_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    grpc_port: int = 50051
+    wyoming_uri: str = ""
+    max_upload_mb: int = Field(500, ge=1)
+    max_queue_depth: int = Field(100, ge=1)
+    max_streams: int = Field(16, ge=1)
+    max_concurrent_transcriptions: int = Field(2, ge=1)
+    job_timeout_s: int = Field(3 * 3600, ge=10)
+    result_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    model_idle_ttl_s: float = Field(0.0, ge=0.0)  # 0: keep loaded models forever
+    offline: bool = False  # True: never try a model hub
+    asr: AsrSettings = AsrSettings()
+    llm: LlmSettings = LlmSettings()
+    onnx: OnnxSettings = OnnxSettings()
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)

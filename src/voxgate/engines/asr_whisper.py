@@ -1,0 +1,167 @@
+"""Whisper through faster-whisper / CTranslate2.
+
+int8 on CPU and float16 on CUDA unless configured otherwise. ``transcribe_batch`` runs several
+<=30 s chunks through one encoder/decoder call (faster-whisper's batched pipeline fed our own
+chunk boundaries), which is where the long-form speed-up over sequential decoding comes from.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import EngineError, ModelError
+from ..types import Segment, Word
+from .base import AsrCapabilities, AsrOptions, AsrResult
+
+__all__ = ["WhisperAsr", "segment_confidence"]
+
+logger = logging.getLogger(__name__)
+_SAMPLE_RATE = 16_000
+# Whisper's own rule for "this window is silence": high no-speech prob and low log-prob.
+_NO_SPEECH_PROB = 0.6
+_LOGPROB_FLOOR = -1.0
+
+
+def segment_confidence(avg_logprob: float, no_speech_prob: float) -> float:
+    """A 0..1 confidence: mean token probability, discounted by the no-speech probability."""
+    return float(max(0.0, min(1.0, math.exp(avg_logprob) * (1.0 - no_speech_prob))))
+
+
+class WhisperAsr:
+    """A faster-whisper model shared by all sessions (CTranslate2 is thread-safe for inference)."""
+
+    name = "whisper"
+
+    def __init__(self, model_path: str, *, model_id: str = "", device: str = "auto",
+                 compute_type: str = "default", cpu_threads: int = 0,
+                 num_workers: int = 1) -> None:
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        if device == "auto":
+            device = "cuda" if _cuda_available() else "cpu"
+        if compute_type == "default":
+            compute_type = "float16" if device == "cuda" else "int8"
+        try:
+            self.model = WhisperModel(model_path, device=device, compute_type=compute_type,
+                                      cpu_threads=cpu_threads, num_workers=num_workers)
+        except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError with details
+            raise ModelError(f"cannot load Whisper model from {model_path}: {exc}") from exc
+        self.batched = BatchedInferencePipeline(self.model)
+        self._batch_lock = threading.Lock()  # the batched pipeline keeps per-call state
+        self.model_id = model_id or model_path
+        self.device = device
+        self.compute_type = compute_type
+        multilingual = bool(self.model.model.is_multilingual)
+        self.capabilities = AsrCapabilities(
+            batch=True, streaming=False, word_timestamps=True, translate=multilingual,
+            language_detection=multilingual,
+            languages=tuple(self.model.supported_languages) if multilingual else ("en",),
+        )
+
+    @classmethod
+    def load(cls, resolved: Any, settings: Any) -> "WhisperAsr":
+        asr = settings.asr
+        return cls(str(resolved.path), model_id=resolved.spec.id, device=asr.device,
+                   compute_type=asr.compute_type, cpu_threads=asr.cpu_threads)
+
+    def _check(self, options: AsrOptions) -> str | None:
+        language = options.language
+        if language in ("", "auto"):
+            language = None
+        if not self.capabilities.language_detection:
+            if language not in (None, "en"):
+                raise EngineError(f"{self.model_id} is English-only; language {language!r} "
+                                  "needs a multilingual model")
+            language = "en"
+        elif language is not None and language not in self.capabilities.languages:
+            raise EngineError(f"unsupported language {language!r} for {self.model_id}")
+        if options.task == "translate" and not self.capabilities.translate:
+            raise EngineError(f"{self.model_id} cannot translate (English-only model)")
+        return language
+
+    def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
+        """One utterance, decoded whole with Whisper's sequential long-form algorithm."""
+        language = self._check(options)
+        segments, info = self.model.transcribe(
+            audio, language=language, task=options.task, beam_size=options.beam_size,
+            word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
+            hotwords=options.hotwords, temperature=options.temperature or 0.0,
+            condition_on_previous_text=False, vad_filter=False,
+        )
+        return AsrResult(
+            segments=[s for s in (_convert(i, seg) for i, seg in enumerate(segments)) if s],
+            language=info.language, language_probability=float(info.language_probability),
+            duration=audio.size / _SAMPLE_RATE,
+        )
+
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+        """Most likely language of (the first 30 s of) ``audio`` and its probability."""
+        if not self.capabilities.language_detection:
+            return "en", 1.0
+        language, probability, _ = self.model.detect_language(audio[: 30 * _SAMPLE_RATE])
+        return language, float(probability)
+
+    def transcribe_batch(self, chunks: Sequence[np.ndarray], options: AsrOptions) -> list[AsrResult]:
+        """Several chunks of at most 30 s, decoded in one batched call; results in input order."""
+        if not chunks:
+            return []
+        language = self._check(options)
+        offsets: list[float] = []
+        position = 0
+        for chunk in chunks:
+            offsets.append(position / _SAMPLE_RATE)
+            position += chunk.size
+        joined = np.concatenate([np.asarray(c, np.float32) for c in chunks])
+        clips = [{"start": off, "end": off + c.size / _SAMPLE_RATE} for off, c in zip(offsets, chunks)]
+        with self._batch_lock:
+            segments, info = self.batched.transcribe(
+                joined, language=language, task=options.task, beam_size=options.beam_size,
+                word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
+                hotwords=options.hotwords, temperature=options.temperature or 0.0,
+                clip_timestamps=clips, vad_filter=False, batch_size=len(chunks),
+                without_timestamps=not options.word_timestamps,
+            )
+            segments = list(segments)
+        results = [AsrResult([], info.language, float(info.language_probability),
+                             c.size / _SAMPLE_RATE) for c in chunks]
+        frames_per_second = self.model.frames_per_second
+        index_of = {int(off * frames_per_second): i for i, off in enumerate(offsets)}
+        for seg in segments:
+            i = index_of.get(int(seg.seek))
+            if i is None:  # fall back to the chunk whose span holds the segment start
+                i = max(k for k, off in enumerate(offsets) if off <= seg.start + 1e-3)
+            converted = _convert(len(results[i].segments), seg, shift=-offsets[i])
+            if converted:
+                results[i].segments.append(converted)
+        return results
+
+
+def _convert(index: int, seg: Any, shift: float = 0.0) -> Segment | None:
+    """faster-whisper segment -> voxgate Segment; drops Whisper's "silence" windows."""
+    text = seg.text.strip()
+    if not text:
+        return None
+    if seg.no_speech_prob > _NO_SPEECH_PROB and seg.avg_logprob < _LOGPROB_FLOOR:
+        return None
+    words = [Word(max(0.0, w.start + shift), max(0.0, w.end + shift), w.word.strip(),
+                  float(w.probability)) for w in (seg.words or [])]
+    return Segment(
+        id=index, start=max(0.0, seg.start + shift), end=max(0.0, seg.end + shift), text=text,
+        words=words, avg_logprob=float(seg.avg_logprob), no_speech_prob=float(seg.no_speech_prob),
+        confidence=segment_confidence(seg.avg_logprob, seg.no_speech_prob),
+    )
+
+
+def _cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:  # no CUDA runtime at all
+        return False

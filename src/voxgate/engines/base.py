@@ -1,0 +1,178 @@
+"""Engine protocols: what every ASR / VAD / TTS / LLM / MT backend offers.
+
+Sessions (batch, streaming, jobs, agent) only talk to these protocols, so adding a backend never
+touches a front door. Audio in is always float32 mono 16 kHz (see ``voxgate.audio``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..types import Segment, SpeechSpan, TtsChunk
+
+__all__ = [
+    "AsrCapabilities",
+    "AsrOptions",
+    "AsrResult",
+    "Asr",
+    "VadOptions",
+    "Vad",
+    "VadStream",
+    "Tts",
+    "ChatMessage",
+    "Llm",
+    "Mt",
+]
+
+Task = Literal["transcribe", "translate"]
+
+
+@dataclass(frozen=True, slots=True)
+class AsrCapabilities:
+    """What an ASR engine can do; front doors use this to reject unsupported requests early."""
+
+    batch: bool = True
+    streaming: bool = False
+    word_timestamps: bool = False
+    translate: bool = False
+    language_detection: bool = False
+    languages: tuple[str, ...] = ()  # empty: any language the model knows
+
+
+@dataclass(slots=True)
+class AsrOptions:
+    """Decoding options for one request. ``language=None`` means auto-detect."""
+
+    language: str | None = None
+    task: Task = "transcribe"
+    beam_size: int = 5
+    word_timestamps: bool = False
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    temperature: float = 0.0
+
+    def as_versions(self) -> dict[str, Any]:
+        """Parameters that change the output, for reproducibility records."""
+        return {
+            "language": self.language,
+            "task": self.task,
+            "beam_size": self.beam_size,
+            "word_timestamps": self.word_timestamps,
+            "initial_prompt": self.initial_prompt,
+            "hotwords": self.hotwords,
+            "temperature": self.temperature,
+        }
+
+
+@dataclass(slots=True)
+class AsrResult:
+    """Recognition of one audio chunk. Segment/word times are relative to the chunk start."""
+
+    segments: list[Segment]
+    language: str
+    language_probability: float = 1.0
+    duration: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+
+@runtime_checkable
+class Asr(Protocol):
+    """Speech recognition engine. One instance is shared by every session using the model."""
+
+    name: str
+    capabilities: AsrCapabilities
+
+    def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
+        """Recognise one chunk (at most ~30 s for Whisper-style models)."""
+        ...
+
+    def transcribe_batch(self, chunks: Sequence[np.ndarray], options: AsrOptions) -> list[AsrResult]:
+        """Recognise several chunks in as few model calls as possible, results in input order."""
+        ...
+
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+        """Most likely language code and its probability (engines without detection: fixed)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class VadOptions:
+    threshold: float = 0.5
+    min_speech_ms: int = 250
+    min_silence_ms: int = 500
+    speech_pad_ms: int = 200
+    max_speech_s: float = float("inf")
+
+
+class VadStream(Protocol):
+    """Per-stream VAD state: feed any chunk size, get per-frame speech probabilities."""
+
+    frame_samples: int
+
+    def accept(self, audio: np.ndarray) -> np.ndarray:
+        """Probabilities (0..1) for each complete frame now available, in order."""
+        ...
+
+    def reset(self) -> None:
+        ...
+
+
+@runtime_checkable
+class Vad(Protocol):
+    name: str
+
+    def speech_spans(self, audio: np.ndarray, options: VadOptions) -> list[SpeechSpan]:
+        """Speech regions of a whole signal, in samples."""
+        ...
+
+    def stream(self) -> VadStream:
+        """A new independent streaming state sharing this model."""
+        ...
+
+
+@runtime_checkable
+class Tts(Protocol):
+    name: str
+    sample_rate: int
+    languages: tuple[str, ...]
+
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[TtsChunk]:
+        """Audio for ``text`` in chunks (sentence-wise where the engine allows)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@runtime_checkable
+class Llm(Protocol):
+    name: str
+
+    def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
+               temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
+               ) -> AsyncIterator[str]:
+        """Text deltas; ``json_schema`` asks for schema-constrained output where supported."""
+        ...
+
+    async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
+                       temperature: float = 0.0, json_schema: dict[str, Any] | None = None) -> str:
+        ...
+
+
+@runtime_checkable
+class Mt(Protocol):
+    name: str
+
+    async def translate(self, text: str, source: str, target: str) -> str:
+        ...

