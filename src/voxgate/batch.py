@@ -66,10 +66,12 @@ def plan_chunks(spans: list[SpeechSpan], max_chunk_s: float,
 
 
 def _shift(segment: Segment, offset: float, index: int, limit: float) -> Segment:
-    words = [Word(min(w.start + offset, limit), min(w.end + offset, limit), w.word, w.probability)
-             for w in segment.words]
-    return replace(segment, id=index, start=min(segment.start + offset, limit),
-                   end=min(segment.end + offset, limit), words=words)
+    """Move chunk-relative times into the file's time base (ms precision, inside the audio)."""
+    def at(t: float) -> float:
+        return round(min(max(t + offset, 0.0), limit), 3)
+
+    words = [Word(at(w.start), at(w.end), w.word, w.probability) for w in segment.words]
+    return replace(segment, id=index, start=at(segment.start), end=at(segment.end), words=words)
 
 
 def iter_transcribe(audio: np.ndarray, asr: Asr, vad: Vad | None,

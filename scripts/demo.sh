@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job, offline: transcribe a real recording (LibriVox, public domain) with timestamps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh all
+clips=(/usr/share/pocketsphinx/test/data/librivox/*.wav)
+workdir="$(mktemp -d)"
+# Five consecutive LibriVox clips joined into one recording.
+sox "${clips[@]}" "$workdir/sense_and_sensibility.wav"
+.venv/bin/voxgate transcribe "$workdir/sense_and_sensibility.wav" --format srt
+.venv/bin/voxgate transcribe "$workdir/sense_and_sensibility.wav" --format text

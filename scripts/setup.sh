@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up voxgate on a fresh Debian/Ubuntu machine with Python 3.11+: system packages, a venv
+# in .venv and the package with the extras given as arguments (default: all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-all}"
+sudo_cmd=""
+if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+# pocketsphinx-testdata: real LibriVox speech with transcripts (demo + tests);
+# espeak-ng / festival + festvox-ru: text-to-speech voices; sox: audio checks in tests.
+$sudo_cmd apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+  pocketsphinx-testdata sox espeak-ng >/dev/null
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[${extras}]"

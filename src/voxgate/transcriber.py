@@ -1,0 +1,96 @@
+"""Files in, transcripts out: decode once, then the batch path with shared engines.
+
+The CLI, the jobs worker and the OpenAI-compatible API all go through here, so a file is
+transcribed the same way whichever door it came in by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .audio import AudioSource, decode_audio
+from .batch import BatchOptions, BatchUpdate, iter_transcribe
+from .config import Settings
+from .engines.base import AsrOptions, VadOptions
+from .engines.manager import ModelManager
+from .types import Segment, Transcript
+
+__all__ = ["TranscribeRequest", "FileTranscriber"]
+
+ProgressCallback = Callable[[float, float], None]  # (seconds done, seconds total)
+
+
+@dataclass(slots=True)
+class TranscribeRequest:
+    """What the caller asked for; unset values come from Settings."""
+
+    model: str
+    language: str | None = None
+    task: str = "transcribe"
+    word_timestamps: bool = False
+    beam_size: int = 5
+    batch_size: int = 8
+    use_vad: bool = True
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    temperature: float = 0.0
+
+    def asr_options(self) -> AsrOptions:
+        return AsrOptions(language=self.language, task=self.task,  # type: ignore[arg-type]
+                          beam_size=self.beam_size, word_timestamps=self.word_timestamps,
+                          initial_prompt=self.initial_prompt, hotwords=self.hotwords,
+                          temperature=self.temperature)
+
+
+class FileTranscriber:
+    """Transcribes files with one model (loaded once, shared through the ModelManager)."""
+
+    def __init__(self, settings: Settings, request: TranscribeRequest,
+                 manager: ModelManager | None = None) -> None:
+        self.settings = settings
+        self.request = request
+        self.manager = manager or ModelManager(settings)
+        self.asr = self.manager.asr(request.model)
+        self.vad = self.manager.vad() if request.use_vad else None
+
+    def batch_options(self) -> BatchOptions:
+        asr = self.settings.asr
+        return BatchOptions(
+            asr=self.request.asr_options(),
+            vad=VadOptions(threshold=asr.vad_threshold, min_silence_ms=asr.min_silence_ms,
+                           speech_pad_ms=asr.speech_pad_ms),
+            use_vad=self.request.use_vad,
+            batch_size=self.request.batch_size,
+            max_chunk_s=asr.max_chunk_s,
+        )
+
+    def iter_audio(self, audio: np.ndarray) -> Iterator[BatchUpdate]:
+        """Updates for already-decoded audio, as batches finish."""
+        return iter_transcribe(audio, self.asr, self.vad, self.batch_options())
+
+    def run_audio(self, audio: np.ndarray, progress: ProgressCallback | None = None) -> Transcript:
+        segments: list[Segment] = []
+        last: BatchUpdate | None = None
+        for update in self.iter_audio(audio):
+            segments.extend(update.segments)
+            last = update
+            if progress:
+                progress(update.processed_s, update.duration_s)
+        duration = audio.size / 16_000
+        return Transcript(
+            segments=segments,
+            language=last.language if last else (self.request.language or ""),
+            language_probability=last.language_probability if last else 0.0,
+            duration=duration,
+            model=self.manager.resolved("asr", self.request.model).spec.id
+            if self.manager.resolved("asr", self.request.model) else self.request.model,
+            vad_coverage=last.vad_coverage if last else 0.0,
+            task=self.request.task,
+        )
+
+    def run(self, source: AudioSource, progress: ProgressCallback | None = None) -> Transcript:
+        """Decode ``source`` (path, bytes or stream) and transcribe it."""
+        return self.run_audio(decode_audio(source), progress)
