@@ -107,7 +107,11 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
 
 def _routers() -> list[Any]:
     """Routers of every front door (later issues add theirs here)."""
-    return []
+    routers: list[Any] = []
+    from .openai_api import router as openai_router  # OpenAI-compatible audio API + /v1/models
+
+    routers.append(openai_router)
+    return routers
 
 
 def _models_check(state: AppState):  # -> ReadyCheck

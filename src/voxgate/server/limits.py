@@ -1,0 +1,96 @@
+"""Server-wide bound on concurrent file transcriptions (OpenAI API and Wyoming share it).
+
+HTTP callers are answered at once (``try_acquire`` fails -> 429 with a Retry-After estimate);
+Wyoming callers, which have no retry convention, wait their turn (``acquire`` with a timeout).
+Slots are handed over first-come first-served. Every method runs on the event loop thread;
+worker threads give a slot back through ``loop.call_soon_threadsafe(slots.release)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+
+from .state import AppState
+
+__all__ = ["TranscriptionSlots", "transcription_slots"]
+
+_KEY = "transcription-slots"
+_DEFAULT_RETRY_S = 5
+_MAX_RETRY_S = 120
+
+
+class TranscriptionSlots:
+    """At most ``limit`` transcriptions at once; remembers how long one takes (for Retry-After)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = limit
+        self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._started: deque[float] = deque()
+        self._mean_s: float | None = None  # exponential moving average of one job's wall time
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody is queued for it."""
+        if self.active >= self.limit or self._waiters:
+            return False
+        self.active += 1
+        self._started.append(time.monotonic())
+        return True
+
+    async def acquire(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a slot; False when none came."""
+        if self.try_acquire():
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:  # wait_for cancelled the future, so release() skips it
+            self._discard(future)
+            return False
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # the slot arrived as we were cancelled
+                self.release()
+            else:
+                self._discard(future)
+            raise
+        return True
+
+    def release(self) -> None:
+        """Give a slot back (to the longest waiter, if any)."""
+        if self._started:
+            took = time.monotonic() - self._started.popleft()
+            self._mean_s = took if self._mean_s is None else 0.7 * self._mean_s + 0.3 * took
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._started.append(time.monotonic())
+                waiter.set_result(None)
+                return
+        self.active = max(self.active - 1, 0)
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: a typical job's time spread over the slots."""
+        if self._mean_s is None:
+            return _DEFAULT_RETRY_S
+        return max(1, min(_MAX_RETRY_S, math.ceil(self._mean_s / self.limit)))
+
+    def _discard(self, future: asyncio.Future[None]) -> None:
+        try:
+            self._waiters.remove(future)
+        except ValueError:
+            pass
+
+
+def transcription_slots(state: AppState) -> TranscriptionSlots:
+    """The app's one :class:`TranscriptionSlots`, created on first use."""
+    slots = state.components.get(_KEY)
+    if slots is None:
+        slots = state.components[_KEY] = TranscriptionSlots(
+            state.settings.max_concurrent_transcriptions)
+    return slots
