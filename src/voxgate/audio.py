@@ -84,49 +84,71 @@ def iter_audio_blocks(
     Memory stays bounded by one block at the source rate, whatever the file's length. A file
     truncated mid-stream yields what was decodable and logs a warning rather than failing.
     """
-    import av
-
     container, name = _open_container(source)
     try:
-        stream = container.streams.audio[0]
-        stream.thread_type = "AUTO"
-        to_mono = av.AudioResampler(format="flt", layout="mono")
-        resampler: soxr.ResampleStream | None = None
-        source_rate = 0
-        pending: list[np.ndarray] = []
-        pending_len = 0
-        block_len = max(int(block_seconds * sample_rate), 1)
-        try:
-            for frame in container.decode(stream):
-                for mono in to_mono.resample(frame):
-                    if resampler is None:
-                        source_rate = mono.sample_rate
-                        resampler = _make_stream(source_rate, sample_rate)
-                    samples = mono.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-                    out = resampler.resample_chunk(samples) if resampler else samples
-                    if out.size:
-                        pending.append(out)
-                        pending_len += out.size
-                    if pending_len >= block_len:
-                        yield np.concatenate(pending)
-                        pending, pending_len = [], 0
-            for mono in to_mono.resample(None):
-                if resampler is None:
-                    source_rate = mono.sample_rate
-                    resampler = _make_stream(source_rate, sample_rate)
-                pending.append(resampler.resample_chunk(mono.to_ndarray().reshape(-1)))
-        except av.error.FFmpegError as exc:
-            if resampler is None:
-                raise AudioError(f"{name}: cannot decode audio ({_ffmpeg_reason(exc)})") from exc
-            logger.warning("%s: decoding stopped early (%s); using the audio before it",
-                           name, _ffmpeg_reason(exc))
-        if resampler is not None:
-            pending.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-        tail = np.concatenate(pending) if pending else np.zeros(0, np.float32)
-        if tail.size:
-            yield tail.astype(np.float32, copy=False)
+        yield from _decode_blocks(container, name, sample_rate, block_seconds)
     finally:
         container.close()
+
+
+def _decode_blocks(container, name: str, sample_rate: int,  # noqa: ANN001 (av container)
+                   block_seconds: float) -> Iterator[np.ndarray]:
+    import av
+
+    stream = container.streams.audio[0]
+    stream.thread_type = "AUTO"
+    # libswresample downmixes (any layout -> mono) at the source rate; soxr changes the rate.
+    to_mono = av.AudioResampler(format="flt", layout="mono")
+    converter: _RateConverter | None = None
+    pending: list[np.ndarray] = []
+    pending_len = 0
+    block_len = max(int(block_seconds * sample_rate), 1)
+
+    def take(frames: list) -> Iterator[np.ndarray]:  # noqa: ANN001 (av frames)
+        nonlocal converter, pending, pending_len
+        for mono in frames:
+            if converter is None:
+                converter = _RateConverter(mono.sample_rate, sample_rate)
+            out = converter.process(mono.to_ndarray().reshape(-1))
+            if out.size:
+                pending.append(out)
+                pending_len += out.size
+            if pending_len >= block_len:
+                yield np.concatenate(pending)
+                pending, pending_len = [], 0
+
+    try:
+        for frame in container.decode(stream):
+            yield from take(to_mono.resample(frame))
+        yield from take(to_mono.resample(None))
+    except av.error.FFmpegError as exc:
+        if converter is None:
+            raise AudioError(f"{name}: cannot decode audio ({_ffmpeg_reason(exc)})") from exc
+        logger.warning("%s: decoding stopped early (%s); using the audio before it",
+                       name, _ffmpeg_reason(exc))
+    if converter is not None:
+        pending.append(converter.flush())
+    tail = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+    if tail.size:
+        yield tail.astype(np.float32, copy=False)
+
+
+class _RateConverter:
+    """soxr stream when the rates differ, a plain copy when they match."""
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self._stream = None if in_rate == out_rate else _make_stream(in_rate, out_rate)
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        samples = samples.astype(np.float32, copy=False)
+        if self._stream is None:
+            return samples.copy()  # the frame's buffer is reused by the decoder
+        return self._stream.resample_chunk(samples)
+
+    def flush(self) -> np.ndarray:
+        if self._stream is None:
+            return np.zeros(0, np.float32)
+        return self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def _make_stream(in_rate: int, out_rate: int) -> soxr.ResampleStream:
@@ -137,14 +159,57 @@ def decode_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> np.ndar
     """Decode a whole file/bytes/stream to float32 mono at ``sample_rate``.
 
     Raises :class:`AudioError` with a one-line reason for missing, empty, non-audio or
-    undecodable input; zero decoded samples is also an error.
+    undecodable input; zero decoded samples is also an error. The output buffer is sized from
+    the container's declared duration, so peak memory is about one copy of the 16 kHz result
+    plus one block, not the whole file at its original rate (nor two copies of the result).
     """
-    blocks = list(iter_audio_blocks(source, sample_rate))
-    audio = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    container, name = _open_container(source)
+    try:
+        out = _Accumulator(_expected_samples(container, sample_rate))
+        for block in _decode_blocks(container, name, sample_rate, _BLOCK_SECONDS):
+            out.add(block)
+    finally:
+        container.close()
+    audio = out.result()
     if audio.size == 0:
-        name = source if isinstance(source, (str, os.PathLike)) else "input"
         raise AudioError(f"{name}: contains no audio samples (zero-length audio)")
     return np.clip(audio, -1.0, 1.0, out=audio)
+
+
+def _expected_samples(container, sample_rate: int) -> int:  # noqa: ANN001 (av container)
+    stream = container.streams.audio[0]
+    seconds = None
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / 1_000_000
+    if not seconds or seconds < 0 or seconds > 48 * 3600:  # unknown or implausible: grow
+        return 0
+    return int(seconds * sample_rate) + sample_rate  # + 1 s for codec padding
+
+
+class _Accumulator:
+    """A growable float32 buffer: preallocated from an estimate, grown by 1.5x if it was low."""
+
+    def __init__(self, capacity: int) -> None:
+        self._data = np.empty(max(capacity, 0), np.float32)
+        self._size = 0
+
+    def add(self, block: np.ndarray) -> None:
+        end = self._size + block.size
+        if end > self._data.size:
+            grown = np.empty(max(end, int(self._data.size * 1.5)), np.float32)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size:end] = block
+        self._size = end
+
+    def result(self) -> np.ndarray:
+        if self._size == self._data.size:
+            return self._data
+        if self._size < self._data.size // 2:  # estimate far too high: don't keep the slack
+            return self._data[: self._size].copy()
+        return self._data[: self._size]
 
 
 def probe_duration(source: str | os.PathLike) -> float | None:

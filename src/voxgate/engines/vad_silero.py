@@ -22,6 +22,9 @@ FRAME_SAMPLES = 512
 CONTEXT_SAMPLES = 64
 _STATE_SHAPE = (1, 1, 128)
 _MAX_FRAMES_PER_CALL = 10_000
+_BLOCK_FRAMES = 1875  # 60 s of frames per pass over a whole file
+_QUIET_PEAK = 1e-4  # ~ -80 dBFS: digital silence (3 LSB of PCM16)
+_QUIET_RUN_FRAMES = 32  # ~1 s of it before the model is skipped
 
 
 class SileroVad:
@@ -64,12 +67,24 @@ class SileroVad:
         return (np.concatenate(outputs) if outputs else np.zeros(0, np.float32)), h, c
 
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
-        """Speech probability for each 512-sample frame of a whole signal."""
-        stream = self.stream()
-        probs = stream.accept(audio)
-        tail = stream.pending
-        if tail:
-            probs = np.concatenate([probs, stream.accept(np.zeros(FRAME_SAMPLES - tail, np.float32))])
+        """Speech probability for each 512-sample frame of a whole signal.
+
+        Runs the model a minute of audio at a time (memory stays bounded on 3-hour files) and
+        skips runs of >= 1 s of digital silence (peak below -80 dBFS), which the model would
+        score as silence anyway: a 2-hour silent file costs seconds, not minutes. The model
+        state restarts after such a run, as at the start of a file.
+        """
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        n_frames = -(-audio.size // FRAME_SAMPLES)
+        probs = np.zeros(n_frames, np.float32)
+        for first, last in _active_ranges(audio, n_frames):
+            stream = self.stream()
+            for start in range(first, last, _BLOCK_FRAMES):
+                stop = min(start + _BLOCK_FRAMES, last)
+                block = audio[start * FRAME_SAMPLES: stop * FRAME_SAMPLES]
+                if block.size < (stop - start) * FRAME_SAMPLES:  # the file's last partial frame
+                    block = np.pad(block, (0, (stop - start) * FRAME_SAMPLES - block.size))
+                probs[start:stop] = stream.accept(block)
         return probs
 
     def speech_spans(self, audio: np.ndarray, options: VadOptions) -> list[SpeechSpan]:
@@ -115,6 +130,28 @@ class SileroVadStream:
         probs, self._h, self._c = self._vad.run_frames(
             np.concatenate([contexts, frames], axis=1), self._h, self._c)
         return probs
+
+
+def _active_ranges(audio: np.ndarray, n_frames: int) -> list[tuple[int, int]]:
+    """Frame ranges to run the model on: everything except long runs of digital silence."""
+    quiet = np.zeros(n_frames, bool)
+    for start in range(0, n_frames, _BLOCK_FRAMES):
+        stop = min(start + _BLOCK_FRAMES, n_frames)
+        block = audio[start * FRAME_SAMPLES: stop * FRAME_SAMPLES]
+        full = block.size // FRAME_SAMPLES
+        peaks = np.abs(block[: full * FRAME_SAMPLES]).reshape(full, FRAME_SAMPLES).max(axis=1)
+        quiet[start:start + full] = peaks < _QUIET_PEAK
+    edges = np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    long_runs = (ends - starts) >= _QUIET_RUN_FRAMES
+    ranges, position = [], 0
+    for start, end in zip(starts[long_runs], ends[long_runs]):
+        if start > position:
+            ranges.append((position, int(start)))
+        position = int(end)
+    if position < n_frames:
+        ranges.append((position, n_frames))
+    return ranges
 
 
 def spans_from_probs(probs: np.ndarray, total_samples: int, options: VadOptions,

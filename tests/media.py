@@ -1,0 +1,105 @@
+"""Build real media files for tests with PyAV (FFmpeg encoders), from real speech.
+
+Kept apart from ``conftest`` so test modules import only what they use:
+``from media import encode, FORMATS``.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+# name -> (file suffix, container format, audio codec, sample format, rate used, video?)
+FORMATS: dict[str, tuple[str, str, str, str, int, bool]] = {
+    "wav": (".wav", "wav", "pcm_s16le", "s16", 44_100, False),
+    "flac": (".flac", "flac", "flac", "s16", 48_000, False),
+    "mp3": (".mp3", "mp3", "libmp3lame", "fltp", 44_100, False),
+    "m4a": (".m4a", "ipod", "aac", "fltp", 44_100, False),
+    "aac": (".aac", "adts", "aac", "fltp", 22_050, False),
+    "ogg-opus": (".opus", "ogg", "libopus", "flt", 48_000, False),
+    "webm": (".webm", "webm", "libopus", "flt", 48_000, False),
+    "mp4-video": (".mp4", "mp4", "aac", "fltp", 48_000, True),
+    "mkv-video": (".mkv", "matroska", "libopus", "flt", 48_000, True),
+}
+
+
+def _planar(fmt: str) -> bool:
+    return fmt.endswith("p")
+
+
+def encode(audio: np.ndarray, rate: int, path: Path, container_format: str, codec: str,
+           sample_format: str = "fltp", out_rate: int | None = None, channels: int = 1,
+           video: bool = False) -> Path:
+    """Encode float32 mono ``audio`` at ``rate`` into ``path`` (optionally with a video track).
+
+    ``channels`` > 1 writes the same signal into every channel, scaled per channel so a
+    downmix that drops channels would be audible in the result.
+    """
+    out_rate = out_rate or rate
+    if out_rate != rate:
+        import soxr
+
+        audio = soxr.resample(audio, rate, out_rate).astype(np.float32)
+    layout = {1: "mono", 2: "stereo", 6: "5.1"}[channels]
+    with av.open(str(path), "w", format=container_format) as out:
+        stream = out.add_stream(codec, rate=out_rate, layout=layout)
+        vstream = None
+        if video:
+            vstream = out.add_stream("mpeg4", rate=5)
+            vstream.width, vstream.height, vstream.pix_fmt = 64, 48, "yuv420p"
+        frame_size = stream.codec_context.frame_size or 1024
+        data = np.clip(audio, -1, 1)
+        if sample_format.startswith("s16"):
+            data = (data * 32767).astype(np.int16)
+        else:
+            data = data.astype(np.float32)
+        multi = np.stack([data] * channels)  # (channels, n)
+        pts = 0
+        for start in range(0, multi.shape[1], frame_size):
+            block = multi[:, start:start + frame_size]
+            arr = block if _planar(sample_format) else block.T.reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=sample_format,
+                                               layout=layout)
+            frame.sample_rate = out_rate
+            frame.pts = pts
+            frame.time_base = Fraction(1, out_rate)
+            pts += block.shape[1]
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+        if vstream is not None:
+            seconds = multi.shape[1] / out_rate
+            for i in range(max(int(seconds * 5), 1)):
+                image = np.full((48, 64, 3), (i * 7) % 255, np.uint8)
+                vframe = av.VideoFrame.from_ndarray(image, format="rgb24")
+                vframe.pts = i
+                for packet in vstream.encode(vframe):
+                    out.mux(packet)
+            for packet in vstream.encode(None):
+                out.mux(packet)
+    return path
+
+
+def encode_as(audio: np.ndarray, rate: int, directory: Path, name: str, kind: str) -> Path:
+    """Encode into one of :data:`FORMATS` under ``directory``."""
+    suffix, container_format, codec, sample_format, out_rate, video = FORMATS[kind]
+    return encode(audio, rate, directory / f"{name}{suffix}", container_format, codec,
+                  sample_format, out_rate=out_rate, video=video)
+
+
+def sparse_silent_wav(path: Path, seconds: float, rate: int = 16_000) -> Path:
+    """A WAV of digital silence created instantly: header + a sparse (zero-filled) data area."""
+    import struct
+
+    size = int(seconds * rate) * 2
+    header = (b"RIFF" + struct.pack("<I", 36 + size) + b"WAVE" + b"fmt "
+              + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+              + b"data" + struct.pack("<I", size))
+    with path.open("wb") as handle:
+        handle.write(header)
+        handle.truncate(len(header) + size)
+    return path
