@@ -29,7 +29,12 @@ _WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 def _components(settings: Settings) -> list[Component]:
     """The server's long-lived parts, in start order (later issues add theirs here)."""
-    return []
+    parts: list[Component] = []
+    if settings.wyoming_uri:  # Wyoming speech-to-text (Home Assistant)
+        from .wyoming import WyomingServer
+
+        parts.append(WyomingServer(settings.wyoming_uri))
+    return parts
 
 
 def _error_status(exc: VoxgateError) -> int:

@@ -1,0 +1,388 @@
+"""Wyoming speech-to-text server: Home Assistant's voice pipeline talks to voxgate directly.
+
+``voxgate serve --wyoming tcp://127.0.0.1:10300`` (or ``VOXGATE_WYOMING_URI``) starts it beside
+the HTTP server, sharing the loaded models and the server-wide transcription slots.
+
+Protocol (https://github.com/OHF-Voice/wyoming): ``describe`` -> ``info`` listing the installed
+ASR models and their languages; ``transcribe`` (optional model ``name`` and ``language``), then
+``audio-start`` / ``audio-chunk``... / ``audio-stop`` -> ``transcript``. The audio format travels
+with the stream (rate, width, channels from ``audio-start``/``audio-chunk``) and is converted to
+16 kHz mono with a stateful resampler, so chunk borders never click.
+
+:class:`WyomingSttHandler` holds one connection's protocol state and never touches a socket
+(events in, events out through ``send``); :class:`WyomingServer` is the server component that
+owns the listening socket and the connections. Wyoming has no authentication by design: bind it
+to loopback or a trusted network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ..audio import SAMPLE_RATE, StreamResampler, pcm16_to_float32
+from ..errors import ConfigError, MissingExtraError, ModelError, ProtocolError, VoxgateError
+from ..models import get_spec
+from ..transcriber import FileTranscriber, TranscribeRequest
+from .limits import transcription_slots
+from .model_cards import canonical_model_id, model_cards, model_languages
+from .state import AppState
+
+__all__ = ["WyomingAddress", "WyomingServer", "WyomingSttHandler", "parse_wyoming_uri"]
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[Any], Awaitable[None]]  # takes a wyoming Event
+
+_SLOT_WAIT_S = 60.0  # a voice command waits this long for a free transcription slot
+_MAX_HEADER_BYTES = 64 * 1024
+_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+_ATTRIBUTION = {  # engine -> (who made the models, where they come from)
+    "whisper": ("OpenAI", "https://github.com/openai/whisper"),
+    "parakeet": ("NVIDIA", "https://huggingface.co/nvidia"),
+}
+
+
+def _wyoming() -> Any:
+    try:
+        import wyoming
+    except ImportError as exc:
+        raise MissingExtraError("the Wyoming server", "wyoming", exc) from exc
+    return wyoming
+
+
+@dataclass(frozen=True, slots=True)
+class WyomingAddress:
+    scheme: str  # tcp | unix
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        return f"unix://{self.path}" if self.scheme == "unix" else f"tcp://{self.host}:{self.port}"
+
+
+def parse_wyoming_uri(uri: str) -> WyomingAddress:
+    """``tcp://HOST:PORT`` or ``unix:///path/to.sock``; :class:`ConfigError` otherwise."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "tcp":
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if not parsed.hostname or port is None:
+            raise ConfigError(f"Wyoming URI {uri!r}: use tcp://HOST:PORT, "
+                              "e.g. tcp://127.0.0.1:10300")
+        return WyomingAddress("tcp", parsed.hostname, port)
+    if parsed.scheme == "unix" and parsed.path:
+        return WyomingAddress("unix", path=parsed.path)
+    raise ConfigError(f"Wyoming URI {uri!r}: use tcp://HOST:PORT or unix:///path/to.sock")
+
+
+def _pcm_to_float32(data: bytes, width: int) -> np.ndarray:
+    if width == 2:
+        return pcm16_to_float32(data)
+    raise ProtocolError(f"sample width {width} bytes is not supported; send 16-bit PCM (width 2)")
+
+
+class _AudioIn:
+    """One audio stream: raw PCM in its own format -> float32 mono 16 kHz, with limits."""
+
+    def __init__(self, rate: int, width: int, channels: int, max_bytes: int) -> None:
+        if rate <= 0 or channels <= 0:
+            raise ProtocolError(f"invalid audio format: rate={rate} channels={channels}")
+        _pcm_to_float32(b"", width)  # rejects an unsupported width up front
+        self.format = (rate, width, channels)
+        self.frame_bytes = width * channels
+        self.resampler = StreamResampler(rate, SAMPLE_RATE, channels)
+        self.blocks: list[np.ndarray] = []
+        self.pending = b""  # a partial frame waiting for the rest of its bytes
+        self.received = 0
+        self.max_bytes = max_bytes
+
+    def add(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > self.max_bytes:
+            raise ProtocolError(f"audio stream is longer than the {self.max_bytes // 2**20} MB "
+                                "limit (VOXGATE_MAX_UPLOAD_MB)")
+        data = self.pending + data
+        usable = len(data) - len(data) % self.frame_bytes
+        self.pending = data[usable:]
+        if usable:
+            samples = _pcm_to_float32(data[:usable], self.format[1])
+            self.blocks.append(self.resampler.process(samples))
+
+    def finish(self) -> np.ndarray:
+        if self.pending:
+            logger.warning("dropping %d bytes of a partial audio frame at audio-stop",
+                           len(self.pending))
+        self.blocks.append(self.resampler.flush())
+        return np.concatenate(self.blocks) if self.blocks else np.zeros(0, np.float32)
+
+
+class WyomingSttHandler:
+    """Protocol state of one Wyoming connection (events in, events out through ``send``)."""
+
+    def __init__(self, state: AppState, send: Send) -> None:
+        self.state = state
+        self.send = send
+        self.model = state.settings.asr.model
+        self.language: str | None = None
+        self.audio: _AudioIn | None = None
+        self.failed = False  # the current stream already got an error; ignore it to its stop
+
+    async def handle(self, event: Any) -> None:
+        """Act on one event from the client; unknown event types are ignored (Wyoming rule)."""
+        from wyoming.asr import Transcribe
+        from wyoming.audio import AudioChunk, AudioStart, AudioStop
+        from wyoming.info import Describe
+        from wyoming.ping import Ping, Pong
+
+        try:
+            if Describe.is_type(event.type):
+                await self.send(self.info().event())
+            elif Transcribe.is_type(event.type):
+                self._transcribe(Transcribe.from_event(event))
+            elif AudioStart.is_type(event.type):
+                start = AudioStart.from_event(event)
+                self._start_audio(start.rate, start.width, start.channels)
+            elif AudioChunk.is_type(event.type):
+                self._chunk(AudioChunk.from_event(event))
+            elif AudioStop.is_type(event.type):
+                await self._stop_audio()
+            elif Ping.is_type(event.type):
+                await self.send(Pong(text=Ping.from_event(event).text).event())
+            else:
+                logger.debug("ignoring Wyoming event %r", event.type)
+        except (VoxgateError, KeyError, TypeError, ValueError) as exc:
+            await self._error(exc)
+
+    async def _error(self, exc: BaseException) -> None:
+        from wyoming.error import Error
+
+        if isinstance(exc, ModelError):
+            code = "model-error"
+        elif isinstance(exc, (KeyError, TypeError)):
+            code, exc = "bad-event", ProtocolError(f"malformed event: missing or bad field {exc}")
+        else:
+            code = "bad-request" if isinstance(exc, (ProtocolError, ValueError)) else "error"
+        self.audio, self.failed = None, True
+        logger.info("Wyoming request failed (%s): %s", code, exc)
+        await self.send(Error(text=str(exc), code=code).event())
+
+    def info(self) -> Any:
+        """``info``: one ASR program whose models are the installed ASR models."""
+        from wyoming.info import AsrModel, AsrProgram, Attribution, Info
+
+        settings = self.state.settings
+        cards = [c for c in model_cards(settings, self.state.manager)
+                 if c["kind"] == "asr" and c["installed"] and "alias_of" not in c]
+        models = []
+        for card in cards:
+            who, url = _ATTRIBUTION.get(card["engine"], ("voxgate", ""))
+            models.append(AsrModel(
+                name=card["id"], description=card["description"],
+                attribution=Attribution(name=who, url=url), installed=True,
+                version=None, languages=model_languages(get_spec(card["id"])),
+            ))
+        program = AsrProgram(
+            name="voxgate", description="voxgate speech recognition",
+            attribution=Attribution(name="voxgate", url=f"http://{settings.host}:{settings.port}/"),
+            installed=True, version=_version(), models=models,
+            supports_transcript_streaming=False,
+        )
+        return Info(asr=[program])
+
+    def _transcribe(self, request: Any) -> None:
+        self.failed = False
+        self.model = self.state.settings.asr.model
+        if request.name:
+            self.model = canonical_model_id(self.state.settings, request.name)
+            if get_spec(self.model).kind != "asr":
+                raise ProtocolError(f"{request.name!r} is not a speech recognition model")
+        language = (request.language or "").replace("_", "-").split("-")[0].lower()
+        self.language = language if language and language != "auto" else None
+
+    def _start_audio(self, rate: int, width: int, channels: int) -> None:
+        self.failed = False
+        max_bytes = self.state.settings.max_upload_mb * 1024 * 1024
+        self.audio = _AudioIn(rate, width, channels, max_bytes)
+
+    def _chunk(self, chunk: Any) -> None:
+        if self.failed:
+            return
+        if self.audio is None or self.audio.format != (chunk.rate, chunk.width, chunk.channels):
+            # No audio-start, or the format changed mid-stream: the chunk's own format wins.
+            previous = self.audio
+            self._start_audio(chunk.rate, chunk.width, chunk.channels)
+            if previous is not None:
+                self.audio.blocks.append(previous.finish())  # type: ignore[union-attr]
+                self.audio.received = previous.received  # type: ignore[union-attr]
+        self.audio.add(chunk.audio)  # type: ignore[union-attr]
+
+    async def _stop_audio(self) -> None:
+        from wyoming.asr import Transcript
+
+        if self.failed:  # the error was already reported; the next stream starts clean
+            self.failed = False
+            return
+        if self.audio is None:
+            raise ProtocolError("audio-stop without audio-start or any audio-chunk")
+        audio, self.audio = self.audio.finish(), None
+        text, language = await self._run(audio)
+        await self.send(Transcript(text=text, language=language).event())
+
+    async def _run(self, audio: np.ndarray) -> tuple[str, str | None]:
+        """Transcribe on a worker thread once a server-wide slot is free."""
+        if audio.size == 0:
+            return "", self.language
+        slots = transcription_slots(self.state)
+        if not await slots.acquire(_SLOT_WAIT_S):
+            raise VoxgateError(f"server busy: no transcription slot within {_SLOT_WAIT_S:.0f} s")
+        settings = self.state.settings
+        request = TranscribeRequest(model=self.model, language=self.language,
+                                    beam_size=settings.asr.beam_size,
+                                    batch_size=settings.asr.batch_size)
+
+        def work() -> tuple[str, str]:
+            transcript = FileTranscriber(settings, request, self.state.manager).run_audio(audio)
+            return transcript.text, transcript.language
+
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, work)
+        future.add_done_callback(lambda _: slots.release())  # when the thread ends, not before
+        text, language = await asyncio.shield(future)
+        return text, language or self.language
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("voxgate")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+async def _read_event(reader: asyncio.StreamReader) -> Any:
+    """One Wyoming event (JSON header line, optional extra data, optional payload), or None at EOF.
+
+    Like ``wyoming.event.async_read_event`` but bounded, and malformed input is a
+    :class:`ProtocolError` the client is told about instead of a silent disconnect.
+    """
+    from wyoming.event import Event
+
+    try:
+        line = await reader.readline()
+    except ValueError as exc:  # the header line is longer than the reader's limit
+        raise ProtocolError(f"event header longer than {_MAX_HEADER_BYTES} bytes") from exc
+    if not line:
+        return None
+    try:
+        header = json.loads(line)
+        kind = header["type"]
+        data = header.get("data") or {}
+        data_length = int(header.get("data_length") or 0)
+        payload_length = int(header.get("payload_length") or 0)
+        if not isinstance(kind, str) or not isinstance(data, dict):
+            raise TypeError("type must be a string and data an object")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed Wyoming event header: {exc}") from None
+    if not 0 <= data_length <= _MAX_HEADER_BYTES or not 0 <= payload_length <= _MAX_PAYLOAD_BYTES:
+        raise ProtocolError(f"event too large (data {data_length} B, payload {payload_length} B; "
+                            f"limit {_MAX_PAYLOAD_BYTES} B)")
+    if data_length:
+        try:
+            extra = json.loads(await reader.readexactly(data_length))
+        except ValueError as exc:
+            raise ProtocolError(f"malformed Wyoming event data: {exc}") from None
+        if isinstance(extra, dict):
+            data.update(extra)
+    payload = await reader.readexactly(payload_length) if payload_length else None
+    return Event(type=kind, data=data, payload=payload)
+
+
+class WyomingServer:
+    """Server component: listens on the Wyoming URI, one :class:`WyomingSttHandler` per client."""
+
+    name = "wyoming"
+
+    def __init__(self, uri: str) -> None:
+        self.address = parse_wyoming_uri(uri)
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def bound(self) -> WyomingAddress:
+        """The address actually listened on (a ``:0`` port resolved to the real one)."""
+        if self._server is not None and self.address.scheme == "tcp" and self._server.sockets:
+            host, port = self._server.sockets[0].getsockname()[:2]
+            return WyomingAddress("tcp", host, port)
+        return self.address
+
+    async def start(self, state: AppState) -> None:
+        _wyoming()
+        address = self.address
+        if address.scheme == "tcp":
+            self._server = await asyncio.start_server(
+                partial(self._serve, state), address.host, address.port, limit=_MAX_HEADER_BYTES)
+            if address.host not in ("127.0.0.1", "localhost", "::1"):
+                logger.warning("Wyoming has no authentication: %s is reachable beyond this "
+                               "machine; keep it on a trusted network", address)
+        else:
+            self._server = await asyncio.start_unix_server(
+                partial(self._serve, state), address.path, limit=_MAX_HEADER_BYTES)
+        state.ready_checks.append(self._ready)
+        logger.info("Wyoming speech-to-text listening on %s", self.bound)
+
+    async def stop(self, state: AppState) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _ready(self) -> tuple[str, bool, str]:
+        serving = self._server is not None and self._server.is_serving()
+        return "wyoming", serving, f"listening on {self.bound}" if serving else "not listening"
+
+    async def _serve(self, state: AppState, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        from wyoming.error import Error
+        from wyoming.event import async_write_event
+
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+
+        async def send(event: Any) -> None:
+            await async_write_event(event, writer)
+
+        try:
+            if len(self._connections) > state.settings.max_streams:
+                await send(Error(text="too many Wyoming connections (VOXGATE_MAX_STREAMS)",
+                                 code="busy").event())
+                return
+            handler = WyomingSttHandler(state, send)
+            while (event := await _read_event(reader)) is not None:
+                await handler.handle(event)
+        except ProtocolError as exc:  # the stream is out of sync: say why, then hang up
+            await send(Error(text=str(exc), code="bad-event").event())
+        except (ConnectionError, asyncio.IncompleteReadError):
+            logger.debug("Wyoming client went away")
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
