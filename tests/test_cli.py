@@ -177,6 +177,9 @@ def test_models_list_pull_verify(tmp_path):
     assert broken.returncode == 1
     [line] = error_lines(broken.stderr)
     assert "sha256" in line and "expected d01c3014" in line
+    repaired = voxgate("models", "pull", "whisper-base", cache_dir=cache)  # joins it again
+    assert repaired.returncode == 0
+    assert voxgate("models", "verify", "whisper-base", cache_dir=cache).returncode == 0
 
     offline_hub = voxgate("models", "pull", "whisper-large-v3", cache_dir=cache)
     assert offline_hub.returncode == 1

