@@ -80,6 +80,9 @@ def transcribe(
     beam_size: Annotated[Optional[int], typer.Option(min=1, max=20)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=64)] = None,
     no_vad: Annotated[bool, typer.Option("--no-vad", help="Decode each input whole, as one utterance.")] = False,
+    summary: Annotated[Optional[str], typer.Option(
+        "--summary", help="Also summarise each file with this template (e.g. meeting_notes_v1), "
+                          "in-process with the LLM, as a job would.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """Transcribe recordings to text, JSON, SRT, VTT or TSV (stdout unless --output)."""
@@ -103,6 +106,10 @@ def transcribe(
         output.mkdir(parents=True, exist_ok=True)
     failures = 0
     try:
+        if summary:
+            from .postprocess import load_template
+
+            load_template(settings, summary)  # unknown template: fail before any work
         runner = FileTranscriber(settings, request)
     except VoxgateError as exc:
         if debug:
@@ -135,6 +142,8 @@ def transcribe(
             finally:
                 progress.remove_task(bar)
             text = render(result, fmt.value)
+            if summary:
+                text = _with_summary(text, fmt, _summarise(settings, runner, result, summary, name))
             if output is None:
                 sys.stdout.write(text)
                 sys.stdout.flush()
@@ -143,6 +152,54 @@ def transcribe(
                 (output / f"{stem}.{EXTENSIONS[fmt.value]}").write_text(text, encoding="utf-8")
     if failures:
         raise typer.Exit(1)
+
+
+def _summarise(settings: Settings, runner: object, result: object, template_id: str,
+               name: str) -> dict[str, object] | None:
+    """The job pipeline's summary stage, in-process; errors become one line, not a crash."""
+    from .pipeline import summarize_text
+
+    with _progress() as progress:
+        progress.add_task(f"summary of {_label(name)} ({template_id})", total=None)
+        try:
+            return summarize_text(settings, runner.manager, result.text, template_id)
+        except VoxgateError as exc:
+            _fail(f"{_label(name)}: summary failed: {exc}")
+            return {"error": str(exc)}
+
+
+def _with_summary(text: str, fmt: OutputFormat, summary: dict[str, object] | None) -> str:
+    import json
+
+    if fmt is OutputFormat.json:
+        document = json.loads(text)
+        document["summary"] = summary
+        return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    block = json.dumps(summary, ensure_ascii=False, indent=2)
+    return f"{text.rstrip()}\n\nSummary:\n{block}\n"
+
+
+@app.command()
+def worker(
+    burst: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False,
+    name: Annotated[Optional[str], typer.Option(help="Worker name (default: random).")] = None,
+    preload_llm: Annotated[bool, typer.Option("--preload-llm", help="Load the LLM at start.")] = False,
+    debug: bool = False,
+) -> None:
+    """Process queued jobs (scale-out): models load once, jobs run in this process."""
+    _setup_logging(debug)
+    logging.getLogger("voxgate").setLevel(logging.DEBUG if debug else logging.INFO)
+    from .jobs import ensure_queue_available, redis_url_for
+    from .worker import run_worker
+
+    settings = Settings()
+    try:
+        ensure_queue_available()
+        run_worker(settings, redis_url_for(settings), burst=burst, name=name,
+                   preload_llm=preload_llm)
+    except VoxgateError as exc:
+        _fail(str(exc))
+        raise typer.Exit(1) from None
 
 
 @models_app.command("list")

@@ -48,6 +48,10 @@ class LlmSettings(BaseModel):
     max_retries: int = 3
     context_tokens: int = 8192
     threads: int = 0
+    seed: int = 42  # fixed sampling seed: identical input -> identical output
+    summary_retries: int = Field(2, ge=0, le=10)  # re-asks after a schema validation error
+    summary_max_tokens: int = Field(768, ge=32)
+    cleanup_max_edit_rate: float = Field(0.35, ge=0.0, le=1.0)  # above: keep the raw chunk
 
 
 class OnnxSettings(BaseModel):
@@ -85,6 +89,13 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(3 * 3600, ge=10)
     result_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     model_idle_ttl_s: float = Field(0.0, ge=0.0)  # 0: keep loaded models forever
+    job_retries: int = Field(2, ge=0, le=10)  # re-runs after a worker died or a transient error
+    worker_heartbeat_s: int = Field(10, ge=1)  # a job whose worker is silent 3x this is retried
+    inprocess_worker: Literal["auto", "on", "off"] = "auto"  # auto: on when redis_url is empty
+    templates_dir: Path | None = None  # summary templates; None: the bundled ones
+    webhook_secret: str = ""  # HMAC-SHA256 key for webhook signatures; empty: first API key
+    webhook_max_attempts: int = Field(5, ge=1, le=20)
+    webhook_timeout_s: float = Field(10.0, gt=0.0)
     offline: bool = False  # True: never try a model hub
     asr: AsrSettings = AsrSettings()
     llm: LlmSettings = LlmSettings()

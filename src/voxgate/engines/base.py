@@ -24,6 +24,7 @@ __all__ = [
     "VadStream",
     "Tts",
     "ChatMessage",
+    "LlmCapabilities",
     "Llm",
     "Mt",
 ]
@@ -155,9 +156,21 @@ class ChatMessage:
     content: str
 
 
+@dataclass(frozen=True, slots=True)
+class LlmCapabilities:
+    """What an LLM engine offers; ``json_schema``: output constrained to a schema (grammar)."""
+
+    json_schema: bool = False
+    streaming: bool = True
+    context_tokens: int = 4096
+
+
 @runtime_checkable
 class Llm(Protocol):
+    """Chat LLM. ``version_info()`` adds engine facts (endpoint, remote model) to job versions."""
+
     name: str
+    capabilities: LlmCapabilities
 
     def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
@@ -167,6 +180,10 @@ class Llm(Protocol):
 
     async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                        temperature: float = 0.0, json_schema: dict[str, Any] | None = None) -> str:
+        ...
+
+    def version_info(self) -> dict[str, Any]:
+        """Facts that change the output beyond the model file (endpoint, served model, seed)."""
         ...
 
 

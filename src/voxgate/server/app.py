@@ -7,6 +7,7 @@ gRPC server, Wyoming server) are components started and stopped here, in order.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,6 +35,10 @@ def _components(settings: Settings) -> list[Component]:
         from .wyoming import WyomingServer
 
         parts.append(WyomingServer(settings.wyoming_uri))
+    if importlib.util.find_spec("rq") is not None:  # REST jobs (extra "queue")
+        from .jobs_api import JobsComponent
+
+        parts.append(JobsComponent(settings))
     return parts
 
 
@@ -116,6 +121,10 @@ def _routers() -> list[Any]:
     from .openai_api import router as openai_router  # OpenAI-compatible audio API + /v1/models
 
     routers.append(openai_router)
+    from .jobs_api import router as jobs_router  # REST jobs: /v1/process, /v1/status, templates
+    from .metrics import router as metrics_router  # Prometheus /metrics
+
+    routers.extend([jobs_router, metrics_router])
     return routers
 
 

@@ -1,0 +1,139 @@
+"""In-process GGUF chat LLM on llama.cpp (``xllamacpp``), the offline default.
+
+xllamacpp embeds llama.cpp's own server: requests are OpenAI chat-completion dicts handled in
+C++ without the GIL, so a blocking call runs in a worker thread and the event loop stays free.
+JSON-schema output is enforced by llama.cpp's grammar sampler (``response_format``), so small
+models still return parseable JSON. The embedded HTTP listener is bound to loopback and locked
+with a random API key; voxgate itself never goes through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import xllamacpp
+
+from ..config import Settings
+from ..errors import EngineError, ModelError
+from ..models import ResolvedModel
+from .base import ChatMessage, LlmCapabilities
+from .llm_openai import chat_body, content_of
+
+__all__ = ["LlamaCppLlm", "find_gguf"]
+
+logger = logging.getLogger(__name__)
+
+
+def find_gguf(path: Path) -> Path:
+    """The model file: ``path`` itself, or the single ``*.gguf`` inside a directory."""
+    if path.is_file():
+        return path
+    found = sorted(path.glob("*.gguf")) if path.is_dir() else []
+    if not found:
+        raise ModelError(f"{path}: no .gguf model file found")
+    return found[0]
+
+
+class LlamaCppLlm:
+    """One loaded GGUF model; concurrent requests queue inside llama.cpp (one slot)."""
+
+    name = "llamacpp"
+
+    def __init__(self, server: Any, model_path: Path, settings: Settings) -> None:
+        self._server = server
+        self.model_path = model_path
+        self.seed = settings.llm.seed
+        self.capabilities = LlmCapabilities(json_schema=True, streaming=True,
+                                            context_tokens=settings.llm.context_tokens)
+        self._http_key = ""
+
+    @classmethod
+    def load(cls, resolved: ResolvedModel, settings: Settings) -> LlamaCppLlm:
+        path = find_gguf(resolved.path)
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_ctx = settings.llm.context_tokens
+        params.n_parallel = 1
+        threads = settings.llm.threads or max(os.cpu_count() or 1, 1)
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.warmup = False
+        key = secrets.token_urlsafe(24)
+        params.api_keys = [key]  # the embedded HTTP listener is loopback-only and locked
+        try:
+            server = xllamacpp.Server(params)
+        except Exception as exc:  # llama.cpp reports load failures as generic exceptions
+            raise ModelError(f"{resolved.spec.id}: llama.cpp could not load {path}: {exc}") from exc
+        engine = cls(server, path, settings)
+        engine._http_key = key
+        logger.info("llama.cpp loaded %s (%d threads, n_ctx=%d)", path.name, threads,
+                    settings.llm.context_tokens)
+        return engine
+
+    @property
+    def http_endpoint(self) -> tuple[str, str]:
+        """(base URL, API key) of llama.cpp's own OpenAI-compatible listener on loopback."""
+        return f"{self._server.listening_address}/v1", self._http_key
+
+    def version_info(self) -> dict[str, Any]:
+        return {"engine": self.name, "runtime": f"xllamacpp {xllamacpp.__version__}",
+                "file": self.model_path.name, "seed": self.seed}
+
+    def complete_sync(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
+                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None) -> str:
+        body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
+                         seed=self.seed, json_schema=json_schema)
+        return content_of(self._server.handle_chat_completions(body))
+
+    async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
+                       temperature: float = 0.0, json_schema: dict[str, Any] | None = None) -> str:
+        return await asyncio.to_thread(self.complete_sync, messages, max_tokens=max_tokens,
+                                       temperature=temperature, json_schema=json_schema)
+
+    async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
+                     temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
+                     ) -> AsyncIterator[str]:
+        """Deltas as llama.cpp produces them; closing the iterator stops generation."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = False
+        body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
+                         seed=self.seed, json_schema=json_schema, stream=True)
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
+            return stop  # True asks llama.cpp to stop generating
+
+        def run() -> None:
+            try:
+                self._server.handle_chat_completions(body, on_chunk)
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+            except Exception as exc:  # surfaced to the consumer below
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+        worker = loop.run_in_executor(None, run)
+        try:
+            while True:
+                kind, item = await queue.get()
+                if kind == "end":
+                    break
+                if kind == "error":
+                    raise EngineError(f"LLM stream failed: {item}") from item
+                if "error" in item or "code" in item and "choices" not in item:
+                    content_of(item)  # raises with the server's message
+                for choice in item.get("choices", []):
+                    delta = (choice.get("delta") or {}).get("content")
+                    if delta:
+                        yield delta
+        finally:
+            stop = True
+            await asyncio.shield(worker)
+
+    def close(self) -> None:
+        self._server = None

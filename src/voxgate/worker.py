@@ -1,0 +1,273 @@
+"""Queue workers: Settings + ModelManager once per worker, jobs run in-process (no fork per job).
+
+``VoxgateWorker`` is an RQ ``SimpleWorker`` that
+* keeps its started-registry entry alive with a heartbeat thread (TTL 3 x ``worker_heartbeat_s``)
+  instead of RQ's job-timeout-long TTL, so a worker killed mid-job is noticed within seconds and
+  ``requeue_abandoned`` (run by every worker and by the API) re-queues the job;
+* enforces the job timeout with a timer (works in threads, unlike SIGALRM);
+* runs in a thread of ``voxgate serve`` (sharing the server's models) or as ``voxgate worker``.
+
+The job itself (``process_task``) maps outcomes onto the task state: permanent problems (bad
+audio, invalid template, timeout) are FAILED and not retried; transient ones are re-raised so
+RQ retries them; a cancellation request ends the job as CANCELLED.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .engines.manager import ModelManager
+from .errors import AudioError, ConfigError, EngineError, ModelError
+from .jobs import TERMINAL, JobCancelled, JobQueue, TaskStatus, TaskStore, connect, now_iso
+from .pipeline import JobSpec, run_pipeline
+from .postprocess import llm_model_id
+from .webhooks import deliver_in_background
+
+__all__ = ["WorkerRuntime", "build_worker", "process_task", "on_job_failure", "run_worker",
+           "ThreadWorker", "preload"]
+
+logger = logging.getLogger(__name__)
+
+_RUNTIME: contextvars.ContextVar["WorkerRuntime"] = contextvars.ContextVar("voxgate_worker")
+
+
+@dataclass
+class WorkerRuntime:
+    """What a job needs from its worker: settings, shared models, the task store."""
+
+    settings: Settings
+    manager: ModelManager
+    store: TaskStore
+    webhook_threads: list[threading.Thread] = field(default_factory=list)
+
+    def audio_path(self, task_id: str) -> Path:
+        directory = self.settings.data_dir / "audio" / str(uuid.UUID(task_id))
+        found = sorted(directory.glob("raw.*"))
+        if not found:
+            raise AudioError(f"audio of task {task_id} is missing from {directory}")
+        return found[0]
+
+    def finish(self, task_id: str, status: str, **fields: Any) -> None:
+        """Write a terminal state, count it, and fire the webhook (COMPLETE/FAILED only)."""
+        self.store.update(task_id, status=status, completed_at=now_iso(), **fields)
+        metrics = fields.get("metrics") or {}
+        self.store.record_outcome(status, metrics.get("input_duration_s") or 0.0,
+                                  metrics.get("processing_time_s") or 0.0)
+        raw = self.store.raw(task_id)
+        url = raw.get("webhook_url")
+        if url and status in (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value):
+            document = self.store.get(task_id) or {}
+            self.webhook_threads = [t for t in self.webhook_threads if t.is_alive()]
+            self.webhook_threads.append(deliver_in_background(self.settings, url, document))
+
+    def process(self, task_id: str) -> None:
+        raw = self.store.raw(task_id)
+        if not raw:
+            logger.warning("task %s expired or unknown; dropping its job", task_id)
+            return
+        if raw.get("status") in TERMINAL:
+            return
+        if raw.get("cancel_requested") == "1":
+            self.finish(task_id, TaskStatus.CANCELLED.value, error="cancelled by request")
+            return
+        attempt = self.store.incr_attempts(task_id)
+        self.store.update(task_id, status=TaskStatus.PREPROCESSING.value, progress=0.0,
+                          started_at=now_iso(), error=None)
+        logger.info("task %s: attempt %d", task_id, attempt)
+
+        def on_stage(status: str, progress: float) -> None:
+            self.store.update(task_id, status=status, progress=round(progress, 4))
+
+        def check_cancel() -> None:
+            if self.store.cancel_requested(task_id):
+                raise JobCancelled(f"task {task_id} cancelled")
+
+        try:
+            spec = JobSpec.from_dict(json.loads(raw.get("request") or "{}"))
+            outcome = run_pipeline(self.settings, self.manager, self.audio_path(task_id), spec,
+                                   on_stage, check_cancel)
+        except JobCancelled:
+            self.finish(task_id, TaskStatus.CANCELLED.value, error="cancelled by request")
+            return
+        except (AudioError, ConfigError, ModelError) as exc:
+            # Permanent: the same input fails the same way; retrying only burns time.
+            logger.info("task %s failed permanently: %s", task_id, exc)
+            self.finish(task_id, TaskStatus.FAILED.value, error=str(exc))
+            return
+        except EngineError as exc:
+            if exc.retryable:
+                raise  # RQ retries; on_job_failure records the attempt
+            self.finish(task_id, TaskStatus.FAILED.value, error=str(exc))
+            return
+        except Exception as exc:
+            from rq.timeouts import JobTimeoutException
+
+            if isinstance(exc, JobTimeoutException):
+                self.finish(task_id, TaskStatus.FAILED.value,
+                            error=f"job timed out after {self.settings.job_timeout_s} s")
+                return
+            raise
+        self.finish(task_id, TaskStatus.COMPLETE.value, progress=1.0, results=outcome.results,
+                    versions=outcome.versions, metrics=outcome.metrics)
+
+
+def process_task(task_id: str) -> None:
+    """The RQ job function: runs in a worker that set up a :class:`WorkerRuntime`."""
+    runtime = _RUNTIME.get(None)
+    if runtime is None:
+        raise RuntimeError("voxgate jobs must run in a voxgate worker (voxgate worker)")
+    runtime.process(task_id)
+
+
+def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: Any) -> None:
+    """RQ failure callback: an exception escaped the job, or its worker died (abandoned)."""
+    runtime = _RUNTIME.get(None)
+    store = runtime.store if runtime else TaskStore(connection, 7 * 24 * 3600)
+    task_id = job.id
+    raw = store.raw(task_id)
+    if not raw or raw.get("status") in TERMINAL:
+        return
+    reason = f"{getattr(exc_type, '__name__', 'error')}: {exc_value}".strip().rstrip(":")
+    if "Abandoned" in reason:
+        reason = "worker stopped responding mid-job"
+    if job.retries_left:
+        store.update(task_id, status=TaskStatus.PENDING.value, progress=0.0,
+                     error=f"attempt failed ({reason}); retrying")
+        return
+    if runtime:
+        runtime.finish(task_id, TaskStatus.FAILED.value, error=reason)
+    else:
+        store.update(task_id, status=TaskStatus.FAILED.value, completed_at=now_iso(), error=reason)
+        store.record_outcome(TaskStatus.FAILED.value)
+
+
+def _worker_class():  # -> type[SimpleWorker]; built lazily so importing needs no RQ
+    from rq.timeouts import TimerDeathPenalty
+    from rq.worker import SimpleWorker
+
+    class VoxgateWorker(SimpleWorker):
+        """SimpleWorker with short heartbeats, a thread-safe timeout and a shared runtime."""
+
+        death_penalty_class = TimerDeathPenalty
+        runtime: WorkerRuntime
+        job_queue: JobQueue
+
+        def get_heartbeat_ttl(self, job: Any) -> int:
+            return 3 * self.runtime.settings.worker_heartbeat_s
+
+        def _install_signal_handlers(self) -> None:
+            if threading.current_thread() is threading.main_thread():
+                super()._install_signal_handlers()
+
+        def execute_job(self, job: Any, queue: Any) -> None:
+            done = threading.Event()
+            beat = threading.Thread(target=self._beat, args=(job, done), daemon=True,
+                                    name="voxgate-heartbeat")
+            token = _RUNTIME.set(self.runtime)
+            beat.start()
+            try:
+                super().execute_job(job, queue)
+            finally:
+                done.set()
+                _RUNTIME.reset(token)
+                beat.join()
+
+        def _beat(self, job: Any, done: threading.Event) -> None:
+            interval = self.runtime.settings.worker_heartbeat_s
+            _RUNTIME.set(self.runtime)  # threads start with an empty context
+            while not done.wait(interval):
+                try:
+                    self.maintain_heartbeats(job)
+                    self.job_queue.requeue_abandoned()
+                except Exception:  # noqa: BLE001 - a missed beat is retried next interval
+                    logger.warning("worker heartbeat failed", exc_info=True)
+
+        def dequeue_job_and_maintain_ttl(self, timeout: Any, max_idle_time: Any = None) -> Any:
+            token = _RUNTIME.set(self.runtime)
+            try:
+                self.job_queue.requeue_abandoned()  # also covers other workers' dead jobs
+            finally:
+                _RUNTIME.reset(token)
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    return VoxgateWorker
+
+
+def build_worker(settings: Settings, manager: ModelManager, connection: Any,
+                 name: str | None = None):  # -> VoxgateWorker
+    cls = _worker_class()
+    job_queue = JobQueue(connection, settings)
+    # dequeue blocks at most worker_ttl - 15 s: 2 s, so stop requests act fast
+    worker = cls([job_queue.queue], connection=connection, name=name, worker_ttl=17,
+                 maintenance_interval=max(settings.worker_heartbeat_s, 5))
+    worker.runtime = WorkerRuntime(settings, manager, job_queue.store)
+    worker.job_queue = job_queue
+    return worker
+
+
+def preload(settings: Settings, manager: ModelManager, llm: bool = False) -> None:
+    """Load the default models now, so the first job is not slow and errors show at start."""
+    manager.asr(settings.asr.model)
+    manager.vad()
+    if llm:
+        manager.get("llm", llm_model_id(settings))
+
+
+def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str | None = None,
+               manager: ModelManager | None = None, preload_llm: bool = False) -> None:
+    """Blocking worker loop (``voxgate worker``): SIGTERM/SIGINT finish the current job first."""
+    manager = manager or ModelManager(settings)
+    connection = connect(url)
+    try:
+        connection.ping()
+    except Exception as exc:  # noqa: BLE001 - redis raises several connection error types
+        raise ConfigError(f"cannot reach Redis at {url.split('@')[-1]} ({type(exc).__name__}); "
+                          "run `voxgate serve` (embedded Redis) or set VOXGATE_REDIS_URL") from exc
+    preload(settings, manager, llm=preload_llm)
+    worker = build_worker(settings, manager, connection, name)
+    logger.info("worker %s ready on %s", worker.name, url.split("@")[-1])
+    try:
+        worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+    finally:
+        for thread in worker.runtime.webhook_threads:
+            thread.join(timeout=settings.webhook_timeout_s)
+        manager.close()
+
+
+class ThreadWorker:
+    """A worker thread inside the server process, sharing the server's ModelManager."""
+
+    def __init__(self, settings: Settings, manager: ModelManager, url: str) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.url = url
+        self.worker: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.worker = build_worker(self.settings, self.manager, connect(self.url),
+                                   name=f"inproc-{uuid.uuid4().hex[:8]}")
+        self._thread = threading.Thread(target=self._run, name="voxgate-worker", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.worker.work(logging_level="WARNING", with_scheduler=False)
+        except Exception:  # noqa: BLE001 - logged; the server's /ready shows the missing worker
+            logger.exception("in-process worker stopped")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.worker is None or self._thread is None:
+            return
+        self.worker._stop_requested = True
+        self._thread.join(timeout=timeout_s)
+        for thread in self.worker.runtime.webhook_threads:
+            thread.join(timeout=self.settings.webhook_timeout_s)
