@@ -1,0 +1,312 @@
+"""OpenAI-compatible audio API, driven by the official ``openai`` package against a live server.
+
+Real Whisper (offline pack) on real LibriVox speech; every error case answers in OpenAI's error
+shape with the right status. The server runs with small limits (1 MB uploads, one transcription
+at a time, 10 s chunks decoded one per batch) so the limits and the streaming are exercised on
+short real recordings.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import srt
+import webvtt
+from conftest import wer
+from live_uvicorn import live_server
+from media import encode
+
+from voxgate.audio import SAMPLE_RATE, encode_wav
+from voxgate.server.app import create_app
+
+pytestmark = [
+    pytest.mark.slow,
+    # openai>=2 marks audio.translations deprecated; the endpoint is still what users call.
+    pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning"),
+]
+
+KEY = "test-key-openai"
+
+
+@pytest.fixture(scope="module")
+def server(settings, manager):
+    """A live voxgate server with auth on and small limits."""
+    asr = settings.asr.model_copy(update={"max_chunk_s": 10.0, "batch_size": 1})
+    cfg = settings.model_copy(update={"api_keys": [KEY], "max_upload_mb": 1,
+                                      "max_concurrent_transcriptions": 1, "asr": asr})
+    with live_server(create_app(cfg, manager=manager, components=[])) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(api_key=KEY, base_url=f"{server.url}/v1", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def clip(librivox):
+    """The longest single clip (7.1 s): 'and mister john dashwood had then leisure ...'."""
+    return max(librivox, key=lambda c: c.path.stat().st_size)
+
+
+@pytest.fixture(scope="module")
+def long_speech(librivox, tmp_path_factory) -> tuple[Path, str, float]:
+    """All five clips with 0.7 s pauses (~28 s) as MP3: several 10 s chunks on this server."""
+    gap = np.zeros(int(0.7 * SAMPLE_RATE), np.float32)
+    audio = np.concatenate([part for c in librivox for part in (c.audio, gap)])
+    path = tmp_path_factory.mktemp("openai") / "long.mp3"
+    encode(audio, SAMPLE_RATE, path, "mp3", "libmp3lame", "fltp", out_rate=44_100)
+    return path, " ".join(c.text for c in librivox), audio.size / SAMPLE_RATE
+
+
+def _error(exc: openai.APIStatusError) -> dict:
+    """The body of an OpenAI error: exactly message/type/param/code."""
+    body = exc.response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+# ------------------------------------------------------------------------- transcriptions
+
+
+def test_json_transcription_of_real_speech(client, clip):
+    with clip.path.open("rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert wer(clip.text, result.text) <= 0.1, result.text
+    assert result.usage.type == "duration" and result.usage.seconds == 8  # 7.1 s rounded up
+
+
+def test_text_srt_and_vtt(client, clip):
+    text = client.audio.transcriptions.create(model="whisper-base", file=clip.path,
+                                              response_format="text", language="en")
+    assert wer(clip.text, text) <= 0.1 and text.endswith("\n")
+
+    subtitles = list(srt.parse(client.audio.transcriptions.create(
+        model="whisper-base", file=clip.path, response_format="srt")))
+    assert subtitles and wer(clip.text, " ".join(s.content for s in subtitles)) <= 0.1
+    assert all(0 <= s.start.total_seconds() < s.end.total_seconds() <= 7.1 for s in subtitles)
+
+    vtt = client.audio.transcriptions.create(model="whisper-base", file=clip.path,
+                                             response_format="vtt")
+    captions = webvtt.from_string(vtt).captions
+    assert vtt.startswith("WEBVTT") and captions
+    assert wer(clip.text, " ".join(c.text for c in captions)) <= 0.1
+
+
+def test_verbose_json_with_word_and_segment_timestamps(client, clip):
+    result = client.audio.transcriptions.create(
+        model="whisper-1", file=clip.path, response_format="verbose_json",
+        timestamp_granularities=["word", "segment"], prompt="Mr. John Dashwood")
+    assert result.language == "english" and result.duration == pytest.approx(7.1, abs=0.05)
+    assert wer(clip.text, result.text) <= 0.1
+    words = result.words
+    assert len(words) >= 20, words
+    assert wer(clip.text, " ".join(w.word for w in words)) <= 0.1
+    assert all(0 <= w.start <= w.end <= 7.1 for w in words)
+    assert all(a.start <= b.start for a, b in zip(words, words[1:]))
+    assert result.segments and result.segments[0].start <= words[0].start + 0.01
+    assert all(s.end <= 7.1 and s.avg_logprob < 0 <= s.no_speech_prob for s in result.segments)
+
+    only_words = client.audio.transcriptions.create(
+        model="whisper-1", file=clip.path, response_format="verbose_json",
+        timestamp_granularities=["word"])
+    assert only_words.words and only_words.segments is None
+
+
+def test_stream_sends_deltas_as_batches_finish(client, long_speech):
+    path, reference, _ = long_speech
+    events, arrivals = [], []
+    started = time.monotonic()
+    with path.open("rb") as f:
+        for event in client.audio.transcriptions.create(model="whisper-1", file=f, stream=True):
+            events.append(event)
+            arrivals.append(time.monotonic() - started)
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert events[-1].type == "transcript.text.done" and len(deltas) >= 2
+    assert "".join(d.delta for d in deltas) == events[-1].text
+    assert wer(reference, events[-1].text) <= 0.15, events[-1].text
+    # The first words left the server while later chunks were still being decoded.
+    assert arrivals[0] < arrivals[-1] - 0.3, arrivals
+
+
+def test_busy_server_answers_429_and_keeps_serving(client, server, long_speech, clip):
+    """One slot: while a long stream decodes, another transcription gets 429 + Retry-After,
+    and the event loop still answers other requests at once."""
+    path, _, _ = long_speech
+    stream = client.audio.transcriptions.create(model="whisper-1", file=path.read_bytes(),
+                                                stream=True)
+    events = iter(stream)
+    first = next(events)  # the slot is held until the last chunk is decoded
+    assert first.type == "transcript.text.delta"
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.audio.transcriptions.create(model="whisper-1", file=clip.path)
+    assert caught.value.status_code == 429
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+    assert _error(caught.value)["code"] == "rate_limit_exceeded"
+    began = time.monotonic()
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    assert [m.id for m in client.models.list()]  # /v1/models needs no slot
+    assert time.monotonic() - began < 2.0
+    rest = list(events)
+    assert rest[-1].type == "transcript.text.done"
+
+
+def test_client_retries_after_429_then_succeeds(server, clip):
+    """The SDK's own retry honours Retry-After: a second client simply gets its answer."""
+    patient = openai.OpenAI(api_key=KEY, base_url=f"{server.url}/v1", max_retries=6, timeout=120)
+    first = threading.Thread(target=lambda: patient.audio.transcriptions.create(
+        model="whisper-1", file=clip.path.read_bytes()))
+    first.start()
+    time.sleep(0.5)  # let the first request take the only slot
+    result = patient.audio.transcriptions.create(model="whisper-1", file=clip.path)
+    first.join(120)
+    assert wer(clip.text, result.text) <= 0.1
+
+
+# --------------------------------------------------------------------------- translations
+
+
+def test_translation_of_english_speech_is_english(client, clip):
+    result = client.audio.translations.create(model="whisper-1", file=clip.path)
+    assert wer(clip.text, result.text) <= 0.15
+    verbose = client.audio.translations.create(model="whisper-1", file=clip.path,
+                                               response_format="verbose_json")
+    assert verbose.language == "english" and verbose.segments
+    assert verbose.model_extra["task"] == "translate"
+
+
+def test_translation_of_spanish_speech(client, tmp_path):
+    """Synthetic Spanish speech (espeak-ng) -> English text."""
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (scripts/setup.sh installs it)")
+    wav = tmp_path / "es.wav"
+    subprocess.run(["espeak-ng", "-v", "es", "-s", "130", "-w", str(wav),
+                    "Buenos días. Hoy hace muy buen tiempo."], check=True)
+    result = client.audio.translations.create(model="whisper-1", file=wav,
+                                              response_format="verbose_json")
+    assert result.language == "spanish"
+    text = result.text.lower()
+    assert "morning" in text and "today" in text and "buenos" not in text, result.text
+
+
+# -------------------------------------------------------------------------------- models
+
+
+def test_models_list_openai_shape_with_voxgate_fields(client, server):
+    page = client.models.list()
+    ids = [m.id for m in page.data]
+    assert {"whisper-base", "whisper-tiny.en", "silero-vad", "whisper-1"} <= set(ids)
+    raw = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert raw["object"] == "list"
+    cards = {c["id"]: c for c in raw["data"]}
+    for card in cards.values():
+        assert card["object"] == "model" and isinstance(card["created"], int)
+        assert card["owned_by"] and card["kind"] in ("asr", "vad", "tts", "llm", "mt")
+        assert {"engine", "languages", "license", "installed", "resolvable",
+                "capabilities"} <= set(card)
+    base = cards["whisper-base"]
+    assert base["kind"] == "asr" and base["engine"] == "whisper" and base["installed"]
+    assert base["resolvable"] and base["default"] and base["license"] == "MIT"
+    assert base["capabilities"]["translate"] and base["capabilities"]["word_timestamps"]
+    assert cards["whisper-tiny.en"]["capabilities"]["translate"] is False
+    assert cards["whisper-1"]["alias_of"] == "whisper-base"
+    assert cards["silero-vad"]["kind"] == "vad"
+    hub_only = cards["whisper-large-v3"]
+    assert not hub_only["installed"] and not hub_only["resolvable"]  # offline settings
+
+
+def test_retrieve_model(client):
+    assert client.models.retrieve("whisper-1").alias_of == "whisper-base"
+    assert client.models.retrieve("base").id == "whisper-base"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("no-such-model")
+    assert _error(caught.value)["code"] == "model_not_found"
+
+
+# -------------------------------------------------------------------------------- errors
+
+
+def _expect(status: int, call) -> dict:
+    with pytest.raises(openai.APIStatusError) as caught:
+        call()
+    assert caught.value.status_code == status, caught.value.response.text
+    return _error(caught.value)
+
+
+def test_unknown_and_wrong_kind_models(client, clip):
+    err = _expect(404, lambda: client.audio.transcriptions.create(model="gpt-9", file=clip.path))
+    assert err["param"] == "model" and err["code"] == "model_not_found"
+    err = _expect(400, lambda: client.audio.transcriptions.create(model="silero-vad",
+                                                                   file=clip.path))
+    assert err["param"] == "model"
+    err = _expect(400, lambda: client.audio.translations.create(model="whisper-tiny.en",
+                                                                 file=clip.path))
+    assert err["param"] == "model" and "translate" in err["message"]
+
+
+def test_bad_files(client):
+    err = _expect(400, lambda: client.audio.transcriptions.create(
+        model="whisper-1", file=("empty.wav", b"")))
+    assert err["param"] == "file" and "empty" in err["message"]
+    err = _expect(415, lambda: client.audio.transcriptions.create(
+        model="whisper-1", file=("notes.txt", b"these are not the bytes of a sound file\n" * 20)))
+    assert err["param"] == "file" and err["code"] == "invalid_file_format"
+    assert "notes.txt" in err["message"]
+    err = _expect(400, lambda: client.audio.transcriptions.create(
+        model="whisper-1", file=("silent.wav", encode_wav(np.zeros(0, np.float32)))))
+    assert "no audio samples" in err["message"]
+
+
+def test_too_large_upload(client, clip):
+    # Real speech padded past the server's 1 MB limit.
+    audio = np.concatenate([clip.audio] * 5)  # 35 s of 16-bit 16 kHz = 1.1 MB
+    err = _expect(413, lambda: client.audio.transcriptions.create(
+        model="whisper-1", file=("long.wav", encode_wav(audio))))
+    assert err["code"] == "file_too_large" and "1 MB" in err["message"]
+
+
+def test_bad_options(client, clip):
+    def create(**kw):
+        return lambda: client.audio.transcriptions.create(model="whisper-1", file=clip.path, **kw)
+
+    assert _expect(400, create(response_format="mp3"))["param"] == "response_format"
+    assert _expect(400, create(temperature=1.5))["param"] == "temperature"
+    assert _expect(400, create(language="xx"))["param"] == "language"
+    assert _expect(400, create(timestamp_granularities=["char"]))["param"] == \
+        "timestamp_granularities"
+    assert _expect(400, create(stream=True, response_format="srt"))["param"] == "stream"
+
+
+def test_auth(server, clip):
+    wrong = openai.OpenAI(api_key="wrong", base_url=f"{server.url}/v1", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        wrong.audio.transcriptions.create(model="whisper-1", file=clip.path)
+    assert _error(caught.value)["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    # X-API-Key works as everywhere else on the server.
+    ok = httpx.get(f"{server.url}/v1/models", headers={"X-API-Key": KEY})
+    assert ok.status_code == 200
+
+
+def test_missing_fields_and_other_routers_keep_their_shape(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    missing = httpx.post(f"{server.url}/v1/audio/transcriptions", headers=headers,
+                         data={"model": "whisper-1"})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
+    not_multipart = httpx.post(f"{server.url}/v1/audio/transcriptions", headers=headers,
+                               json={"model": "whisper-1"})
+    assert not_multipart.status_code == 400 and "error" in not_multipart.json()
+    # Outside this router errors keep the server's {"detail"} shape.
+    assert "detail" in httpx.get(f"{server.url}/v1/no-such-route").json()
