@@ -39,7 +39,7 @@ def live_server(app: FastAPI, start_timeout_s: float = 60.0) -> Iterator[LiveSer
                               name="live-uvicorn", daemon=True)
     original_startup = server.startup
 
-    async def startup(sockets=None) -> None:  # noqa: ANN001 - uvicorn's own signature
+    async def startup(sockets=None) -> None:  # uvicorn's own signature
         await original_startup(sockets=sockets)
         started.set()
 

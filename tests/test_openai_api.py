@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -111,7 +112,7 @@ def test_verbose_json_with_word_and_segment_timestamps(client, clip):
     assert len(words) >= 20, words
     assert wer(clip.text, " ".join(w.word for w in words)) <= 0.1
     assert all(0 <= w.start <= w.end <= 7.1 for w in words)
-    assert all(a.start <= b.start for a, b in zip(words, words[1:]))
+    assert all(a.start <= b.start for a, b in pairwise(words))
     assert result.segments and result.segments[0].start <= words[0].start + 0.01
     assert all(s.end <= 7.1 and s.avg_logprob < 0 <= s.no_speech_prob for s in result.segments)
 
