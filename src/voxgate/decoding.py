@@ -330,6 +330,8 @@ class WordSpan:
     start: float
     end: float
     prob: float  # the lowest token probability in the word (NeMo's default aggregation: min)
+    first_token: int = 0  # index of the word's first token in the hypothesis
+    tokens: int = 1  # how many tokens make the word
 
 
 def token_spans(hyp: Hypothesis, pieces: Sequence[str], frame_s: float) -> list[TokenSpan]:
@@ -341,16 +343,18 @@ def token_spans(hyp: Hypothesis, pieces: Sequence[str], frame_s: float) -> list[
 def group_words(spans: Sequence[TokenSpan], space: str = "\u2581") -> list[WordSpan]:
     """Join SentencePiece pieces into words; a piece starting with ``space`` opens a word."""
     words: list[WordSpan] = []
-    text, start, end, prob = "", 0.0, 0.0, 1.0
-    for span in spans:
-        if span.piece.startswith(space) and text:
-            words.append(WordSpan(text, start, end, prob))
-            text = ""
-        if not text:
-            start, prob = span.start, 1.0
-        text += span.piece.replace(space, "") if not text else span.piece
-        end = span.end
-        prob = min(prob, span.prob)
-    if text:
-        words.append(WordSpan(text, start, end, prob))
+    first = 0
+    for index, span in enumerate(spans):
+        if index > first and span.piece.startswith(space):
+            words.append(_word(spans, first, index, space))
+            first = index
+    if first < len(spans):
+        words.append(_word(spans, first, len(spans), space))
     return [w for w in words if w.word]
+
+
+def _word(spans: Sequence[TokenSpan], first: int, stop: int, space: str) -> WordSpan:
+    pieces = spans[first:stop]
+    return WordSpan("".join(p.piece for p in pieces).replace(space, " ").strip(),
+                    pieces[0].start, pieces[-1].end, min(p.prob for p in pieces), first,
+                    stop - first)

@@ -172,7 +172,9 @@ class LogMelFrontend:
         spectrum = np.fft.rfft(frames * self._window, n=c.n_fft, axis=-1)
         power = np.square(spectrum.real, dtype=np.float32)
         power += np.square(spectrum.imag, dtype=np.float32)
-        mel = np.matmul(power, self.filterbank)  # [B, T, n_mels]
+        # 2-D product: numpy's stacked 3-D matmul skips BLAS and is ~8x slower here
+        mel = (power.reshape(-1, power.shape[-1]) @ self.filterbank).reshape(
+            batch, n_frames, c.n_mels)
         mel += np.float32(c.log_guard)
         np.log(mel, out=mel)
 

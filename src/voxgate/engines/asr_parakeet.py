@@ -1,0 +1,446 @@
+"""NVIDIA Parakeet TDT / RNN-T / CTC (NeMo ONNX exports) on ONNX Runtime, with our own decoding.
+
+Model directory layout (as the public exports, e.g. ``istupakov/parakeet-tdt-0.6b-v2-onnx``):
+``encoder-model.onnx`` + ``decoder_joint-model.onnx`` (transducers) or ``model.onnx`` (CTC),
+``*.int8.onnx`` variants when present, ``vocab.txt`` (``piece id`` lines, ``▁`` = space,
+``<blk>`` last) and ``config.json`` (``model_type``, ``features_size``, ``subsampling_factor``).
+
+Pipeline: :mod:`voxgate.features` (NeMo log-mel) -> encoder, one call per batch of chunks ->
+:mod:`voxgate.decoding` (batched greedy TDT / RNN-T over the decoder-joint session, or vectorised
+CTC) -> tokens with 80 ms frame times -> words and segments. Every ONNX boundary is checked
+against the model contract (:mod:`.parakeet_contract`). Inputs longer than ``max_chunk_s`` are
+encoded in windows while the decoder state carries on, so the hypothesis never restarts.
+Execution providers (CPU, CUDA, TensorRT with fp16 and an engine cache) and thread counts come
+from ``Settings.onnx``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..decoding import (
+    GreedyTransducer,
+    Hypothesis,
+    TransducerConfig,
+    TransducerState,
+    ctc_greedy,
+    group_words,
+    token_spans,
+)
+from ..errors import EngineError, ModelError
+from ..features import LogMelFrontend
+from ..types import Segment, Word
+from .base import AsrCapabilities, AsrOptions, AsrResult
+from .parakeet_contract import (
+    ParakeetContract,
+    check_config,
+    check_encoder_output,
+    check_joint_output,
+    check_session,
+    check_vocab,
+    derive_contract,
+    load_contract,
+    subsampled_lengths,
+)
+
+__all__ = ["ParakeetAsr", "ParakeetStream", "onnx_providers", "read_vocab", "model_files"]
+
+logger = logging.getLogger(__name__)
+_SAMPLE_RATE = 16_000
+_SENTENCE_END = (".", "?", "!")
+_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                   "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider"}
+_FILES = {"encoder": "encoder-model", "decoder_joint": "decoder_joint-model", "ctc": "model"}
+
+
+def onnx_providers(onnx: Any, trt_profile: dict[str, str] | None = None
+                   ) -> list[tuple[str, dict[str, Any]]]:
+    """``(provider, options)`` pairs from ``Settings.onnx``; unavailable ones are skipped with a
+    warning and CPU always comes last, so a CUDA-less machine still runs."""
+    import onnxruntime
+
+    available = set(onnxruntime.get_available_providers())
+    chosen: list[tuple[str, dict[str, Any]]] = []
+    for name in onnx.providers:
+        full = _PROVIDER_NAMES.get(name.lower(), name)
+        if full not in available:
+            logger.warning("ONNX Runtime provider %s is not available (have %s); skipped",
+                           full, ", ".join(sorted(available)))
+            continue
+        options: dict[str, Any] = {}
+        if full == "TensorrtExecutionProvider":
+            options["trt_fp16_enable"] = bool(onnx.trt_fp16)
+            if onnx.trt_engine_cache_dir:
+                Path(onnx.trt_engine_cache_dir).mkdir(parents=True, exist_ok=True)
+                options.update(trt_engine_cache_enable=True,
+                               trt_engine_cache_path=str(onnx.trt_engine_cache_dir),
+                               trt_timing_cache_enable=True,
+                               trt_timing_cache_path=str(onnx.trt_engine_cache_dir))
+            options.update(trt_profile or {})
+        if full not in (p for p, _ in chosen):
+            chosen.append((full, options))
+    if "CPUExecutionProvider" not in (p for p, _ in chosen):
+        chosen.append(("CPUExecutionProvider", {}))
+    return chosen
+
+
+def _open_session(path: Path, onnx: Any, trt_profile: dict[str, str] | None = None) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(int(onnx.intra_op_threads), 0)
+    options.inter_op_num_threads = max(int(onnx.inter_op_threads), 0)
+    options.log_severity_level = 3
+    providers = onnx_providers(onnx, trt_profile)
+    try:
+        return onnxruntime.InferenceSession(str(path), sess_options=options,
+                                            providers=[p for p, _ in providers],
+                                            provider_options=[o for _, o in providers])
+    except Exception as exc:  # onnxruntime raises Fail / InvalidGraph / NoSuchFile types
+        raise ModelError(f"cannot load {path}: {exc}") from exc
+
+
+def read_vocab(path: Path) -> list[str]:
+    """``vocab.txt`` (``piece id`` per line) as a list indexed by id."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ModelError(f"cannot read vocabulary {path}: {exc}") from exc
+    entries: dict[int, str] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        piece, _, index = line.rpartition(" ")
+        if not piece or not index.isdigit():
+            raise ModelError(f"{path}:{number}: expected 'piece id', got {line!r}")
+        entries[int(index)] = piece
+    if sorted(entries) != list(range(len(entries))):
+        raise ModelError(f"{path}: token ids are not 0..{len(entries) - 1} without gaps")
+    return [entries[i] for i in range(len(entries))]
+
+
+def model_files(directory: Path, quantization: str | None = None) -> dict[str, Path]:
+    """The ONNX files to load: role -> path (``encoder`` + ``decoder_joint``, or ``ctc``).
+
+    ``quantization=None`` prefers full precision and falls back to ``int8`` when only that
+    is present; ``"int8"`` (or another suffix) asks for that variant.
+    """
+    def pick(stem: str) -> Path | None:
+        suffixes = [f".{quantization}"] if quantization else ["", ".int8"]
+        return next((directory / f"{stem}{s}.onnx" for s in suffixes
+                     if (directory / f"{stem}{s}.onnx").is_file()), None)
+
+    encoder, joint = pick(_FILES["encoder"]), pick(_FILES["decoder_joint"])
+    if encoder and joint:
+        return {"encoder": encoder, "decoder_joint": joint}
+    ctc = pick(_FILES["ctc"])
+    if ctc:
+        return {"ctc": ctc}
+    variant = f" ({quantization})" if quantization else ""
+    raise ModelError(f"{directory}: no Parakeet ONNX files{variant}: expected encoder-model.onnx "
+                     "+ decoder_joint-model.onnx (TDT/RNN-T) or model.onnx (CTC)")
+
+
+class _OrtJoint:
+    """:class:`~voxgate.decoding.JointFn` over the decoder-joint session for up to ``rows`` rows.
+
+    Input buffers are allocated once per decode call; each step checks the output shapes
+    against the contract (tuple compares, no copies).
+    """
+
+    _OUTPUTS = ["outputs", "output_states_1", "output_states_2"]
+
+    def __init__(self, session: Any, contract: ParakeetContract, rows: int) -> None:
+        self._session = session
+        self._contract = contract
+        dtype = np.int32 if contract.targets_dtype == "int32" else np.int64
+        self._targets = np.zeros((rows, 1), dtype=dtype)
+        self._lengths = np.ones(rows, dtype=dtype)
+
+    def __call__(self, frames: np.ndarray, targets: np.ndarray, state1: np.ndarray,
+                 state2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, dim = frames.shape
+        batch_targets = self._targets[:n]
+        batch_targets[:, 0] = targets
+        logits, out1, out2 = self._session.run(self._OUTPUTS, {
+            "encoder_outputs": frames.reshape(n, dim, 1), "targets": batch_targets,
+            "target_length": self._lengths[:n], "input_states_1": state1,
+            "input_states_2": state2})
+        check_joint_output(self._contract, n, logits, out1, out2)
+        return logits.reshape(n, -1), out1, out2
+
+
+@dataclass(slots=True)
+class _Progress:
+    """One input's decoding so far, across its windows."""
+
+    windows: list[np.ndarray]
+    state: TransducerState | None = None
+    ctc: Hypothesis = field(default_factory=Hypothesis)
+    frame_offset: int = 0
+
+
+class ParakeetAsr:
+    """A Parakeet model shared by all sessions (ORT sessions are thread-safe; per-call state
+    lives in the call)."""
+
+    name = "parakeet"
+
+    def __init__(self, model_dir: str | Path, *, model_id: str = "", onnx: Any = None,
+                 quantization: str | None = None, contract: ParakeetContract | None = None,
+                 languages: Sequence[str] = (), batch_size: int = 8,
+                 max_chunk_s: float = 30.0) -> None:
+        from ..config import OnnxSettings
+
+        directory = Path(model_dir)
+        if not directory.is_dir():
+            raise ModelError(f"{directory}: not a Parakeet model directory")
+        self.model_id = model_id or str(directory)
+        onnx = onnx or OnnxSettings()
+        config = self._read_config(directory)
+        files = model_files(directory, quantization)
+        self.pieces = read_vocab(directory / "vocab.txt")
+        n_mels = contract.mel.n_mels if contract else int(config.get("features_size", 80))
+        frames = int(max_chunk_s * 100) + 1
+        profile = {f"trt_profile_{k}_shapes": f"audio_signal:{b}x{n_mels}x{t},length:{b}"
+                   for k, b, t in (("min", 1, 5), ("opt", 1, min(frames, 2001)),
+                                   ("max", batch_size, frames))}
+        self._sessions = {role: _open_session(path, onnx, profile if role != "decoder_joint"
+                                              else None) for role, path in files.items()}
+        self.contract = contract or derive_contract(directory, config, self.pieces,
+                                                    self._sessions)
+        if self.contract.model_type == "ctc" and "ctc" not in files \
+                or self.contract.model_type != "ctc" and "ctc" in files:
+            raise ModelError(f"{directory}: files {sorted(p.name for p in files.values())} do "
+                             f"not hold a {self.contract.model_type.upper()} model "
+                             f"({self.contract.source('decoding.model_type')})")
+        check_config(self.contract, config)
+        check_vocab(self.contract, self.pieces)
+        for role, session in self._sessions.items():
+            check_session(self.contract, role, session)
+        self.frontend = LogMelFrontend(self.contract.mel)
+        self.batch_size = max(int(batch_size), 1)
+        # windows of whole encoder frames, so frame offsets add up exactly
+        samples_per_frame = self.contract.mel.hop_length * self.contract.subsampling_factor
+        self._window = max(int(max_chunk_s * _SAMPLE_RATE) // samples_per_frame, 1) \
+            * samples_per_frame
+        self._clamp_lengths = bool(onnx.trt_fp16) and any(
+            "TensorrtExecutionProvider" in s.get_providers() for s in self._sessions.values())
+        self.files = files
+        self.capabilities = AsrCapabilities(
+            batch=True, streaming=True, word_timestamps=True, translate=False,
+            language_detection=False, languages=self.contract.languages or tuple(languages))
+        logger.info("loaded Parakeet %s (%s, contract %s, providers %s)", self.model_id,
+                    self.contract.model_type, self.contract.name,
+                    next(iter(self._sessions.values())).get_providers())
+
+    @classmethod
+    def load(cls, resolved: Any, settings: Any) -> ParakeetAsr:
+        options = resolved.spec.options
+        contract = load_contract(str(options["contract"]), options.get("variant")) \
+            if options.get("contract") else None
+        return cls(resolved.path, model_id=resolved.spec.id, onnx=settings.onnx,
+                   quantization=options.get("quantization"), contract=contract,
+                   languages=resolved.spec.languages, batch_size=settings.asr.batch_size,
+                   max_chunk_s=settings.asr.max_chunk_s)
+
+    @staticmethod
+    def _read_config(directory: Path) -> dict[str, Any]:
+        path = directory / "config.json"
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path}: unreadable config ({exc})") from exc
+
+    # -- model calls ---------------------------------------------------------------------
+
+    def encode(self, chunks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Encoder output ``[B, T, D]`` (CTC: log-probs ``[B, T, V+1]``) and valid frames."""
+        features, lengths = self.frontend.from_chunks(chunks)
+        role = "ctc" if "ctc" in self._sessions else "encoder"
+        feed = {"audio_signal": features, "length": lengths}
+        if role == "ctc":
+            (logprobs,) = self._sessions[role].run(["logprobs"], feed)
+            expected = subsampled_lengths(lengths, self.contract.subsampling_factor)
+            want = (len(chunks), int(subsampled_lengths(np.array([features.shape[2]]),
+                                                        self.contract.subsampling_factor)[0]),
+                    self.contract.vocab_size + 1)
+            if logprobs.shape != want:
+                raise self.contract.violation("CTC output shape", logprobs.shape, want,
+                                              "encoder.subsampling_factor")
+            return logprobs, expected
+        outputs, encoded = self._sessions[role].run(["outputs", "encoded_lengths"], feed)
+        encoded = check_encoder_output(self.contract, features.shape[2], lengths, outputs,
+                                       encoded, clamp=self._clamp_lengths)
+        return np.ascontiguousarray(outputs.transpose(0, 2, 1)), encoded
+
+    def decoder(self, rows: int) -> GreedyTransducer:
+        """A greedy TDT / RNN-T decoder over this model for batches of up to ``rows``."""
+        c = self.contract
+        shape = (c.pred_layers, c.pred_hidden)
+        if None in shape:
+            raise ModelError(f"{self.model_id}: decoder_joint predictor state size is not fixed "
+                             "in the ONNX graph; give the model a contract that pins it")
+        return GreedyTransducer(_OrtJoint(self._sessions["decoder_joint"], c, rows),
+                                TransducerConfig(c.blank_id, c.durations, c.max_symbols_per_step),
+                                (int(shape[0]), int(shape[1])))
+
+    def recognize(self, chunks: Sequence[np.ndarray]) -> list[Hypothesis]:
+        """Token hypotheses for each chunk (any length), batched ``batch_size`` at a time."""
+        signals = [np.asarray(c, dtype=np.float32).reshape(-1) for c in chunks]
+        progress = [_Progress([s[i:i + self._window] for i in range(0, s.size, self._window)])
+                    for s in signals]
+        for round_ in range(max((len(p.windows) for p in progress), default=0)):
+            active = [p for p in progress if round_ < len(p.windows)
+                      and p.windows[round_].size >= self.contract.mel.hop_length]
+            active.sort(key=lambda p: p.windows[round_].size)
+            for first in range(0, len(active), self.batch_size):
+                self._decode_group(active[first:first + self.batch_size], round_)
+        return [p.state.hypothesis if p.state is not None else p.ctc for p in progress]
+
+    def _decode_group(self, group: list[_Progress], round_: int) -> None:
+        encoded, lengths = self.encode([p.windows[round_] for p in group])
+        if "ctc" in self._sessions:
+            for p, hyp, length in zip(group, ctc_greedy(encoded, lengths,
+                                                         self.contract.blank_id), lengths):
+                hyp.frames = [f + p.frame_offset for f in hyp.frames]
+                p.ctc.extend(hyp)
+                p.frame_offset += int(length)
+            return
+        decoder = self.decoder(len(group))
+        states = [p.state or decoder.initial_state() for p in group]
+        for p, state in zip(group, decoder.decode(encoded, lengths, states)):
+            p.state = state
+
+    # -- Asr protocol --------------------------------------------------------------------
+
+    def _check(self, options: AsrOptions) -> None:
+        if options.task == "translate":
+            raise EngineError(f"{self.model_id} cannot translate (speech recognition only)")
+        language = options.language
+        if language not in (None, "", "auto") and self.capabilities.languages \
+                and language not in self.capabilities.languages:
+            raise EngineError(f"unsupported language {language!r} for {self.model_id} "
+                              f"(supports {', '.join(self.capabilities.languages)})")
+
+    def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
+        """One utterance of any length (windows of ``max_chunk_s``, decoder state carried)."""
+        return self.transcribe_batch([audio], options)[0]
+
+    def transcribe_batch(self, chunks: Sequence[np.ndarray], options: AsrOptions
+                         ) -> list[AsrResult]:
+        """Several chunks in as few encoder calls as the batch size allows; input order kept."""
+        self._check(options)
+        language, _ = self.detect_language(np.zeros(0, np.float32))
+        if options.language not in (None, "", "auto"):
+            language = str(options.language)
+        return [self.result(hyp, np.asarray(c).size / _SAMPLE_RATE, options.word_timestamps,
+                            language) for hyp, c in zip(self.recognize(chunks), chunks)]
+
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+        """Parakeet has no language identification: a one-language model reports that
+        language, a multilingual one ``"und"`` (undetermined) with probability 0."""
+        languages = self.capabilities.languages
+        return (languages[0], 1.0) if len(languages) == 1 else ("und", 0.0)
+
+    def stream(self, chunk_s: float = 1.6, left_context_s: float = 4.0) -> ParakeetStream:
+        """A new streaming state sharing this model."""
+        return ParakeetStream(self, chunk_s=chunk_s, left_context_s=left_context_s)
+
+    def result(self, hyp: Hypothesis, duration: float, word_timestamps: bool = False,
+               language: str = "") -> AsrResult:
+        """Hypothesis -> segments (split after sentence-final punctuation) with times."""
+        spans = token_spans(hyp, self.pieces, self.contract.frame_shift_s)
+        segments: list[Segment] = []
+        current: list[Any] = []
+        words = group_words(spans)
+        for position, word in enumerate(words):
+            current.append(word)
+            if not (word.word.endswith(_SENTENCE_END) or position == len(words) - 1):
+                continue
+            first, stop = current[0].first_token, current[-1].first_token + current[-1].tokens
+            probs = np.array([s.prob for s in spans[first:stop]])
+            segments.append(Segment(
+                id=len(segments), start=min(current[0].start, duration),
+                end=min(current[-1].end, duration), text=" ".join(w.word for w in current),
+                words=[Word(min(w.start, duration), min(w.end, duration), w.word, w.prob)
+                       for w in current] if word_timestamps else [],
+                avg_logprob=float(np.log(np.maximum(probs, 1e-12)).mean()),
+                confidence=float(probs.mean())))
+            current = []
+        return AsrResult(segments=segments, language=language, duration=duration,
+                         extra={"tokens": list(hyp.tokens)})
+
+
+class ParakeetStream:
+    """Live decoding in fixed chunks: each chunk is encoded with ``left_context_s`` of audio
+    before it, and only the chunk's own encoder frames are decoded, continuing the previous
+    decoder state. Chunk and context are whole 80 ms encoder frames so times line up."""
+
+    def __init__(self, asr: ParakeetAsr, chunk_s: float = 1.6, left_context_s: float = 4.0
+                 ) -> None:
+        frame = asr.contract.mel.hop_length * asr.contract.subsampling_factor
+        self.asr = asr
+        self.chunk = max(int(chunk_s * _SAMPLE_RATE) // frame, 1) * frame
+        self.context = max(int(left_context_s * _SAMPLE_RATE) // frame, 0) * frame
+        self._frame = frame
+        self._state: TransducerState | None = None
+        self.reset()
+
+    @property
+    def hypothesis(self) -> Hypothesis:
+        return self._state.hypothesis if self._state is not None else self._ctc
+
+    def accept(self, audio: np.ndarray) -> AsrResult:
+        """Feed audio (float32 16 kHz, any length); returns the transcript so far."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        self._received += audio.size
+        self._pending = np.concatenate([self._pending, audio])
+        while self._pending.size >= self.chunk:
+            piece, self._pending = self._pending[:self.chunk], self._pending[self.chunk:]
+            self._decode(piece)
+        return self.asr.result(self.hypothesis, self._received / _SAMPLE_RATE, True)
+
+    def finish(self) -> AsrResult:
+        """Decode what is left and return the final transcript; the stream is then reset."""
+        if self._pending.size >= self.asr.contract.mel.hop_length:
+            self._decode(self._pending)
+        result = self.asr.result(self.hypothesis, self._received / _SAMPLE_RATE, True)
+        self.reset()
+        return result
+
+    def reset(self) -> None:
+        """Forget everything; the next ``accept`` starts a new utterance at time 0."""
+        self._pending = np.zeros(0, np.float32)
+        self._history = np.zeros(0, np.float32)
+        self._received = 0
+        self._state = None
+        self._ctc = Hypothesis()
+        self._ctc_offset = 0
+
+    def _decode(self, piece: np.ndarray) -> None:
+        window = np.concatenate([self._history, piece])
+        skip = self._history.size // self._frame
+        encoded, lengths = self.asr.encode([window])
+        frames = encoded[:, skip:int(lengths[0])]
+        valid = np.array([frames.shape[1]])
+        if "ctc" in self.asr.files:
+            (hyp,) = ctc_greedy(frames, valid, self.asr.contract.blank_id, self._ctc_offset)
+            self._ctc.extend(hyp)
+            self._ctc_offset += int(valid[0])
+        else:
+            decoder = self.asr.decoder(1)
+            (self._state,) = decoder.decode(frames, valid,
+                                            [self._state or decoder.initial_state()])
+        self._history = window[max(window.size - self.context, 0):] if self.context else \
+            np.zeros(0, np.float32)
+        self._history = self._history[self._history.size % self._frame:]
