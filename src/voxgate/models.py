@@ -244,6 +244,31 @@ register(ModelSpec(
 ))
 
 
+# Parakeet TDT 0.6B, NeMo ONNX exports (online only: no offline pack exists). The contract
+# (contracts/parakeet-tdt-0.6b.contract.json) pins every number the runtime relies on.
+for _version, _languages in (("v2", ("en",)), ("v3", (
+        "bg", "cs", "da", "de", "el", "en", "es", "et", "fi", "fr", "hr", "hu", "it", "lt",
+        "lv", "mt", "nl", "pl", "pt", "ro", "ru", "sk", "sl", "sv", "uk"))):
+    for _quant in ("", "int8"):
+        _suffix = f".{_quant}" if _quant else ""
+        register(ModelSpec(
+            id=f"parakeet-tdt-0.6b-{_version}" + (f"-{_quant}" if _quant else ""),
+            kind="asr",
+            engine="parakeet",
+            description=f"NVIDIA Parakeet TDT 0.6B {_version} (FastConformer-TDT), NeMo ONNX "
+                        f"export{', int8 weights' if _quant else ''} (download from the hub)",
+            license="CC-BY-4.0",
+            sources=(HubSource(f"istupakov/parakeet-tdt-0.6b-{_version}-onnx", allow_patterns=(
+                "config.json", "vocab.txt", f"encoder-model{_suffix}.onnx*",
+                f"decoder_joint-model{_suffix}.onnx*")),),
+            languages=_languages,
+            aliases=() if _quant else (f"parakeet-{_version}",) + (
+                ("parakeet",) if _version == "v2" else ()),
+            options={"contract": "parakeet-tdt-0.6b", "variant": _version,
+                     **({"quantization": _quant} if _quant else {})},
+        ))
+
+
 def get_spec(model_id: str) -> ModelSpec:
     """Catalogue entry for ``model_id`` (or alias); ``ModelError`` listing the known ids."""
     spec = CATALOGUE.get(model_id)
