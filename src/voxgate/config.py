@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "AsrSettings", "LlmSettings", "OnnxSettings", "default_cache_dir"]
+__all__ = ["Settings", "AsrSettings", "StreamingSettings", "RivaSettings", "LlmSettings",
+           "OnnxSettings", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
@@ -65,6 +66,50 @@ class OnnxSettings(BaseModel):
     trt_engine_cache_dir: str = ""
 
 
+class StreamingSettings(BaseModel):
+    """Live transcription (WebSocket /v1/asr, Riva gRPC): endpointing, scheduling and limits.
+
+    A client's config message may override the per-stream values (endpointing, models...);
+    the limits (frame size, idle timeout, pending finals) are the server's alone.
+    """
+
+    endpointing_ms: int = Field(500, ge=100, le=5000)  # silence that ends an utterance
+    min_speech_ms: int = Field(250, ge=0, le=5000)  # shorter blips are not utterances
+    speech_pad_ms: int = Field(200, ge=0, le=1000)  # audio kept around speech for the decoder
+    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    partial_interval_ms: int = Field(500, ge=100, le=10_000)  # stream time between partials
+    max_utterance_s: float = Field(20.0, ge=2.0, le=30.0)  # force a final past this length
+    final_beam_size: int = Field(1, ge=1, le=20)
+    partial_beam_size: int = Field(1, ge=1, le=20)
+    batch_max_size: int = Field(8, ge=1, le=64)  # finals from many streams decoded together
+    batch_max_wait_ms: int = Field(15, ge=0, le=1000)  # how long a final waits for company
+    max_pending_finals: int = Field(4, ge=1, le=64)  # per stream; beyond this, reading pauses
+    idle_timeout_s: float = Field(30.0, gt=0.0)  # no message for this long closes the stream
+    max_frame_bytes: int = Field(1 << 20, ge=1024)  # one WebSocket frame / gRPC audio chunk
+    max_recognize_mb: int = Field(64, ge=1)  # Riva Recognize (whole file in one message)
+
+
+class RivaSettings(BaseModel):
+    """A remote NVIDIA Riva server used as an ASR engine (``engines/asr_riva.py``)."""
+
+    uri: str = "localhost:50051"
+    use_ssl: bool = False
+    ssl_root_cert: str = ""  # PEM file; empty with use_ssl: the system roots
+    api_key: str = ""  # sent as metadata ``authorization: Bearer <key>``
+    metadata: Annotated[list[str], NoDecode] = []  # extra "key=value" pairs
+    model: str = ""  # Riva model name; empty: the server's default
+    timeout_s: float = Field(30.0, gt=0.0)  # per call
+    max_retries: int = Field(3, ge=0, le=10)  # on UNAVAILABLE, exponential backoff
+    backoff_s: float = Field(0.2, ge=0.0)  # first retry delay; doubles each time
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _split_metadata(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+
 class Settings(BaseSettings):
     """All of voxgate's configuration. See README "Configuration" for every variable."""
 
@@ -82,6 +127,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int = 50051
+    grpc_tls_cert: Path | None = None  # PEM certificate chain: serve gRPC over TLS
+    grpc_tls_key: Path | None = None  # PEM private key for grpc_tls_cert
     wyoming_uri: str = ""
     max_upload_mb: int = Field(500, ge=1)
     max_queue_depth: int = Field(100, ge=1)
@@ -99,6 +146,8 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(10.0, gt=0.0)
     offline: bool = False  # True: never try a model hub
     asr: AsrSettings = AsrSettings()
+    streaming: StreamingSettings = StreamingSettings()
+    riva: RivaSettings = RivaSettings()
     llm: LlmSettings = LlmSettings()
     onnx: OnnxSettings = OnnxSettings()
 

@@ -31,6 +31,13 @@ _WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 def _components(settings: Settings) -> list[Component]:
     """The server's long-lived parts, in start order (later issues add theirs here)."""
     parts: list[Component] = []
+    from .ws import StreamingComponent  # live ASR sessions shared by WebSocket, gRPC, Wyoming
+
+    parts.append(StreamingComponent(settings))
+    if settings.grpc_port and importlib.util.find_spec("riva") is not None:  # extra "grpc"
+        from .grpc_riva import RivaGrpcServer
+
+        parts.append(RivaGrpcServer(settings))
     if settings.wyoming_uri:  # Wyoming speech-to-text (Home Assistant)
         from .wyoming import WyomingServer
 
@@ -125,6 +132,9 @@ def _routers() -> list[Any]:
     from .metrics import router as metrics_router  # Prometheus /metrics
 
     routers.extend([jobs_router, metrics_router])
+    from .ws import router as ws_router  # WebSocket /v1/asr (live transcription)
+
+    routers.append(ws_router)
     return routers
 
 

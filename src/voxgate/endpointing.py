@@ -1,0 +1,99 @@
+"""Streaming endpointing: per-frame speech probabilities -> utterance start / end decisions.
+
+The rule is Silero's own hysteresis (the one ``spans_from_probs`` applies to whole files), run
+one frame at a time so a live stream can act on it: speech starts at ``threshold``, ends after
+``min_silence`` samples below ``threshold - 0.15``; a burst shorter than ``min_speech`` samples
+is a blip, not an utterance, and is cancelled without ever being announced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Boundary", "Endpointer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Boundary:
+    """``start``: speech confirmed, began at ``sample``; ``end``: speech ended at ``sample``;
+    ``cancel``: the burst that began at ``sample`` was too short to be speech."""
+
+    kind: Literal["start", "end", "cancel"]
+    sample: int
+
+
+class Endpointer:
+    """Feed one probability per frame with :meth:`push`; get boundaries back as they happen.
+
+    Pure Python and model-free, so the decisions are unit-tested on hand-built probabilities.
+    """
+
+    def __init__(self, *, threshold: float, min_silence_samples: int, min_speech_samples: int,
+                 frame_samples: int = 512) -> None:
+        self.threshold = threshold
+        self.neg_threshold = max(threshold - 0.15, 0.01)
+        self.min_silence = min_silence_samples
+        self.min_speech = min_speech_samples
+        self.frame = frame_samples
+        self.frames = 0  # frames seen so far
+        self.triggered = False  # inside a burst of speech (confirmed or not)
+        self.confirmed = False  # the burst was announced with a "start"
+        self.start = 0
+        self.silence_start: int | None = None
+        self.last_speech_end = 0  # end sample of the latest frame at or above threshold
+
+    @property
+    def position(self) -> int:
+        """Stream sample up to which probabilities have been seen."""
+        return self.frames * self.frame
+
+    @property
+    def in_silence(self) -> bool:
+        """Inside an utterance, but the latest frames are below the silence threshold."""
+        return self.silence_start is not None
+
+    def push(self, prob: float) -> list[Boundary]:
+        pos = self.frames * self.frame
+        self.frames += 1
+        end = pos + self.frame
+        out: list[Boundary] = []
+        if prob >= self.threshold:
+            self.last_speech_end = end
+        if not self.triggered:
+            if prob >= self.threshold:
+                self.triggered, self.confirmed = True, False
+                self.start, self.silence_start = pos, None
+                out.extend(self._confirm(end))
+            return out
+        if prob >= self.threshold:
+            self.silence_start = None
+        elif prob < self.neg_threshold and self.silence_start is None:
+            self.silence_start = pos
+        out.extend(self._confirm(end))
+        if self.silence_start is not None and end - self.silence_start >= self.min_silence:
+            out.append(Boundary("end" if self.confirmed else "cancel",
+                                self.silence_start if self.confirmed else self.start))
+            self.triggered = self.confirmed = False
+            self.silence_start = None
+        return out
+
+    def _confirm(self, end: int) -> list[Boundary]:
+        if not self.confirmed and self.silence_start is None and end - self.start >= self.min_speech:
+            self.confirmed = True
+            return [Boundary("start", self.start)]
+        return []
+
+    def force_end(self, at: int) -> list[Boundary]:
+        """End the open utterance now (flush, end of stream): announces it if never announced."""
+        if not self.triggered:
+            return []
+        out = [] if self.confirmed else [Boundary("start", self.start)]
+        out.append(Boundary("end", at))
+        self.triggered = self.confirmed = False
+        self.silence_start = None
+        return out
+
+    def split(self, at: int) -> None:
+        """Continue the same burst of speech as a new utterance starting at ``at``."""
+        self.start = at

@@ -1,0 +1,230 @@
+"""WebSocket ``/v1/asr``: live transcription with partial and final results.
+
+First message: JSON config; then binary audio frames, ``{"type": "flush"}`` and
+``{"type": "end"}``. The server answers ``ready``, then events, and an ``error`` message before
+any close that is not normal. The protocol, with examples, is in ``docs/protocol.md``.
+
+The router is thin: it parses wire messages (``wire.py``), converts audio (``PcmInput``) and
+hands both to an :class:`~voxgate.streaming.AsrSession`; a writer task sends the session's
+events. A bad frame still gets the open utterance finalised and sent before the error, so the
+client loses nothing it had already said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from ..errors import AudioError, EngineError
+from ..streaming import AsrSession, PcmInput, StreamConfigError, StreamingService, StreamLimitError
+from .deps import websocket_api_key_ok
+from .state import AppState
+from .wire import (
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNSUPPORTED,
+    Ended,
+    ErrorMessage,
+    EventMessage,
+    Ready,
+    StreamStart,
+    WireError,
+    config_error,
+    parse_client_text,
+)
+
+__all__ = ["router", "StreamingComponent", "streaming_service"]
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["live"])
+
+
+class StreamingComponent(StreamingService):
+    """The shared :class:`StreamingService` as a server component: adds /ready and /metrics."""
+
+    async def start(self, state: Any = None) -> None:
+        await super().start(state)
+        if state is None:
+            return
+        state.ready_checks.append(self._ready)
+        try:
+            from .metrics import metrics_of
+
+            metrics_of(state).add_source(self._metrics)
+        except ImportError:  # prometheus_client missing: /metrics is off anyway
+            logger.debug("prometheus_client not installed; no streaming metrics")
+
+    async def _ready(self) -> tuple[str, bool, str]:
+        ok = self.scheduler.running
+        return "streaming", ok, (f"{self.active}/{self.max_streams} streams" if ok
+                                 else "decode scheduler not running")
+
+    def _metrics(self):  # -> Iterator[Metric]
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.scheduler.stats
+        yield GaugeMetricFamily("voxgate_streams_active", "Live ASR streams open now",
+                                value=self.active)
+        yield CounterMetricFamily("voxgate_streams_opened", "Live ASR streams opened",
+                                  value=self.opened_total)
+        yield CounterMetricFamily("voxgate_stream_finals", "Final results decoded",
+                                  value=stats.finals)
+        yield CounterMetricFamily("voxgate_stream_final_batches", "Batched final decode calls",
+                                  value=stats.final_batches)
+        yield CounterMetricFamily("voxgate_stream_partials", "Partial results decoded",
+                                  value=stats.partials)
+        yield CounterMetricFamily("voxgate_stream_partials_dropped",
+                                  "Partials skipped because compute fell behind",
+                                  value=stats.dropped_partials)
+        yield GaugeMetricFamily("voxgate_stream_finals_queued", "Finals waiting to be decoded",
+                                value=self.scheduler.queued_finals)
+
+
+def streaming_service(state: AppState) -> StreamingService:
+    """The app's shared streaming service (a component started by the lifespan)."""
+    service = state.components.get("streaming")
+    if service is None:
+        raise EngineError("live streaming is not enabled in this server", retryable=False)
+    return service
+
+
+async def _send_error(ws: WebSocket, err: ErrorMessage) -> None:
+    if ws.client_state != WebSocketState.CONNECTED:
+        return
+    with contextlib.suppress(Exception):  # the client may already be gone
+        await ws.send_json(err.to_wire())
+        await ws.close(err.close_code, err.message[:120])
+
+
+def _as_error(exc: BaseException) -> ErrorMessage:
+    if isinstance(exc, WireError):
+        return ErrorMessage(str(exc), exc.close_code, exc.code, exc.field)
+    if isinstance(exc, StreamConfigError):
+        return _as_error(config_error(exc))
+    if isinstance(exc, StreamLimitError):
+        return ErrorMessage(str(exc), CLOSE_TRY_AGAIN, "busy")
+    if isinstance(exc, AudioError):
+        return ErrorMessage(str(exc), CLOSE_UNSUPPORTED, "bad_audio")
+    if isinstance(exc, EngineError):
+        return ErrorMessage(str(exc), CLOSE_INTERNAL, "engine_error")
+    return ErrorMessage("internal error", CLOSE_INTERNAL, "internal")
+
+
+@router.websocket("/v1/asr")
+async def live_asr(ws: WebSocket) -> None:
+    state: AppState = ws.app.state.voxgate
+    settings = state.settings
+    await ws.accept()
+    if not websocket_api_key_ok(ws, settings):
+        await _send_error(ws, ErrorMessage("invalid or missing API key (X-API-Key, "
+                                           "Authorization: Bearer, or ?api_key=)",
+                                           CLOSE_POLICY, "unauthorized"))
+        return
+    limits = settings.streaming
+    session: AsrSession | None = None
+    writer: asyncio.Task[None] | None = None
+    try:
+        service = streaming_service(state)
+        service.check_capacity()  # answer a full server before reading anything
+        start = await _receive_config(ws, limits.idle_timeout_s, limits.max_frame_bytes)
+        pcm = PcmInput(start.encoding, start.sample_rate, start.channels)
+        config = service.config(**start.options)
+        session = await service.open(config)
+        await ws.send_json(Ready(session.id, pcm.sample_rate, pcm.encoding, pcm.channels,
+                                 config.final_model, config.partial_model, config.language,
+                                 config.interim_results, config.endpointing_ms).to_wire())
+        writer = asyncio.create_task(_write_events(ws, session), name=f"ws-writer-{session.id}")
+        await _read_audio(ws, session, pcm, limits.idle_timeout_s, limits.max_frame_bytes,
+                          writer)
+        await writer  # every final of the ended stream is sent
+        await ws.send_json(Ended(session.position, session.utterances,
+                                 session.dropped_partials).to_wire())
+        await ws.close(CLOSE_NORMAL)
+    except WebSocketDisconnect:
+        logger.info("live ASR client went away%s", f" (stream {session.id})" if session else "")
+    except Exception as exc:  # every failure becomes an error message + close code
+        if not isinstance(exc, (WireError, StreamConfigError, StreamLimitError, AudioError)):
+            logger.exception("live ASR stream failed")
+        if session is not None and writer is not None and not writer.done() \
+                and isinstance(exc, (WireError, AudioError)):
+            await _finish_quietly(session, writer)  # deliver what was said before the bad frame
+        await _send_error(ws, _as_error(exc))
+    finally:
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+        if session is not None:
+            await session.close()
+
+
+async def _receive_config(ws: WebSocket, idle_s: float, max_bytes: int) -> StreamStart:
+    message = await _receive(ws, idle_s)
+    if message.get("bytes") is not None:
+        raise WireError("audio arrived before the config message; send the JSON config first",
+                        field="type", code="config_expected")
+    text = message.get("text") or ""
+    if len(text.encode()) > max_bytes:
+        raise WireError(f"config message larger than {max_bytes} bytes",
+                        close_code=CLOSE_TOO_BIG, code="too_big")
+    return StreamStart.from_wire(text)
+
+
+async def _receive(ws: WebSocket, idle_s: float) -> dict[str, Any]:
+    try:
+        message = await asyncio.wait_for(ws.receive(), idle_s)
+    except TimeoutError:
+        raise WireError(f"no message for {idle_s:g} s: idle stream closed", code="idle_timeout"
+                        ) from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    return message
+
+
+async def _read_audio(ws: WebSocket, session: AsrSession, pcm: PcmInput, idle_s: float,
+                      max_bytes: int, writer: asyncio.Task[None]) -> None:
+    while True:
+        receive = asyncio.ensure_future(_receive(ws, idle_s))
+        done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if receive not in done:  # the writer failed (engine error): stop reading
+            receive.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receive
+            writer.result()
+            raise EngineError("stream ended unexpectedly")
+        message = receive.result()
+        data = message.get("bytes")
+        if data is not None:
+            if len(data) > max_bytes:
+                raise WireError(f"audio frame of {len(data)} bytes exceeds the {max_bytes}-byte "
+                                "limit; send smaller frames (e.g. 100 ms)",
+                                close_code=CLOSE_TOO_BIG, code="too_big")
+            await session.accept(pcm.convert(data))
+            continue
+        control = parse_client_text(message.get("text") or "")
+        if control.type == "flush":
+            await session.flush()
+        else:
+            await session.accept(pcm.flush())
+            await session.finish()
+            return
+
+
+async def _write_events(ws: WebSocket, session: AsrSession) -> None:
+    async for event in session.events():
+        await ws.send_json(EventMessage(event).to_wire())
+
+
+async def _finish_quietly(session: AsrSession, writer: asyncio.Task[None]) -> None:
+    """Finalise the open utterance and let the writer send it (bounded wait)."""
+    with contextlib.suppress(Exception):
+        await session.finish()
+        await asyncio.wait_for(asyncio.shield(writer), 30.0)

@@ -1,0 +1,623 @@
+"""Live transcription: audio in, ``start_of_speech`` / ``partial`` / ``final`` / ``end_of_speech`` out.
+
+One :class:`StreamingService` per process owns the shared pieces: the stream limit and the
+:class:`~voxgate.stream_batcher.DecodeScheduler` that decodes finals from every stream in
+batches. Each stream is an :class:`AsrSession`:
+
+* a per-stream Silero VAD state feeds an :class:`~voxgate.endpointing.Endpointer` that decides
+  where utterances start and end (``endpointing_ms`` of silence, ``min_speech_ms``, padding);
+* while an utterance is open, every ``partial_interval_ms`` of new speech the open utterance is
+  re-decoded with the fast model (default ``whisper-tiny.en``) -> ``partial`` with a stability
+  estimate (how much of it agreed with the previous partial);
+* a closed utterance is decoded once with the accurate model (default ``whisper-base``), with
+  word timestamps and confidence -> ``final``. ``flush()`` forces a final without closing the
+  stream, ``finish()`` finalises at end of stream. Utterances longer than ``max_utterance_s``
+  are cut into several finals, so an hour-long stream keeps constant memory.
+
+Transports (WebSocket, Riva gRPC, Wyoming) use it the same way::
+
+    session = await service.open(service.config(language="en"))
+    try:
+        async for event in stream_events(session, chunks):  # chunks: float32 16 kHz arrays
+            send(event)
+    finally:
+        await session.close()
+
+or feed ``await session.accept(samples)`` from one task and read ``session.events()`` in
+another. Times are seconds of the stream's own audio. ``event.lag`` is how much audio had
+arrived beyond the point the event describes when it was emitted (compute backlog, seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, StreamResampler, f32le_to_float32, pcm16_to_float32
+from .config import Settings
+from .endpointing import Boundary, Endpointer
+from .engines.base import Asr, AsrOptions, AsrResult
+from .errors import AudioError, ConfigError, EngineError, ModelError
+from .stream_batcher import DecodeScheduler
+from .types import AsrEvent, Word
+
+__all__ = [
+    "StreamConfig",
+    "StreamConfigError",
+    "StreamLimitError",
+    "StreamingService",
+    "AsrSession",
+    "PcmInput",
+    "stream_events",
+    "stability",
+    "ENCODINGS",
+]
+
+logger = logging.getLogger(__name__)
+ENCODINGS = ("pcm16", "f32")
+_PARTIAL_CHECK_SAMPLES = 512  # audio between checks whether a partial is due
+
+
+class StreamConfigError(ConfigError):
+    """A stream option is invalid; ``field`` names it so transports can report it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class StreamLimitError(EngineError):
+    """Every stream slot is taken; retry later (WebSocket 1013, gRPC RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"server busy: all {limit} live streams are in use; retry in a few "
+                         "seconds or raise VOXGATE_MAX_STREAMS", retryable=True)
+        self.limit = limit
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "endpointing_ms": (100, 5000),
+    "min_speech_ms": (0, 5000),
+    "speech_pad_ms": (0, 1000),
+    "vad_threshold": (0.01, 0.99),
+    "partial_interval_ms": (100, 10_000),
+    "max_utterance_s": (2.0, 30.0),
+    "final_beam_size": (1, 20),
+    "partial_beam_size": (1, 20),
+}
+
+
+@dataclass(slots=True)
+class StreamConfig:
+    """Per-stream options; build with :meth:`StreamingService.config` (server defaults)."""
+
+    final_model: str
+    partial_model: str
+    language: str | None = "en"  # None: detect per utterance (multilingual models)
+    interim_results: bool = True
+    word_timestamps: bool = True
+    endpointing_ms: int = 500
+    min_speech_ms: int = 250
+    speech_pad_ms: int = 200
+    vad_threshold: float = 0.5
+    partial_interval_ms: int = 500
+    max_utterance_s: float = 20.0
+    final_beam_size: int = 1
+    partial_beam_size: int = 1
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> "StreamConfig":
+        """Server defaults with ``overrides`` applied and validated (None values ignored)."""
+        s = settings.streaming
+        base = cls(final_model=settings.asr.model, partial_model=settings.asr.partial_model,
+                   endpointing_ms=s.endpointing_ms, min_speech_ms=s.min_speech_ms,
+                   speech_pad_ms=s.speech_pad_ms, vad_threshold=s.vad_threshold,
+                   partial_interval_ms=s.partial_interval_ms, max_utterance_s=s.max_utterance_s,
+                   final_beam_size=s.final_beam_size, partial_beam_size=s.partial_beam_size)
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key, value in overrides.items():
+            if key not in names:
+                raise StreamConfigError(key, "unknown option")
+            if value is not None:
+                setattr(base, key, value)
+        base.validate()
+        return base
+
+    def validate(self) -> None:
+        """Raise :class:`StreamConfigError` naming the first bad field."""
+        for name in ("final_model", "partial_model"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise StreamConfigError(name, "must be a model id")
+        if self.language is not None and (not isinstance(self.language, str)
+                                          or not 2 <= len(self.language) <= 8):
+            raise StreamConfigError("language", f"must be a language code like 'en', "
+                                                f"got {self.language!r}")
+        for name in ("interim_results", "word_timestamps"):
+            if not isinstance(getattr(self, name), bool):
+                raise StreamConfigError(name, "must be true or false")
+        for name, (low, high) in _RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise StreamConfigError(name, f"must be a number, got {value!r}")
+            if not low <= value <= high:
+                raise StreamConfigError(name, f"must be between {low:g} and {high:g}, got {value}")
+
+
+class PcmInput:
+    """Wire audio -> float32 mono 16 kHz, keeping resampler state across frames.
+
+    ``encoding`` is ``pcm16`` (little-endian signed 16-bit) or ``f32`` (little-endian float);
+    every frame must hold whole sample frames (all channels), so an odd-length PCM16 frame is
+    an :class:`~voxgate.errors.AudioError`, never a silently shifted stream.
+    """
+
+    def __init__(self, encoding: str = "pcm16", sample_rate: int = SAMPLE_RATE,
+                 channels: int = 1) -> None:
+        if encoding not in ENCODINGS:
+            raise StreamConfigError("encoding", f"unsupported encoding {encoding!r}; "
+                                                f"use one of {', '.join(ENCODINGS)}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) \
+                or not 8000 <= sample_rate <= 192_000:
+            raise StreamConfigError("sample_rate", f"must be an integer 8000..192000 Hz, "
+                                                   f"got {sample_rate!r}")
+        if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 8:
+            raise StreamConfigError("channels", f"must be 1..8, got {channels!r}")
+        self.encoding, self.sample_rate, self.channels = encoding, sample_rate, channels
+        self._width = 2 if encoding == "pcm16" else 4
+        self._resampler = StreamResampler(sample_rate, SAMPLE_RATE, channels)
+
+    def convert(self, data: bytes | bytearray | memoryview) -> np.ndarray:
+        frame = self._width * self.channels
+        if len(data) % frame:
+            raise AudioError(f"{self.encoding} audio with {self.channels} channel(s) must come in "
+                             f"multiples of {frame} bytes, got a frame of {len(data)} bytes")
+        samples = pcm16_to_float32(data) if self.encoding == "pcm16" else f32le_to_float32(data)
+        return self._resampler.process(samples)
+
+    def flush(self) -> np.ndarray:
+        return self._resampler.flush()
+
+
+def stability(previous: str, current: str) -> float:
+    """Share of ``current``'s words that repeat ``previous`` word for word from the start."""
+    cur = current.split()
+    if not cur:
+        return 0.0
+    prev = previous.split()
+    same = 0
+    for a, b in zip(prev, cur):
+        if a.strip(".,?!;:").lower() != b.strip(".,?!;:").lower():
+            break
+        same += 1
+    return round(same / len(cur), 3)
+
+
+@dataclass(slots=True)
+class _Utterance:
+    id: int
+    start: int  # stream sample of the speech onset (announced start)
+    buffer_start: int  # stream sample of the first buffered sample belonging to it (padding)
+    last_partial_at: int = 0  # stream sample up to which the last partial was requested
+    last_partial_text: str = ""
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class _PendingFinal:
+    utterance_id: int
+    start: int  # first sample of the decoded audio (padding included): word time offset
+    end: int
+    speech_start: int
+    speech_end: int
+    decided_at: int
+    future: asyncio.Future[AsrResult]
+
+
+class StreamingService:
+    """Shared state of all live streams: limit, models, the cross-session decode scheduler.
+
+    A server :class:`~voxgate.server.state.Component` (``name = "streaming"``) and a plain
+    library object alike: ``await service.start()`` inside the event loop, then ``open``.
+    """
+
+    name = "streaming"
+
+    def __init__(self, settings: Settings, manager: Any | None = None) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.max_streams = settings.max_streams
+        self.scheduler = DecodeScheduler(max_batch=settings.streaming.batch_max_size,
+                                         max_wait_s=settings.streaming.batch_max_wait_ms / 1000)
+        self.sessions: dict[str, AsrSession] = {}
+        self.opened_total = 0
+
+    async def start(self, state: Any = None) -> None:
+        if state is not None:
+            self.manager = state.manager
+        if self.manager is None:
+            raise RuntimeError("StreamingService needs a ModelManager")
+        await self.scheduler.start()
+
+    async def stop(self, state: Any = None) -> None:
+        for session in list(self.sessions.values()):
+            await session.close()
+        await self.scheduler.stop()
+
+    @property
+    def active(self) -> int:
+        return len(self.sessions)
+
+    def config(self, **overrides: Any) -> StreamConfig:
+        """This server's defaults with client ``overrides`` (validated, field named on error)."""
+        return StreamConfig.from_settings(self.settings, **overrides)
+
+    def check_capacity(self) -> None:
+        """Raise :class:`StreamLimitError` when no stream slot is free (before any work)."""
+        if self.active >= self.max_streams:
+            raise StreamLimitError(self.max_streams)
+
+    async def open(self, config: StreamConfig) -> AsrSession:
+        """A new session holding a stream slot and references to its models.
+
+        Raises :class:`StreamLimitError` when full and :class:`StreamConfigError` (field
+        ``final_model`` / ``partial_model`` / ``language``) when a model cannot serve the config.
+        """
+        self.check_capacity()
+        if self.manager is None or not self.scheduler.running:
+            raise RuntimeError("StreamingService.start() was not called")
+        config.validate()
+        session_id = uuid.uuid4().hex[:12]
+        # reserve the slot before the (possibly slow) first model load
+        self.sessions[session_id] = placeholder = _Reserved()  # type: ignore[assignment]
+        stack = contextlib.ExitStack()
+        try:
+            final = await asyncio.to_thread(self._use, stack, "asr", config.final_model,
+                                            "final_model")
+            partial = await asyncio.to_thread(self._use, stack, "asr", config.partial_model,
+                                              "partial_model")
+            vad = await asyncio.to_thread(self._use, stack, "vad", "silero-vad", "vad")
+            _check_language(final, config.language, "final_model")
+            if config.interim_results:
+                _check_language(partial, config.language, "partial_model")
+        except BaseException:
+            self.sessions.pop(session_id, None)
+            stack.close()
+            raise
+        session = AsrSession(self, session_id, config, vad.stream(), partial, final, stack)
+        if self.sessions.get(session_id) is placeholder:
+            self.sessions[session_id] = session
+        self.opened_total += 1
+        self.scheduler.active_streams = self.active
+        return session
+
+    def _use(self, stack: contextlib.ExitStack, kind: str, model_id: str, field: str) -> Any:
+        try:
+            return stack.enter_context(self.manager.use(kind, model_id))
+        except ModelError as exc:
+            raise StreamConfigError(field, str(exc)) from exc
+
+    def _release(self, session_id: str) -> None:
+        self.sessions.pop(session_id, None)
+        self.scheduler.active_streams = self.active
+
+
+class _Reserved:
+    """Stand-in for a session whose models are still loading (holds its slot)."""
+
+    async def close(self) -> None:
+        return None
+
+
+def _check_language(asr: Asr, language: str | None, field: str) -> None:
+    caps = asr.capabilities
+    if language is None:
+        if not caps.language_detection:
+            raise StreamConfigError("language", f"{getattr(asr, 'model_id', asr.name)} cannot "
+                                                "detect the language; set language (e.g. 'en')")
+        return
+    if caps.languages and language not in caps.languages:
+        raise StreamConfigError(
+            "language", f"{language!r} is not supported by {field} "
+                        f"{getattr(asr, 'model_id', asr.name)}; choose another model")
+
+
+class AsrSession:
+    """One live stream. Feed float32 16 kHz audio; read events from :meth:`events`.
+
+    ``accept`` returns once the audio is analysed (and waits while this stream already has
+    ``max_pending_finals`` finals queued: that is the backpressure a too-fast client feels).
+    """
+
+    def __init__(self, service: StreamingService, session_id: str, config: StreamConfig,
+                 vad_stream: Any, partial_asr: Asr, final_asr: Asr,
+                 resources: contextlib.ExitStack) -> None:
+        self.service, self.id, self.config = service, session_id, config
+        self._scheduler = service.scheduler
+        self._vad = vad_stream
+        self._partial_asr, self._final_asr = partial_asr, final_asr
+        self._resources = resources
+        ms = SAMPLE_RATE // 1000
+        self._pad = config.speech_pad_ms * ms
+        self._endpointer = Endpointer(threshold=config.vad_threshold,
+                                      min_silence_samples=config.endpointing_ms * ms,
+                                      min_speech_samples=config.min_speech_ms * ms,
+                                      frame_samples=vad_stream.frame_samples)
+        self._max_utt = int(config.max_utterance_s * SAMPLE_RATE)
+        self._partial_every = config.partial_interval_ms * ms
+        self._final_opts = AsrOptions(language=config.language, beam_size=config.final_beam_size,
+                                      word_timestamps=config.word_timestamps)
+        self._partial_opts = AsrOptions(language=config.language,
+                                        beam_size=config.partial_beam_size)
+        self._buffer = np.zeros(0, np.float32)
+        self._buffer_start = 0  # stream sample of self._buffer[0]
+        self.received = 0  # samples accepted so far
+        self._next_id = 0
+        self._utt: _Utterance | None = None
+        self._pending: deque[_PendingFinal] = deque()
+        self._pending_changed = asyncio.Event()
+        self._events: asyncio.Queue[AsrEvent | BaseException | None] = asyncio.Queue()
+        self._emitter = asyncio.create_task(self._emit_finals(), name=f"finals-{session_id}")
+        self._finishing = False
+        self.closed = False
+        self.dropped_partials = 0
+        self.max_lag = 0.0
+
+    # ---- input ---------------------------------------------------------------------------
+    @property
+    def utterances(self) -> int:
+        """Utterances started so far (ids run 0..utterances-1)."""
+        return self._next_id
+
+    @property
+    def position(self) -> float:
+        """Seconds of audio received."""
+        return self.received / SAMPLE_RATE
+
+    async def accept(self, samples: np.ndarray) -> None:
+        """Feed float32 mono 16 kHz samples of any length."""
+        self._check_open()
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if samples.size == 0:
+            return
+        for i in range(0, samples.size, SAMPLE_RATE):  # bound work per step at 1 s of audio
+            await self._accept_block(samples[i:i + SAMPLE_RATE])
+
+    async def _accept_block(self, block: np.ndarray) -> None:
+        while len(self._pending) >= self.service.settings.streaming.max_pending_finals:
+            self._pending_changed.clear()
+            await self._pending_changed.wait()
+            self._check_open()
+        self._buffer = np.concatenate([self._buffer, block])
+        self.received += block.size
+        probs = await asyncio.to_thread(self._vad.accept, block)
+        self._check_open()
+        for prob in probs:
+            for boundary in self._endpointer.push(float(prob)):
+                self._on_boundary(boundary)
+            utt = self._utt
+            if utt is not None and self._endpointer.position - utt.buffer_start >= self._max_utt:
+                self._split_long_utterance()
+        self._maybe_partial()
+        self._trim()
+
+    async def flush(self) -> None:
+        """Force a final for the open utterance now (the stream stays open)."""
+        self._check_open()
+        for boundary in self._endpointer.force_end(self.received):
+            self._on_boundary(boundary)
+
+    async def finish(self) -> None:
+        """End of stream: finalise the open utterance; ``events()`` ends after its final."""
+        if self._finishing or self.closed:
+            return
+        await self.flush()
+        self._finishing = True
+        self._pending_changed.set()
+
+    async def close(self) -> None:
+        """Abandon the stream (client gone, error): cancel queued work, free slot and models."""
+        if self.closed:
+            return
+        self.closed = True
+        self._scheduler.cancel_partial(self.id)
+        for pending in self._pending:
+            pending.future.cancel()
+        self._pending.clear()
+        self._pending_changed.set()
+        self._emitter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._emitter
+        self._events.put_nowait(None)
+        self._buffer = np.zeros(0, np.float32)
+        self._resources.close()
+        self.service._release(self.id)
+        logger.debug("stream %s closed after %.1fs of audio", self.id, self.position)
+
+    async def events(self) -> AsyncIterator[AsrEvent]:
+        """Events in order; ends after ``finish()`` delivered the last final, or on close.
+
+        A failed final decode raises :class:`~voxgate.errors.EngineError` here.
+        """
+        while True:
+            item = await self._events.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise EngineError("stream is closed")
+        if self._finishing:
+            raise EngineError("stream already ended")
+
+    # ---- utterances ----------------------------------------------------------------------
+    def _on_boundary(self, boundary: Boundary) -> None:
+        if boundary.kind == "start":
+            self._utt = _Utterance(self._next_id, boundary.sample,
+                                   max(boundary.sample - self._pad, self._buffer_start),
+                                   last_partial_at=boundary.sample)
+            self._next_id += 1
+            self._push(AsrEvent("start_of_speech", self._utt.id, self._sec(boundary.sample),
+                                self._sec(boundary.sample)))
+        elif boundary.kind == "end" and self._utt is not None:
+            self._close_utterance(min(boundary.sample + self._pad, self.received), boundary.sample)
+
+    def _split_long_utterance(self) -> None:
+        """Cut an utterance that reached ``max_utterance_s`` here; speech goes on as the next."""
+        utt = self._utt
+        if utt is None:
+            return
+        cut = self._endpointer.position
+        self._close_utterance(cut, cut)
+        self._endpointer.split(cut)
+        self._on_boundary(Boundary("start", cut))
+        if self._utt is not None:
+            self._utt.buffer_start = cut
+
+    def _close_utterance(self, audio_end: int, speech_end: int) -> None:
+        utt = self._utt
+        if utt is None:
+            return
+        utt.closed = True
+        self._utt = None
+        self._scheduler.cancel_partial(self.id)
+        self._push(AsrEvent("end_of_speech", utt.id, self._sec(utt.start), self._sec(speech_end)))
+        audio = self._slice(utt.buffer_start, audio_end)
+        future = self._scheduler.submit_final(self._final_asr, audio, self._final_opts)
+        self._pending.append(_PendingFinal(utt.id, utt.buffer_start, audio_end, utt.start,
+                                           speech_end, self.received, future))
+        self._pending_changed.set()
+
+    def _maybe_partial(self) -> None:
+        utt = self._utt
+        if utt is None or not self.config.interim_results:
+            return
+        speech_end = self._endpointer.last_speech_end
+        if speech_end - utt.last_partial_at < self._partial_every:
+            return  # not enough new speech since the last partial (silence adds no words)
+        utt.last_partial_at = speech_end
+        end = self.received
+        audio = self._slice(utt.buffer_start, end)
+        utt_ref = utt
+
+        def done(result: AsrResult | None, error: BaseException | None) -> None:
+            if result is None or utt_ref.closed or self.closed or self._finishing:
+                return
+            text = result.text
+            if not text:
+                return
+            lag = self._sec(self.received - end)
+            event = AsrEvent("partial", utt_ref.id, self._sec(utt_ref.start), self._sec(end),
+                             text=text, stability=stability(utt_ref.last_partial_text, text),
+                             lag=round(lag, 3))
+            utt_ref.last_partial_text = text
+            self._push(event)
+
+        if self._scheduler.submit_partial(self.id, self._partial_asr, audio, self._partial_opts,
+                                          done):
+            self.dropped_partials += 1
+
+    async def _emit_finals(self) -> None:
+        """Deliver finals strictly in utterance order, then end the event stream."""
+        while True:
+            while not self._pending:
+                if self._finishing:
+                    self._events.put_nowait(None)
+                    return
+                self._pending_changed.clear()
+                await self._pending_changed.wait()
+            pending = self._pending[0]
+            try:
+                result = await asyncio.shield(pending.future)
+            except asyncio.CancelledError:
+                if self.closed:
+                    raise
+                result = None
+            except Exception as exc:  # the engine failed this stream's final
+                self._events.put_nowait(EngineError(f"final decode failed: {exc}"))
+                return
+            if self._pending and self._pending[0] is pending:
+                self._pending.popleft()
+            self._pending_changed.set()
+            if result is not None:
+                self._push(self._final_event(pending, result))
+
+    def _final_event(self, pending: _PendingFinal, result: AsrResult) -> AsrEvent:
+        offset = pending.start / SAMPLE_RATE
+        words = [Word(round(w.start + offset, 3), round(w.end + offset, 3), w.word,
+                      round(w.probability, 4))
+                 for seg in result.segments for w in seg.words]
+        spans = [(max(s.end - s.start, 1e-3), s.confidence) for s in result.segments]
+        total = sum(d for d, _ in spans)
+        confidence = sum(d * c for d, c in spans) / total if total else 0.0
+        start = words[0].start if words else self._sec(pending.speech_start)
+        end = words[-1].end if words else self._sec(pending.speech_end)
+        return AsrEvent("final", pending.utterance_id, start, end, text=result.text, words=words,
+                        confidence=round(confidence, 4), stability=1.0,
+                        lag=round(self._sec(self.received - pending.decided_at), 3))
+
+    # ---- buffers -------------------------------------------------------------------------
+    def _push(self, event: AsrEvent) -> None:
+        self.max_lag = max(self.max_lag, event.lag)
+        self._events.put_nowait(event)
+
+    def _slice(self, start: int, end: int) -> np.ndarray:
+        lo = max(start - self._buffer_start, 0)
+        return self._buffer[lo:max(end - self._buffer_start, lo)].copy()
+
+    def _trim(self) -> None:
+        """Keep only what an utterance may still need: constant memory on endless streams."""
+        if self._utt is not None:
+            keep_from = self._utt.buffer_start
+        else:
+            # a burst not yet confirmed starts at endpointer.start; keep padding before it
+            keep_from = (self._endpointer.start if self._endpointer.triggered
+                         else self._endpointer.position) - self._pad
+        drop = min(max(keep_from - self._buffer_start, 0), self._buffer.size)
+        if drop:
+            self._buffer = self._buffer[drop:]
+            self._buffer_start += drop
+
+    @staticmethod
+    def _sec(samples: int) -> float:
+        return round(samples / SAMPLE_RATE, 3)
+
+
+async def stream_events(session: AsrSession, chunks: AsyncIterable[np.ndarray]
+                        ) -> AsyncIterator[AsrEvent]:
+    """Feed ``chunks`` (float32 16 kHz) into ``session`` and yield its events as they come.
+
+    The stream is finished when ``chunks`` ends. An error while feeding (bad audio, client
+    gone) closes the session and is raised here, after the events already produced.
+    """
+    async def feed() -> None:
+        try:
+            async for chunk in chunks:
+                await session.accept(chunk)
+            await session.finish()
+        except BaseException:
+            await session.close()
+            raise
+
+    feeder = asyncio.create_task(feed(), name=f"feed-{session.id}")
+    try:
+        async for event in session.events():
+            yield event
+        await feeder  # surfaces a feeding error that closed the session
+    finally:
+        if not feeder.done():
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await feeder
