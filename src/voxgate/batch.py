@@ -23,10 +23,15 @@ __all__ = ["BatchOptions", "BatchUpdate", "plan_chunks", "iter_transcribe", "tra
 logger = logging.getLogger(__name__)
 
 
+def _long_form_vad() -> VadOptions:
+    # 400 ms padding as faster-whisper's long-form VAD: word onsets are not clipped
+    return VadOptions(speech_pad_ms=400)
+
+
 @dataclass(slots=True)
 class BatchOptions:
     asr: AsrOptions = field(default_factory=AsrOptions)
-    vad: VadOptions = field(default_factory=VadOptions)
+    vad: VadOptions = field(default_factory=_long_form_vad)
     use_vad: bool = True
     batch_size: int = 8
     max_chunk_s: float = 30.0
@@ -66,12 +71,30 @@ def plan_chunks(spans: list[SpeechSpan], max_chunk_s: float,
 
 
 def _shift(segment: Segment, offset: float, index: int, limit: float) -> Segment:
-    """Move chunk-relative times into the file's time base (ms precision, inside the audio)."""
+    """Move chunk-relative times into the file's time base (ms precision).
+
+    Times are clamped to the chunk (``offset`` .. ``limit``): Whisper sees each chunk padded to
+    30 s and may place a last word past the chunk's end, which would overlap the next chunk.
+    """
     def at(t: float) -> float:
-        return round(min(max(t + offset, 0.0), limit), 3)
+        return round(min(max(t + offset, offset), limit), 3)
 
     words = [Word(at(w.start), at(w.end), w.word, w.probability) for w in segment.words]
     return replace(segment, id=index, start=at(segment.start), end=at(segment.end), words=words)
+
+
+def _first_speech(audio: np.ndarray, chunks: list[SpeechSpan], seconds: float = 30.0
+                  ) -> np.ndarray:
+    """Up to ``seconds`` of speech from the first chunks (what language detection listens to)."""
+    limit = int(seconds * SAMPLE_RATE)
+    pieces, total = [], 0
+    for chunk in chunks:
+        piece = audio[chunk.start:min(chunk.end, chunk.start + limit - total)]
+        pieces.append(piece)
+        total += piece.size
+        if total >= limit:
+            break
+    return np.concatenate(pieces)
 
 
 def iter_transcribe(audio: np.ndarray, asr: Asr, vad: Vad | None,
@@ -92,7 +115,7 @@ def iter_transcribe(audio: np.ndarray, asr: Asr, vad: Vad | None,
     language = asr_options.language if asr_options.language not in (None, "", "auto") else None
     probability = 1.0
     if language is None and chunks:
-        language, probability = asr.detect_language(audio[chunks[0].start:chunks[0].end])
+        language, probability = asr.detect_language(_first_speech(audio, chunks))
         asr_options.language = language
     language = language or ""
     if not chunks:
@@ -101,6 +124,8 @@ def iter_transcribe(audio: np.ndarray, asr: Asr, vad: Vad | None,
 
     if not options.use_vad or vad is None:  # whole input, one utterance
         result = asr.transcribe(audio, asr_options)
+        if options.asr.language in (None, "", "auto"):  # we detected it: keep that probability
+            result.language, result.language_probability = language, probability
         yield BatchUpdate([_shift(s, 0.0, i, duration) for i, s in enumerate(result.segments)],
                           duration, duration, result.language, result.language_probability, 1.0)
         return
@@ -112,7 +137,8 @@ def iter_transcribe(audio: np.ndarray, asr: Asr, vad: Vad | None,
         new: list[Segment] = []
         for chunk, result in zip(group, results):
             for segment in result.segments:
-                new.append(_shift(segment, chunk.start / SAMPLE_RATE, index, duration))
+                new.append(_shift(segment, chunk.start / SAMPLE_RATE, index,
+                                  chunk.end / SAMPLE_RATE))
                 index += 1
         done = group[-1].end if first + options.batch_size < len(chunks) else total
         yield BatchUpdate(new, done / SAMPLE_RATE, duration, language, probability, coverage)
@@ -126,7 +152,8 @@ def transcribe_audio(audio: np.ndarray, asr: Asr, vad: Vad | None, options: Batc
     for update in iter_transcribe(audio, asr, vad, options):
         segments.extend(update.segments)
         last = update
-    assert last is not None  # iter_transcribe always yields at least once
+    if last is None:  # iter_transcribe yields at least once; keep the type checker honest
+        raise RuntimeError("iter_transcribe yielded nothing")
     return Transcript(segments=segments, language=last.language,
                       language_probability=last.language_probability,
                       duration=audio.size / SAMPLE_RATE, model=model_id,

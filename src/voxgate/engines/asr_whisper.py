@@ -145,7 +145,7 @@ class WhisperAsr:
 def _convert(index: int, seg: Any, shift: float = 0.0) -> Segment | None:
     """faster-whisper segment -> voxgate Segment; drops Whisper's "silence" windows."""
     text = seg.text.strip()
-    if not text:
+    if not any(ch.isalnum() for ch in text):  # "", "...", "♪": Whisper's filler, not speech
         return None
     if seg.no_speech_prob > _NO_SPEECH_PROB and seg.avg_logprob < _LOGPROB_FLOOR:
         return None
