@@ -479,6 +479,11 @@ class AsrSession:
         utt = self._utt
         if utt is None:
             return
+        silence_start = self._endpointer.silence_start
+        if silence_start is not None:  # speech already stopped: end it there, start nothing
+            for boundary in self._endpointer.force_end(silence_start):
+                self._on_boundary(boundary)
+            return
         cut = self._endpointer.position
         self._close_utterance(cut, cut)
         self._endpointer.split(cut)
