@@ -29,7 +29,14 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ..audio import SAMPLE_RATE, StreamResampler, pcm16_to_float32
-from ..errors import ConfigError, MissingExtraError, ModelError, ProtocolError, VoxgateError
+from ..errors import (
+    ConfigError,
+    EngineError,
+    MissingExtraError,
+    ModelError,
+    ProtocolError,
+    VoxgateError,
+)
 from ..models import get_spec
 from ..transcriber import FileTranscriber, TranscribeRequest
 from .limits import transcription_slots
@@ -94,21 +101,22 @@ def _pcm_to_float32(data: bytes, width: int) -> np.ndarray:
 
 
 class _AudioIn:
-    """One audio stream: raw PCM in its own format -> float32 mono 16 kHz, with limits."""
+    """One audio stream's converter: raw PCM in its own format -> float32 mono 16 kHz."""
 
-    def __init__(self, rate: int, width: int, channels: int, max_bytes: int) -> None:
+    def __init__(self, rate: int, width: int, channels: int, max_bytes: int,
+                 received: int = 0) -> None:
         if rate <= 0 or channels <= 0:
             raise ProtocolError(f"invalid audio format: rate={rate} channels={channels}")
         _pcm_to_float32(b"", width)  # rejects an unsupported width up front
         self.format = (rate, width, channels)
         self.frame_bytes = width * channels
         self.resampler = StreamResampler(rate, SAMPLE_RATE, channels)
-        self.blocks: list[np.ndarray] = []
         self.pending = b""  # a partial frame waiting for the rest of its bytes
-        self.received = 0
+        self.received = received
         self.max_bytes = max_bytes
 
-    def add(self, data: bytes) -> None:
+    def convert(self, data: bytes) -> np.ndarray:
+        """The new 16 kHz samples for ``data`` (frames may straddle chunk borders)."""
         self.received += len(data)
         if self.received > self.max_bytes:
             raise ProtocolError(f"audio stream is longer than the {self.max_bytes // 2**20} MB "
@@ -116,16 +124,108 @@ class _AudioIn:
         data = self.pending + data
         usable = len(data) - len(data) % self.frame_bytes
         self.pending = data[usable:]
-        if usable:
-            samples = _pcm_to_float32(data[:usable], self.format[1])
-            self.blocks.append(self.resampler.process(samples))
+        if not usable:
+            return np.zeros(0, np.float32)
+        return self.resampler.process(_pcm_to_float32(data[:usable], self.format[1]))
 
-    def finish(self) -> np.ndarray:
+    def flush(self) -> np.ndarray:
+        """End of the stream (or of this format): the samples still in the resampler."""
         if self.pending:
-            logger.warning("dropping %d bytes of a partial audio frame at audio-stop",
-                           len(self.pending))
-        self.blocks.append(self.resampler.flush())
-        return np.concatenate(self.blocks) if self.blocks else np.zeros(0, np.float32)
+            logger.warning("dropping %d bytes of a partial audio frame", len(self.pending))
+            self.pending = b""
+        return self.resampler.flush()
+
+
+class _WholeUtterance:
+    """Collect the utterance, transcribe it at audio-stop with the batch path (VAD + Whisper)."""
+
+    live = False
+
+    def __init__(self, state: AppState, model: str, language: str | None) -> None:
+        self.state, self.model, self.language = state, model, language
+        self.blocks: list[np.ndarray] = []
+
+    async def add(self, samples: np.ndarray) -> None:
+        if samples.size:
+            self.blocks.append(samples)
+
+    async def finish(self) -> tuple[str, str | None]:
+        """Transcribe on a worker thread once a server-wide slot is free."""
+        audio = np.concatenate(self.blocks) if self.blocks else np.zeros(0, np.float32)
+        self.blocks = []
+        if audio.size == 0:
+            return "", self.language
+        slots = transcription_slots(self.state)
+        if not await slots.acquire(_SLOT_WAIT_S):
+            raise EngineError(f"server busy: no transcription slot within {_SLOT_WAIT_S:.0f} s",
+                              retryable=True)
+        settings = self.state.settings
+        request = TranscribeRequest(model=self.model, language=self.language,
+                                    beam_size=settings.asr.beam_size,
+                                    batch_size=settings.asr.batch_size)
+
+        def work() -> tuple[str, str]:
+            transcript = FileTranscriber(settings, request, self.state.manager).run_audio(audio)
+            return transcript.text, transcript.language
+
+        future = asyncio.get_running_loop().run_in_executor(None, work)
+        future.add_done_callback(lambda _: slots.release())  # when the thread ends, not before
+        text, language = await asyncio.shield(future)
+        return text, language or self.language
+
+    async def close(self) -> None:
+        self.blocks = []
+
+
+class _LiveUtterance:
+    """The streaming variant: audio goes to a live :class:`~voxgate.streaming.AsrSession` as it
+    arrives; each final is sent at once as ``transcript-chunk``, so by audio-stop most of the
+    work is done. ``transcript-start`` opens the stream; the handler sends ``transcript`` and
+    ``transcript-stop`` at the end."""
+
+    live = True
+
+    def __init__(self, session: Any, send: Send, language: str | None) -> None:
+        self.session, self.send, self.language = session, send, language
+        self.texts: list[str] = []
+        self.forwarder = asyncio.create_task(self._forward(), name=f"wyoming-{session.id}")
+
+    @classmethod
+    async def open(cls, service: Any, send: Send, model: str,
+                   language: str | None) -> _LiveUtterance:
+        from wyoming.asr import TranscriptStart
+
+        config = service.config(final_model=model, language=language, interim_results=False,
+                                word_timestamps=False)
+        session = await service.open(config)
+        await send(TranscriptStart(language=language).event())
+        return cls(session, send, language)
+
+    async def _forward(self) -> None:
+        from wyoming.asr import TranscriptChunk
+
+        async for event in self.session.events():
+            text = event.text.strip()
+            if event.kind == "final" and text:
+                await self.send(TranscriptChunk(text=text if not self.texts else " " + text)
+                                .event())
+                self.texts.append(text)
+
+    async def add(self, samples: np.ndarray) -> None:
+        if samples.size:
+            await self.session.accept(samples)
+
+    async def finish(self) -> tuple[str, str | None]:
+        await self.session.finish()
+        try:
+            await self.forwarder  # every final is sent once this returns
+        finally:
+            await self.session.close()
+        return " ".join(self.texts), self.language
+
+    async def close(self) -> None:
+        self.forwarder.cancel()
+        await self.session.close()
 
 
 class WyomingSttHandler:
@@ -137,7 +237,13 @@ class WyomingSttHandler:
         self.model = state.settings.asr.model
         self.language: str | None = None
         self.audio: _AudioIn | None = None
+        self.utterance: _WholeUtterance | _LiveUtterance | None = None
         self.failed = False  # the current stream already got an error; ignore it to its stop
+
+    @property
+    def streaming(self) -> Any:
+        """The server's live-transcription service, when it runs (the streaming variant)."""
+        return self.state.components.get("streaming")
 
     async def handle(self, event: Any) -> None:
         """Act on one event from the client; unknown event types are ignored (Wyoming rule)."""
@@ -150,12 +256,13 @@ class WyomingSttHandler:
             if Describe.is_type(event.type):
                 await self.send(self.info().event())
             elif Transcribe.is_type(event.type):
+                await self._reset()
                 self._transcribe(Transcribe.from_event(event))
             elif AudioStart.is_type(event.type):
                 start = AudioStart.from_event(event)
-                self._start_audio(start.rate, start.width, start.channels)
+                await self._start_audio(start.rate, start.width, start.channels)
             elif AudioChunk.is_type(event.type):
-                self._chunk(AudioChunk.from_event(event))
+                await self._chunk(AudioChunk.from_event(event))
             elif AudioStop.is_type(event.type):
                 await self._stop_audio()
             elif Ping.is_type(event.type):
@@ -165,16 +272,28 @@ class WyomingSttHandler:
         except (VoxgateError, KeyError, TypeError, ValueError) as exc:
             await self._error(exc)
 
+    async def close(self) -> None:
+        """The connection ended: drop any utterance in progress (and its live session)."""
+        await self._reset()
+
+    async def _reset(self) -> None:
+        utterance, self.utterance, self.audio = self.utterance, None, None
+        if utterance is not None:
+            await utterance.close()
+
     async def _error(self, exc: BaseException) -> None:
         from wyoming.error import Error
 
         if isinstance(exc, ModelError):
             code = "model-error"
+        elif isinstance(exc, EngineError) and exc.retryable:
+            code = "busy"
         elif isinstance(exc, (KeyError, TypeError)):
             code, exc = "bad-event", ProtocolError(f"malformed event: missing or bad field {exc}")
         else:
             code = "bad-request" if isinstance(exc, (ProtocolError, ValueError)) else "error"
-        self.audio, self.failed = None, True
+        await self._reset()
+        self.failed = True
         logger.info("Wyoming request failed (%s): %s", code, exc)
         await self.send(Error(text=str(exc), code=code).event())
 
@@ -197,7 +316,7 @@ class WyomingSttHandler:
             name="voxgate", description="voxgate speech recognition",
             attribution=Attribution(name="voxgate", url=f"http://{settings.host}:{settings.port}/"),
             installed=True, version=_version(), models=models,
-            supports_transcript_streaming=False,
+            supports_transcript_streaming=self.streaming is not None,
         )
         return Info(asr=[program])
 
@@ -211,56 +330,52 @@ class WyomingSttHandler:
         language = (request.language or "").replace("_", "-").split("-")[0].lower()
         self.language = language if language and language != "auto" else None
 
-    def _start_audio(self, rate: int, width: int, channels: int) -> None:
+    async def _start_audio(self, rate: int, width: int, channels: int) -> None:
+        await self._reset()
         self.failed = False
-        max_bytes = self.state.settings.max_upload_mb * 1024 * 1024
-        self.audio = _AudioIn(rate, width, channels, max_bytes)
+        self.audio = _AudioIn(rate, width, channels, self.state.settings.max_upload_mb * 2**20)
+        if self.streaming is not None:
+            languages = get_spec(self.model).languages  # an English-only model needs no guess
+            language = self.language or (languages[0] if len(languages) == 1 and
+                                         languages[0] != "multilingual" else None)
+            self.utterance = await _LiveUtterance.open(self.streaming, self.send, self.model,
+                                                       language)
+        else:
+            self.utterance = _WholeUtterance(self.state, self.model, self.language)
 
-    def _chunk(self, chunk: Any) -> None:
+    async def _chunk(self, chunk: Any) -> None:
         if self.failed:
             return
-        if self.audio is None or self.audio.format != (chunk.rate, chunk.width, chunk.channels):
-            # No audio-start, or the format changed mid-stream: the chunk's own format wins.
-            previous = self.audio
-            self._start_audio(chunk.rate, chunk.width, chunk.channels)
-            if previous is not None:
-                self.audio.blocks.append(previous.finish())  # type: ignore[union-attr]
-                self.audio.received = previous.received  # type: ignore[union-attr]
-        self.audio.add(chunk.audio)  # type: ignore[union-attr]
+        if self.audio is None:  # no audio-start: the chunk's own format starts the stream
+            await self._start_audio(chunk.rate, chunk.width, chunk.channels)
+        audio = self.audio
+        if audio is None or self.utterance is None:
+            return
+        if audio.format != (chunk.rate, chunk.width, chunk.channels):
+            # The format changed mid-stream: it travels with the chunks, so follow it.
+            await self.utterance.add(audio.flush())
+            audio = self.audio = _AudioIn(chunk.rate, chunk.width, chunk.channels,
+                                          audio.max_bytes, audio.received)
+        await self.utterance.add(audio.convert(chunk.audio))
 
     async def _stop_audio(self) -> None:
-        from wyoming.asr import Transcript
+        from wyoming.asr import Transcript, TranscriptStop
 
         if self.failed:  # the error was already reported; the next stream starts clean
             self.failed = False
             return
-        if self.audio is None:
+        audio, utterance = self.audio, self.utterance
+        if audio is None or utterance is None:
             raise ProtocolError("audio-stop without audio-start or any audio-chunk")
-        audio, self.audio = self.audio.finish(), None
-        text, language = await self._run(audio)
+        await utterance.add(audio.flush())
+        self.audio = self.utterance = None
+        try:
+            text, language = await utterance.finish()
+        finally:
+            await utterance.close()
         await self.send(Transcript(text=text, language=language).event())
-
-    async def _run(self, audio: np.ndarray) -> tuple[str, str | None]:
-        """Transcribe on a worker thread once a server-wide slot is free."""
-        if audio.size == 0:
-            return "", self.language
-        slots = transcription_slots(self.state)
-        if not await slots.acquire(_SLOT_WAIT_S):
-            raise VoxgateError(f"server busy: no transcription slot within {_SLOT_WAIT_S:.0f} s")
-        settings = self.state.settings
-        request = TranscribeRequest(model=self.model, language=self.language,
-                                    beam_size=settings.asr.beam_size,
-                                    batch_size=settings.asr.batch_size)
-
-        def work() -> tuple[str, str]:
-            transcript = FileTranscriber(settings, request, self.state.manager).run_audio(audio)
-            return transcript.text, transcript.language
-
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, work)
-        future.add_done_callback(lambda _: slots.release())  # when the thread ends, not before
-        text, language = await asyncio.shield(future)
-        return text, language or self.language
+        if utterance.live:
+            await self.send(TranscriptStop().event())
 
 
 def _version() -> str:
@@ -367,8 +482,11 @@ class WyomingServer:
         if task is not None:
             self._connections.add(task)
 
+        lock = asyncio.Lock()  # live finals and replies come from different tasks
+
         async def send(event: Any) -> None:
-            await async_write_event(event, writer)
+            async with lock:
+                await async_write_event(event, writer)
 
         try:
             if len(self._connections) > state.settings.max_streams:
@@ -376,8 +494,11 @@ class WyomingServer:
                                  code="busy").event())
                 return
             handler = WyomingSttHandler(state, send)
-            while (event := await _read_event(reader)) is not None:
-                await handler.handle(event)
+            try:
+                while (event := await _read_event(reader)) is not None:
+                    await handler.handle(event)
+            finally:
+                await handler.close()
         except ProtocolError as exc:  # the stream is out of sync: say why, then hang up
             await send(Error(text=str(exc), code="bad-event").event())
         except (ConnectionError, asyncio.IncompleteReadError):
