@@ -237,8 +237,10 @@ class JobQueue:
     def requeue_abandoned(self) -> None:
         """Re-queue (or fail) jobs whose worker stopped heart-beating, e.g. killed mid-job."""
         from rq.registry import StartedJobRegistry
+        from rq.timeouts import TimerDeathPenalty
 
-        StartedJobRegistry(queue=self.queue).cleanup()
+        # The timer-based penalty works off the main thread (janitor, heartbeat threads).
+        StartedJobRegistry(queue=self.queue, death_penalty_class=TimerDeathPenalty).cleanup()
 
     def workers(self) -> list[dict[str, Any]]:
         from rq import Worker

@@ -144,6 +144,7 @@ def run_pipeline(settings: Settings, manager: ModelManager, audio_path: Path | s
         report("PROCESSING_ASR", round(0.05 + (asr_end - 0.05) * done / max(total, 1e-9), 4))
 
     transcript: Transcript = clock.run("asr", lambda: transcriber.run_audio(audio, asr_progress))
+    cancel()
     raw_text = transcript.text
     batch = transcriber.batch_options()
     versions: dict[str, Any] = {

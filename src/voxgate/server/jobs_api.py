@@ -73,7 +73,7 @@ class JobsComponent:
         connection = connect(self.url)
         await asyncio.to_thread(connection.ping)
         self.queue = JobQueue(connection, self.settings)
-        self.aredis = aredis.Redis.from_url(self.url)
+        self.aredis = aredis.Redis.from_url(self.url, socket_timeout=60)
         if self.runs_worker:
             from ..worker import ThreadWorker
 
@@ -321,7 +321,7 @@ async def events(task_id: str, request: Request) -> StreamingResponse:
     async def stream() -> AsyncIterator[str]:
         cursor = start
         while True:
-            batch = await jobs.aredis.xread({key: cursor}, count=100, block=15_000)
+            batch = await jobs.aredis.xread({key: cursor}, count=100, block=10_000)
             if not batch:
                 yield ": keep-alive\n\n"
                 if not await jobs.aredis.exists(key):

