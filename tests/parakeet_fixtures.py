@@ -8,8 +8,9 @@ PyTorch (CPU) and exported with ``torch.onnx.export``, in the layout of the publ
   ``outputs [B, D, T/8]`` f32, ``encoded_lengths [B]`` i64 (three stride-2 convolutions, like
   NeMo's ``dw_striding`` subsampling, masked past each length so batching changes nothing);
 - ``decoder_joint-model.onnx``: ``encoder_outputs [B, D, 1]``, ``targets [B, 1]`` i32,
-  ``target_length [B]`` i32, ``input_states_1/2 [L, B, H]`` -> ``outputs [B, 1, 1, V+1(+durations)]``,
-  ``prednet_lengths``, ``output_states_1/2`` (LSTM predictor with blank-as-pad embedding);
+  ``target_length [B]`` i32, ``input_states_1/2 [L, B, H]`` ->
+  ``outputs [B, 1, 1, V+1(+durations)]``, ``prednet_lengths``, ``output_states_1/2`` (LSTM
+  predictor with blank-as-pad embedding);
 - ``model.onnx`` (CTC): ``audio_signal``, ``length`` -> ``logprobs [B, T/8, V+1]``;
 - ``vocab.txt`` (``piece id``, ``<blk>`` last) and ``config.json`` as onnx-asr reads them.
 
@@ -287,17 +288,22 @@ def tiny_model(kind: Kind, tmp_path_factory: Any) -> Path:
 
 
 def speech_inputs() -> list[Any]:
-    """>= 20 real-speech inputs: the 5 LibriVox clips plus slices and offsets of each."""
+    """>= 20 real-speech inputs (see :func:`load_speech_inputs`); skips without the clips."""
     import pytest
 
-    from voxgate.audio import decode_audio
-
-    clips = sorted(Path("/usr/share/pocketsphinx/test/data/librivox").glob("*.wav"))
-    if not clips:
+    inputs = load_speech_inputs()
+    if not inputs:
         pytest.skip("pocketsphinx-testdata clips are not installed "
                     "(apt install pocketsphinx-testdata)")
+    return inputs
+
+
+def load_speech_inputs() -> list[Any]:
+    """The 5 LibriVox clips plus four slices/offsets of each (25 inputs, ~100 s of speech)."""
+    from voxgate.audio import decode_audio
+
     inputs = []
-    for path in clips:
+    for path in sorted(Path("/usr/share/pocketsphinx/test/data/librivox").glob("*.wav")):
         audio = decode_audio(path)
         n = audio.size
         inputs += [audio, audio[8_000:], audio[: int(n * 0.6)], audio[int(n * 0.3): int(n * 0.8)],

@@ -24,7 +24,8 @@ MAX_ABS, MEAN_ABS = 1e-3, 1e-5
 @pytest.fixture(scope="module")
 def speech() -> list[np.ndarray]:
     if not CLIPS:
-        pytest.skip("pocketsphinx-testdata clips are not installed (apt install pocketsphinx-testdata)")
+        pytest.skip("pocketsphinx-testdata clips are not installed "
+                    "(apt install pocketsphinx-testdata)")
     return [decode_audio(p) for p in CLIPS]
 
 

@@ -73,7 +73,8 @@ class JointFn(Protocol):
 
     ``frames`` ``[n, D]`` float32 encoder frames, ``targets`` ``[n]`` int64 previous tokens
     (blank for "none yet"), ``state1``/``state2`` ``[L, n, H]``. Returns logits ``[n, K]`` and
-    the predictor states after consuming ``targets``.
+    the predictor states after consuming ``targets``. The returned arrays may be buffers the
+    next call overwrites (the loop copies what it keeps) and must not alias the inputs.
     """
 
     def __call__(self, frames: np.ndarray, targets: np.ndarray, state1: np.ndarray,
@@ -159,6 +160,8 @@ class GreedyTransducer:
             states = [self.initial_state() for _ in range(batch)]
         if len(states) != batch:
             raise ModelError(f"{len(states)} decoder states for a batch of {batch}")
+        if batch == 0:
+            return []
 
         t = np.fromiter((s.skip for s in states), dtype=np.int64, count=batch)
         last = np.fromiter((s.last_token for s in states), dtype=np.int64, count=batch)
@@ -183,18 +186,24 @@ class GreedyTransducer:
     def _loop_batch(self, enc: np.ndarray, lengths: np.ndarray, t: np.ndarray,
                     last: np.ndarray, s1: np.ndarray, s2: np.ndarray, offsets: list[int]
                     ) -> tuple[list[Hypothesis], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Vectorised loop over the rows still decoding; finished rows are compacted away."""
+        """Vectorised loop over the rows still decoding; finished rows are compacted away.
+
+        About twenty numpy calls per step whatever the batch size, none of them per token:
+        emissions go to growable arrays and are split per utterance once at the end.
+        """
         batch, total, dim = enc.shape
         cfg = self.config
-        hyps = [Hypothesis() for _ in range(batch)]
+        classes, blank, cap = cfg.num_classes, cfg.blank_id, cfg.max_symbols_per_step
         final_t, final_last = t.copy(), last.copy()
         final_s1, final_s2 = s1.copy(), s2.copy()
         rows = np.arange(batch, dtype=np.int64)  # row -> utterance
         length = lengths.copy()
         symbols = np.zeros(batch, dtype=np.int64)
+        start = np.asarray(offsets, dtype=np.int64)  # global frame of each utterance's t = 0
         flat = enc.reshape(batch * total, dim)
         frame_buf = np.empty((batch, dim), dtype=np.float32)
         index_buf = np.empty(batch, dtype=np.int64)
+        emissions = _Emissions(max(64, 2 * int(lengths.sum())))
 
         alive = t < length
         while True:
@@ -206,47 +215,40 @@ class GreedyTransducer:
                 rows, t, last, length, symbols = (a[alive] for a in (rows, t, last, length,
                                                                       symbols))
                 s1, s2 = np.ascontiguousarray(s1[:, alive]), np.ascontiguousarray(s2[:, alive])
+                if rows.size == 0:
+                    break
             n = rows.size
-            if n == 0:
-                break
             index = np.multiply(rows, total, out=index_buf[:n])
             index += t
             frames = np.take(flat, index, axis=0, out=frame_buf[:n])
             logits, n1, n2 = self.joint(frames, last, s1, s2)
-            if logits.ndim != 2 or logits.shape[0] != n:
-                raise ModelError(f"joint returned logits of shape {logits.shape} for {n} rows")
-            token = logits[:, :cfg.num_classes].argmax(axis=1)
-            emit = token != cfg.blank_id
-            if self._tdt:
-                step = self._durations[logits[:, cfg.num_classes:].argmax(axis=1)]
-            else:
-                step = np.zeros(n, dtype=np.int64)
+            token = logits[:, :classes].argmax(axis=1)
+            step = self._durations[logits[:, classes:].argmax(axis=1)] if self._tdt \
+                else np.zeros(n, dtype=np.int64)
+            emit = token != blank
             if emit.any():
-                emitted = np.flatnonzero(emit)
-                probs = _chosen_probs(logits[emitted, :cfg.num_classes], token[emitted])
-                for k, r in enumerate(emitted.tolist()):
-                    u = int(rows[r])
-                    hyp = hyps[u]
-                    hyp.tokens.append(int(token[r]))
-                    hyp.frames.append(offsets[u] + int(t[r]))
-                    hyp.durations.append(max(int(step[r]), 1))
-                    hyp.probs.append(float(probs[k]))
-                last[emit] = token[emit]
+                which = np.flatnonzero(emit)
+                scores = logits[which, :classes]  # a copy: exp in place is safe
+                scores -= scores.max(axis=1, keepdims=True)
+                np.exp(scores, out=scores)
+                emissions.add(rows[which], token[which], start[rows[which]] + t[which],
+                              np.maximum(step[which], 1), 1.0 / scores.sum(axis=1))
+                np.copyto(last, token, where=emit)
                 np.copyto(s1, n1, where=emit[None, :, None])
                 np.copyto(s2, n2, where=emit[None, :, None])
                 symbols += emit
-            # a blank moves at least one frame; a token of duration 0 stays, up to the cap
-            np.maximum(step, ~emit, out=step)
-            step[(step == 0) & (symbols >= cfg.max_symbols_per_step)] = 1
+                step[(step == 0) & (symbols >= cap)] = 1  # duration-0 run hit the cap
+            np.maximum(step, ~emit, out=step)  # a blank moves at least one frame
             symbols[step > 0] = 0
             t += step
             alive = t < length
-        return hyps, final_t, final_last, final_s1, final_s2
+        return emissions.split(batch), final_t, final_last, final_s1, final_s2
 
     def _loop_one(self, enc: np.ndarray, lengths: np.ndarray, t: np.ndarray, last: np.ndarray,
                   s1: np.ndarray, s2: np.ndarray, offsets: list[int]
                   ) -> tuple[list[Hypothesis], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The same rules for a single utterance with Python scalars: no per-step array ops."""
+        """The same rules for a single utterance with Python scalars: no per-step array ops
+        beyond the argmaxes and the state copy."""
         cfg = self.config
         classes, blank, cap = cfg.num_classes, cfg.blank_id, cfg.max_symbols_per_step
         durations = [int(d) for d in self._durations] if self._tdt else None
@@ -254,6 +256,7 @@ class GreedyTransducer:
         frames = enc[0]
         pos, length, offset = int(t[0]), int(lengths[0]), offsets[0]
         target = last.copy()
+        s1, s2 = s1.copy(), s2.copy()  # ours: the joint may reuse its output buffers
         symbols = 0
         while pos < length:
             logits, n1, n2 = self.joint(frames[pos:pos + 1], target, s1, s2)
@@ -261,14 +264,13 @@ class GreedyTransducer:
             token = int(row[:classes].argmax())
             step = durations[int(row[classes:].argmax())] if durations else 0
             if token != blank:
-                scores = row[:classes]
-                peak = scores[token]
                 hyp.tokens.append(token)
                 hyp.frames.append(offset + pos)
                 hyp.durations.append(step or 1)
-                hyp.probs.append(float(1.0 / np.exp(scores - peak).sum()))
+                hyp.probs.append(float(1.0 / np.exp(row[:classes] - row[token]).sum()))
                 target[0] = token
-                s1, s2 = n1, n2
+                np.copyto(s1, n1)
+                np.copyto(s2, n2)
                 symbols += 1
                 if step == 0 and symbols >= cap:
                     step = 1
@@ -278,6 +280,43 @@ class GreedyTransducer:
                 symbols = 0
                 pos += step
         return [hyp], np.array([pos]), target, s1, s2
+
+
+class _Emissions:
+    """Emitted tokens of a batch in growable arrays, split per utterance once at the end."""
+
+    def __init__(self, capacity: int) -> None:
+        self.size = 0
+        self.rows = np.empty(capacity, np.int64)
+        self.tokens = np.empty(capacity, np.int64)
+        self.frames = np.empty(capacity, np.int64)
+        self.durations = np.empty(capacity, np.int64)
+        self.probs = np.empty(capacity, np.float64)
+
+    def add(self, rows: np.ndarray, tokens: np.ndarray, frames: np.ndarray,
+            durations: np.ndarray, probs: np.ndarray) -> None:
+        end = self.size + rows.size
+        if end > self.rows.size:
+            grow = max(end, 2 * self.rows.size)
+            for name in ("rows", "tokens", "frames", "durations", "probs"):
+                old = getattr(self, name)
+                new = np.empty(grow, old.dtype)
+                new[: self.size] = old[: self.size]
+                setattr(self, name, new)
+        self.rows[self.size:end] = rows
+        self.tokens[self.size:end] = tokens
+        self.frames[self.size:end] = frames
+        self.durations[self.size:end] = durations
+        self.probs[self.size:end] = probs
+        self.size = end
+
+    def split(self, batch: int) -> list[Hypothesis]:
+        order = np.argsort(self.rows[: self.size], kind="stable")
+        bounds = np.cumsum(np.bincount(self.rows[: self.size], minlength=batch))[:-1]
+        columns = [np.split(getattr(self, name)[: self.size][order], bounds)
+                   for name in ("tokens", "frames", "durations", "probs")]
+        return [Hypothesis(tok.tolist(), fr.tolist(), du.tolist(), pr.tolist())
+                for tok, fr, du, pr in zip(*columns, strict=True)]
 
 
 def ctc_greedy(logits: np.ndarray, lengths: np.ndarray, blank_id: int,

@@ -1,0 +1,252 @@
+"""Parakeet runtime: voxgate's decoding loop vs onnx-asr's on the same model, and encoder scaling.
+
+No Parakeet weights are reachable here, so both sides run the same *random-weight* models with
+the exact NeMo export signature (built by ``tests/parakeet_fixtures.py``: tiny, and a mid-size
+~25M-parameter one with ``--mid``) on the same real speech (25 inputs cut from the LibriVox clips
+of Debian ``pocketsphinx-testdata``, ~86 s). Token ids are checked equal before anything is timed.
+
+Measured, each the median of ``--repeat`` runs after a warm-up:
+
+1. decoding loop only (same encoder outputs in, tokens out; the decoder-joint ONNX calls
+   included): voxgate one utterance at a time, voxgate batched (8, and all 25), onnx-asr's
+   ``_decoding`` (its loop is per utterance by design). Reported as ms per audio second and the
+   ratio onnx-asr / voxgate (goal: >= 1.5x).
+2. end to end (features + encoder + decoding): ``ParakeetAsr.recognize`` vs
+   ``onnx_asr.load_model(...).recognize`` on the same list of inputs, as RTFx.
+3. encoder batch scaling: encoder ms per audio second for batch 1..16 of 5 s inputs.
+4. the loop's own Python/numpy overhead per step, with a zero-cost numpy joint.
+
+    python bench/parakeet.py                 # tiny models, ~1 min on 2 cores
+    python bench/parakeet.py --mid           # also the mid-size model (encoder scaling)
+    python bench/parakeet.py --providers CUDAExecutionProvider   # on a GPU machine
+
+Needs torch (to build the models; ``pip install torch==2.13.0``), onnx and onnx-asr (dev extra).
+Results go to ``bench/results/parakeet.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from parakeet_fixtures import MID, TINY, build, load_speech_inputs  # noqa: E402
+
+from voxgate.config import OnnxSettings  # noqa: E402
+from voxgate.decoding import GreedyTransducer, TransducerConfig  # noqa: E402
+from voxgate.engines.asr_parakeet import ParakeetAsr  # noqa: E402
+
+SAMPLE_RATE = 16_000
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> float:
+    """Median wall time of ``fn`` over ``repeat`` runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pad(encoded: list[np.ndarray]) -> np.ndarray:
+    out = np.zeros((len(encoded), max(e.shape[0] for e in encoded), encoded[0].shape[1]),
+                   np.float32)
+    for row, e in zip(out, encoded, strict=True):
+        row[: e.shape[0]] = e
+    return out
+
+
+def decoding_loop(kind: str, directory: Path, inputs: list[np.ndarray], audio_s: float,
+                  repeat: int, providers: list[str]) -> dict[str, Any]:
+    import onnx_asr
+
+    asr = ParakeetAsr(directory, onnx=OnnxSettings(providers=providers))
+    reference = onnx_asr.load_model(f"nemo-conformer-{kind}", directory, providers=providers)
+    encoded, lengths = [], []
+    for audio in inputs:  # one at a time: no padding in the encoder outputs
+        out, length = asr.encode([audio])
+        encoded.append(out[0, : int(length[0])])
+        lengths.append(int(length[0]))
+    order = np.argsort(lengths)
+
+    def ours_one() -> list[list[int]]:
+        decoder = asr.decoder(1)
+        return [decoder.decode(e[None], np.array([len(e)]))[0].hypothesis.tokens
+                for e in encoded]
+
+    def ours_batched(size: int) -> Callable[[], list[list[int]]]:
+        def run() -> list[list[int]]:
+            tokens: dict[int, list[int]] = {}
+            for first in range(0, len(order), size):
+                group = order[first:first + size]
+                states = asr.decoder(len(group)).decode(
+                    pad([encoded[i] for i in group]), np.array([lengths[i] for i in group]))
+                tokens.update({int(i): s.hypothesis.tokens for i, s in zip(group, states,
+                                                                           strict=True)})
+            return [tokens[i] for i in range(len(encoded))]
+        return run
+
+    all_encoded, all_lengths = pad(encoded), np.array(lengths)
+
+    def theirs() -> list[list[int]]:
+        return [list(map(int, tokens)) for tokens, _, _ in
+                reference.asr._decoding(all_encoded, all_lengths)]
+
+    expected = theirs()
+    steps = sum(len(t) for t in expected)
+    runs = {"voxgate_batch1": ours_one, "voxgate_batch8": ours_batched(8),
+            f"voxgate_batch{len(inputs)}": ours_batched(len(inputs)), "onnx_asr": theirs}
+    for name, fn in runs.items():
+        if fn() != expected:
+            raise SystemExit(f"{kind}: {name} tokens differ from onnx-asr's; not timing")
+    seconds = {name: timed(fn, repeat) for name, fn in runs.items()}
+    result: dict[str, Any] = {
+        "tokens": steps,
+        "ms_per_audio_s": {k: 1000 * v / audio_s for k, v in seconds.items()},
+        "speedup_vs_onnx_asr": {k: seconds["onnx_asr"] / v for k, v in seconds.items()
+                                if k != "onnx_asr"},
+    }
+    return result
+
+
+def end_to_end(kind: str, directory: Path, inputs: list[np.ndarray], audio_s: float,
+               repeat: int, providers: list[str]) -> dict[str, float]:
+    import onnx_asr
+
+    asr = ParakeetAsr(directory, onnx=OnnxSettings(providers=providers), batch_size=8)
+    reference = onnx_asr.load_model(f"nemo-conformer-{kind}", directory, providers=providers)
+    ours = timed(lambda: asr.recognize(inputs), repeat)
+    theirs = timed(lambda: reference.recognize(inputs), repeat)
+    return {"voxgate_rtfx": audio_s / ours, "onnx_asr_rtfx": audio_s / theirs,
+            "speedup": theirs / ours}
+
+
+def encoder_scaling(directory: Path, inputs: list[np.ndarray], sizes: list[int], repeat: int,
+                    providers: list[str]) -> dict[str, float]:
+    asr = ParakeetAsr(directory, onnx=OnnxSettings(providers=providers), batch_size=max(sizes))
+    clips = [np.resize(a, 5 * SAMPLE_RATE) for a in inputs]  # 5 s each, real speech
+    per_audio_s = {}
+    for size in sizes:
+        batch = clips[:size]
+        features, lengths = asr.frontend.from_chunks(batch)
+        session = asr._sessions["encoder"]
+        seconds = timed(lambda f=features, n=lengths, s=session: s.run(
+            None, {"audio_signal": f, "length": n}), repeat)
+        per_audio_s[str(size)] = 1000 * seconds / (5.0 * size)
+    return per_audio_s
+
+
+def loop_overhead(repeat: int) -> dict[str, float]:
+    """µs per step of the loop itself, the joint replaced by a numpy table lookup."""
+    rng = np.random.default_rng(0)
+    vocab, frames, dim = 1024, 400, 16
+    table = rng.normal(size=(dim, vocab + 1 + 5)).astype(np.float32)
+    table[:, vocab] += 2.5  # mostly blank, as real models are
+
+    def joint(f: np.ndarray, t: np.ndarray, s1: np.ndarray, s2: np.ndarray):
+        return f @ table, s1, s2
+
+    out = {}
+    for batch in (1, 8):
+        decoder = GreedyTransducer(joint, TransducerConfig(vocab), (2, 8))
+        enc = rng.normal(size=(batch, frames, dim)).astype(np.float32)
+        lengths = np.full(batch, frames)
+        calls = []
+
+        def counting(f, t, s1, s2, calls=calls):
+            calls.append(1)
+            return joint(f, t, s1, s2)
+
+        GreedyTransducer(counting, TransducerConfig(vocab), (2, 8)).decode(enc, lengths)
+        seconds = timed(lambda d=decoder, e=enc, n=lengths: d.decode(e, n), repeat)
+        out[f"batch{batch}_us_per_step"] = 1e6 * seconds / len(calls)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--mid", action="store_true", help="also build/run the mid-size model")
+    parser.add_argument("--batch-sizes", default="1,2,4,8,16")
+    parser.add_argument("--providers", default="CPUExecutionProvider")
+    parser.add_argument("--models", type=Path, default=Path.home() / ".cache" / "voxgate"
+                        / "bench-parakeet")
+    parser.add_argument("--out", type=Path, default=RESULTS / "parakeet.json")
+    args = parser.parse_args()
+    providers = args.providers.split(",")
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+
+    inputs = load_speech_inputs()
+    if not inputs:
+        sys.exit("needs Debian's pocketsphinx-testdata (the LibriVox clips)")
+    audio_s = sum(a.size for a in inputs) / SAMPLE_RATE
+    dirs = {kind: build(spec, args.models / kind) for kind, spec in TINY.items()}
+    report: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "python": platform.python_version(), "providers": providers},
+        "inputs": {"count": len(inputs), "audio_s": round(audio_s, 2)},
+        "decoding_loop": {}, "end_to_end": {}, "encoder_ms_per_audio_s": {},
+    }
+    for kind in ("tdt", "rnnt"):
+        report["decoding_loop"][kind] = decoding_loop(kind, dirs[kind], inputs, audio_s,
+                                                      args.repeat, providers)
+    for kind in ("tdt", "rnnt", "ctc"):
+        report["end_to_end"][kind] = end_to_end(kind, dirs[kind], inputs, audio_s,
+                                                args.repeat, providers)
+    report["encoder_ms_per_audio_s"]["tiny"] = encoder_scaling(dirs["tdt"], inputs, sizes,
+                                                               args.repeat, providers)
+    if args.mid:
+        mid = build(MID, args.models / "mid")
+        report["encoder_ms_per_audio_s"]["mid"] = encoder_scaling(mid, inputs, sizes,
+                                                                  max(args.repeat // 2, 1),
+                                                                  providers)
+        report["end_to_end"]["mid_tdt"] = end_to_end("tdt", mid, inputs, audio_s,
+                                                     max(args.repeat // 2, 1), providers)
+    report["loop_overhead"] = loop_overhead(args.repeat)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print_tables(report)
+    print(f"\nwrote {args.out}")
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    print(f"{report['inputs']['count']} inputs, {report['inputs']['audio_s']} s of speech, "
+          f"providers {report['machine']['providers']}\n")
+    print("| decoding loop | " + " | ".join(report["decoding_loop"]["tdt"]["ms_per_audio_s"])
+          + " |")
+    print("|---" * (1 + len(report["decoding_loop"]["tdt"]["ms_per_audio_s"])) + "|")
+    for kind, row in report["decoding_loop"].items():
+        cells = [f"{v:.2f} ms/s" + (f" ({row['speedup_vs_onnx_asr'][k]:.2f}x)"
+                                    if k in row["speedup_vs_onnx_asr"] else "")
+                 for k, v in row["ms_per_audio_s"].items()]
+        print(f"| {kind} ({row['tokens']} tokens) | " + " | ".join(cells) + " |")
+    print("\n| end to end | voxgate RTFx | onnx-asr RTFx | speed-up |\n|---|---|---|---|")
+    for kind, row in report["end_to_end"].items():
+        print(f"| {kind} | {row['voxgate_rtfx']:.0f} | {row['onnx_asr_rtfx']:.0f} | "
+              f"{row['speedup']:.2f}x |")
+    sizes = next(iter(report["encoder_ms_per_audio_s"].values()))
+    print("\n| encoder ms per audio s | " + " | ".join(f"batch {s}" for s in sizes) + " |")
+    print("|---" * (1 + len(sizes)) + "|")
+    for name, row in report["encoder_ms_per_audio_s"].items():
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row.values()) + " |")
+    print("\nloop overhead (numpy joint): " + ", ".join(
+        f"{k} {v:.1f}" for k, v in report["loop_overhead"].items()))
+
+
+if __name__ == "__main__":
+    main()
