@@ -1,0 +1,146 @@
+"""Cleanup and summaries with a deterministic scripted LLM (orchestration: retries with the
+validation error fed back, map-reduce, the edit-rate guard); the real model runs in
+tests/test_jobs_e2e.py and tests/test_llm.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from voxgate.config import LlmSettings, Settings
+from voxgate.engines.base import LlmCapabilities
+from voxgate.errors import ConfigError, EngineError
+from voxgate.pipeline import JobSpec
+from voxgate.postprocess import PostProcessor, edit_rate, list_templates, load_template
+from voxgate.webhooks import sign, validate_webhook_url, verify
+
+pytest.importorskip("jsonschema", reason="the llm extra (jsonschema, jinja2) is not installed")
+
+GOOD = {"title": "Plans", "summary": "The team agreed to ship on Friday.",
+        "key_points": ["ship Friday"], "decisions": ["ship on Friday"],
+        "action_items": [{"task": "write docs", "owner": "Alice"}]}
+
+
+class ScriptedLlm:
+    """Answers from a script, in order; records every request."""
+
+    name = "scripted"
+
+    def __init__(self, answers, context_tokens: int = 8192) -> None:
+        self.answers = list(answers)
+        self.requests: list[tuple[list, dict | None]] = []
+        self.capabilities = LlmCapabilities(json_schema=True, context_tokens=context_tokens)
+
+    def complete_sync(self, messages, *, max_tokens, temperature, json_schema=None) -> str:
+        assert temperature == 0.0
+        self.requests.append((list(messages), json_schema))
+        answer = self.answers.pop(0)
+        return answer(messages) if callable(answer) else answer
+
+    def version_info(self) -> dict:
+        return {"engine": self.name}
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, _env_file=None)
+
+
+def test_templates_are_valid_and_unsafe_ids_rejected(settings: Settings) -> None:
+    ids = [t.id for t in list_templates(settings)]
+    assert {"meeting_notes_v1", "interview_v1", "lecture_v1"} <= set(ids)
+    template = load_template(settings, "interview_v1")
+    assert template.version == "1.0.0" and len(template.sha256) == 64
+    assert "{{ transcript }}" in template.prompt
+    for bad in ("../templates/meeting_notes_v1", "nope", "", "A B"):
+        with pytest.raises(ConfigError, match="meeting_notes_v1"):
+            load_template(settings, bad)
+
+
+def test_summary_valid_first_time_with_schema_constraint(settings: Settings) -> None:
+    llm = ScriptedLlm([json.dumps(GOOD)])
+    template = load_template(settings, "meeting_notes_v1")
+    result = PostProcessor(llm, settings).summarize("we ship on friday alice writes docs", template)
+    assert result.summary == GOOD and result.attempts == 1 and not result.map_reduce
+    messages, schema = llm.requests[0]
+    assert schema == template.schema  # constrained decoding asked for
+    assert "we ship on friday" in messages[-1].content
+
+
+def test_summary_retried_with_the_validation_error_fed_back(settings: Settings) -> None:
+    bad = dict(GOOD, key_points="not a list")
+    llm = ScriptedLlm(["```json\n{not json", json.dumps(bad), json.dumps(GOOD)])
+    template = load_template(settings, "meeting_notes_v1")
+    result = PostProcessor(llm, settings).summarize("text", template)
+    assert result.summary == GOOD and result.attempts == 3
+    second, third = llm.requests[1][0], llm.requests[2][0]
+    assert "not valid JSON" in second[-1].content and second[-2].role == "assistant"
+    assert "key_points" in third[-1].content and "not of type 'array'" in third[-1].content
+
+
+def test_summary_gives_up_after_the_configured_retries(settings: Settings) -> None:
+    settings = Settings(data_dir=settings.data_dir, llm=LlmSettings(summary_retries=1),
+                        _env_file=None)
+    llm = ScriptedLlm(["[]", "{}"])
+    with pytest.raises(EngineError, match="after 2 attempts"):
+        PostProcessor(llm, settings).summarize("text", load_template(settings, "lecture_v1"))
+
+
+def test_long_transcript_is_summarised_map_reduce(settings: Settings) -> None:
+    settings = Settings(data_dir=settings.data_dir, _env_file=None,
+                        llm=LlmSettings(context_tokens=2048, summary_max_tokens=256))
+    sentence = "The budget for the new bridge was approved by the council today. "
+    transcript = sentence * 120  # ~7,900 chars: more than the ~3,800 that fit
+    answer = lambda m: "- budget approved" if m[-1].content.startswith("This is part") \
+        else json.dumps(GOOD)  # noqa: E731
+    llm = ScriptedLlm([answer] * 20)
+    result = PostProcessor(llm, settings).summarize(transcript, load_template(
+        settings, "meeting_notes_v1"))
+    assert result.map_reduce and result.parts >= 2
+    notes_requests = [r for r in llm.requests if r[1] is None]
+    assert len(notes_requests) == result.parts
+    assert "part 1 of" in notes_requests[0][0][-1].content
+    final_prompt = llm.requests[-1][0][-1].content
+    assert "notes of a transcript" in final_prompt and "- budget approved" in final_prompt
+
+
+def test_cleanup_keeps_words_and_rejects_invented_content(settings: Settings) -> None:
+    raw = " ".join(["so we will ship the release on friday and alice writes the docs"] * 30)
+    fixed = lambda m: m[-1].content.split("Excerpt:\n", 1)[1].strip().capitalize() + "."  # noqa: E731
+    invented = "Here is a summary: the team discussed many unrelated things at length today."
+    llm = ScriptedLlm([fixed, invented])
+    result = PostProcessor(llm, settings).clean(raw, chunk_words=200)
+    assert result.chunks == 2 and result.chunks_kept_raw == 1
+    assert result.text.startswith("So we will ship")
+    assert 0 < result.edit_rate < 0.05  # only casing/punctuation of chunk 1 changed
+    assert "summary" not in result.text
+
+
+def test_edit_rate() -> None:
+    assert edit_rate("a b c d", "a b c d") == 0.0
+    assert edit_rate("a b c d", "a x c d") == 0.25
+    assert edit_rate("a b", "") == 1.0 and edit_rate("", "") == 0.0
+
+
+def test_job_spec_validation(settings: Settings) -> None:
+    JobSpec(("raw_transcript", "summary"), "meeting_notes_v1", "en").validate(settings)
+    for spec, words in [
+        (JobSpec(()), "feature"), (JobSpec(("bogus",)), "bogus"),
+        (JobSpec(("summary",)), "template_id"), (JobSpec(language="EN1"), "language"),
+        (JobSpec(model="silero-vad"), "not ASR"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            spec.validate(settings)
+
+
+def test_webhook_signature_and_url_policy() -> None:
+    body = b'{"status":"COMPLETE"}'
+    header = sign("s3cret", body)
+    assert header.startswith("sha256=") and verify("s3cret", body, header)
+    assert not verify("s3cret", body + b" ", header) and not verify("other", body, header)
+    assert validate_webhook_url("https://example.org/hook") == "https://example.org/hook"
+    for bad in ("ftp://x/y", "file:///etc/passwd", "javascript:alert(1)", "http:///nohost"):
+        with pytest.raises(ConfigError):
+            validate_webhook_url(bad)
