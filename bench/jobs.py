@@ -1,0 +1,106 @@
+"""Jobs benchmark: end-to-end RTF on ~10 min of real speech, with the per-stage breakdown, and
+jobs per minute on short recordings, through the real REST API, Redis and worker.
+
+Side by side on the same audio: plain faster-whisper (BatchedInferencePipeline, same model
+files) for the ASR stage, so the queue + pipeline overhead shows as a ratio.
+
+    python bench/jobs.py [--minutes 10] [--jobs 10] [--summary meeting_notes_v1]
+
+Writes bench/results/jobs.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from jobs_support import KEY, serve_app, submit, wait_final  # noqa: E402
+
+from voxgate.audio import decode_audio, encode_wav  # noqa: E402
+from voxgate.config import Settings  # noqa: E402
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+def recording(seconds: float, path: Path) -> float:
+    clips = [decode_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))]
+    one = np.concatenate(clips)
+    audio = np.concatenate([one] * max(1, int(np.ceil(seconds * 16000 / one.size))))
+    audio = audio[: int(seconds * 16000)]
+    path.write_bytes(encode_wav(audio))
+    return audio.size / 16000
+
+
+def plain_faster_whisper(path: Path, settings: Settings) -> float:
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    from voxgate.models import resolve
+
+    model_dir = resolve(settings.asr.model, settings.cache_dir, offline=True).path
+    model = WhisperModel(str(model_dir), device="cpu", compute_type="int8")
+    pipe = BatchedInferencePipeline(model)
+    started = time.perf_counter()
+    segments, _ = pipe.transcribe(str(path), batch_size=settings.asr.batch_size,
+                                  beam_size=settings.asr.beam_size, language="en")
+    list(segments)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--summary", default="meeting_notes_v1", help="'' to skip the LLM")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
+    long_path = work / "long.wav"
+    duration = recording(args.minutes * 60, long_path)
+    short_path = work / "short.wav"
+    recording(25.0, short_path)
+    settings = Settings(data_dir=work / "data", offline=True, api_keys=[KEY], grpc_port=0,
+                        redis_url="", _env_file=None)
+    out: dict[str, object] = {"audio_s": duration}
+    with serve_app(settings) as base:
+        features = ["raw_transcript"] + (["summary"] if args.summary else [])
+        started = time.perf_counter()
+        task = submit(base, long_path, features=features, language="en",
+                      template_id=args.summary or None).json()["task_id"]
+        final = wait_final(base, task, timeout=7200)
+        wall = time.perf_counter() - started
+        out["long"] = {"status": final["status"], "wall_s": round(wall, 2),
+                       "rtf_end_to_end": round(wall / duration, 4), "metrics": final["metrics"]}
+        started = time.perf_counter()
+        ids = [submit(base, short_path, language="en").json()["task_id"] for _ in range(args.jobs)]
+        finals = [wait_final(base, i, timeout=3600) for i in ids]
+        elapsed = time.perf_counter() - started
+        out["short"] = {"jobs": args.jobs, "audio_s_each": 25.0,
+                        "complete": sum(f["status"] == "COMPLETE" for f in finals),
+                        "jobs_per_minute": round(args.jobs / elapsed * 60, 2)}
+    plain = plain_faster_whisper(long_path, settings)
+    asr = out["long"]["metrics"]["stage_times_s"]["asr"]
+    out["peer_faster_whisper_asr_s"] = round(plain, 2)
+    out["asr_ratio_voxgate_vs_faster_whisper"] = round(asr / plain, 3)
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "jobs.json").write_text(json.dumps(out, indent=2))
+    stages = out["long"]["metrics"]["stage_times_s"]
+    print(f"| audio | end-to-end | RTF | {' | '.join(stages)} | faster-whisper ASR | ratio |"
+          " jobs/min (25 s) |")
+    print("|" + "---|" * (7 + len(stages)))
+    print(f"| {duration:.0f} s | {out['long']['wall_s']} s | {out['long']['rtf_end_to_end']} | "
+          + " | ".join(f"{v} s" for v in stages.values())
+          + f" | {plain:.1f} s | {out['asr_ratio_voxgate_vs_faster_whisper']} | "
+          f"{out['short']['jobs_per_minute']} |")
+
+
+if __name__ == "__main__":
+    main()
