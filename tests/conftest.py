@@ -78,3 +78,11 @@ def wer(reference: str, hypothesis: str) -> float:
     import jiwer
 
     return jiwer.wer(normalise(reference), normalise(hypothesis))
+
+
+@pytest.fixture(scope="session")
+def live(manager: ModelManager, tmp_path_factory: pytest.TempPathFactory):
+    """A real voxgate server (WebSocket + Riva gRPC) on loopback, shared by the live tests."""
+    from live_server import live_settings, start_live_server
+
+    yield from start_live_server(live_settings(tmp_path_factory.mktemp("live")), manager)

@@ -242,6 +242,16 @@ register(ModelSpec(
     license="(server's model)",
     sources=(RemoteSource("llm.base_url"),),
 ))
+register(ModelSpec(
+    id="riva",
+    kind="asr",
+    engine="riva",
+    description="any NVIDIA Riva ASR server (or another voxgate) at VOXGATE_RIVA__URI, "
+                "model VOXGATE_RIVA__MODEL",
+    license="(server's model)",
+    sources=(RemoteSource("riva.uri"),),
+    languages=("en",),
+))
 
 
 # Parakeet TDT 0.6B, NeMo ONNX exports (online only: no offline pack exists). The contract
