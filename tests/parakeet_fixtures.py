@@ -78,45 +78,55 @@ def vocab_pieces(size: int) -> list[str]:
     return pieces
 
 
-def build(spec: TinySpec, directory: Path) -> Path:
-    """Export ``spec`` into ``directory`` (reused when already built with the same spec)."""
-    stamp = directory / _STAMP
-    wanted = json.dumps({"builder": _BUILDER_VERSION, **asdict(spec)}, sort_keys=True)
-    if stamp.is_file() and stamp.read_text() == wanted:
-        return directory
+# ONNX names and dynamic axes of each exported file, as NeMo writes them
+SIGNATURES: dict[str, tuple[str, list[str], list[str], dict[str, dict[int, str]]]] = {
+    "ctc": ("model.onnx", ["audio_signal", "length"], ["logprobs"],
+            {"audio_signal": {0: "batch", 2: "time"}, "length": {0: "batch"},
+             "logprobs": {0: "batch", 1: "frames"}}),
+    "encoder": ("encoder-model.onnx", ["audio_signal", "length"], ["outputs", "encoded_lengths"],
+                {"audio_signal": {0: "batch", 2: "time"}, "length": {0: "batch"},
+                 "outputs": {0: "batch", 2: "frames"}, "encoded_lengths": {0: "batch"}}),
+    "decoder_joint": (
+        "decoder_joint-model.onnx",
+        ["encoder_outputs", "targets", "target_length", "input_states_1", "input_states_2"],
+        ["outputs", "prednet_lengths", "output_states_1", "output_states_2"],
+        {"encoder_outputs": {0: "batch", 2: "frames"}, "targets": {0: "batch"},
+         "target_length": {0: "batch"}, "input_states_1": {1: "batch"},
+         "input_states_2": {1: "batch"}, "outputs": {0: "batch"},
+         "prednet_lengths": {0: "batch"}, "output_states_1": {1: "batch"},
+         "output_states_2": {1: "batch"}}),
+}
+
+
+def torch_modules(spec: TinySpec) -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    """The seeded PyTorch modules of ``spec`` with example inputs, by role (``encoder`` +
+    ``decoder_joint``, or ``ctc``); ``tools/export/parity_ort.py --self-test`` uses them too."""
     import torch
 
-    directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
     encoder = _encoder_module(spec).eval()
     batch, frames = 2, 97
     features = torch.randn(batch, spec.n_mels, frames)
     length = torch.tensor([frames, 61], dtype=torch.int64)
     if spec.kind == "ctc":
-        model = _ctc_module(spec, encoder).eval()
-        _export(model, (features, length), directory / "model.onnx",
-                ["audio_signal", "length"], ["logprobs"],
-                {"audio_signal": {0: "batch", 2: "time"}, "length": {0: "batch"},
-                 "logprobs": {0: "batch", 1: "frames"}})
-    else:
-        _export(encoder, (features, length), directory / "encoder-model.onnx",
-                ["audio_signal", "length"], ["outputs", "encoded_lengths"],
-                {"audio_signal": {0: "batch", 2: "time"}, "length": {0: "batch"},
-                 "outputs": {0: "batch", 2: "frames"}, "encoded_lengths": {0: "batch"}})
-        joint = _decoder_joint_module(spec).eval()
-        states = torch.zeros(spec.pred_layers, batch, spec.pred_hidden)
-        example = (torch.randn(batch, spec.d_model, 1),
-                   torch.zeros(batch, 1, dtype=torch.int32),
-                   torch.ones(batch, dtype=torch.int32), states, states)
-        _export(joint, example, directory / "decoder_joint-model.onnx",
-                ["encoder_outputs", "targets", "target_length", "input_states_1",
-                 "input_states_2"],
-                ["outputs", "prednet_lengths", "output_states_1", "output_states_2"],
-                {"encoder_outputs": {0: "batch", 2: "frames"}, "targets": {0: "batch"},
-                 "target_length": {0: "batch"}, "input_states_1": {1: "batch"},
-                 "input_states_2": {1: "batch"}, "outputs": {0: "batch"},
-                 "prednet_lengths": {0: "batch"}, "output_states_1": {1: "batch"},
-                 "output_states_2": {1: "batch"}})
+        return {"ctc": (_ctc_module(spec, encoder).eval(), (features, length))}
+    joint = _decoder_joint_module(spec).eval()
+    states = torch.zeros(spec.pred_layers, batch, spec.pred_hidden)
+    example = (torch.randn(batch, spec.d_model, 1), torch.zeros(batch, 1, dtype=torch.int32),
+               torch.ones(batch, dtype=torch.int32), states, states)
+    return {"encoder": (encoder, (features, length)), "decoder_joint": (joint, example)}
+
+
+def build(spec: TinySpec, directory: Path) -> Path:
+    """Export ``spec`` into ``directory`` (reused when already built with the same spec)."""
+    stamp = directory / _STAMP
+    wanted = json.dumps({"builder": _BUILDER_VERSION, **asdict(spec)}, sort_keys=True)
+    if stamp.is_file() and stamp.read_text() == wanted:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    for role, (module, example) in torch_modules(spec).items():
+        filename, inputs, outputs, axes = SIGNATURES[role]
+        _export(module, example, directory / filename, inputs, outputs, axes)
     pieces = vocab_pieces(spec.vocab_size) + ["<blk>"]
     (directory / "vocab.txt").write_text(
         "".join(f"{piece} {i}\n" for i, piece in enumerate(pieces)), encoding="utf-8")
