@@ -7,11 +7,12 @@ transcribed the same way whichever door it came in by.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import AudioSource, decode_audio
+from .audio import SAMPLE_RATE, AudioSource, decode_audio
 from .batch import BatchOptions, BatchUpdate, iter_transcribe
 from .config import Settings
 from .engines.base import AsrOptions, VadOptions
@@ -53,7 +54,8 @@ class FileTranscriber:
         self.settings = settings
         self.request = request
         self.manager = manager or ModelManager(settings)
-        self.asr = self.manager.asr(request.model)
+        self._model = request.model or settings.asr.model
+        self.asr = self.manager.asr(self._model)
         self.vad = self.manager.vad() if request.use_vad else None
 
     def batch_options(self) -> BatchOptions:
@@ -68,10 +70,24 @@ class FileTranscriber:
         )
 
     def iter_audio(self, audio: np.ndarray) -> Iterator[BatchUpdate]:
-        """Updates for already-decoded audio, as batches finish."""
-        return iter_transcribe(audio, self.asr, self.vad, self.batch_options())
+        """Updates for already-decoded audio, as batches finish.
+
+        The engines are held (``ModelManager.use``) while this runs, so an idle sweep never
+        unloads them mid-file; a model swept since ``__init__`` is loaded again here.
+        """
+        with ExitStack() as stack:
+            self.asr = stack.enter_context(self.manager.use("asr", self._model))
+            if self.request.use_vad:
+                self.vad = stack.enter_context(self.manager.use("vad", "silero-vad"))
+            yield from iter_transcribe(audio, self.asr, self.vad, self.batch_options())
+
+    def model_id(self) -> str:
+        """The catalogue id (or local path) of the ASR model, for results and versions."""
+        resolved = self.manager.resolved("asr", self._model)
+        return resolved.spec.id if resolved else self._model
 
     def run_audio(self, audio: np.ndarray, progress: ProgressCallback | None = None) -> Transcript:
+        """Transcribe already-decoded float32 16 kHz mono audio into one Transcript."""
         segments: list[Segment] = []
         last: BatchUpdate | None = None
         for update in self.iter_audio(audio):
@@ -79,14 +95,12 @@ class FileTranscriber:
             last = update
             if progress:
                 progress(update.processed_s, update.duration_s)
-        duration = audio.size / 16_000
         return Transcript(
             segments=segments,
             language=last.language if last else (self.request.language or ""),
             language_probability=last.language_probability if last else 0.0,
-            duration=duration,
-            model=self.manager.resolved("asr", self.request.model).spec.id
-            if self.manager.resolved("asr", self.request.model) else self.request.model,
+            duration=audio.size / SAMPLE_RATE,
+            model=self.model_id(),
             vad_coverage=last.vad_coverage if last else 0.0,
             task=self.request.task,
         )
