@@ -58,6 +58,7 @@ __all__ = [
     "AsrSession",
     "PcmInput",
     "stream_events",
+    "check_language",
     "stability",
     "ENCODINGS",
 ]
@@ -286,9 +287,9 @@ class StreamingService:
             partial = await asyncio.to_thread(self._use, stack, "asr", config.partial_model,
                                               "partial_model")
             vad = await asyncio.to_thread(self._use, stack, "vad", "silero-vad", "vad")
-            _check_language(final, config.language, "final_model")
+            check_language(final, config.language, "final_model")
             if config.interim_results:
-                _check_language(partial, config.language, "partial_model")
+                check_language(partial, config.language, "partial_model")
         except BaseException:
             self.sessions.pop(session_id, None)
             stack.close()
@@ -318,7 +319,8 @@ class _Reserved:
         return None
 
 
-def _check_language(asr: Asr, language: str | None, field: str) -> None:
+def check_language(asr: Asr, language: str | None, field: str) -> None:
+    """Raise :class:`StreamConfigError` (field ``language``) when ``asr`` cannot do it."""
     caps = asr.capabilities
     if language is None:
         if not caps.language_detection:

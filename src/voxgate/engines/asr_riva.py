@@ -79,9 +79,17 @@ class RivaAsr:
         metadata = list(options.metadata)
         if options.api_key:
             metadata.append(("authorization", f"Bearer {options.api_key}"))
+        # our retry loop owns the backoff: keep gRPC's own reconnect backoff no longer than it
+        first_ms = max(int(options.backoff_s * 1000), 10)
+        channel_options = [
+            ("grpc.initial_reconnect_backoff_ms", first_ms),
+            ("grpc.min_reconnect_backoff_ms", first_ms),
+            ("grpc.max_reconnect_backoff_ms", max(first_ms * 2 ** options.max_retries, 1000)),
+        ]
         self._auth = riva.client.Auth(
             ssl_root_cert=options.ssl_root_cert or None, use_ssl=options.use_ssl,
-            uri=options.uri, metadata_args=[list(m) for m in metadata] or None)
+            uri=options.uri, metadata_args=[list(m) for m in metadata] or None,
+            options=channel_options)
         self._service = riva.client.ASRService(self._auth)
         self._sleep = sleep
         self._lock = threading.Lock()

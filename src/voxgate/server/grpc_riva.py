@@ -33,7 +33,14 @@ import riva.client.proto.riva_audio_pb2 as raudio
 from ..audio import decode_audio
 from ..config import Settings
 from ..errors import AudioError, EngineError, ModelError, VoxgateError
-from ..streaming import PcmInput, StreamConfig, StreamConfigError, StreamLimitError, stream_events
+from ..streaming import (
+    PcmInput,
+    StreamConfig,
+    StreamConfigError,
+    StreamLimitError,
+    check_language,
+    stream_events,
+)
 from ..types import AsrEvent, Segment, Word
 from .deps import key_is_valid
 from .state import AppState
@@ -205,6 +212,11 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
     def _transcribe(self, audio: np.ndarray, config: StreamConfig) -> Any:
         from ..transcriber import FileTranscriber, TranscribeRequest
 
+        try:
+            check_language(self.state.manager.get("asr", config.final_model), config.language,
+                           "model")
+        except StreamConfigError as exc:
+            raise _riva_field(exc) from None
         request = TranscribeRequest(model=config.final_model, language=config.language,
                                     word_timestamps=True,
                                     beam_size=self.settings.asr.beam_size,

@@ -1,0 +1,191 @@
+"""Riva-compatible gRPC against a live voxgate on loopback, with the official nvidia-riva-client.
+
+``riva.client.ASRService.offline_recognize`` and ``streaming_response_generator`` on real
+LibriVox speech, exactly as NVIDIA's examples call them; metadata auth; every bad input maps to
+INVALID_ARGUMENT naming the field, UNAUTHENTICATED or RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import threading
+import wave
+
+import grpc
+import pytest
+
+riva_client = pytest.importorskip("riva.client", reason="extra 'grpc' (nvidia-riva-client) "
+                                                        "is not installed")
+
+from conftest import wer  # noqa: E402
+from live_server import API_KEY  # noqa: E402
+
+
+def _asr(live, metadata=(("x-api-key", API_KEY),)):
+    auth = riva_client.Auth(uri=live.grpc_uri, metadata_args=[list(m) for m in metadata])
+    return riva_client.ASRService(auth)
+
+
+def _config(**kw):
+    base = dict(language_code="en-US", max_alternatives=1, enable_automatic_punctuation=True)
+    base.update(kw)
+    return riva_client.RecognitionConfig(**base)
+
+
+def _frames(path) -> tuple[bytes, int]:
+    with wave.open(str(path), "rb") as wav:
+        return wav.readframes(wav.getnframes()), wav.getframerate()
+
+
+def test_offline_recognize_wav_file_bytes(live, librivox):
+    clip = librivox[0]
+    config = _config(enable_word_time_offsets=True)
+    riva_client.add_audio_file_specs_to_config(config, clip.path)
+    response = _asr(live).offline_recognize(clip.path.read_bytes(), config)
+    text = " ".join(r.alternatives[0].transcript for r in response.results)
+    assert wer(clip.text, text) < 0.15
+    alt = response.results[0].alternatives[0]
+    assert 0 < alt.confidence <= 1 and alt.words
+    assert alt.words[0].start_time < alt.words[-1].end_time <= 7200  # milliseconds
+    assert response.results[-1].audio_processed == pytest.approx(7.1, abs=0.05)
+
+
+def test_offline_recognize_raw_pcm_without_punctuation(live, librivox):
+    clip = librivox[4]
+    pcm, rate = _frames(clip.path)
+    config = _config(encoding=riva_client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate,
+                     enable_automatic_punctuation=False)
+    response = _asr(live, metadata=[("authorization", f"Bearer {API_KEY}")]).offline_recognize(
+        pcm, config)
+    text = response.results[0].alternatives[0].transcript
+    assert text == text.lower() and "." not in text
+    assert wer(clip.text, text) < 0.15
+    assert not response.results[0].alternatives[0].words  # word offsets not requested
+
+
+def test_streaming_recognize_partials_and_finals(live, librivox):
+    clip = librivox[0]
+    config = riva_client.StreamingRecognitionConfig(
+        config=_config(encoding=riva_client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=16000,
+                       enable_word_time_offsets=True), interim_results=True)
+    finals, partials = [], []
+    with riva_client.AudioChunkFileIterator(str(clip.path), 1600,
+                                            riva_client.sleep_audio_length) as chunks:
+        # real-time pacing through the client's own delay callback, halved to save time
+        chunks.delay_callback = lambda data, seconds: riva_client.sleep_audio_length(
+            data, seconds / 2)
+        for response in _asr(live).streaming_response_generator(chunks, config):
+            for result in response.results:
+                (finals if result.is_final else partials).append(result)
+    assert finals and partials
+    text = " ".join(r.alternatives[0].transcript for r in finals)
+    assert wer(clip.text, text) < 0.15
+    assert all(0 <= p.stability <= 1 and p.audio_processed > 0 for p in partials)
+    assert finals[-1].alternatives[0].words and finals[-1].alternatives[0].confidence > 0
+    assert live.wait_for(lambda: live.streaming.active == 0)
+
+
+def test_get_config_and_health(live):
+    response = _asr(live).stub.GetRivaSpeechRecognitionConfig(
+        riva_client.proto.riva_asr_pb2.RivaSpeechRecognitionConfigRequest(),
+        metadata=[("x-api-key", API_KEY)])
+    names = {c.model_name: dict(c.parameters) for c in response.model_config}
+    assert "whisper-base" in names and names["whisper-base"]["type"] == "online"
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(live.grpc_uri) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "nvidia.riva.asr.RivaSpeechRecognition"):
+            status = stub.Check(health_pb2.HealthCheckRequest(service=service)).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("metadata", [(), (("x-api-key", "wrong"),),
+                                      (("authorization", "Bearer wrong"),)])
+def test_missing_or_bad_key_is_unauthenticated(live, librivox, metadata):
+    pcm, _ = _frames(librivox[1].path)
+    with pytest.raises(grpc.RpcError) as err:
+        _asr(live, metadata=metadata).offline_recognize(pcm, _config())
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("kw,field", [
+    ({"encoding": riva_client.AudioEncoding.MULAW}, "encoding"),
+    ({"language_code": "12-34"}, "language_code"),
+    ({"language_code": "xx-XX"}, "language_code"),  # no model knows it
+    ({"model": "no-such-model"}, "model"),
+    ({"endpointing_config": riva_client.EndpointingConfig(stop_history=20)},
+     "endpointing_config.stop_history"),
+])
+def test_bad_config_is_invalid_argument_naming_the_field(live, librivox, kw, field):
+    pcm, _ = _frames(librivox[1].path)
+    with pytest.raises(grpc.RpcError) as err:
+        _asr(live).offline_recognize(pcm, _config(**kw))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in err.value.details()
+
+
+def test_bad_audio_is_invalid_argument(live):
+    asr = _asr(live)
+    for audio, words in [(b"\x01\x02\x03", "multiples of 2 bytes"), (b"", "empty"),
+                         (b"RIFF\x00\x00\x00\x00WAVEjunk", "not a readable audio file")]:
+        with pytest.raises(grpc.RpcError) as err:
+            asr.offline_recognize(audio, _config())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, audio
+        assert words in err.value.details()
+
+
+def test_streaming_errors(live, librivox):
+    rasr = riva_client.proto.riva_asr_pb2
+    stub = _asr(live).stub
+    md = [("x-api-key", API_KEY)]
+    # audio before streaming_config
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamingRecognize(iter([rasr.StreamingRecognizeRequest(audio_content=b"\0\0")]),
+                                     metadata=md))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "streaming_config" in err.value.details()
+    config = rasr.StreamingRecognitionConfig(config=_config(sample_rate_hertz=16000))
+    # odd-length PCM16 mid-stream
+    requests = [rasr.StreamingRecognizeRequest(streaming_config=config),
+                rasr.StreamingRecognizeRequest(audio_content=b"\0\0" * 800),
+                rasr.StreamingRecognizeRequest(audio_content=b"\0\0\0")]
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamingRecognize(iter(requests), metadata=md))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "multiples of 2 bytes" in err.value.details()
+    # a chunk above the frame limit
+    big = b"\0" * (live.settings.streaming.max_frame_bytes + 2)
+    requests = [rasr.StreamingRecognizeRequest(streaming_config=config),
+                rasr.StreamingRecognizeRequest(audio_content=big)]
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamingRecognize(iter(requests), metadata=md))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "exceeds" in err.value.details()
+    assert live.wait_for(lambda: live.streaming.active == 0)
+
+
+def test_resource_exhausted_when_streams_are_full_and_cancel_frees(live):
+    rasr = riva_client.proto.riva_asr_pb2
+    stub = _asr(live).stub
+    md = [("x-api-key", API_KEY)]
+    config = rasr.StreamingRecognitionConfig(config=_config(sample_rate_hertz=16000))
+    release = threading.Event()
+
+    def held_requests():
+        yield rasr.StreamingRecognizeRequest(streaming_config=config)
+        yield rasr.StreamingRecognizeRequest(audio_content=b"\0\0" * 1600)
+        release.wait(30)
+
+    calls = [stub.StreamingRecognize(held_requests(), metadata=md)
+             for _ in range(live.settings.max_streams)]
+    try:
+        assert live.wait_for(lambda: live.streaming.active == live.settings.max_streams)
+        requests = iter([rasr.StreamingRecognizeRequest(streaming_config=config)])
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.StreamingRecognize(requests, metadata=md))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "retry" in err.value.details()
+    finally:
+        for call in calls:
+            call.cancel()  # the client goes away mid-stream
+        release.set()
+    assert live.wait_for(lambda: live.streaming.active == 0), "cancelled streams not freed"
