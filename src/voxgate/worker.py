@@ -191,12 +191,17 @@ def _worker_class():  # -> type[SimpleWorker]; built lazily so importing needs n
                     logger.warning("worker heartbeat failed", exc_info=True)
 
         def dequeue_job_and_maintain_ttl(self, timeout: Any, max_idle_time: Any = None) -> Any:
-            token = _RUNTIME.set(self.runtime)
-            try:
-                self.job_queue.requeue_abandoned()  # also covers other workers' dead jobs
-            finally:
-                _RUNTIME.reset(token)
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            """Wait for a job in ``timeout`` slices, so a stop request ends an idle worker and
+            jobs of dead workers are re-queued between slices."""
+            while True:
+                token = _RUNTIME.set(self.runtime)
+                try:
+                    self.job_queue.requeue_abandoned()  # also covers other workers' dead jobs
+                finally:
+                    _RUNTIME.reset(token)
+                result = super().dequeue_job_and_maintain_ttl(timeout, timeout or max_idle_time)
+                if result is not None or self._stop_requested or timeout is None:
+                    return result
 
     return VoxgateWorker
 
