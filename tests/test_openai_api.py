@@ -87,7 +87,7 @@ def test_json_transcription_of_real_speech(client, clip):
 
 def test_text_srt_and_vtt(client, clip):
     text = client.audio.transcriptions.create(model="whisper-base", file=clip.path,
-                                              response_format="text", language="en")
+                                              response_format="text", language="en-US")
     assert wer(clip.text, text) <= 0.1 and text.endswith("\n")
 
     subtitles = list(srt.parse(client.audio.transcriptions.create(

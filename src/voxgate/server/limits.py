@@ -2,8 +2,9 @@
 
 HTTP callers are answered at once (``try_acquire`` fails -> 429 with a Retry-After estimate);
 Wyoming callers, which have no retry convention, wait their turn (``acquire`` with a timeout).
-Slots are handed over first-come first-served. Every method runs on the event loop thread;
-worker threads give a slot back through ``loop.call_soon_threadsafe(slots.release)``.
+Slots are handed over first-come first-served. Every method runs on the event loop thread.
+The work itself runs on ``executor``, a thread pool with exactly one thread per slot, so an
+admitted transcription never waits behind other uses of the loop's default pool.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import math
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 from .state import AppState
 
@@ -30,6 +32,7 @@ class TranscriptionSlots:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self.limit = limit
         self.active = 0
+        self.executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="transcribe")
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._started: deque[float] = deque()
         self._mean_s: float | None = None  # exponential moving average of one job's wall time

@@ -213,7 +213,9 @@ def _validate(state: AppState, *, model: str, task: str, language: str | None,
     if kind != "asr":
         raise OpenAIError(400, f"model '{model}' is a {kind} model, not speech recognition",
                           param="model")
-    lang = language_code(language) if language and language.strip().lower() != "auto" else None
+    lang = None
+    if language and language.strip().lower() != "auto":  # "en", "en-US", "English" -> "en"
+        lang = language_code(language.replace("_", "-").split("-")[0])
     return AudioJob(
         model=model_id, task=task, language=lang, prompt=prompt or None,
         response_format=response_format, temperature=temperature,
@@ -281,7 +283,7 @@ class _Worker:
         self._slots = slots
 
     def start(self, work: Callable[[_Worker], None]) -> None:
-        future = self.loop.run_in_executor(None, self._run, work)
+        future = self.loop.run_in_executor(self._slots.executor, self._run, work)
         future.add_done_callback(lambda _: self._slots.release())
 
     def _run(self, work: Callable[[_Worker], None]) -> None:

@@ -168,7 +168,7 @@ class _WholeUtterance:
             transcript = FileTranscriber(settings, request, self.state.manager).run_audio(audio)
             return transcript.text, transcript.language
 
-        future = asyncio.get_running_loop().run_in_executor(None, work)
+        future = asyncio.get_running_loop().run_in_executor(slots.executor, work)
         future.add_done_callback(lambda _: slots.release())  # when the thread ends, not before
         text, language = await asyncio.shield(future)
         return text, language or self.language
