@@ -95,7 +95,7 @@ def main() -> None:
     stages = out["long"]["metrics"]["stage_times_s"]
     print(f"| audio | end-to-end | RTF | {' | '.join(stages)} | faster-whisper ASR | ratio |"
           " jobs/min (25 s) |")
-    print("|" + "---|" * (7 + len(stages)))
+    print("|" + "---|" * (6 + len(stages)))
     print(f"| {duration:.0f} s | {out['long']['wall_s']} s | {out['long']['rtf_end_to_end']} | "
           + " | ".join(f"{v} s" for v in stages.values())
           + f" | {plain:.1f} s | {out['asr_ratio_voxgate_vs_faster_whisper']} | "
