@@ -301,6 +301,8 @@ class WyomingSttHandler:
         """``info``: one ASR program whose models are the installed ASR models."""
         from wyoming.info import AsrModel, AsrProgram, Attribution, Info
 
+        from .app import _version  # the package version /health reports
+
         settings = self.state.settings
         cards = [c for c in model_cards(settings, self.state.manager)
                  if c["kind"] == "asr" and c["installed"] and "alias_of" not in c]
@@ -376,15 +378,6 @@ class WyomingSttHandler:
         await self.send(Transcript(text=text, language=language).event())
         if utterance.live:
             await self.send(TranscriptStop().event())
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("voxgate")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 async def _read_event(reader: asyncio.StreamReader) -> Any:
