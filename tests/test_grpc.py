@@ -189,3 +189,24 @@ def test_resource_exhausted_when_streams_are_full_and_cancel_frees(live):
             call.cancel()  # the client goes away mid-stream
         release.set()
     assert live.wait_for(lambda: live.streaming.active == 0), "cancelled streams not freed"
+
+
+def test_idle_stream_is_closed(live):
+    rasr = riva_client.proto.riva_asr_pb2
+    config = rasr.StreamingRecognitionConfig(config=_config(sample_rate_hertz=16000))
+    release = threading.Event()
+
+    def silent_client():
+        yield rasr.StreamingRecognizeRequest(streaming_config=config)
+        yield rasr.StreamingRecognizeRequest(audio_content=b"\0\0" * 1600)
+        release.wait(30)  # then nothing: the client hangs
+
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            list(_asr(live).stub.StreamingRecognize(silent_client(),
+                                                     metadata=[("x-api-key", API_KEY)]))
+    finally:
+        release.set()
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "idle" in err.value.details()
+    assert live.wait_for(lambda: live.streaming.active == 0)

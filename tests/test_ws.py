@@ -244,3 +244,15 @@ async def test_vanished_client_frees_stream_and_models(live, librivox, manager):
     assert refs.get("whisper-base") == 0 and refs.get("whisper-tiny.en") == 0 \
         and refs.get("silero-vad") == 0, refs
     assert live.wait_for(lambda: live.streaming.scheduler.queued_finals == 0)
+
+
+def test_ready_and_metrics_report_streaming(live):
+    import httpx
+
+    base = f"http://127.0.0.1:{live.http_port}"
+    ready = httpx.get(f"{base}/ready", timeout=10).json()
+    assert ready["checks"]["streaming"]["ok"] and ready["checks"]["grpc"]["ok"]
+    metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    for name in ("voxgate_streams_active", "voxgate_streams_opened_total",
+                 "voxgate_stream_finals_total", "voxgate_stream_partials_dropped_total"):
+        assert name in metrics, name

@@ -381,6 +381,11 @@ class AsrSession:
         return self._next_id
 
     @property
+    def pending_finals(self) -> int:
+        """Finals decided but not yet delivered (the client may be waiting for them)."""
+        return len(self._pending)
+
+    @property
     def position(self) -> float:
         """Seconds of audio received."""
         return self.received / SAMPLE_RATE

@@ -144,6 +144,8 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         return alt
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        if isinstance(exc, _IdleStream):
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         if isinstance(exc, StreamLimitError):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         if isinstance(exc, (StreamConfigError, AudioError)):
@@ -252,9 +254,21 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             raise
         max_bytes = self.settings.streaming.max_frame_bytes
 
+        idle_s = self.settings.streaming.idle_timeout_s
+        requests = aiter(request_iterator)
+
+        async def next_request() -> Any:
+            while True:
+                try:
+                    return await asyncio.wait_for(anext(requests, None), idle_s)
+                except TimeoutError:
+                    if session.pending_finals:
+                        continue  # the client is waiting for finals: not idle
+                    raise _IdleStream(f"no audio for {idle_s:g} s: idle stream closed") from None
+
         async def chunks() -> AsyncIterator[np.ndarray]:
             first_audio = True
-            async for request in request_iterator:
+            while (request := await next_request()) is not None:
                 if request.HasField("streaming_config"):
                     raise StreamConfigError("streaming_config", "sent twice; only the first "
                                                                 "request carries it")
@@ -313,6 +327,10 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                 "sample_rate": "16000", "streaming": "true", "license": spec.license,
             })
         return response
+
+
+class _IdleStream(VoxgateError):
+    """The client sent nothing for the idle timeout while owed no result."""
 
 
 def _strip_wav_header(data: bytes) -> bytes:

@@ -178,12 +178,18 @@ async def _receive_config(ws: WebSocket, idle_s: float, max_bytes: int) -> Strea
     return StreamStart.from_wire(text)
 
 
-async def _receive(ws: WebSocket, idle_s: float) -> dict[str, Any]:
-    try:
-        message = await asyncio.wait_for(ws.receive(), idle_s)
-    except TimeoutError:
-        raise WireError(f"no message for {idle_s:g} s: idle stream closed", code="idle_timeout"
-                        ) from None
+async def _receive(ws: WebSocket, idle_s: float, session: AsrSession | None = None
+                   ) -> dict[str, Any]:
+    """Next client message; idle means silent for ``idle_s`` while owed no result."""
+    while True:
+        try:
+            message = await asyncio.wait_for(ws.receive(), idle_s)
+            break
+        except TimeoutError:
+            if session is not None and session.pending_finals:
+                continue  # the client is waiting for finals (e.g. after a flush): not idle
+            raise WireError(f"no message for {idle_s:g} s: idle stream closed",
+                            code="idle_timeout") from None
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
     return message
@@ -192,7 +198,7 @@ async def _receive(ws: WebSocket, idle_s: float) -> dict[str, Any]:
 async def _read_audio(ws: WebSocket, session: AsrSession, pcm: PcmInput, idle_s: float,
                       max_bytes: int, writer: asyncio.Task[None]) -> None:
     while True:
-        receive = asyncio.ensure_future(_receive(ws, idle_s))
+        receive = asyncio.ensure_future(_receive(ws, idle_s, session))
         done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
         if receive not in done:  # the writer failed (engine error): stop reading
             receive.cancel()

@@ -1,0 +1,411 @@
+"""Live transcription: voxgate streaming sessions vs plain faster-whisper re-decoding.
+
+N concurrent streams of real speech are fed in real time (100 ms chunks, wall-clock paced).
+Each stream is the 5 LibriVox clips of Debian ``pocketsphinx-testdata`` in a rotated order,
+1.5 s of low noise between them (~33 s). Measured per stream, pooled over streams:
+
+* partial lag: from the end of each spoken word (word end times from a reference alignment:
+  whisper-base with word timestamps on each clean clip, offline) to the first partial that
+  shows it (the word at its position +-2 in the partial, after normalisation);
+* final latency: from the end of the utterance's last spoken word to its final (p50/p95), and
+  the decode part alone (from the endpoint decision, ``end_of_speech``, to the final);
+* final WER against the clips' reference transcripts;
+* real time: a run is real time when the p95 final latency stays under ``--rt-limit`` s and
+  no stream ends more than that behind its audio; the largest such N is reported.
+
+The peer is the common whisper-streaming approach (``whisper_online``): every ``--min-chunk``
+seconds the whole uncommitted buffer is re-decoded with plain ``faster_whisper.WhisperModel``
+(whisper-base, the same weights), words confirmed by two consecutive hypotheses
+(LocalAgreement-2) are committed, the buffer is trimmed after committed sentence ends or past
+15 s. Its "partial" is the first hypothesis showing a word, its "final" the commit.
+
+    python bench/streaming.py                    # N = 1, 2, 4, 6, 8 for voxgate; 1, 2 peer
+    python bench/streaming.py --streams 1 4 --peer-streams 1
+    python bench/streaming.py --final-beam 5     # accuracy over latency
+
+Writes ``bench/results/streaming.json`` (plus a timestamped copy) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+RESULTS = Path(__file__).resolve().parent / "results"
+SR = 16_000
+GAP_S = 1.5
+CHUNK_S = 0.1
+
+
+# ---- input and reference --------------------------------------------------------------------
+@dataclass
+class Utterance:
+    text: str  # reference transcript
+    start: float  # stream seconds
+    words: list[tuple[str, float]]  # normalised word, end time in stream seconds
+
+
+@dataclass
+class StreamInput:
+    audio: np.ndarray
+    utterances: list[Utterance]
+
+
+def _norm_words(text: str) -> list[str]:
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()(text).split()
+
+
+def _wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    return float(jiwer.wer(" ".join(_norm_words(reference)), " ".join(_norm_words(hypothesis))))
+
+
+def build_inputs(n: int, aligner) -> list[StreamInput]:
+    from voxgate.audio import decode_audio
+    from voxgate.engines.base import AsrOptions
+
+    listing = (LIBRIVOX / "transcription").read_text().splitlines()
+    clips = []
+    for line in listing:
+        m = re.match(r"<s>\s*(.*?)\s*</s>\s*\((.+)\)", line.strip())
+        if m:
+            audio = decode_audio(LIBRIVOX / f"{m.group(2)}.wav")
+            result = aligner.transcribe(audio, AsrOptions(language="en", beam_size=5,
+                                                          word_timestamps=True))
+            aligned = []
+            for w in (w for s in result.segments for w in s.words):
+                for token in _norm_words(w.word):
+                    aligned.append((token, w.end))
+            clips.append((audio, m.group(1), aligned))
+    rng = np.random.default_rng(0)
+    inputs = []
+    for k in range(n):
+        order = clips[k % len(clips):] + clips[:k % len(clips)]
+        pieces = [(rng.standard_normal(int(0.5 * SR)) * 3e-4).astype(np.float32)]
+        pos = pieces[0].size
+        utterances = []
+        for audio, text, aligned in order:
+            utterances.append(Utterance(text, pos / SR, [(w, pos / SR + e) for w, e in aligned]))
+            gap = (rng.standard_normal(int(GAP_S * SR)) * 3e-4).astype(np.float32)
+            pieces += [audio, gap]
+            pos += audio.size + gap.size
+        inputs.append(StreamInput(np.concatenate(pieces), utterances))
+    return inputs
+
+
+# ---- scoring --------------------------------------------------------------------------------
+@dataclass
+class Hypothesis:
+    at: float  # stream seconds (wall clock since the stream started)
+    words: list[str]
+    utterance: int | None  # which reference utterance it belongs to (None: match by time)
+    final: bool
+
+
+@dataclass
+class RunResult:
+    system: str
+    streams: int
+    partial_lag: list[float] = field(default_factory=list)
+    partial_coverage: float = 0.0
+    final_latency: list[float] = field(default_factory=list)
+    decode_latency: list[float] = field(default_factory=list)
+    wer: float = 0.0
+    behind_at_end: float = 0.0
+    dropped_partials: int = 0
+    batches: list[int] = field(default_factory=list)
+
+    def summary(self, rt_limit: float) -> dict:
+        def pct(values: list[float], q: float) -> float | None:
+            return round(float(np.percentile(values, q)), 3) if values else None
+
+        return {
+            "system": self.system, "streams": self.streams,
+            "partial_lag_p50": pct(self.partial_lag, 50), "partial_lag_p95": pct(self.partial_lag, 95),
+            "partial_coverage": round(self.partial_coverage, 3),
+            "final_latency_p50": pct(self.final_latency, 50),
+            "final_latency_p95": pct(self.final_latency, 95),
+            "decode_latency_p50": pct(self.decode_latency, 50),
+            "wer": round(self.wer, 4), "behind_at_end_s": round(self.behind_at_end, 3),
+            "dropped_partials": self.dropped_partials,
+            "mean_final_batch": round(float(np.mean(self.batches)), 2) if self.batches else None,
+            "real_time": bool(self.final_latency) and pct(self.final_latency, 95) <= rt_limit
+            and self.behind_at_end <= rt_limit,
+        }
+
+
+def score_words(inp: StreamInput, hyps: list[Hypothesis]) -> tuple[list[float], int, int]:
+    """Partial lag per reference word: the first non-final hypothesis of its utterance that
+    holds it (the j-th occurrence of a word needs j occurrences in the hypothesis)."""
+    lags, seen, total = [], 0, 0
+    for index, utt in enumerate(inp.utterances):
+        own = [h for h in hyps if not h.final and h.utterance == index]
+        counts: dict[str, int] = {}
+        for word, end in utt.words:
+            total += 1
+            counts[word] = counts.get(word, 0) + 1
+            for h in own:
+                if h.at >= end and h.words.count(word) >= counts[word]:
+                    lags.append(h.at - end)
+                    seen += 1
+                    break
+    return lags, seen, total
+
+
+# ---- voxgate --------------------------------------------------------------------------------
+async def run_voxgate(inputs: list[StreamInput], settings, manager) -> RunResult:
+    from voxgate.streaming import StreamingService
+
+    service = StreamingService(settings, manager)
+    await service.start()
+    result = RunResult("voxgate", len(inputs))
+    batches_before = len(service.scheduler.stats.batch_sizes)
+    seen = total = 0
+    finals_text: list[str] = []
+    references: list[str] = []
+
+    async def one(inp: StreamInput) -> tuple[list[Hypothesis], dict, float]:
+        session = await service.open(service.config())
+        hyps: list[Hypothesis] = []
+        endpoints: dict[int, float] = {}
+        finals: dict[int, tuple[float, str, float, float]] = {}
+        started = time.monotonic()
+
+        async def read() -> None:
+            async for event in session.events():
+                now = time.monotonic() - started
+                if event.kind == "partial":  # its start is the utterance onset, stream time
+                    hyps.append(Hypothesis(now, _norm_words(event.text),
+                                           _utterance_at(inp, event.start + 0.2), False))
+                elif event.kind == "end_of_speech":
+                    endpoints[event.utterance_id] = now
+                elif event.kind == "final":
+                    finals[event.utterance_id] = (now, event.text, event.start, event.end)
+
+        reader = asyncio.create_task(read())
+        step = int(CHUNK_S * SR)
+        for i in range(0, inp.audio.size, step):
+            await session.accept(inp.audio[i:i + step])
+            delay = started + (i + step) / SR - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await session.finish()
+        await reader
+        behind = time.monotonic() - started - inp.audio.size / SR
+        result.dropped_partials += session.dropped_partials
+        await session.close()
+        return hyps, {"finals": finals, "endpoints": endpoints}, behind
+
+    outputs = await asyncio.gather(*(one(inp) for inp in inputs))
+    for inp, (hyps, events, behind) in zip(inputs, outputs):
+        result.behind_at_end = max(result.behind_at_end, behind)
+        # map each final to the reference utterance its time span overlaps
+        for uid, (at, text, start, end) in sorted(events["finals"].items()):
+            index = _utterance_at(inp, (start + end) / 2)
+            utt = inp.utterances[index]
+            if utt.words:
+                result.final_latency.append(at - utt.words[-1][1])
+            if uid in events["endpoints"]:
+                result.decode_latency.append(at - events["endpoints"][uid])
+            finals_text.append(text)
+        lags, s, t = score_words(inp, hyps)
+        result.partial_lag += lags
+        seen, total = seen + s, total + t
+        references += [u.text for u in inp.utterances]
+    result.partial_coverage = seen / max(total, 1)
+    result.wer = _wer(" ".join(references), " ".join(finals_text))
+    result.batches = service.scheduler.stats.batch_sizes[batches_before:]
+    await service.stop()
+    return result
+
+
+def _utterance_at(inp: StreamInput, t: float) -> int:
+    index = 0
+    for k, utt in enumerate(inp.utterances):
+        if utt.start - 0.3 <= t:
+            index = k
+    return index
+
+
+# ---- plain faster-whisper re-decoding (whisper-streaming, LocalAgreement-2) -------------------
+def run_peer_stream(inp: StreamInput, model, min_chunk: float, beam: int,
+                    out: dict, start_barrier: threading.Barrier) -> None:
+    hyps: list[Hypothesis] = []
+    commits: list[tuple[float, str, float]] = []  # (wall, word, word end in stream time)
+    buffer_start = 0.0  # stream seconds where the buffer begins
+    committed_until = 0.0
+    previous: list[tuple[str, float, float]] = []
+    processed = 0.0
+    start_barrier.wait()
+    started = time.monotonic()
+    duration = inp.audio.size / SR
+    while True:
+        now = time.monotonic() - started
+        available = min(now, duration)
+        if available - processed < min_chunk and available < duration:
+            time.sleep(min_chunk - (available - processed))
+            continue
+        processed = available
+        chunk = inp.audio[int(buffer_start * SR):int(available * SR)]
+        segments, _ = model.transcribe(chunk, language="en", beam_size=beam, word_timestamps=True,
+                                       condition_on_previous_text=False, vad_filter=False)
+        words = [(w.word.strip(), buffer_start + w.start, buffer_start + w.end)
+                 for s in segments for w in (s.words or [])]
+        words = [w for w in words if w[2] > committed_until + 0.05]
+        wall = time.monotonic() - started
+        timed = [(c[1], c[2]) for c in commits] + [(w[0], w[2]) for w in words]
+        for utt in sorted({_utterance_at(inp, w[2]) for w in words}):  # one view per utterance
+            shown = [w for w, end in timed if _utterance_at(inp, end) == utt]
+            hyps.append(Hypothesis(wall, [t for w in shown for t in _norm_words(w)], utt, False))
+        agreed = 0
+        for a, b in zip(previous, words):
+            if a[0].lower().strip(".,?!") != b[0].lower().strip(".,?!"):
+                break
+            agreed += 1
+        for w in words[:agreed]:
+            commits.append((wall, w[0], w[2]))
+            committed_until = w[2]
+        previous = words[agreed:]
+        if agreed and (words[agreed - 1][0].endswith((".", "?", "!")) or
+                       available - buffer_start > 15.0):
+            buffer_start = committed_until
+            previous = []
+        if available >= duration:
+            wall = time.monotonic() - started
+            for w in previous:  # end of stream: commit the rest
+                commits.append((wall, w[0], w[2]))
+            break
+    out["hyps"], out["commits"] = hyps, commits
+    out["behind"] = time.monotonic() - started - duration
+
+
+def run_peer(inputs: list[StreamInput], model, min_chunk: float, beam: int) -> RunResult:
+    result = RunResult("faster-whisper re-decode (LocalAgreement-2)", len(inputs))
+    outs = [dict() for _ in inputs]
+    barrier = threading.Barrier(len(inputs))
+    threads = [threading.Thread(target=run_peer_stream,
+                                args=(inp, model, min_chunk, beam, out, barrier))
+               for inp, out in zip(inputs, outs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seen = total = 0
+    hyp_text: list[str] = []
+    references: list[str] = []
+    for inp, out in zip(inputs, outs):
+        result.behind_at_end = max(result.behind_at_end, out["behind"])
+        lags, s, t = score_words(inp, out["hyps"])
+        result.partial_lag += lags
+        seen, total = seen + s, total + t
+        commits = out["commits"]
+        hyp_text.append(" ".join(c[1] for c in commits))
+        references += [u.text for u in inp.utterances]
+        for k, utt in enumerate(inp.utterances):
+            # the utterance is final when a word ending near its last word's end is committed
+            last_end = utt.words[-1][1] if utt.words else utt.start
+            nxt = inp.utterances[k + 1].start if k + 1 < len(inp.utterances) else 1e9
+            inside = [c for c in commits if utt.start - 0.3 <= c[2] <= min(nxt, last_end + 0.6)]
+            if inside:
+                result.final_latency.append(max(c[0] for c in inside) - last_end)
+    result.partial_coverage = seen / max(total, 1)
+    result.wer = _wer(" ".join(references), " ".join(hyp_text))
+    return result
+
+
+# ---- main -------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 6, 8])
+    parser.add_argument("--peer-streams", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--min-chunk", type=float, default=1.0, help="peer re-decode interval")
+    parser.add_argument("--final-beam", type=int, default=None,
+                        help="voxgate final beam (default: the setting, 1)")
+    parser.add_argument("--rt-limit", type=float, default=2.0,
+                        help="p95 final latency (s) under which a run counts as real time")
+    args = parser.parse_args()
+
+    from voxgate.config import Settings
+    from voxgate.engines.manager import ModelManager
+
+    overrides = {}
+    if args.final_beam:
+        overrides["final_beam_size"] = args.final_beam
+    settings = Settings(_env_file=None, offline=True, max_streams=max(args.streams + [1]))
+    if overrides:
+        settings = settings.model_copy(update={"streaming": settings.streaming.model_copy(
+            update=overrides)})
+    manager = ModelManager(settings)
+    base = manager.get("asr", settings.asr.model)
+    manager.get("asr", settings.asr.partial_model)
+    manager.vad()
+    print(f"building inputs (aligning {LIBRIVOX.name} clips with {settings.asr.model}) ...",
+          file=sys.stderr)
+    all_inputs = build_inputs(max(args.streams + args.peer_streams + [1]), base)
+    rows = []
+    for n in args.streams:
+        print(f"voxgate, {n} stream(s) ...", file=sys.stderr)
+        res = asyncio.run(run_voxgate(all_inputs[:n], settings, manager))
+        rows.append(res.summary(args.rt_limit))
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    for n in args.peer_streams:
+        print(f"faster-whisper re-decode, {n} stream(s) ...", file=sys.stderr)
+        res = run_peer(all_inputs[:n], base.model, args.min_chunk, settings.streaming.final_beam_size)
+        rows.append(res.summary(args.rt_limit))
+        print(json.dumps(rows[-1]), file=sys.stderr)
+
+    def best_n(system_prefix: str) -> int:
+        ok = [r["streams"] for r in rows if r["system"].startswith(system_prefix) and r["real_time"]]
+        return max(ok) if ok else 0
+
+    one_vox = next((r for r in rows if r["system"] == "voxgate" and r["streams"] == 1), None)
+    one_peer = next((r for r in rows if r["system"] != "voxgate" and r["streams"] == 1), None)
+    ratios = {}
+    if one_vox and one_peer:
+        for key in ("partial_lag_p50", "final_latency_p50", "final_latency_p95", "wer"):
+            if one_vox[key] and one_peer[key]:
+                ratios[key + "_peer_over_voxgate"] = round(one_peer[key] / one_vox[key], 2)
+    report = {
+        "bench": "streaming", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "load_avg_at_start": os.getloadavg()},
+        "models": {"final": settings.asr.model, "partial": settings.asr.partial_model},
+        "settings": settings.streaming.model_dump(),
+        "rt_limit_s": args.rt_limit, "rows": rows,
+        "max_real_time_streams": {"voxgate": best_n("voxgate"), "peer": best_n("faster-whisper")},
+        "ratios_1_stream": ratios,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    text = json.dumps(report, indent=2)
+    (RESULTS / "streaming.json").write_text(text)
+    (RESULTS / f"streaming-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(text)
+    cols = ["system", "streams", "partial_lag_p50", "partial_lag_p95", "partial_coverage",
+            "final_latency_p50", "final_latency_p95", "decode_latency_p50", "wer",
+            "behind_at_end_s", "dropped_partials", "mean_final_batch", "real_time"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    print(f"largest real-time N: voxgate {report['max_real_time_streams']['voxgate']}, "
+          f"peer {report['max_real_time_streams']['peer']}; ratios (1 stream, peer/voxgate): "
+          f"{ratios}")
+
+
+if __name__ == "__main__":
+    main()
