@@ -48,6 +48,20 @@ class ScriptedJoint:
         return logits, state1 + 1.0, state2 - 1.0
 
 
+class WindowScriptedJoint(ScriptedJoint):
+    """The scripted joint with window scoring (several frames, one predictor state)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.windows: list[int] = []
+
+    def window(self, frames, targets, state1, state2):
+        self.windows.append(frames.shape[0])
+        rows = [self(frames[i:i + 1], targets, state1, state2)[0] for i in range(len(frames))]
+        self.calls = self.calls[: len(self.calls) - len(frames)]  # count windows, not frames
+        return np.concatenate(rows), state1 + 1.0, state2 - 1.0
+
+
 def frames_of(length: int, offset: int = 0) -> np.ndarray:
     return (np.arange(length, dtype=np.float32) + offset).reshape(1, length, 1)
 
@@ -233,3 +247,26 @@ def test_words_from_pieces_with_times():
     assert words[0].start == 0.0 and words[0].end == pytest.approx(0.24)
     assert words[1].start == pytest.approx(0.40) and words[1].end == pytest.approx(0.72)
     assert words[1].prob == 0.6
+
+
+@pytest.mark.parametrize("durations", [DURATIONS, ()])
+def test_window_scoring_gives_the_same_hypothesis_in_fewer_calls(durations):
+    script = {(3, 0): (1, 0), (3, 1): (2, 2), (10, 2): (3, 1), (17, 3): (4, 0), (17, 4): (5, 0),
+              (17, 5): (1, 0), (17, 6): (2, 0), (30, 7): (3, 3), (44, 8): (4, 4),
+              (59, 9): (5, 1)}
+    config = TransducerConfig(BLANK, durations, 4)
+    plain_joint = ScriptedJoint(script, durations)
+    (plain,) = GreedyTransducer(plain_joint, config, (1, 1)).decode(frames_of(60), [60])
+    windowed_joint = WindowScriptedJoint(script, durations)
+    decoder = GreedyTransducer(windowed_joint, config, (1, 1), lookahead=8)
+    (windowed,) = decoder.decode(frames_of(60), [60])
+    assert len(plain.hypothesis.tokens) >= 8
+    assert windowed.hypothesis == plain.hypothesis and windowed.skip == plain.skip
+    assert np.array_equal(windowed.state1, plain.state1)
+    assert len(windowed_joint.windows) < len(plain_joint.calls) / 2
+    assert max(windowed_joint.windows) <= 8
+
+
+def test_lookahead_needs_a_window_joint():
+    assert GreedyTransducer(ScriptedJoint({}), TransducerConfig(BLANK), (1, 1),
+                            lookahead=8).lookahead == 1

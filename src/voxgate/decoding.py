@@ -40,6 +40,7 @@ __all__ = [
     "TokenSpan",
     "TransducerConfig",
     "TransducerState",
+    "WindowJointFn",
     "WordSpan",
     "ctc_greedy",
     "group_words",
@@ -79,6 +80,19 @@ class JointFn(Protocol):
 
     def __call__(self, frames: np.ndarray, targets: np.ndarray, state1: np.ndarray,
                  state2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+class WindowJointFn(JointFn, Protocol):
+    """A joint that can also score several frames of one row against one predictor state.
+
+    ``window(frames [k, D], targets [1], state1, state2)`` returns logits ``[k, K]`` (frame
+    ``i`` scored with the predictor output for ``targets``) and the states after ``targets``.
+    While blanks are emitted the predictor does not move, so these are exactly the logits
+    frame-by-frame decoding would compute, in one model call instead of ``k``.
+    """
+
+    def window(self, frames: np.ndarray, targets: np.ndarray, state1: np.ndarray,
+               state2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +143,13 @@ class GreedyTransducer:
     """Batched greedy RNN-T / TDT decoding over a :class:`JointFn`."""
 
     def __init__(self, joint: JointFn, config: TransducerConfig,
-                 state_shape: tuple[int, int]) -> None:
+                 state_shape: tuple[int, int], lookahead: int = 1) -> None:
+        """``lookahead`` > 1 (with a :class:`WindowJointFn`) lets a single utterance score up to
+        that many frames per model call while the predictor state stands still."""
         self.joint = joint
         self.config = config
         self.state_shape = state_shape  # (layers, hidden)
+        self.lookahead = max(int(lookahead), 1) if hasattr(joint, "window") else 1
         self._durations = np.asarray(config.durations or (0,), dtype=np.int64)
         self._tdt = bool(config.durations)
 
@@ -247,8 +264,12 @@ class GreedyTransducer:
     def _loop_one(self, enc: np.ndarray, lengths: np.ndarray, t: np.ndarray, last: np.ndarray,
                   s1: np.ndarray, s2: np.ndarray, offsets: list[int]
                   ) -> tuple[list[Hypothesis], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The same rules for a single utterance with Python scalars: no per-step array ops
-        beyond the argmaxes and the state copy."""
+        """The same rules for a single utterance with Python scalars.
+
+        With ``lookahead`` the joint scores a window of frames per call; the window restarts
+        at 2 frames after each token (the predictor moved) and doubles, up to ``lookahead``,
+        each time blanks run past its end, so dense speech wastes little model work.
+        """
         cfg = self.config
         classes, blank, cap = cfg.num_classes, cfg.blank_id, cfg.max_symbols_per_step
         durations = [int(d) for d in self._durations] if self._tdt else None
@@ -258,9 +279,20 @@ class GreedyTransducer:
         target = last.copy()
         s1, s2 = s1.copy(), s2.copy()  # ours: the joint may reuse its output buffers
         symbols = 0
+        window = self.joint.window if self.lookahead > 1 else None  # type: ignore[attr-defined]
+        size, scored_from, scored_to = min(2, self.lookahead), 0, 0
         while pos < length:
-            logits, n1, n2 = self.joint(frames[pos:pos + 1], target, s1, s2)
-            row = logits[0]
+            if not scored_from <= pos < scored_to:
+                if window is None:
+                    scored, n1, n2 = self.joint(frames[pos:pos + 1], target, s1, s2)
+                    scored_to = pos + 1
+                else:
+                    if scored_to:  # blanks ran past the last window: look further ahead
+                        size = min(2 * size, self.lookahead)
+                    scored_to = min(pos + size, length)
+                    scored, n1, n2 = window(frames[pos:scored_to], target, s1, s2)
+                scored_from = pos
+            row = scored[pos - scored_from]
             token = int(row[:classes].argmax())
             step = durations[int(row[classes:].argmax())] if durations else 0
             if token != blank:
@@ -274,6 +306,8 @@ class GreedyTransducer:
                 symbols += 1
                 if step == 0 and symbols >= cap:
                     step = 1
+                scored_from = scored_to = 0  # the predictor moved: rescore
+                size = min(2, self.lookahead)
             elif step == 0:
                 step = 1
             if step:

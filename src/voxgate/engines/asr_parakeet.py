@@ -169,59 +169,88 @@ class _OrtJoint:
         dtype = np.int32 if contract.targets_dtype == "int32" else np.int64
         self._targets = np.zeros((rows, 1), dtype=dtype)
         self._lengths = np.ones(rows, dtype=dtype)
-        self._outputs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._bound_rows = -1
+        self._outputs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._bound = (-1, -1)
+        self._states: tuple[Any, Any] = (None, None)
 
-    def _bind_outputs(self, n: int, state: tuple[int, ...]) -> tuple[np.ndarray, ...]:
-        buffers = self._outputs.get(n)
+    def _bind_outputs(self, n: int, k: int, state: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        buffers = self._outputs.get((n, k))
         if buffers is None:
-            buffers = (np.empty((n, 1, 1, self._contract.joint_width), np.float32),
+            buffers = (np.empty((n, k, 1, self._contract.joint_width), np.float32),
                        np.empty(state, np.float32), np.empty(state, np.float32))
-            self._outputs[n] = buffers
-        if self._bound_rows != n:
+            self._outputs[(n, k)] = buffers
+        if self._bound != (n, k):
             for name, buffer in zip(self._OUTPUTS, buffers, strict=True):
                 self._binding.bind_output(name, "cpu", 0, np.float32, list(buffer.shape),
                                           buffer.ctypes.data)
-            self._bound_rows = n
+            self._bound = (n, k)
         return buffers
 
-    def __call__(self, frames: np.ndarray, targets: np.ndarray, state1: np.ndarray,
-                 state2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n, dim = frames.shape
-        logits, out1, out2 = self._bind_outputs(n, state1.shape)
-        batch_targets = self._targets[:n]
-        batch_targets[:, 0] = targets
+    def _run(self, encoder_outputs: np.ndarray, targets: np.ndarray, state1: np.ndarray,
+             state2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, _, k = encoder_outputs.shape
         bind = self._binding.bind_cpu_input
-        bind("encoder_outputs", frames.reshape(n, dim, 1))
-        bind("targets", batch_targets)
-        bind("target_length", self._lengths[:n])
-        bind("input_states_1", state1)
-        bind("input_states_2", state2)
+        if self._bound[0] != n:  # same buffers for every call with n rows
+            bind("targets", self._targets[:n])
+            bind("target_length", self._lengths[:n])
+        logits, out1, out2 = self._bind_outputs(n, k, state1.shape)
+        self._targets[:n, 0] = targets
+        bind("encoder_outputs", encoder_outputs)
+        if state1 is not self._states[0] or state2 is not self._states[1]:
+            bind("input_states_1", state1)  # the decoder keeps its state arrays between
+            bind("input_states_2", state2)  # steps, so this is rare
+            self._states = (state1, state2)
         try:
             self._session.run_with_iobinding(self._binding)
         except Exception as exc:  # onnxruntime raises its own Fail type on shape mismatch
             raise self._contract.violation(
                 "decoder_joint step", f"failing ({exc})",
-                f"outputs [{n}, 1, 1, {self._contract.joint_width}] and states "
+                f"outputs [{n}, {k}, 1, {self._contract.joint_width}] and states "
                 f"{list(state1.shape)}", "decoder_joint.pred_hidden") from exc
-        return logits.reshape(n, -1), out1, out2
+        return logits.reshape(n * k, -1), out1, out2
+
+    def __call__(self, frames: np.ndarray, targets: np.ndarray, state1: np.ndarray,
+                 state2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, dim = frames.shape
+        return self._run(frames.reshape(n, dim, 1), targets, state1, state2)
+
+    def window(self, frames: np.ndarray, targets: np.ndarray, state1: np.ndarray,
+               state2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frames ``[k, D]`` of one row against one predictor state (encoder time axis k)."""
+        return self._run(np.ascontiguousarray(frames.T)[None], targets, state1, state2)
 
 
-def _probe_joint(session: Any, contract: ParakeetContract) -> None:
-    """One real decoder-joint call per batch shape at load time, checked against the contract."""
+def _probe_joint(session: Any, contract: ParakeetContract) -> bool:
+    """Real decoder-joint calls at load time, checked against the contract.
+
+    Returns whether the joint scores a window of frames exactly like frame-by-frame calls
+    (the NeMo export's encoder time axis is dynamic), which window decoding relies on.
+    """
     layers, hidden = contract.pred_layers, contract.pred_hidden
     dim = contract.d_model or session.get_inputs()[0].shape[1]
     if layers is None or hidden is None or not isinstance(dim, int):
-        return  # not pinned: ParakeetAsr.decoder() refuses such a model with a clear error
+        return False  # not pinned: ParakeetAsr.decoder() refuses such a model with a clear error
     dtype = np.int32 if contract.targets_dtype == "int32" else np.int64
-    for rows in (1, 2):
+    frames = np.random.default_rng(0).normal(size=(2, dim, 3)).astype(np.float32)
+
+    def run(rows: int, encoder_outputs: np.ndarray) -> list[np.ndarray]:
         state = np.zeros((layers, rows, hidden), np.float32)
-        logits, out1, out2 = session.run(list(_OrtJoint._OUTPUTS), {
-            "encoder_outputs": np.zeros((rows, dim, 1), np.float32),
+        return session.run(list(_OrtJoint._OUTPUTS), {
+            "encoder_outputs": encoder_outputs,
             "targets": np.full((rows, 1), contract.blank_id, dtype),
             "target_length": np.ones(rows, dtype), "input_states_1": state,
             "input_states_2": state})
-        check_joint_output(contract, rows, logits, out1, out2)
+
+    for rows in (1, 2):
+        check_joint_output(contract, rows, *run(rows, frames[:rows, :, :1]))
+    try:
+        windowed = run(1, frames[:1])[0].reshape(3, -1)
+    except Exception:  # a decoder-joint exported with a fixed time axis of 1
+        logger.info("decoder_joint takes one frame per call: window decoding off")
+        return False
+    single = np.concatenate([run(1, frames[:1, :, i:i + 1])[0].reshape(1, -1)
+                             for i in range(3)])
+    return windowed.shape == single.shape and bool(np.allclose(windowed, single, atol=1e-5))
 
 
 @dataclass(slots=True)
@@ -243,7 +272,7 @@ class ParakeetAsr:
     def __init__(self, model_dir: str | Path, *, model_id: str = "", onnx: Any = None,
                  quantization: str | None = None, contract: ParakeetContract | None = None,
                  languages: Sequence[str] = (), batch_size: int = 8,
-                 max_chunk_s: float = 30.0) -> None:
+                 max_chunk_s: float = 30.0, lookahead: int = 8) -> None:
         from ..config import OnnxSettings
 
         directory = Path(model_dir)
@@ -276,8 +305,9 @@ class ParakeetAsr:
         check_vocab(self.contract, self.pieces)
         for role, session in self._sessions.items():
             check_session(self.contract, role, session)
-        if "decoder_joint" in self._sessions:
-            _probe_joint(self._sessions["decoder_joint"], self.contract)
+        windows_ok = "decoder_joint" in self._sessions and _probe_joint(
+            self._sessions["decoder_joint"], self.contract)
+        self.lookahead = max(int(lookahead), 1) if windows_ok else 1
         self.frontend = LogMelFrontend(self.contract.mel)
         self.batch_size = max(int(batch_size), 1)
         # windows of whole encoder frames, so frame offsets add up exactly
@@ -345,7 +375,7 @@ class ParakeetAsr:
                              "in the ONNX graph; give the model a contract that pins it")
         return GreedyTransducer(_OrtJoint(self._sessions["decoder_joint"], c, rows),
                                 TransducerConfig(c.blank_id, c.durations, c.max_symbols_per_step),
-                                (int(shape[0]), int(shape[1])))
+                                (int(shape[0]), int(shape[1])), lookahead=self.lookahead)
 
     def recognize(self, chunks: Sequence[np.ndarray]) -> list[Hypothesis]:
         """Token hypotheses for each chunk (any length), batched ``batch_size`` at a time."""
