@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import ROOT, compare, speech, versions, write_report
+from common import (
+    JOINT_OUTPUTS,
+    ROOT,
+    compare,
+    joint_feed,
+    random_joint_steps,
+    speech,
+    versions,
+    write_report,
+)
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -141,12 +150,8 @@ class TrtJoint:
 
     def __call__(self, frames: np.ndarray, targets: np.ndarray, state1: np.ndarray,
                  state2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = frames.shape[0]
-        out, h, c = self.runner({
-            "encoder_outputs": frames[:, :, None], "targets": targets.astype(np.int32)[:, None],
-            "target_length": np.ones(n, np.int32), "input_states_1": state1,
-            "input_states_2": state2}, ["outputs", "output_states_1", "output_states_2"])
-        return out.reshape(n, -1), h, c
+        out, h, c = self.runner(joint_feed(frames, targets, state1, state2), JOINT_OUTPUTS)
+        return out.reshape(frames.shape[0], -1), h, c
 
 
 def parity(asr: ParakeetAsr, plans: dict[str, Path], clips: list[tuple[str, np.ndarray]],
@@ -175,19 +180,11 @@ def parity(asr: ParakeetAsr, plans: dict[str, Path], clips: list[tuple[str, np.n
 
     c = asr.contract
     classes = c.blank_id + 1
-    rng = np.random.default_rng(0)
     frames = np.concatenate([ref[i, :, : ref_len[i]].T for i in range(len(audio))])
-    pick = frames[rng.integers(0, len(frames), 256)]
-    targets = rng.integers(0, classes, (256, 1)).astype(np.int32)
-    state = rng.normal(scale=0.5, size=(2, c.pred_layers, 256, c.pred_hidden)).astype(
-        np.float32)
-    feed = {"encoder_outputs": pick[:, :, None], "targets": targets,
-            "target_length": np.ones(256, np.int32), "input_states_1": state[0],
-            "input_states_2": state[1]}
-    names_out = ["outputs", "output_states_1", "output_states_2"]
-    ort_out = asr._sessions["decoder_joint"].run(names_out, feed)
+    feed = random_joint_steps(frames, classes, c.pred_layers, c.pred_hidden, 256)
+    ort_out = asr._sessions["decoder_joint"].run(JOINT_OUTPUTS, feed)
     joint = TrtRunner(plans["decoder_joint"])
-    trt_out = joint(feed, names_out)
+    trt_out = joint(feed, JOINT_OUTPUTS)
     a = normalise_joint(ort_out[0].reshape(256, -1), classes)
     b = normalise_joint(trt_out[0].reshape(256, -1), classes)
     report["decoder_joint"] = {
@@ -195,6 +192,7 @@ def parity(asr: ParakeetAsr, plans: dict[str, Path], clips: list[tuple[str, np.n
         "durations": compare(a[:, classes:], b[:, classes:], atol=atol, argmax_axis=-1)
         if a.shape[1] > classes else {"ok": True},
         "states": compare(np.stack(ort_out[1:]), np.stack(trt_out[1:]), atol=atol)}
+    report["decoder_joint"]["ok"] = all(v["ok"] for v in report["decoder_joint"].values())
 
     decoder = GreedyTransducer(TrtJoint(joint), TransducerConfig(
         c.blank_id, c.durations, c.max_symbols_per_step), (c.pred_layers, c.pred_hidden))

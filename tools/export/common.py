@@ -108,3 +108,27 @@ def speech(paths: list[Path] | None) -> list[tuple[str, np.ndarray]]:
     if not files:
         raise SystemExit("no audio: pass --audio FILE... or install pocketsphinx-testdata")
     return [(p.name, decode_audio(p)) for p in files]
+
+
+JOINT_OUTPUTS = ["outputs", "output_states_1", "output_states_2"]
+
+
+def joint_feed(frames: np.ndarray, targets: np.ndarray, state1: np.ndarray,
+               state2: np.ndarray) -> dict[str, np.ndarray]:
+    """Decoder-joint inputs, named and shaped as the NeMo export takes them, for ``n`` rows of
+    one frame each (``frames [n, D]``, ``targets [n]``, states ``[L, n, H]``)."""
+    n = frames.shape[0]
+    return {"encoder_outputs": np.ascontiguousarray(frames)[:, :, None],
+            "targets": np.asarray(targets, np.int32).reshape(n, 1),
+            "target_length": np.ones(n, np.int32),
+            "input_states_1": np.ascontiguousarray(state1, np.float32),
+            "input_states_2": np.ascontiguousarray(state2, np.float32)}
+
+
+def random_joint_steps(frames: np.ndarray, classes: int, layers: int, hidden: int, steps: int,
+                       seed: int = 0) -> dict[str, np.ndarray]:
+    """``steps`` decoder-joint inputs: real encoder frames, random previous tokens and states."""
+    rng = np.random.default_rng(seed)
+    state = rng.normal(scale=0.5, size=(2, layers, steps, hidden)).astype(np.float32)
+    return joint_feed(frames[rng.integers(0, len(frames), steps)],
+                      rng.integers(0, classes, steps), state[0], state[1])

@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import ROOT, compare, speech, versions, write_report
+from common import (
+    JOINT_OUTPUTS,
+    ROOT,
+    compare,
+    joint_feed,
+    random_joint_steps,
+    speech,
+    versions,
+    write_report,
+)
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -57,14 +66,10 @@ class TorchJoint:
                  state2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import torch
 
-        n = frames.shape[0]
         with torch.no_grad():
-            out, _, h, c = self.step(
-                torch.from_numpy(np.ascontiguousarray(frames)[:, :, None]),
-                torch.from_numpy(targets.astype(np.int32)[:, None]),
-                torch.ones(n, dtype=torch.int32), torch.from_numpy(state1),
-                torch.from_numpy(state2))
-        return out.reshape(n, -1).numpy(), h.numpy(), c.numpy()
+            out, _, h, c = self.step(*(torch.from_numpy(v) for v in joint_feed(
+                frames, targets, state1, state2).values()))
+        return out.reshape(frames.shape[0], -1).numpy(), h.numpy(), c.numpy()
 
 
 def encoder_parity(encoder: Callable[[Any, Any], tuple[Any, Any]], asr: ParakeetAsr,
@@ -91,21 +96,12 @@ def joint_parity(step: StepFn, asr: ParakeetAsr, encoded: list[np.ndarray], step
     """Random (frame, previous token, state) triples through both decoder-joints."""
     import torch
 
-    rng = np.random.default_rng(seed)
     c = asr.contract
-    frames = np.concatenate(encoded)[rng.integers(0, sum(len(e) for e in encoded), steps)]
-    targets = rng.integers(0, c.blank_id + 1, size=(steps, 1)).astype(np.int32)
-    state = rng.normal(scale=0.5, size=(2, c.pred_layers, steps, c.pred_hidden)).astype(
-        np.float32)
+    feed = random_joint_steps(np.concatenate(encoded), c.blank_id + 1, c.pred_layers,
+                              c.pred_hidden, steps, seed)
     with torch.no_grad():
-        ref, _, h, cell = step(torch.from_numpy(frames[:, :, None]), torch.from_numpy(targets),
-                               torch.ones(steps, dtype=torch.int32),
-                               torch.from_numpy(state[0]), torch.from_numpy(state[1]))
-    got, got_h, got_c = asr._sessions["decoder_joint"].run(
-        ["outputs", "output_states_1", "output_states_2"],
-        {"encoder_outputs": frames[:, :, None], "targets": targets,
-         "target_length": np.ones(steps, np.int32), "input_states_1": state[0],
-         "input_states_2": state[1]})
+        ref, _, h, cell = step(*(torch.from_numpy(v) for v in feed.values()))
+    got, got_h, got_c = asr._sessions["decoder_joint"].run(JOINT_OUTPUTS, feed)
     classes = c.blank_id + 1
     ref2, got2 = ref.numpy().reshape(steps, -1), got.reshape(steps, -1)
     report = {
