@@ -37,7 +37,7 @@ import re
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +136,8 @@ class RunResult:
 
         return {
             "system": self.system, "streams": self.streams,
-            "partial_lag_p50": pct(self.partial_lag, 50), "partial_lag_p95": pct(self.partial_lag, 95),
+            "partial_lag_p50": pct(self.partial_lag, 50),
+            "partial_lag_p95": pct(self.partial_lag, 95),
             "partial_coverage": round(self.partial_coverage, 3),
             "final_latency_p50": pct(self.final_latency, 50),
             "final_latency_p95": pct(self.final_latency, 95),
@@ -365,12 +366,14 @@ def main() -> None:
         print(json.dumps(rows[-1]), file=sys.stderr)
     for n in args.peer_streams:
         print(f"faster-whisper re-decode, {n} stream(s) ...", file=sys.stderr)
-        res = run_peer(all_inputs[:n], base.model, args.min_chunk, settings.streaming.final_beam_size)
+        res = run_peer(all_inputs[:n], base.model, args.min_chunk,
+                       settings.streaming.final_beam_size)
         rows.append(res.summary(args.rt_limit))
         print(json.dumps(rows[-1]), file=sys.stderr)
 
     def best_n(system_prefix: str) -> int:
-        ok = [r["streams"] for r in rows if r["system"].startswith(system_prefix) and r["real_time"]]
+        ok = [r["streams"] for r in rows
+              if r["system"].startswith(system_prefix) and r["real_time"]]
         return max(ok) if ok else 0
 
     one_vox = next((r for r in rows if r["system"] == "voxgate" and r["streams"] == 1), None)

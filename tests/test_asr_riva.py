@@ -17,11 +17,12 @@ import pytest
 
 pytest.importorskip("riva.client", reason="extra 'grpc' (nvidia-riva-client) is not installed")
 
-from conftest import wer  # noqa: E402
-from live_server import API_KEY  # noqa: E402
-from voxgate.engines.asr_riva import RivaAsr, RivaOptions  # noqa: E402
-from voxgate.engines.base import AsrOptions  # noqa: E402
-from voxgate.errors import EngineError  # noqa: E402
+from conftest import wer
+from live_server import API_KEY
+
+from voxgate.engines.asr_riva import RivaAsr, RivaOptions
+from voxgate.engines.base import AsrOptions
+from voxgate.errors import EngineError
 
 EN = AsrOptions(language="en", word_timestamps=True)
 
@@ -104,7 +105,7 @@ def _self_signed(tmp_path):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=1))

@@ -16,8 +16,8 @@ import pytest
 riva_client = pytest.importorskip("riva.client", reason="extra 'grpc' (nvidia-riva-client) "
                                                         "is not installed")
 
-from conftest import wer  # noqa: E402
-from live_server import API_KEY  # noqa: E402
+from conftest import wer
+from live_server import API_KEY
 
 
 def _asr(live, metadata=(("x-api-key", API_KEY),)):

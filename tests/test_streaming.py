@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-
 from conftest import wer
+
 from voxgate.config import Settings, StreamingSettings
 from voxgate.endpointing import Endpointer
 from voxgate.engines.base import AsrCapabilities, AsrOptions, AsrResult

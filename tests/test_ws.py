@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 import websockets
-
 from conftest import wer
 from live_server import API_KEY
+
 from voxgate.audio import float32_to_pcm16
 
 HEADERS = {"X-API-Key": API_KEY}

@@ -79,7 +79,8 @@ class Endpointer:
         return out
 
     def _confirm(self, end: int) -> list[Boundary]:
-        if not self.confirmed and self.silence_start is None and end - self.start >= self.min_speech:
+        long_enough = end - self.start >= self.min_speech
+        if not self.confirmed and self.silence_start is None and long_enough:
             self.confirmed = True
             return [Boundary("start", self.start)]
         return []

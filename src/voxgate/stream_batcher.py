@@ -70,6 +70,7 @@ class DecodeScheduler:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
+        self.partial_batch = max(1, min(2, max_batch))
         self.max_wait_s = max_wait_s
         self.stats = SchedulerStats()
         self.active_streams = 0  # sessions report themselves; batching waits only with company
@@ -139,10 +140,12 @@ class DecodeScheduler:
         self._partials.pop(key, None)
 
     async def _run(self) -> None:
-        assert self._wake is not None  # set by start(); not input validation
+        wake = self._wake
+        if wake is None:
+            raise RuntimeError("DecodeScheduler.start() was not called")
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await wake.wait()
+            wake.clear()
             while True:
                 self._finals = deque(j for j in self._finals if not j.future or not j.future.done())
                 if self._finals:
@@ -179,9 +182,10 @@ class DecodeScheduler:
         return batch
 
     def _take_partials(self) -> list[_Job]:
+        """Oldest request first; small batches, so a final never waits long behind partials."""
         first_key = next(iter(self._partials))
         group = self._partials[first_key].group
-        keys = [k for k, j in self._partials.items() if j.group == group][: self.max_batch]
+        keys = [k for k, j in self._partials.items() if j.group == group][: self.partial_batch]
         return [self._partials.pop(k) for k in keys]
 
     async def _call(self, jobs: Sequence[_Job]) -> list[AsrResult]:

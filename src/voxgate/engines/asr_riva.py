@@ -48,7 +48,7 @@ class RivaOptions:
     language_code: str = "en-US"
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "RivaOptions":
+    def from_settings(cls, settings: Any) -> RivaOptions:
         riva = settings.riva
         pairs: list[tuple[str, str]] = []
         for item in riva.metadata:
@@ -67,7 +67,8 @@ class RivaAsr:
 
     name = "riva"
 
-    def __init__(self, options: RivaOptions, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, options: RivaOptions, *,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         try:
             import grpc
             import riva.client
@@ -99,7 +100,7 @@ class RivaAsr:
         self.calls = 0  # RPC attempts, retries included (observability and tests)
 
     @classmethod
-    def load(cls, resolved: Any, settings: Any) -> "RivaAsr":
+    def load(cls, resolved: Any, settings: Any) -> RivaAsr:
         return cls(RivaOptions.from_settings(settings))
 
     def close(self) -> None:
@@ -172,7 +173,8 @@ class RivaAsr:
         return AsrResult(segments, language=str(code).split("-")[0], language_probability=1.0,
                          duration=audio.size / _SAMPLE_RATE)
 
-    def transcribe_batch(self, chunks: Sequence[np.ndarray], options: AsrOptions) -> list[AsrResult]:
+    def transcribe_batch(self, chunks: Sequence[np.ndarray], options: AsrOptions
+                         ) -> list[AsrResult]:
         """One Recognize per chunk, issued concurrently (the server batches them itself)."""
         if len(chunks) <= 1:
             return [self.transcribe(c, options) for c in chunks]
@@ -204,7 +206,7 @@ class RivaAsr:
 
         def requests() -> Iterator[Any]:
             yield rasr.StreamingRecognizeRequest(streaming_config=streaming_config)
-            for chunk in list(replay):
+            for chunk in replay:
                 yield rasr.StreamingRecognizeRequest(audio_content=float32_to_pcm16(chunk))
             for chunk in audio_iter:
                 if not connected:

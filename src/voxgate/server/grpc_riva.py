@@ -41,11 +41,11 @@ from ..streaming import (
     check_language,
     stream_events,
 )
-from ..types import AsrEvent, Segment, Word
+from ..types import AsrEvent, Word
 from .deps import key_is_valid
 from .state import AppState
 
-__all__ = ["RivaAsrServicer", "RivaGrpcServer", "riva_language", "RIVA_ASR_SERVICE"]
+__all__ = ["RIVA_ASR_SERVICE", "RivaAsrServicer", "RivaGrpcServer", "riva_language"]
 
 logger = logging.getLogger(__name__)
 RIVA_ASR_SERVICE = "nvidia.riva.asr.RivaSpeechRecognition"
@@ -137,7 +137,8 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         if config.enable_word_time_offsets:
             for w in words:
                 alt.words.append(rasr.WordInfo(
-                    word=self._shape(w.word, config) or w.word, start_time=int(round(w.start * 1000)),
+                    word=self._shape(w.word, config) or w.word,
+                    start_time=round(w.start * 1000),
                     end_time=int(round(w.end * 1000)), confidence=w.probability))
         if config.language_code:
             alt.language_code.append(config.language_code)
@@ -161,7 +162,7 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     # ---- Recognize -----------------------------------------------------------------------
-    async def Recognize(self, request: rasr.RecognizeRequest,  # noqa: N802 - Riva's name
+    async def Recognize(self, request: rasr.RecognizeRequest,
                         context: grpc.aio.ServicerContext) -> rasr.RecognizeResponse:
         await self._authorize(context)
         from .limits import transcription_slots
@@ -226,7 +227,7 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         return FileTranscriber(self.settings, request, self.state.manager).run_audio(audio)
 
     # ---- StreamingRecognize --------------------------------------------------------------
-    async def StreamingRecognize(self, request_iterator: AsyncIterator[Any],  # noqa: N802
+    async def StreamingRecognize(self, request_iterator: AsyncIterator[Any],
                                  context: grpc.aio.ServicerContext
                                  ) -> AsyncIterator[rasr.StreamingRecognizeResponse]:
         await self._authorize(context)
@@ -306,7 +307,7 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         return rasr.StreamingRecognizeResponse(results=[result])
 
     # ---- GetRivaSpeechRecognitionConfig --------------------------------------------------
-    async def GetRivaSpeechRecognitionConfig(  # noqa: N802 - Riva's name
+    async def GetRivaSpeechRecognitionConfig(
             self, request: rasr.RivaSpeechRecognitionConfigRequest,
             context: grpc.aio.ServicerContext) -> rasr.RivaSpeechRecognitionConfigResponse:
         await self._authorize(context)

@@ -16,21 +16,21 @@ from ..streaming import ENCODINGS, StreamConfigError
 from ..types import AsrEvent
 
 __all__ = [
-    "WireError",
-    "StreamStart",
-    "Control",
-    "Ready",
-    "EventMessage",
-    "ErrorMessage",
-    "Ended",
-    "parse_client_text",
-    "config_error",
+    "CLOSE_INTERNAL",
     "CLOSE_NORMAL",
-    "CLOSE_UNSUPPORTED",
     "CLOSE_POLICY",
     "CLOSE_TOO_BIG",
-    "CLOSE_INTERNAL",
     "CLOSE_TRY_AGAIN",
+    "CLOSE_UNSUPPORTED",
+    "Control",
+    "Ended",
+    "ErrorMessage",
+    "EventMessage",
+    "Ready",
+    "StreamStart",
+    "WireError",
+    "config_error",
+    "parse_client_text",
 ]
 
 CLOSE_NORMAL = 1000
@@ -94,7 +94,7 @@ class StreamStart:
         "speech_pad_ms", "vad_threshold", "max_utterance_s", "beam_size"})
 
     @classmethod
-    def from_wire(cls, text: str) -> "StreamStart":
+    def from_wire(cls, text: str) -> StreamStart:
         data = _loads(text)
         kind = data.get("type", "config")
         if kind != "config":

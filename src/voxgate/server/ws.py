@@ -41,7 +41,7 @@ from .wire import (
     parse_client_text,
 )
 
-__all__ = ["router", "StreamingComponent", "streaming_service"]
+__all__ = ["StreamingComponent", "router", "streaming_service"]
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["live"])
