@@ -266,9 +266,9 @@ class GreedyTransducer:
                   ) -> tuple[list[Hypothesis], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The same rules for a single utterance with Python scalars.
 
-        With ``lookahead`` the joint scores a window of frames per call; the window restarts
-        at 2 frames after each token (the predictor moved) and doubles, up to ``lookahead``,
-        each time blanks run past its end, so dense speech wastes little model work.
+        With ``lookahead`` the joint scores ``lookahead`` frames per call and the loop walks
+        them while blanks leave the predictor unchanged; a token (the predictor moved) or a
+        jump past the window's end asks for the next window.
         """
         cfg = self.config
         classes, blank, cap = cfg.num_classes, cfg.blank_id, cfg.max_symbols_per_step
@@ -280,16 +280,14 @@ class GreedyTransducer:
         s1, s2 = s1.copy(), s2.copy()  # ours: the joint may reuse its output buffers
         symbols = 0
         window = self.joint.window if self.lookahead > 1 else None  # type: ignore[attr-defined]
-        size, scored_from, scored_to = min(2, self.lookahead), 0, 0
+        scored_from = scored_to = 0
         while pos < length:
             if not scored_from <= pos < scored_to:
                 if window is None:
                     scored, n1, n2 = self.joint(frames[pos:pos + 1], target, s1, s2)
                     scored_to = pos + 1
                 else:
-                    if scored_to:  # blanks ran past the last window: look further ahead
-                        size = min(2 * size, self.lookahead)
-                    scored_to = min(pos + size, length)
+                    scored_to = min(pos + self.lookahead, length)
                     scored, n1, n2 = window(frames[pos:scored_to], target, s1, s2)
                 scored_from = pos
             row = scored[pos - scored_from]
@@ -307,7 +305,6 @@ class GreedyTransducer:
                 if step == 0 and symbols >= cap:
                     step = 1
                 scored_from = scored_to = 0  # the predictor moved: rescore
-                size = min(2, self.lookahead)
             elif step == 0:
                 step = 1
             if step:

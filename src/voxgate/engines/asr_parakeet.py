@@ -162,8 +162,11 @@ class _OrtJoint:
 
     _OUTPUTS = ("outputs", "output_states_1", "output_states_2")
 
-    def __init__(self, session: Any, contract: ParakeetContract, rows: int) -> None:
+    def __init__(self, session: Any, contract: ParakeetContract, rows: int,
+                 window: int = 1) -> None:
         self._session = session
+        self.window_size = max(int(window), 1)
+        self._frames: np.ndarray | None = None
         self._contract = contract
         self._binding = session.io_binding()
         dtype = np.int32 if contract.targets_dtype == "int32" else np.int64
@@ -190,12 +193,14 @@ class _OrtJoint:
              state2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n, _, k = encoder_outputs.shape
         bind = self._binding.bind_cpu_input
+        reshaped = self._bound != (n, k)
         if self._bound[0] != n:  # same buffers for every call with n rows
             bind("targets", self._targets[:n])
             bind("target_length", self._lengths[:n])
         logits, out1, out2 = self._bind_outputs(n, k, state1.shape)
         self._targets[:n, 0] = targets
-        bind("encoder_outputs", encoder_outputs)
+        if reshaped or encoder_outputs is not self._frames:  # the window buffer stays bound
+            bind("encoder_outputs", encoder_outputs)
         if state1 is not self._states[0] or state2 is not self._states[1]:
             bind("input_states_1", state1)  # the decoder keeps its state arrays between
             bind("input_states_2", state2)  # steps, so this is rare
@@ -216,8 +221,20 @@ class _OrtJoint:
 
     def window(self, frames: np.ndarray, targets: np.ndarray, state1: np.ndarray,
                state2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Frames ``[k, D]`` of one row against one predictor state (encoder time axis k)."""
-        return self._run(np.ascontiguousarray(frames.T)[None], targets, state1, state2)
+        """Frames ``[k, D]`` (``k <= window``) of one row against one predictor state.
+
+        Always ``window`` frames go in (zero-padded at the end of an utterance): a fixed
+        shape keeps the bindings and ONNX Runtime's plans, which costs less than sizing each
+        call to fit (measured ~15 us per call on the tiny test model).
+        """
+        k, dim = frames.shape
+        if self._frames is None or self._frames.shape[1] != dim:
+            self._frames = np.zeros((1, dim, self.window_size), np.float32)
+        self._frames[0, :, :k] = frames.T
+        if k < self.window_size:
+            self._frames[0, :, k:] = 0.0
+        logits, out1, out2 = self._run(self._frames, targets, state1, state2)
+        return logits[:k], out1, out2
 
 
 def _probe_joint(session: Any, contract: ParakeetContract) -> bool:
@@ -373,7 +390,8 @@ class ParakeetAsr:
         if None in shape:
             raise ModelError(f"{self.model_id}: decoder_joint predictor state size is not fixed "
                              "in the ONNX graph; give the model a contract that pins it")
-        return GreedyTransducer(_OrtJoint(self._sessions["decoder_joint"], c, rows),
+        return GreedyTransducer(_OrtJoint(self._sessions["decoder_joint"], c, rows,
+                                          self.lookahead),
                                 TransducerConfig(c.blank_id, c.durations, c.max_symbols_per_step),
                                 (int(shape[0]), int(shape[1])), lookahead=self.lookahead)
 
