@@ -14,8 +14,9 @@ on CPU), beam size, language detection and CPU threads:
   threads sharing one model, the way a user would write it.
 
 Reported per side: requests per minute, RTFx (audio seconds transcribed per wall second, all
-clients together), mean / p95 latency and WER of the transcripts. Ratios: HTTP vs the plain
-faster-whisper loop (goal >= 0.85), and HTTP vs the same pipeline in-process.
+clients together), CPU seconds per request (server + client processes), mean / p95 latency and
+WER of the transcripts. Ratios: HTTP vs the plain faster-whisper loop (goal >= 0.85), and HTTP vs
+the same pipeline in-process, each by throughput and by CPU cost.
 
     python bench/openai_api.py                     # 8 clients x 1 round of 60 s
     python bench/openai_api.py --clients 4 --rounds 2 --seconds 30
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -57,8 +59,24 @@ uvicorn.run(create_app(settings, components=[]), host="127.0.0.1", port=int(sys.
 """
 
 
-def _load(clients: int, rounds: int, call: Callable[[], str]) -> dict:
-    """``clients`` threads each doing ``rounds`` calls; wall time and per-call latencies."""
+def _cpu_s(pid: int | None = None) -> float:
+    """User + system CPU seconds of this process, or of process ``pid``."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def _load(clients: int, rounds: int, call: Callable[[], str], server_pid: int | None = None,
+          ) -> dict:
+    """``clients`` threads each doing ``rounds`` calls; wall time, CPU time, latencies.
+
+    CPU time counts this process, plus the server process when there is one: on a shared
+    machine it moves far less with other load than wall time does.
+    """
     latencies: list[float] = []
     texts: list[str] = []
     errors: list[BaseException] = []
@@ -82,14 +100,17 @@ def _load(clients: int, rounds: int, call: Callable[[], str]) -> dict:
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
+    cpu_before = _cpu_s() + (_cpu_s(server_pid) if server_pid else 0.0)
     barrier.wait()
     started = time.perf_counter()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    cpu = _cpu_s() + (_cpu_s(server_pid) if server_pid else 0.0) - cpu_before
     if errors:
         print(f"  {len(errors)} failed calls, first: {errors[0]!r}", flush=True)
-    return {"wall_s": wall, "latencies": latencies, "texts": texts, "errors": len(errors)}
+    return {"wall_s": wall, "cpu_s": cpu, "latencies": latencies, "texts": texts,
+            "errors": len(errors)}
 
 
 def _row(name: str, run: dict, duration: float, reference: str) -> dict:
@@ -99,6 +120,7 @@ def _row(name: str, run: dict, duration: float, reference: str) -> dict:
         "requests": done,
         "errors": run["errors"],
         "wall_s": round(run["wall_s"], 2),
+        "cpu_s_per_request": round(run["cpu_s"] / max(done, 1), 2),
         "requests_per_min": round(done / run["wall_s"] * 60, 2),
         "rtfx": round(done * duration / run["wall_s"], 2),
         "latency_mean_s": round(statistics.fmean(lat), 2),
@@ -108,6 +130,7 @@ def _row(name: str, run: dict, duration: float, reference: str) -> dict:
     }
     print(f"{name:18} {row['requests']:3d} req in {row['wall_s']:7.1f} s  "
           f"{row['requests_per_min']:6.2f} req/min  RTFx {row['rtfx']:6.2f}  "
+          f"CPU {row['cpu_s_per_request']:5.1f} s/req  "
           f"mean {row['latency_mean_s']:6.1f} s  p95 {row['latency_p95_s']:6.1f} s  "
           f"WER {row['wer'] * 100 if row['wer'] is not None else float('nan'):5.2f}%",
           flush=True)
@@ -148,7 +171,7 @@ def run_http(audio_path: Path, warmup: Path, args: argparse.Namespace, tmp: str)
                 model="whisper-1", file=("recording.wav", data), response_format="json").text
 
         call(warmup.read_bytes())  # loads the model in the server
-        return _load(args.clients, args.rounds, call)
+        return _load(args.clients, args.rounds, call, server_pid=server.pid)
     finally:
         server.terminate()
         server.wait(30)
@@ -248,7 +271,10 @@ def main() -> None:
                       ("voxgate-inprocess", "ratio_http_vs_inprocess")):
         if http and peer in rows and rows[peer]["requests_per_min"]:
             report[key] = round(http["requests_per_min"] / rows[peer]["requests_per_min"], 3)
-            print(f"{key}: {report[key]:.3f}")
+            # CPU efficiency: the peer's CPU seconds per request over ours (1.0 = same cost)
+            report[key + "_cpu"] = round(rows[peer]["cpu_s_per_request"]
+                                         / max(http["cpu_s_per_request"], 1e-9), 3)
+            print(f"{key}: {report[key]:.3f} (req/min), {report[key + '_cpu']:.3f} (CPU)")
     RESULTS.mkdir(exist_ok=True)
     text = json.dumps(report, indent=2)
     (RESULTS / "openai_api.json").write_text(text)
@@ -258,12 +284,13 @@ def main() -> None:
 
 def table(report: dict) -> str:
     """The Markdown table bench/README.md shows."""
-    lines = ["| side | requests | req/min | RTFx | mean latency s | p95 s | WER |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| side | requests | req/min | RTFx | CPU s/request | mean latency s | p95 s | WER |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in report["results"].items():
         wer = f"{row['wer'] * 100:.2f}%" if row["wer"] is not None else "-"
         lines.append(f"| {name} | {row['requests']} | {row['requests_per_min']:.2f} | "
-                     f"{row['rtfx']:.2f} | {row['latency_mean_s']:.1f} | "
+                     f"{row['rtfx']:.2f} | {row['cpu_s_per_request']:.1f} | "
+                     f"{row['latency_mean_s']:.1f} | "
                      f"{row['latency_p95_s']:.1f} | {wer} |")
     return "\n".join(lines)
 

@@ -172,6 +172,24 @@ def test_client_retries_after_429_then_succeeds(server, clip):
     assert wer(clip.text, result.text) <= 0.1
 
 
+def test_client_leaving_a_stream_stops_its_transcription(client, server, long_speech, caplog):
+    """Hanging up mid-stream stops the decoding at the next batch and frees the slot."""
+    from voxgate.server.limits import transcription_slots
+
+    slots = transcription_slots(server.app.state.voxgate)
+    path, _, _ = long_speech
+    caplog.set_level("INFO", logger="voxgate.server.openai_api")
+    stream = client.audio.transcriptions.create(model="whisper-1", file=path.read_bytes(),
+                                                stream=True)
+    assert next(iter(stream)).type == "transcript.text.delta"
+    stream.close()  # the client goes away with most of the file still to decode
+    deadline = time.monotonic() + 30
+    while slots.active and time.monotonic() < deadline:
+        time.sleep(0.05)  # bounded wait for the server thread to notice
+    assert slots.active == 0
+    assert "stream cancelled by the client" in caplog.text
+
+
 # --------------------------------------------------------------------------- translations
 
 

@@ -20,6 +20,7 @@ import math
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Annotated, Any, BinaryIO
 
@@ -353,11 +354,12 @@ def _batches(state: AppState, upload: UploadFile, job: AudioJob) -> Callable[[_W
     def work(worker: _Worker) -> None:
         transcriber, audio = _prepare(state, upload, job)
         worker.emit(_READY)
-        for update in transcriber.iter_audio(audio):
-            if worker.cancelled.is_set():
-                logger.info("stream cancelled by the client; stopping")
-                return
-            worker.emit(update)
+        with closing(transcriber.iter_audio(audio)) as updates:  # frees the engines on cancel
+            for update in updates:
+                if worker.cancelled.is_set():
+                    logger.info("stream cancelled by the client; stopping")
+                    return
+                worker.emit(update)
 
     return work
 
