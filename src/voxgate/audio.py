@@ -97,9 +97,14 @@ def _decode_blocks(container, name: str, sample_rate: int,  # noqa: ANN001 (av c
 
     stream = container.streams.audio[0]
     stream.thread_type = "AUTO"
-    # libswresample downmixes (any layout -> mono) at the source rate; soxr changes the rate.
-    to_mono = av.AudioResampler(format="flt", layout="mono")
+    # libswresample downmixes (any layout -> mono) at the source rate, in frames of ~0.5 s so
+    # the per-frame Python and soxr overhead stays small (codec frames are ~20 ms); soxr then
+    # changes the rate.
+    source_rate = stream.codec_context.sample_rate or 0
+    to_mono = av.AudioResampler(format="flt", layout="mono",
+                                frame_size=source_rate // 2 if source_rate else None)
     converter: _RateConverter | None = None
+    decoded_any = False
     pending: list[np.ndarray] = []
     pending_len = 0
     block_len = max(int(block_seconds * sample_rate), 1)
@@ -119,13 +124,14 @@ def _decode_blocks(container, name: str, sample_rate: int,  # noqa: ANN001 (av c
 
     try:
         for frame in container.decode(stream):
+            decoded_any = True
             yield from take(to_mono.resample(frame))
-        yield from take(to_mono.resample(None))
     except av.error.FFmpegError as exc:
-        if converter is None:
+        if not decoded_any:
             raise AudioError(f"{name}: cannot decode audio ({_ffmpeg_reason(exc)})") from exc
         logger.warning("%s: decoding stopped early (%s); using the audio before it",
                        name, _ffmpeg_reason(exc))
+    yield from take(to_mono.resample(None))  # what the downmixer still holds
     if converter is not None:
         pending.append(converter.flush())
     tail = np.concatenate(pending) if pending else np.zeros(0, np.float32)
