@@ -210,3 +210,18 @@ def test_idle_stream_is_closed(live):
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "idle" in err.value.details()
     assert live.wait_for(lambda: live.streaming.active == 0)
+
+
+async def test_grpc_port_in_use_is_a_clear_error(settings, manager):
+    import socket
+
+    from voxgate.errors import ConfigError
+    from voxgate.server.grpc_riva import RivaGrpcServer
+    from voxgate.server.state import AppState
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"{port}.*--grpc-port"):
+            await RivaGrpcServer(settings, port=port).start(AppState(settings, manager))

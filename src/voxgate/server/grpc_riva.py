@@ -32,7 +32,7 @@ import riva.client.proto.riva_audio_pb2 as raudio
 
 from ..audio import decode_audio
 from ..config import Settings
-from ..errors import AudioError, EngineError, ModelError, VoxgateError
+from ..errors import AudioError, ConfigError, EngineError, ModelError, VoxgateError
 from ..streaming import (
     PcmInput,
     StreamConfig,
@@ -380,12 +380,17 @@ class RivaGrpcServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{self.settings.host}:{self.port}"
-        if self.settings.grpc_tls_cert and self.settings.grpc_tls_key:
-            credentials = grpc.ssl_server_credentials([(
-                self.settings.grpc_tls_key.read_bytes(), self.settings.grpc_tls_cert.read_bytes())])
-            self.bound_port = server.add_secure_port(address, credentials)
-        else:
-            self.bound_port = server.add_insecure_port(address)
+        try:
+            if self.settings.grpc_tls_cert and self.settings.grpc_tls_key:
+                credentials = grpc.ssl_server_credentials([(
+                    self.settings.grpc_tls_key.read_bytes(),
+                    self.settings.grpc_tls_cert.read_bytes())])
+                self.bound_port = server.add_secure_port(address, credentials)
+            else:
+                self.bound_port = server.add_insecure_port(address)
+        except (RuntimeError, OSError) as exc:
+            raise ConfigError(f"gRPC cannot listen on {address} ({exc}); choose another "
+                              "--grpc-port, or 0 to turn gRPC off") from exc
         await server.start()
         self._server = server
         for service in ("", RIVA_ASR_SERVICE):
