@@ -167,3 +167,56 @@ def test_plan_chunks_packs_spans_without_crossing_the_limit() -> None:
     assert chunks[1].start == 31 * SR and chunks[-1].end == 100 * SR
     assert sum(c.end - c.start for c in chunks[1:]) == 69 * SR  # long span hard-split, no loss
     assert plan_chunks([], 30.0) == []
+
+
+class _FakeAsr:
+    """Deterministic engine for the orchestration: 'detects' a language per chunk by its level."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str | None]] = []
+
+    def transcribe_batch(self, chunks, options):
+        from voxgate.engines.base import AsrResult
+        from voxgate.types import Segment
+
+        self.calls.append((len(chunks), options.language))
+        out = []
+        for chunk in chunks:
+            detected = "de" if chunk.max() > 0.5 else "en"
+            language = options.language or detected
+            text = f"{language}:{chunk.size // SR}s"
+            out.append(AsrResult([Segment(0, 0.0, chunk.size / SR, text)], language,
+                                 0.9 if options.language is None else 1.0, chunk.size / SR))
+        return out
+
+
+class _SpansVad:
+    name = "spans"
+
+    def __init__(self, spans):
+        self.spans = spans
+
+    def speech_spans(self, audio, options):
+        return self.spans
+
+
+def test_language_vote_and_redecode_orchestration() -> None:
+    """First batch decides the language (length-weighted); mismatching chunks are redone."""
+    audio = np.full(60 * SR, 0.1, np.float32)
+    audio[10 * SR:12 * SR] = 0.9  # a short chunk 'detected' as de
+    spans = [SpeechSpan(0, 8 * SR), SpeechSpan(10 * SR, 12 * SR), SpeechSpan(20 * SR, 28 * SR),
+             SpeechSpan(40 * SR, 45 * SR), SpeechSpan(50 * SR, 55 * SR)]
+    asr = _FakeAsr()
+    options = BatchOptions(batch_size=3, max_chunk_s=8.0)
+    updates = list(iter_transcribe(audio, asr, _SpansVad(spans), options))
+    assert asr.calls == [(3, None), (1, "en"), (2, "en")]  # detect, redo the 'de' chunk, rest
+    texts = [s.text for u in updates for s in u.segments]
+    assert texts == ["en:8s", "en:2s", "en:8s", "en:5s", "en:5s"]
+    assert updates[0].language == "en"
+    assert updates[0].language_probability == pytest.approx(0.9 * 16 / 18)
+    fixed = _FakeAsr()
+    list(iter_transcribe(audio, fixed, _SpansVad(spans), replace(options, asr=AsrOptions(
+        language="de"))))
+    assert [lang for _, lang in fixed.calls] == ["de", "de"]

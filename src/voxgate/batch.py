@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .audio import SAMPLE_RATE
-from .engines.base import Asr, AsrOptions, Vad, VadOptions
+from .engines.base import Asr, AsrOptions, AsrResult, Vad, VadOptions
 from .types import Segment, SpeechSpan, Transcript, Word
 
 __all__ = ["BatchOptions", "BatchUpdate", "plan_chunks", "iter_transcribe", "transcribe_audio"]
@@ -83,20 +83,6 @@ def _shift(segment: Segment, offset: float, index: int, limit: float) -> Segment
     return replace(segment, id=index, start=at(segment.start), end=at(segment.end), words=words)
 
 
-def _first_speech(audio: np.ndarray, chunks: list[SpeechSpan], seconds: float = 30.0
-                  ) -> np.ndarray:
-    """Up to ``seconds`` of speech from the first chunks (what language detection listens to)."""
-    limit = int(seconds * SAMPLE_RATE)
-    pieces, total = [], 0
-    for chunk in chunks:
-        piece = audio[chunk.start:min(chunk.end, chunk.start + limit - total)]
-        pieces.append(piece)
-        total += piece.size
-        if total >= limit:
-            break
-    return np.concatenate(pieces)
-
-
 def iter_transcribe(audio: np.ndarray, asr: Asr, vad: Vad | None,
                     options: BatchOptions) -> Iterator[BatchUpdate]:
     """Yield :class:`BatchUpdate` objects as batches of chunks are decoded."""
@@ -112,20 +98,15 @@ def iter_transcribe(audio: np.ndarray, asr: Asr, vad: Vad | None,
     coverage = speech / total if total else 0.0
 
     asr_options = replace(options.asr)
-    language = asr_options.language if asr_options.language not in (None, "", "auto") else None
-    probability = 1.0
-    if language is None and chunks:
-        language, probability = asr.detect_language(_first_speech(audio, chunks))
-        asr_options.language = language
-    language = language or ""
+    if asr_options.language in ("", "auto"):
+        asr_options.language = None
+    language, probability = asr_options.language, 1.0
     if not chunks:
-        yield BatchUpdate([], duration, duration, language, 0.0, 0.0)
+        yield BatchUpdate([], duration, duration, language or "", 0.0, 0.0)
         return
 
-    if not options.use_vad or vad is None:  # whole input, one utterance
+    if not options.use_vad or vad is None:  # whole input, one utterance (engine detects)
         result = asr.transcribe(audio, asr_options)
-        if options.asr.language in (None, "", "auto"):  # we detected it: keep that probability
-            result.language, result.language_probability = language, probability
         yield BatchUpdate([_shift(s, 0.0, i, duration) for i, s in enumerate(result.segments)],
                           duration, duration, result.language, result.language_probability, 1.0)
         return
@@ -133,7 +114,12 @@ def iter_transcribe(audio: np.ndarray, asr: Asr, vad: Vad | None,
     index = 0
     for first in range(0, len(chunks), options.batch_size):
         group = chunks[first:first + options.batch_size]
-        results = asr.transcribe_batch([audio[c.start:c.end] for c in group], asr_options)
+        pieces = [audio[c.start:c.end] for c in group]
+        results = asr.transcribe_batch(pieces, asr_options)
+        if language is None:  # the first batch told us the language: fix it for the rest
+            language, probability = _vote_language(pieces, results)
+            asr_options.language = language
+            _redecode_other_languages(asr, pieces, results, asr_options)
         new: list[Segment] = []
         for chunk, result in zip(group, results):
             for segment in result.segments:
@@ -142,6 +128,29 @@ def iter_transcribe(audio: np.ndarray, asr: Asr, vad: Vad | None,
                 index += 1
         done = group[-1].end if first + options.batch_size < len(chunks) else total
         yield BatchUpdate(new, done / SAMPLE_RATE, duration, language, probability, coverage)
+
+
+def _vote_language(pieces: list[np.ndarray], results: list[AsrResult]) -> tuple[str, float]:
+    """The file's language from the first batch: each chunk's detection weighted by its length.
+
+    Returns the language and its share of the evidence (a single chunk: its own probability).
+    """
+    weight: dict[str, float] = {}
+    for piece, result in zip(pieces, results):
+        weight[result.language] = weight.get(result.language, 0.0) \
+            + piece.size * result.language_probability
+    language = max(weight, key=weight.__getitem__)
+    return language, weight[language] / max(sum(p.size for p in pieces), 1)
+
+
+def _redecode_other_languages(asr: Asr, pieces: list[np.ndarray], results: list[AsrResult],
+                              options: AsrOptions) -> None:
+    """Chunks detected as another language than the file's are decoded again in the file's."""
+    redo = [i for i, r in enumerate(results) if r.language != options.language]
+    if redo:
+        logger.debug("re-decoding %d chunk(s) in %s", len(redo), options.language)
+        for i, result in zip(redo, asr.transcribe_batch([pieces[i] for i in redo], options)):
+            results[i] = result
 
 
 def transcribe_audio(audio: np.ndarray, asr: Asr, vad: Vad | None, options: BatchOptions,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from faster_whisper import BatchedInferencePipeline, WhisperModel
 
 from ..errors import EngineError, ModelError
 from ..types import Segment, Word
@@ -41,8 +42,6 @@ class WhisperAsr:
     def __init__(self, model_path: str, *, model_id: str = "", device: str = "auto",
                  compute_type: str = "default", cpu_threads: int = 0,
                  num_workers: int = 1) -> None:
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
-
         if device == "auto":
             device = "cuda" if _cuda_available() else "cpu"
         if compute_type == "default":
@@ -52,7 +51,7 @@ class WhisperAsr:
                                       cpu_threads=cpu_threads, num_workers=num_workers)
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError with details
             raise ModelError(f"cannot load Whisper model from {model_path}: {exc}") from exc
-        self.batched = BatchedInferencePipeline(self.model)
+        self.batched = _DetectingPipeline(self.model)
         self._batch_lock = threading.Lock()  # the batched pipeline keeps per-call state
         self.model_id = model_id or model_path
         self.device = device
@@ -108,10 +107,15 @@ class WhisperAsr:
         return language, float(probability)
 
     def transcribe_batch(self, chunks: Sequence[np.ndarray], options: AsrOptions) -> list[AsrResult]:
-        """Several chunks of at most 30 s, decoded in one batched call; results in input order."""
+        """Several chunks of at most 30 s, decoded in one batched call; results in input order.
+
+        With ``options.language`` None each chunk is decoded in the language detected from its
+        own encoder output (no separate detection pass), reported in its result.
+        """
         if not chunks:
             return []
         language = self._check(options)
+        detect = language is None
         offsets: list[float] = []
         position = 0
         for chunk in chunks:
@@ -120,16 +124,23 @@ class WhisperAsr:
         joined = np.concatenate([np.asarray(c, np.float32) for c in chunks])
         clips = [{"start": off, "end": off + c.size / _SAMPLE_RATE} for off, c in zip(offsets, chunks)]
         with self._batch_lock:
+            self.batched.detections = None
             segments, info = self.batched.transcribe(
-                joined, language=language, task=options.task, beam_size=options.beam_size,
+                joined, language="en" if detect else language, multilingual=detect,
+                task=options.task, beam_size=options.beam_size,
                 word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
                 hotwords=options.hotwords, temperature=options.temperature or 0.0,
                 clip_timestamps=clips, vad_filter=False, batch_size=len(chunks),
                 without_timestamps=not options.word_timestamps,
             )
             segments = list(segments)
+            detections = self.batched.detections if detect else None
         results = [AsrResult([], info.language, float(info.language_probability),
                              c.size / _SAMPLE_RATE) for c in chunks]
+        if detections is not None:  # "<|es|>" -> "es", per chunk
+            for result, ranked in zip(results, detections):
+                token, probability = ranked[0]
+                result.language, result.language_probability = token[2:-2], float(probability)
         frames_per_second = self.model.frames_per_second
         index_of = {int(off * frames_per_second): i for i, off in enumerate(offsets)}
         for seg in segments:
@@ -140,6 +151,25 @@ class WhisperAsr:
             if converted:
                 results[i].segments.append(converted)
         return results
+
+
+class _DetectingPipeline(BatchedInferencePipeline):  # type: ignore[misc]
+    """faster-whisper's batched pipeline that keeps the per-chunk language it detected.
+
+    With ``multilingual=True`` faster-whisper already picks each chunk's language token from
+    the batch's encoder output; this also keeps the ranked (token, probability) lists, so the
+    caller learns the language without encoding the audio a second time.
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.detections: list[list[tuple[str, float]]] | None = None
+
+    def generate_segment_batched(self, features: Any, tokenizer: Any, options: Any) -> Any:
+        encoder_output, output = super().generate_segment_batched(features, tokenizer, options)
+        if options.multilingual:  # one decoder step on the encoder output already computed
+            self.detections = self.model.model.detect_language(encoder_output)
+        return encoder_output, output
 
 
 def _convert(index: int, seg: Any, shift: float = 0.0) -> Segment | None:
