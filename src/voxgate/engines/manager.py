@@ -61,26 +61,34 @@ class ModelManager:
         """The shared engine for ``model_id``, loading it on first use."""
         return self._entry(kind, model_id).engine
 
-    def _entry(self, kind: str, model_id: str) -> LoadedEngine:
+    def _entry(self, kind: str, model_id: str, hold: bool = False) -> LoadedEngine:
+        """The entry for a key, loading it once; ``hold`` takes a reference atomically, so a
+        concurrent ``sweep`` can never unload it between lookup and use."""
         key = (kind, self._canonical(model_id))
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                entry.last_used = time.monotonic()
-                return entry
+                return self._touch(entry, hold)
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
                 entry = self._entries.get(key)
-            if entry is not None:
-                return entry
+                if entry is not None:
+                    return self._touch(entry, hold)
             started = time.perf_counter()
             engine, resolved = self._loader(kind, key[1])
             entry = LoadedEngine(kind, key[1], engine, resolved, time.perf_counter() - started)
             logger.info("loaded %s model %s in %.2fs", kind, key[1], entry.load_seconds)
             with self._lock:
                 self._entries[key] = entry
-            return entry
+                return self._touch(entry, hold)
+
+    @staticmethod
+    def _touch(entry: LoadedEngine, hold: bool) -> LoadedEngine:
+        entry.last_used = time.monotonic()
+        if hold:
+            entry.refs += 1
+        return entry
 
     @staticmethod
     def _canonical(model_id: str) -> str:
@@ -92,9 +100,7 @@ class ModelManager:
     @contextmanager
     def use(self, kind: str, model_id: str) -> Iterator[Any]:
         """Hold a reference while working so ``sweep`` never unloads the engine under you."""
-        entry = self._entry(kind, model_id)
-        with self._lock:
-            entry.refs += 1
+        entry = self._entry(kind, model_id, hold=True)
         try:
             yield entry.engine
         finally:
