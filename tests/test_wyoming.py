@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -27,17 +28,16 @@ from voxgate.server.app import create_app
 from voxgate.server.wyoming import WyomingServer, _AudioIn, parse_wyoming_uri
 
 wyoming = pytest.importorskip("wyoming", reason="the 'wyoming' extra is not installed")
+with warnings.catch_warnings():  # wyoming.audio imports the stdlib audioop (deprecated)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.asr import Transcribe, Transcript
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:'audioop' is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
