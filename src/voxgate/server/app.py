@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                components: list[Component] | None = None) -> FastAPI:
     """Build the app. ``components`` overrides the default list (tests)."""
     settings = settings or Settings()
+    owns_manager = manager is None  # a caller's manager outlives this app; ours does not
     state = AppState(settings=settings, manager=manager or ModelManager(settings))
     parts = _components(settings) if components is None else components
 
@@ -91,7 +92,8 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                     await part.stop(state)
                 except Exception:  # keep stopping the others; report this one
                     logger.exception("stopping %s failed", part.name)
-            state.manager.close()
+            if owns_manager:
+                state.manager.close()
 
     state.ready_checks.append(_models_check(state))
     app = FastAPI(title="voxgate", version=_version(), lifespan=lifespan)
