@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 from dataclasses import replace
@@ -70,7 +71,7 @@ def test_long_form_chunks_batches_and_timestamps(composite, librivox, settings, 
     words = [w for s in segments for w in s.words]
     assert len(words) >= 60
     duration = audio.size / SR
-    for a, b in zip(words, words[1:]):
+    for a, b in itertools.pairwise(words):
         assert a.start <= b.start and a.end <= b.start + 1e-3, (a, b)
     for w in words:
         assert 0.0 <= w.start <= w.end <= duration and 0.0 <= w.probability <= 1.0
@@ -123,9 +124,9 @@ def spanish(tmp_path_factory):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (scripts/setup.sh installs it)")
     path = tmp_path_factory.mktemp("es") / "es.wav"
-    subprocess.run(["espeak-ng", "-v", "es", "-w", str(path),
-                    "Buenos días. Hoy hace muy buen tiempo y vamos a caminar por el parque "
-                    "con mis amigos."], check=True)
+    sentence = ("Buenos días. Hoy hace muy buen tiempo y vamos a caminar por el parque "
+                "con mis amigos.")
+    subprocess.run(["espeak-ng", "-v", "es", "-w", str(path), sentence], check=True)
     return path
 
 

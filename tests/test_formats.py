@@ -51,7 +51,7 @@ def test_srt_parses_with_the_srt_library() -> None:
 
 def test_vtt_parses_with_webvtt() -> None:
     captions = webvtt.from_buffer(io.StringIO(render(_transcript(), "vtt")))
-    assert [c.text for c in captions][0] == "Hello there."
+    assert captions[0].text == "Hello there."
     assert len(captions) == 3
     assert captions[2].start == "01:02:05.250"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -36,7 +38,7 @@ def test_spans_find_the_three_utterances(vad, speech_with_gaps) -> None:
     assert len(spans) == 3
     for span, (start, end) in zip(spans, bounds):
         assert abs(span.start - start) < 0.4 * SR and abs(span.end - end) < 0.4 * SR
-    assert all(a.end <= b.start for a, b in zip(spans, spans[1:]))
+    assert all(a.end <= b.start for a, b in itertools.pairwise(spans))
 
 
 def test_streaming_matches_whole_file(vad, speech_with_gaps) -> None:

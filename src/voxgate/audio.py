@@ -91,7 +91,7 @@ def iter_audio_blocks(
         container.close()
 
 
-def _decode_blocks(container, name: str, sample_rate: int,  # noqa: ANN001 (av container)
+def _decode_blocks(container, name: str, sample_rate: int,  # av container
                    block_seconds: float) -> Iterator[np.ndarray]:
     import av
 
@@ -109,7 +109,7 @@ def _decode_blocks(container, name: str, sample_rate: int,  # noqa: ANN001 (av c
     pending_len = 0
     block_len = max(int(block_seconds * sample_rate), 1)
 
-    def take(frames: list) -> Iterator[np.ndarray]:  # noqa: ANN001 (av frames)
+    def take(frames: list) -> Iterator[np.ndarray]:  # av frames
         nonlocal converter, pending, pending_len
         for mono in frames:
             if converter is None:
@@ -182,7 +182,7 @@ def decode_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> np.ndar
     return np.clip(audio, -1.0, 1.0, out=audio)
 
 
-def _expected_samples(container, sample_rate: int) -> int:  # noqa: ANN001 (av container)
+def _expected_samples(container, sample_rate: int) -> int:  # av container
     stream = container.streams.audio[0]
     seconds = None
     if stream.duration is not None and stream.time_base is not None:
