@@ -404,6 +404,7 @@ class RivaGrpcServer:
         return "grpc", ok, f"port {self.bound_port}" if ok else "not started"
 
     async def stop(self, state: AppState) -> None:
+        state.remove_ready_checks(self._ready)
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace=2.0)

@@ -86,6 +86,7 @@ class JobsComponent:
                     "on" if self.thread_worker else "off")
 
     async def stop(self, state: AppState) -> None:
+        state.remove_ready_checks(self._redis_check, self._worker_check)
         if self._janitor:
             self._janitor.cancel()
         if self.thread_worker:

@@ -31,3 +31,7 @@ class AppState:
     manager: ModelManager
     ready_checks: list[ReadyCheck] = field(default_factory=list)
     components: dict[str, Any] = field(default_factory=dict)
+
+    def remove_ready_checks(self, *checks: ReadyCheck) -> None:
+        """A stopped component takes its checks with it, so /ready reflects what runs now."""
+        self.ready_checks[:] = [c for c in self.ready_checks if c not in checks]

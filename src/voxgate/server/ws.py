@@ -62,6 +62,11 @@ class StreamingComponent(StreamingService):
         except ImportError:  # prometheus_client missing: /metrics is off anyway
             logger.debug("prometheus_client not installed; no streaming metrics")
 
+    async def stop(self, state: Any = None) -> None:
+        if state is not None:
+            state.remove_ready_checks(self._ready)
+        await super().stop(state)
+
     async def _ready(self) -> tuple[str, bool, str]:
         ok = self.scheduler.running
         return "streaming", ok, (f"{self.active}/{self.max_streams} streams" if ok

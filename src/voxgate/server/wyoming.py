@@ -452,6 +452,7 @@ class WyomingServer:
         logger.info("Wyoming speech-to-text listening on %s", self.bound)
 
     async def stop(self, state: AppState) -> None:
+        state.remove_ready_checks(self._ready)
         if self._server is not None:
             self._server.close()
         for task in list(self._connections):
