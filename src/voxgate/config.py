@@ -81,6 +81,12 @@ class StreamingSettings(BaseModel):
     max_utterance_s: float = Field(20.0, ge=2.0, le=30.0)  # force a final past this length
     final_beam_size: int = Field(1, ge=1, le=20)
     partial_beam_size: int = Field(1, ge=1, le=20)
+    # Whisper encoder window for live decodes: utterance + this margin (whole seconds), not 30 s;
+    # None: the full 30 s window (slower, the batch path's behaviour)
+    window_margin_s: float | None = Field(2.0, ge=0.0, le=30.0)
+    # start decoding the final once speech_pad_ms of silence followed the speech; deliver it
+    # when the endpoint is confirmed, discard it if speech resumes first
+    speculative_finals: bool = True
     batch_max_size: int = Field(8, ge=1, le=64)  # finals from many streams decoded together
     batch_max_wait_ms: int = Field(15, ge=0, le=1000)  # how long a final waits for company
     max_pending_finals: int = Field(4, ge=1, le=64)  # per stream; beyond this, reading pauses

@@ -88,6 +88,17 @@ class _Utterance:
     last_partial_at: int = 0  # stream sample up to which the last partial was requested
     last_partial_text: str = ""
     closed: bool = False
+    speculative: _Speculation | None = None  # final decode started during a pause
+
+
+@dataclass(slots=True)
+class _Speculation:
+    """A final decode started early, at ``speech_pad_ms`` into a pause; valid while the pause
+    lasts, delivered as the final when the endpoint confirms that pause."""
+
+    silence_start: int
+    end: int  # last sample of the decoded audio (speech end + padding)
+    future: asyncio.Future[AsrResult]
 
 
 @dataclass(slots=True)
@@ -233,10 +244,14 @@ class AsrSession:
                                       frame_samples=vad_stream.frame_samples)
         self._max_utt = int(config.max_utterance_s * SAMPLE_RATE)
         self._partial_every = config.partial_interval_ms * ms
+        tuning = service.settings.streaming
         self._final_opts = AsrOptions(language=config.language, beam_size=config.final_beam_size,
-                                      word_timestamps=config.word_timestamps)
+                                      word_timestamps=config.word_timestamps,
+                                      window_margin_s=tuning.window_margin_s)
         self._partial_opts = AsrOptions(language=config.language,
-                                        beam_size=config.partial_beam_size)
+                                        beam_size=config.partial_beam_size,
+                                        window_margin_s=tuning.window_margin_s)
+        self._speculate = tuning.speculative_finals
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # stream sample of self._buffer[0]
         self.received = 0  # samples accepted so far
@@ -249,6 +264,8 @@ class AsrSession:
         self._finishing = False
         self.closed = False
         self.dropped_partials = 0
+        self.speculative_finals = 0  # started early ...
+        self.speculative_discarded = 0  # ... and thrown away because speech resumed
         self.max_lag = 0.0
 
     # ---- input ---------------------------------------------------------------------------
@@ -291,6 +308,7 @@ class AsrSession:
             utt = self._utt
             if utt is not None and self._endpointer.position - utt.buffer_start >= self._max_utt:
                 self._split_long_utterance()
+            self._maybe_speculate()
         self._maybe_partial()
         self._trim()
 
@@ -314,6 +332,8 @@ class AsrSession:
             return
         self.closed = True
         self._scheduler.cancel_partial(self.id)
+        if self._utt is not None and self._utt.speculative is not None:
+            self._utt.speculative.future.cancel()
         for pending in self._pending:
             pending.future.cancel()
         self._pending.clear()
@@ -358,6 +378,32 @@ class AsrSession:
         elif boundary.kind == "end" and self._utt is not None:
             self._close_utterance(min(boundary.sample + self._pad, self.received), boundary.sample)
 
+    def _maybe_speculate(self) -> None:
+        """Start (or withdraw) the early final decode of the open utterance's current pause.
+
+        Once ``speech_pad_ms`` of silence followed the speech, the audio the final will decode
+        (speech + padding) is complete; decoding it now, while the endpointer waits out the
+        rest of ``endpointing_ms``, takes the decode off the latency. Speech resuming ends the
+        pause: the early decode is cancelled (dropped from the queue if it has not started).
+        """
+        utt = self._utt
+        if utt is None:
+            return
+        silence_start = self._endpointer.silence_start
+        spec = utt.speculative
+        if spec is not None and spec.silence_start != silence_start:
+            spec.future.cancel()
+            utt.speculative = None
+            self.speculative_discarded += 1
+        if (not self._speculate or silence_start is None or utt.speculative is not None
+                or self._endpointer.position - silence_start < self._pad):
+            return
+        end = min(silence_start + self._pad, self.received)
+        future = self._scheduler.submit_final(self._final_asr,
+                                              self._slice(utt.buffer_start, end), self._final_opts)
+        utt.speculative = _Speculation(silence_start, end, future)
+        self.speculative_finals += 1
+
     def _split_long_utterance(self) -> None:
         """Cut an utterance that reached ``max_utterance_s`` here; speech goes on as the next."""
         utt = self._utt
@@ -383,8 +429,17 @@ class AsrSession:
         self._utt = None
         self._scheduler.cancel_partial(self.id)
         self._push(AsrEvent("end_of_speech", utt.id, self._sec(utt.start), self._sec(speech_end)))
-        audio = self._slice(utt.buffer_start, audio_end)
-        future = self._scheduler.submit_final(self._final_asr, audio, self._final_opts)
+        spec, utt.speculative = utt.speculative, None
+        if spec is not None and speech_end >= spec.silence_start and not spec.future.cancelled():
+            # ended inside the pause the early decode covers (endpoint, flush, end of stream):
+            # anything after its audio is silence, so it is this utterance's final
+            future, audio_end = spec.future, spec.end
+        else:
+            if spec is not None:
+                spec.future.cancel()
+                self.speculative_discarded += 1
+            audio = self._slice(utt.buffer_start, audio_end)
+            future = self._scheduler.submit_final(self._final_asr, audio, self._final_opts)
         self._pending.append(_PendingFinal(utt.id, utt.buffer_start, audio_end, utt.start,
                                            speech_end, self.received, future))
         self._pending_changed.set()

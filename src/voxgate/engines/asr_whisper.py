@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,10 @@ _SAMPLE_RATE = 16_000
 # Whisper's own rule for "this window is silence": high no-speech prob and low log-prob.
 _NO_SPEECH_PROB = 0.6
 _LOGPROB_FLOOR = -1.0
+# short-window decoding: bounds of plausible speech (fast speech is ~4 words, ~6 tokens a second)
+_MAX_TOKENS_PER_S = 8
+_MAX_WORDS_PER_S = 6
+_LOOP = re.compile(r"(.{2,6}?)\1{4,}")
 
 
 def segment_confidence(avg_logprob: float, no_speech_prob: float) -> float:
@@ -111,10 +116,35 @@ class WhisperAsr:
 
         With ``options.language`` None each chunk is decoded in the language detected from its
         own encoder output (no separate detection pass), reported in its result.
+
+        With ``options.window_margin_s`` set (live streams) the encoder sees only the longest
+        chunk plus that margin, rounded up to whole seconds, instead of Whisper's fixed 30 s:
+        3-5x less compute on short utterances. Whisper never trained on short windows and
+        sometimes loops on them, so that mode decodes with timestamp tokens, caps new tokens
+        at a plausible speech rate, and re-decodes any implausible result (empty, repeating,
+        too many words per second) with the full 30 s window.
         """
         if not chunks:
             return []
         language = self._check(options)
+        if options.window_margin_s is None:
+            return self._decode(chunks, options, language)
+        longest = max(c.size for c in chunks) / _SAMPLE_RATE
+        window = min(30, math.ceil(longest + max(options.window_margin_s, 0.0)))
+        results = self._decode(chunks, options, language, window_s=window,
+                               max_new_tokens=int(longest * _MAX_TOKENS_PER_S) + 16)
+        retry = [i for i, r in enumerate(results) if _implausible(r)]
+        if retry:
+            logger.debug("short-window decode implausible for %d of %d chunk(s); re-decoding "
+                         "them with the 30 s window", len(retry), len(chunks))
+            redone = self._decode([chunks[i] for i in retry], options, language)
+            for i, result in zip(retry, redone):
+                results[i] = result
+        return results
+
+    def _decode(self, chunks: Sequence[np.ndarray], options: AsrOptions, language: str | None,
+                *, window_s: int | None = None, max_new_tokens: int | None = None
+                ) -> list[AsrResult]:
         detect = language is None
         offsets: list[float] = []
         position = 0
@@ -125,16 +155,20 @@ class WhisperAsr:
         clips = [{"start": off, "end": off + c.size / _SAMPLE_RATE} for off, c in zip(offsets, chunks)]
         with self._batch_lock:
             self.batched.detections = None
+            self.batched.window_frames = (int(window_s * self.model.frames_per_second)
+                                          if window_s else None)
             segments, info = self.batched.transcribe(
                 joined, language="en" if detect else language, multilingual=detect,
                 task=options.task, beam_size=options.beam_size,
                 word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
                 hotwords=options.hotwords, temperature=options.temperature or 0.0,
                 clip_timestamps=clips, vad_filter=False, batch_size=len(chunks),
-                without_timestamps=not options.word_timestamps,
+                without_timestamps=not (options.word_timestamps or window_s),
+                max_new_tokens=max_new_tokens,
             )
             segments = list(segments)
             detections = self.batched.detections if detect else None
+            self.batched.window_frames = None
         results = [AsrResult([], info.language, float(info.language_probability),
                              c.size / _SAMPLE_RATE) for c in chunks]
         if detections is not None:  # "<|es|>" -> "es", per chunk
@@ -153,6 +187,30 @@ class WhisperAsr:
         return results
 
 
+def _implausible(result: AsrResult) -> bool:
+    """A short-window result that looks like Whisper looping or giving up, not like speech.
+
+    Empty text (the audio held speech: the VAD said so), more words per second than anyone
+    speaks, a short pattern repeated five times in a row, or a run of three words that occurs
+    three times or more.
+    """
+    text = result.text.lower()
+    words = text.split()
+    if not words:
+        return True
+    if len(words) > _MAX_WORDS_PER_S * max(result.duration, 1.0):
+        return True
+    if _LOOP.search(text.replace(" ", "")):  # "dsdsdsdsds", "ha-ha-ha-ha-ha"
+        return True
+    seen: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - 2):
+        key = tuple(w.strip(".,?!;:-") for w in words[i:i + 3])
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] >= 3:
+            return True
+    return False
+
+
 class _DetectingPipeline(BatchedInferencePipeline):  # type: ignore[misc]
     """faster-whisper's batched pipeline that keeps the per-chunk language it detected.
 
@@ -164,8 +222,12 @@ class _DetectingPipeline(BatchedInferencePipeline):  # type: ignore[misc]
     def __init__(self, model: Any) -> None:
         super().__init__(model)
         self.detections: list[list[tuple[str, float]]] | None = None
+        self.window_frames: int | None = None  # None: Whisper's 30 s (3000 frames)
 
     def generate_segment_batched(self, features: Any, tokenizer: Any, options: Any) -> Any:
+        if self.window_frames is not None and features.shape[-1] > self.window_frames:
+            # the features beyond the window are padding: the encoder cost shrinks with them
+            features = np.ascontiguousarray(features[..., : self.window_frames])
         encoder_output, output = super().generate_segment_batched(features, tokenizer, options)
         if options.multilingual:  # one decoder step on the encoder output already computed
             self.detections = self.model.model.detect_language(encoder_output)

@@ -55,6 +55,9 @@ class AsrOptions:
     initial_prompt: str | None = None
     hotwords: str | None = None
     temperature: float = 0.0
+    # Whisper only, opt-in (live streams): encode a window of the longest chunk plus this
+    # margin, rounded up to whole seconds, instead of Whisper's fixed 30 s. None: 30 s.
+    window_margin_s: float | None = None
 
     def as_versions(self) -> dict[str, Any]:
         """Parameters that change the output, for reproducibility records."""
@@ -66,6 +69,8 @@ class AsrOptions:
             "initial_prompt": self.initial_prompt,
             "hotwords": self.hotwords,
             "temperature": self.temperature,
+            **({"window_margin_s": self.window_margin_s}
+               if self.window_margin_s is not None else {}),
         }
 
 
