@@ -56,14 +56,16 @@ def serve_app(settings: Settings, manager: Any = None) -> Iterator[str]:
         thread.join(timeout=60)
 
 
-def start_worker(settings: Settings, name: str) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, name: str, *args: str) -> subprocess.Popen[bytes]:
     """``voxgate worker`` as a real separate process against ``settings.redis_url``."""
     env = {**os.environ, "VOXGATE_REDIS_URL": settings.redis_url,
            "VOXGATE_DATA_DIR": str(settings.data_dir), "VOXGATE_OFFLINE": "true",
            "VOXGATE_WORKER_HEARTBEAT_S": str(settings.worker_heartbeat_s),
            "VOXGATE_JOB_RETRIES": str(settings.job_retries),
+           "VOXGATE_WEBHOOK_TIMEOUT_S": str(settings.webhook_timeout_s),
+           "VOXGATE_WEBHOOK_MAX_ATTEMPTS": str(settings.webhook_max_attempts),
            "VOXGATE_API_KEYS": ",".join(settings.api_keys)}
-    return subprocess.Popen([sys.executable, "-m", "voxgate.cli", "worker", "--name", name],
+    return subprocess.Popen([sys.executable, "-m", "voxgate.cli", "worker", "--name", name, *args],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -102,11 +104,16 @@ def wait_final(base: str, task_id: str, timeout: float = 240) -> dict[str, Any]:
 
 
 class Receiver:
-    """A webhook receiver on loopback that records (headers, raw body)."""
+    """A webhook receiver on loopback that records (headers, raw body) as each request arrives.
 
-    def __init__(self) -> None:
+    ``replies``: (status, seconds before answering) for the first calls, e.g. a slow receiver
+    that refuses twice; later calls get 204 at once.
+    """
+
+    def __init__(self, replies: list[tuple[int, float]] | None = None) -> None:
         self.calls: list[tuple[dict[str, str], bytes]] = []
         self.arrived = threading.Condition()
+        replies = list(replies or [])
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -115,7 +122,9 @@ class Receiver:
                 with outer.arrived:
                     outer.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
                     outer.arrived.notify_all()
-                self.send_response(204)
+                    status, delay = replies.pop(0) if replies else (204, 0.0)
+                threading.Event().wait(delay)  # a slow receiver
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:

@@ -270,3 +270,49 @@ def test_queue_full_429_and_upload_too_large_413(tmp_path: Path, clip: Path) -> 
             assert pending.redis.ping()
     finally:
         redis.stop()
+
+
+def test_burst_worker_exits_only_after_its_webhook_is_delivered(tmp_path: Path, clip: Path) -> None:
+    """`voxgate worker --burst` ends right after its last job, but a slow receiver that refuses
+    twice (~4.5 s, longer than one attempt's 2 s timeout) still gets the delivery through."""
+    base_settings = Settings(data_dir=tmp_path, offline=True, _env_file=None)
+    redis = EmbeddedRedis(base_settings)
+    url = redis.start()
+    receiver = Receiver(replies=[(503, 1.5), (503, 1.5)])
+    try:
+        settings = Settings(data_dir=tmp_path, offline=True, redis_url=url, api_keys=[KEY],
+                            webhook_timeout_s=2.0, webhook_max_attempts=4, _env_file=None)
+        task_id = str(uuid.uuid4())
+        directory = tmp_path / "audio" / task_id
+        directory.mkdir(parents=True)
+        (directory / "raw.wav").write_bytes(clip.read_bytes())
+        queue = JobQueue(connect(url), settings)
+        queue.store.create(task_id, {"features": ["raw_transcript"]}, receiver.url)
+        queue.enqueue(task_id)
+        proc = start_worker(settings, f"burst-{task_id[:6]}", "--burst")
+        _, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, stderr.decode()[-2000:]
+        calls = list(receiver.calls)  # no waiting: the worker has already exited
+        assert len(calls) == 3, [json.loads(body).get("status") for _, body in calls]
+        headers, body = calls[-1]
+        assert verify(KEY, body, headers["x-voxgate-signature"])
+        assert json.loads(body)["status"] == "COMPLETE" and json.loads(body)["task_id"] == task_id
+    finally:
+        receiver.close()
+        redis.stop()
+
+
+def test_webhook_drain_gives_up_on_a_receiver_that_never_answers() -> None:
+    """drain() is bounded: it reports the undelivered task instead of hanging the exit."""
+    from voxgate.webhooks import WebhookSender
+
+    receiver = Receiver(replies=[(204, 5.0)])
+    try:
+        sender = WebhookSender(Settings(webhook_timeout_s=10.0, webhook_max_attempts=1,
+                                        _env_file=None))
+        sender.send(receiver.url, {"task_id": "t-1", "status": "COMPLETE"})
+        assert receiver.wait(1)
+        assert sender.drain(timeout_s=0.3) is False and sender.pending() == ["t-1"]
+        assert sender.drain() is True and sender.pending() == []
+    finally:
+        receiver.close()

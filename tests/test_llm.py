@@ -58,6 +58,7 @@ def test_llamacpp_and_openai_engine_agree_on_a_real_server(llm) -> None:
 
 def test_openai_engine_unreachable_and_bad_url() -> None:
     from jobs_support import free_port
+
     from voxgate.engines.llm_openai import OpenAiLlm
 
     down = OpenAiLlm(f"http://127.0.0.1:{free_port()}/v1", "m", "", timeout_s=2, max_retries=1,
@@ -69,3 +70,45 @@ def test_openai_engine_unreachable_and_bad_url() -> None:
         OpenAiLlm("ftp://x", "m", "", timeout_s=1, max_retries=0, seed=1, context_tokens=1)
     with pytest.raises(ConfigError, match="BASE_URL"):
         OpenAiLlm.load(None, Settings(_env_file=None))
+
+
+def test_transcribe_summary_cli_is_clean_and_schema_valid(llm, librivox, tmp_path) -> None:
+    """The README demo's second command on the same joined LibriVox recording: the transcript,
+    then a summary valid against the template; llama.cpp's own log stays off stderr."""
+    import os
+    import subprocess
+    import sys
+
+    import jsonschema
+    from conftest import wer
+    from jobs_support import wav_of
+
+    from voxgate.postprocess import load_template
+
+    recording = wav_of(librivox, tmp_path / "sense_and_sensibility.wav")
+    env = {**os.environ, "VOXGATE_OFFLINE": "true"}
+    done = subprocess.run([sys.executable, "-m", "voxgate.cli", "transcribe", str(recording),
+                           "--format", "text", "--summary", "meeting_notes_v1"],
+                          capture_output=True, timeout=400, env=env, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stderr.decode().strip() == ""  # no llama.cpp model dump / timings
+    transcript, _, block = done.stdout.decode().partition("\n\nSummary:\n")
+    assert wer(" ".join(c.text for c in librivox), transcript) < 0.15
+    summary = json.loads(block)
+    jsonschema.validate(summary, load_template(Settings(_env_file=None), "meeting_notes_v1").schema)
+    assert "dashwood" in json.dumps(summary).lower()  # about this recording, not invented
+
+
+def test_native_log_follows_the_debug_level() -> None:
+    import logging
+
+    from voxgate.engines.llm_llamacpp import logger, native_log_verbosity
+
+    previous = logger.level
+    try:
+        logger.setLevel(logging.DEBUG)
+        assert native_log_verbosity() == 3
+        logger.setLevel(logging.WARNING)
+        assert native_log_verbosity() == -1
+    finally:
+        logger.setLevel(previous)

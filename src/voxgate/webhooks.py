@@ -3,7 +3,10 @@
 The body is signed with HMAC-SHA256 under ``webhook_secret`` (or, when that is empty, the first
 API key) and sent as ``X-Voxgate-Signature: sha256=<hex>``; ``X-Voxgate-Timestamp`` and the task
 id travel too. Receivers recompute the HMAC over the raw body and compare in constant time.
-Delivery runs in a daemon thread, so a slow receiver never holds up the next job.
+Delivery runs in a thread of a :class:`WebhookSender`, so a slow receiver never holds up the next
+job; a worker calls :meth:`WebhookSender.drain` before it exits (``--burst``, SIGTERM, server
+shutdown), which waits for every delivery in flight for up to its whole retry schedule, so exiting
+right after a job never cuts a delivery short.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from .config import Settings
 from .errors import ConfigError
 
 __all__ = ["validate_webhook_url", "sign", "verify", "signing_secret", "deliver",
-           "deliver_in_background", "SIGNATURE_HEADER"]
+           "delivery_budget_s", "WebhookSender", "SIGNATURE_HEADER"]
 
 logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Voxgate-Signature"
@@ -80,10 +83,57 @@ def deliver(url: str, payload: dict[str, Any], secret: str, *, attempts: int = 5
     return False
 
 
-def deliver_in_background(settings: Settings, url: str, payload: dict[str, Any]) -> threading.Thread:
-    thread = threading.Thread(
-        target=deliver, name="voxgate-webhook", daemon=True,
-        args=(url, payload, signing_secret(settings)),
-        kwargs={"attempts": settings.webhook_max_attempts, "timeout_s": settings.webhook_timeout_s})
-    thread.start()
-    return thread
+def delivery_budget_s(attempts: int, timeout_s: float, base_delay_s: float = 0.5) -> float:
+    """Worst-case time of one :func:`deliver` call: every attempt times out, every backoff runs."""
+    backoff = base_delay_s * (2 ** max(attempts - 1, 0) - 1)
+    return attempts * timeout_s + backoff
+
+
+class WebhookSender:
+    """Webhook deliveries in flight for one worker; :meth:`drain` before the worker exits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._threads: dict[threading.Thread, str] = {}
+
+    def send(self, url: str, payload: dict[str, Any]) -> threading.Thread:
+        """Start delivering ``payload`` now, in a thread, without waiting for the receiver."""
+        thread = threading.Thread(
+            target=deliver, name="voxgate-webhook", daemon=True,
+            args=(url, payload, signing_secret(self.settings)),
+            kwargs={"attempts": self.settings.webhook_max_attempts,
+                    "timeout_s": self.settings.webhook_timeout_s})
+        with self._lock:
+            self._threads = {t: task for t, task in self._threads.items() if t.is_alive()}
+            self._threads[thread] = str(payload.get("task_id", ""))
+        thread.start()
+        return thread
+
+    def pending(self) -> list[str]:
+        """Task ids whose delivery is still running."""
+        with self._lock:
+            return [task for thread, task in self._threads.items() if thread.is_alive()]
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait for deliveries in flight (default: a whole retry schedule); True when all ended.
+
+        The threads are daemons so a receiver that keeps a connection open past every timeout
+        cannot hang the process forever; this wait is what keeps normal deliveries whole.
+        """
+        if timeout_s is None:
+            timeout_s = delivery_budget_s(self.settings.webhook_max_attempts,
+                                          self.settings.webhook_timeout_s) + 1.0
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            threads = list(self._threads)
+        if any(t.is_alive() for t in threads):
+            logger.info("waiting for %d webhook delivery(ies) before exiting",
+                        sum(t.is_alive() for t in threads))
+        for thread in threads:
+            thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+        left = self.pending()
+        if left:
+            logger.warning("webhook delivery for task(s) %s still running after %.0f s; "
+                           "exiting without it", ", ".join(left), timeout_s)
+        return not left

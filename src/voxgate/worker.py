@@ -29,7 +29,7 @@ from .errors import AudioError, ConfigError, EngineError, ModelError
 from .jobs import TERMINAL, JobCancelled, JobQueue, TaskStatus, TaskStore, connect, now_iso
 from .pipeline import JobSpec, run_pipeline
 from .postprocess import llm_model_id
-from .webhooks import deliver_in_background
+from .webhooks import WebhookSender
 
 __all__ = ["WorkerRuntime", "build_worker", "process_task", "on_job_failure", "run_worker",
            "ThreadWorker", "preload"]
@@ -46,7 +46,10 @@ class WorkerRuntime:
     settings: Settings
     manager: ModelManager
     store: TaskStore
-    webhook_threads: list[threading.Thread] = field(default_factory=list)
+    webhooks: WebhookSender = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.webhooks = WebhookSender(self.settings)
 
     def audio_path(self, task_id: str) -> Path:
         directory = self.settings.data_dir / "audio" / str(uuid.UUID(task_id))
@@ -64,9 +67,7 @@ class WorkerRuntime:
         raw = self.store.raw(task_id)
         url = raw.get("webhook_url")
         if url and status in (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value):
-            document = self.store.get(task_id) or {}
-            self.webhook_threads = [t for t in self.webhook_threads if t.is_alive()]
-            self.webhook_threads.append(deliver_in_background(self.settings, url, document))
+            self.webhooks.send(url, self.store.get(task_id) or {})
 
     def process(self, task_id: str) -> None:
         raw = self.store.raw(task_id)
@@ -242,8 +243,7 @@ def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str |
     try:
         worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
     finally:
-        for thread in worker.runtime.webhook_threads:
-            thread.join(timeout=settings.webhook_timeout_s)
+        worker.runtime.webhooks.drain()  # --burst / SIGTERM: deliveries end before the exit
         manager.close()
 
 
@@ -274,5 +274,4 @@ class ThreadWorker:
             return
         self.worker._stop_requested = True
         self._thread.join(timeout=timeout_s)
-        for thread in self.worker.runtime.webhook_threads:
-            thread.join(timeout=self.settings.webhook_timeout_s)
+        self.worker.runtime.webhooks.drain()

@@ -5,6 +5,14 @@ C++ without the GIL, so a blocking call runs in a worker thread and the event lo
 JSON-schema output is enforced by llama.cpp's grammar sampler (``response_format``), so small
 models still return parseable JSON. The embedded HTTP listener is bound to loopback and locked
 with a random API key; voxgate itself never goes through it.
+
+llama.cpp writes its own log (model metadata, per-request timings) straight to stderr from C++;
+it stays silent unless this module's logger is enabled for DEBUG (``--debug``), so CLI output and
+the demo show only voxgate's own messages. Load failures still surface as ``ModelError``.
+
+Speed on the 2-core dev machine, quiet (bench/README.md "Jobs"): ~75 prompt tok/s and ~25
+generated tok/s with the defaults below (threads = cores, n_batch 2048 / n_ubatch 512, flash
+attention auto); forcing flash attention on, or one generation thread, is slower there.
 """
 
 from __future__ import annotations
@@ -25,9 +33,15 @@ from ..models import ResolvedModel
 from .base import ChatMessage, LlmCapabilities
 from .llm_openai import chat_body, content_of
 
-__all__ = ["LlamaCppLlm", "find_gguf"]
+__all__ = ["LlamaCppLlm", "find_gguf", "native_log_verbosity"]
 
 logger = logging.getLogger(__name__)
+_QUIET = -1  # llama.cpp's common log prints entries with verbosity <= threshold; -1 mutes all
+
+
+def native_log_verbosity() -> int:
+    """llama.cpp's own log threshold: its default (3) when debugging, else muted."""
+    return 3 if logger.isEnabledFor(logging.DEBUG) else _QUIET
 
 
 def find_gguf(path: Path) -> Path:
@@ -64,6 +78,7 @@ class LlamaCppLlm:
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         params.warmup = False
+        params.verbosity = native_log_verbosity()
         key = secrets.token_urlsafe(24)
         params.api_keys = [key]  # the embedded HTTP listener is loopback-only and locked
         try:
