@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from parakeet_fixtures import MID, TINY, build, load_speech_inputs  # noqa: E402
 
 from voxgate.config import OnnxSettings  # noqa: E402
-from voxgate.decoding import GreedyTransducer, TransducerConfig  # noqa: E402
 from voxgate.engines.asr_parakeet import ParakeetAsr  # noqa: E402
+from voxgate.engines.decoding import GreedyTransducer, TransducerConfig  # noqa: E402
 
 SAMPLE_RATE = 16_000
 

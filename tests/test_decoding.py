@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voxgate.decoding import (
+from voxgate.engines.decoding import (
     GreedyTransducer,
     Hypothesis,
     TokenSpan,

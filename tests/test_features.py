@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from voxgate.audio import decode_audio
+from voxgate.engines.features import LogMelFrontend, MelConfig, pad_batch, slaney_mel_filterbank
 from voxgate.errors import AudioError, ConfigError
-from voxgate.features import LogMelFrontend, MelConfig, pad_batch, slaney_mel_filterbank
 
 CLIPS = sorted(Path("/usr/share/pocketsphinx/test/data/librivox").glob("*.wav"))
 MAX_ABS, MEAN_ABS = 1e-3, 1e-5

@@ -41,8 +41,8 @@ from common import (
 
 sys.path.insert(0, str(ROOT / "src"))
 
-from voxgate.decoding import GreedyTransducer, TransducerConfig  # noqa: E402
 from voxgate.engines.asr_parakeet import ParakeetAsr, model_files  # noqa: E402
+from voxgate.engines.decoding import GreedyTransducer, TransducerConfig  # noqa: E402
 
 
 def _edit_distance(a: list[int], b: list[int]) -> int:
@@ -143,7 +143,7 @@ class TrtRunner:
 
 
 class TrtJoint:
-    """:class:`voxgate.decoding.JointFn` over a decoder-joint engine."""
+    """:class:`voxgate.engines.decoding.JointFn` over a decoder-joint engine."""
 
     def __init__(self, runner: TrtRunner) -> None:
         self.runner = runner

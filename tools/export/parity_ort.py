@@ -37,8 +37,8 @@ from common import (
 
 sys.path.insert(0, str(ROOT / "src"))
 
-from voxgate.decoding import GreedyTransducer, TransducerConfig  # noqa: E402
 from voxgate.engines.asr_parakeet import ParakeetAsr  # noqa: E402
+from voxgate.engines.decoding import GreedyTransducer, TransducerConfig  # noqa: E402
 
 StepFn = Callable[..., tuple[Any, Any, Any]]  # torch (enc, targets, lengths, s1, s2) -> out
 
@@ -57,7 +57,7 @@ def normalise_joint(out: np.ndarray, classes: int) -> np.ndarray:
 
 
 class TorchJoint:
-    """A :class:`voxgate.decoding.JointFn` running a PyTorch decoder+joint step."""
+    """A :class:`voxgate.engines.decoding.JointFn` running a PyTorch decoder+joint step."""
 
     def __init__(self, step: StepFn) -> None:
         self.step = step
@@ -165,7 +165,7 @@ def nemo_parity(nemo_path: Path, onnx_dir: Path, audio: list[Path] | None, atol:
     named = speech(audio)
     names, clips = [n for n, _ in named], [a for _, a in named]
 
-    from voxgate.features import pad_batch
+    from voxgate.engines.features import pad_batch
 
     batch, lens = pad_batch(clips)
     with torch.no_grad():

@@ -5,8 +5,8 @@ Model directory layout (as the public exports, e.g. ``istupakov/parakeet-tdt-0.6
 ``*.int8.onnx`` variants when present, ``vocab.txt`` (``piece id`` lines, ``▁`` = space,
 ``<blk>`` last) and ``config.json`` (``model_type``, ``features_size``, ``subsampling_factor``).
 
-Pipeline: :mod:`voxgate.features` (NeMo log-mel) -> encoder, one call per batch of chunks ->
-:mod:`voxgate.decoding` (batched greedy TDT / RNN-T over the decoder-joint session, or vectorised
+Pipeline: :mod:`.features` (NeMo log-mel) -> encoder, one call per batch of chunks ->
+:mod:`.decoding` (batched greedy TDT / RNN-T over the decoder-joint session, or vectorised
 CTC) -> tokens with 80 ms frame times -> words and segments. Every ONNX boundary is checked
 against the model contract (:mod:`.parakeet_contract`). Inputs longer than ``max_chunk_s`` are
 encoded in windows while the decoder state carries on, so the hypothesis never restarts.
@@ -25,7 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ..decoding import (
+from ..errors import EngineError, ModelError
+from ..types import Segment, Word
+from .base import AsrCapabilities, AsrOptions, AsrResult
+from .decoding import (
     GreedyTransducer,
     Hypothesis,
     TransducerConfig,
@@ -34,10 +37,7 @@ from ..decoding import (
     group_words,
     token_spans,
 )
-from ..errors import EngineError, ModelError
-from ..features import LogMelFrontend
-from ..types import Segment, Word
-from .base import AsrCapabilities, AsrOptions, AsrResult
+from .features import LogMelFrontend
 from .parakeet_contract import (
     ParakeetContract,
     check_config,
@@ -151,7 +151,7 @@ def model_files(directory: Path, quantization: str | None = None) -> dict[str, P
 
 
 class _OrtJoint:
-    """:class:`~voxgate.decoding.JointFn` over the decoder-joint session for up to ``rows`` rows.
+    """:class:`~.decoding.JointFn` over the decoder-joint session for up to ``rows`` rows.
 
     Steady state allocates nothing: inputs are bound where they lie and outputs are written
     into buffers kept per row count (ONNX Runtime I/O binding), which also saves ~40% of the

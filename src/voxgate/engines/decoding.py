@@ -31,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError
 
 __all__ = [
     "GreedyTransducer",

@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import AudioError, ConfigError
+from ..errors import AudioError, ConfigError
 
 __all__ = ["LogMelFrontend", "MelConfig", "pad_batch", "slaney_mel_filterbank", "valid_frames"]
 

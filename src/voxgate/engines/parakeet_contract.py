@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ModelError
-from ..features import MelConfig
+from .features import MelConfig
 
 __all__ = [
     "ModelType",
