@@ -130,6 +130,9 @@ class RunResult:
     behind_at_end: float = 0.0
     dropped_partials: int = 0
     batches: list[int] = field(default_factory=list)
+    finals: list[str] = field(default_factory=list)
+    speculative: int = 0  # voxgate: final decodes started early, in a pause
+    discarded: int = 0  # ... of which thrown away because speech resumed
 
     def summary(self, rt_limit: float) -> dict:
         def pct(values: list[float], q: float) -> float | None:
@@ -149,6 +152,8 @@ class RunResult:
             "mean_final_batch": round(float(np.mean(self.batches)), 2) if self.batches else None,
             "real_time": bool(self.final_latency) and pct(self.final_latency, 95) <= rt_limit
             and self.behind_at_end <= rt_limit,
+            "speculative_finals": self.speculative, "speculative_discarded": self.discarded,
+            "finals": self.finals,
         }
 
 
@@ -215,6 +220,8 @@ async def run_voxgate(inputs: list[StreamInput], settings, manager) -> RunResult
         await reader
         behind = time.monotonic() - started - inp.audio.size / SR
         result.dropped_partials += session.dropped_partials
+        result.speculative += session.speculative_finals
+        result.discarded += session.speculative_discarded
         await session.close()
         return hyps, {"finals": finals, "endpoints": endpoints}, behind
 
@@ -230,6 +237,7 @@ async def run_voxgate(inputs: list[StreamInput], settings, manager) -> RunResult
             if uid in events["endpoints"]:
                 result.decode_latency.append(at - events["endpoints"][uid])
             finals_text.append(text)
+            result.finals.append(text)
         lags, s, t = score_words(inp, hyps)
         result.partial_lag += lags
         result.first_seen_lag += score_words(inp, hyps, finals=True)[0]
@@ -345,6 +353,12 @@ def main() -> None:
     parser.add_argument("--min-chunk", type=float, default=1.0, help="peer re-decode interval")
     parser.add_argument("--final-beam", type=int, default=None,
                         help="voxgate final beam (default: the setting, 1)")
+    parser.add_argument("--endpointing-ms", type=int, default=None,
+                        help="silence that ends an utterance (default: the setting, 500)")
+    parser.add_argument("--full-window", action="store_true",
+                        help="Whisper's 30 s encoder window for live decodes (before 2026-11)")
+    parser.add_argument("--no-speculative", action="store_true",
+                        help="start the final decode only once the endpoint is confirmed")
     parser.add_argument("--rt-limit", type=float, default=2.0,
                         help="p95 final latency (s) under which a run counts as real time")
     args = parser.parse_args()
@@ -355,6 +369,12 @@ def main() -> None:
     overrides = {}
     if args.final_beam:
         overrides["final_beam_size"] = args.final_beam
+    if args.endpointing_ms:
+        overrides["endpointing_ms"] = args.endpointing_ms
+    if args.full_window:
+        overrides["window_margin_s"] = None
+    if args.no_speculative:
+        overrides["speculative_finals"] = False
     settings = Settings(_env_file=None, offline=True, max_streams=max(args.streams + [1]))
     if overrides:
         settings = settings.model_copy(update={"streaming": settings.streaming.model_copy(

@@ -73,7 +73,7 @@ class StreamingSettings(BaseModel):
     the limits (frame size, idle timeout, pending finals) are the server's alone.
     """
 
-    endpointing_ms: int = Field(500, ge=100, le=5000)  # silence that ends an utterance
+    endpointing_ms: int = Field(300, ge=100, le=5000)  # silence that ends an utterance
     min_speech_ms: int = Field(250, ge=0, le=5000)  # shorter blips are not utterances
     speech_pad_ms: int = Field(200, ge=0, le=1000)  # audio kept around speech for the decoder
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
@@ -84,9 +84,10 @@ class StreamingSettings(BaseModel):
     # Whisper encoder window for live decodes: utterance + this margin (whole seconds), not 30 s;
     # None: the full 30 s window (slower, the batch path's behaviour)
     window_margin_s: float | None = Field(2.0, ge=0.0, le=30.0)
-    # start decoding the final once speech_pad_ms of silence followed the speech; deliver it
-    # when the endpoint is confirmed, discard it if speech resumes first
+    # start decoding the final after speculative_after_ms of silence (the audio up to there);
+    # deliver it when the endpoint is confirmed, discard it if speech resumes first
     speculative_finals: bool = True
+    speculative_after_ms: int = Field(100, ge=0, le=5000)
     batch_max_size: int = Field(8, ge=1, le=64)  # finals from many streams decoded together
     batch_max_wait_ms: int = Field(15, ge=0, le=1000)  # how long a final waits for company
     max_pending_finals: int = Field(4, ge=1, le=64)  # per stream; beyond this, reading pauses

@@ -59,7 +59,7 @@ class StreamConfig:
     language: str | None = "en"  # None: detect per utterance (multilingual models)
     interim_results: bool = True
     word_timestamps: bool = True
-    endpointing_ms: int = 500
+    endpointing_ms: int = 300
     min_speech_ms: int = 250
     speech_pad_ms: int = 200
     vad_threshold: float = 0.5

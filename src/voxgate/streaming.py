@@ -93,8 +93,8 @@ class _Utterance:
 
 @dataclass(slots=True)
 class _Speculation:
-    """A final decode started early, at ``speech_pad_ms`` into a pause; valid while the pause
-    lasts, delivered as the final when the endpoint confirms that pause."""
+    """A final decode started early, ``speculative_after_ms`` into a pause; valid while the
+    pause lasts, delivered as the final when the endpoint confirms that pause."""
 
     silence_start: int
     end: int  # last sample of the decoded audio (speech end + padding)
@@ -252,6 +252,8 @@ class AsrSession:
                                         beam_size=config.partial_beam_size,
                                         window_margin_s=tuning.window_margin_s)
         self._speculate = tuning.speculative_finals
+        # early decodes take the audio up to here into the pause (at most the usual padding)
+        self._spec_after = min(tuning.speculative_after_ms * ms, self._pad)
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # stream sample of self._buffer[0]
         self.received = 0  # samples accepted so far
@@ -381,10 +383,11 @@ class AsrSession:
     def _maybe_speculate(self) -> None:
         """Start (or withdraw) the early final decode of the open utterance's current pause.
 
-        Once ``speech_pad_ms`` of silence followed the speech, the audio the final will decode
-        (speech + padding) is complete; decoding it now, while the endpointer waits out the
-        rest of ``endpointing_ms``, takes the decode off the latency. Speech resuming ends the
-        pause: the early decode is cancelled (dropped from the queue if it has not started).
+        After ``speculative_after_ms`` of silence (capped at ``speech_pad_ms``) the speech of
+        the utterance is all there: decoding it now (speech + the silence so far as padding),
+        while the endpointer waits out the rest of ``endpointing_ms``, takes the decode off the
+        latency. Speech resuming ends the pause: the early decode is cancelled (dropped from
+        the queue if it has not started) and counted in ``speculative_discarded``.
         """
         utt = self._utt
         if utt is None:
@@ -396,9 +399,9 @@ class AsrSession:
             utt.speculative = None
             self.speculative_discarded += 1
         if (not self._speculate or silence_start is None or utt.speculative is not None
-                or self._endpointer.position - silence_start < self._pad):
+                or self._endpointer.position - silence_start < self._spec_after):
             return
-        end = min(silence_start + self._pad, self.received)
+        end = min(silence_start + self._spec_after, self.received)
         future = self._scheduler.submit_final(self._final_asr,
                                               self._slice(utt.buffer_start, end), self._final_opts)
         utt.speculative = _Speculation(silence_start, end, future)
