@@ -1,39 +1,64 @@
-"""A real voxgate server on loopback for the live-transcription tests (WebSocket + gRPC).
+"""The one way tests start a real voxgate server on loopback.
 
-uvicorn runs the app in a background thread with its own event loop; the lifespan starts the
-streaming service and the Riva-compatible gRPC server on free ports. The models come from the
-session ``manager`` fixture, so they load once for the whole test run.
+uvicorn serves the app on a socket bound to 127.0.0.1:<free port> before it starts (no race for
+the port), in a background thread with its own event loop; ``serve_app`` returns once uvicorn
+has run the app's lifespan, i.e. every component (streaming service, gRPC, Wyoming) has started.
+Tests talk to it with the clients users use (``openai``, ``websockets``, ``nvidia-riva-client``,
+``wyoming``, ``httpx``). The models come from the session ``manager`` fixture, so they load
+once for the whole test run.
+
+- ``serve_app(app)``: context manager for any app built by ``create_app`` (OpenAI, Wyoming tests);
+- ``start_live_server(settings, manager)``: the shared live-transcription server (WebSocket +
+  Riva gRPC) behind conftest's session fixture ``live``, with ``live_settings``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
+import uvicorn
+from fastapi import FastAPI
 
 API_KEY = "live-test-key"
 
 
 @dataclass
 class LiveServer:
-    settings: Any
-    state: Any
+    app: FastAPI
+    port: int
     loop: asyncio.AbstractEventLoop
-    http_port: int
-    grpc_port: int
+    grpc_port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def http_port(self) -> int:
+        return self.port
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.http_port}/v1/asr"
+        return f"ws://127.0.0.1:{self.port}/v1/asr"
 
     @property
     def grpc_uri(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.voxgate
+
+    @property
+    def settings(self) -> Any:
+        return self.state.settings
 
     @property
     def streaming(self) -> Any:
@@ -53,38 +78,63 @@ class LiveServer:
         return condition()
 
 
-def start_live_server(settings: Any, manager: Any) -> Iterator[LiveServer]:
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn.Server that signals when its startup (lifespan included) is over."""
 
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.startup_done = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.startup_done.set()
+
+
+@contextmanager
+def serve_app(app: FastAPI, start_timeout_s: float = 60.0, **config: Any) -> Iterator[LiveServer]:
+    """Serve ``app`` on 127.0.0.1:<free port> until the block ends (``config``: uvicorn.Config)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on", **config))
+    loop = asyncio.new_event_loop()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(server.serve(sockets=[sock]))
+        finally:
+            server.startup_done.set()  # a failed start must not leave the caller waiting
+            loop.close()
+
+    thread = threading.Thread(target=run, name="voxgate-live-server", daemon=True)
+    thread.start()
+    if not server.startup_done.wait(start_timeout_s) or not server.started:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        raise RuntimeError("uvicorn did not start (see the log above)")
+    try:
+        yield LiveServer(app, sock.getsockname()[1], loop)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def start_live_server(settings: Any, manager: Any) -> Iterator[LiveServer]:
+    """The live-transcription server: streaming service + Riva gRPC on free ports."""
     from voxgate.server.app import create_app
     from voxgate.server.grpc_riva import RivaGrpcServer
     from voxgate.server.ws import StreamingComponent
 
     grpc_server = RivaGrpcServer(settings, port=0)
     app = create_app(settings, manager, components=[StreamingComponent(settings), grpc_server])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="on", ws_max_size=16 * 1024 * 1024))
-    loop_box: dict[str, asyncio.AbstractEventLoop] = {}
-
-    def run() -> None:
-        loop = asyncio.new_event_loop()
-        loop_box["loop"] = loop
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.serve())
-
-    thread = threading.Thread(target=run, name="voxgate-live-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("voxgate test server did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield LiveServer(settings, app.state.voxgate, loop_box["loop"], port, grpc_server.bound_port)
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serve_app(app, ws_max_size=16 * 1024 * 1024) as live:
+        live.grpc_port = grpc_server.bound_port
+        yield live
 
 
 def live_settings(tmp_path: Any, **overrides: Any) -> Any:

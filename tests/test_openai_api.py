@@ -20,7 +20,7 @@ import pytest
 import srt
 import webvtt
 from conftest import wer
-from live_uvicorn import live_server
+from live_server import serve_app
 from media import encode
 
 from voxgate.audio import SAMPLE_RATE, encode_wav
@@ -41,7 +41,7 @@ def server(settings, manager):
     asr = settings.asr.model_copy(update={"max_chunk_s": 10.0, "batch_size": 1})
     cfg = settings.model_copy(update={"api_keys": [KEY], "max_upload_mb": 1,
                                       "max_concurrent_transcriptions": 1, "asr": asr})
-    with live_server(create_app(cfg, manager=manager, components=[])) as live:
+    with serve_app(create_app(cfg, manager=manager, components=[])) as live:
         yield live
 
 

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 import pytest
 from conftest import wer
-from live_uvicorn import live_server
+from live_server import serve_app
 
 from voxgate.audio import SAMPLE_RATE, decode_audio, float32_to_pcm16
 from voxgate.errors import ConfigError
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wyoming_server(settings, manager):
     component = WyomingServer("tcp://127.0.0.1:0")
-    with live_server(create_app(settings, manager=manager, components=[component])):
+    with serve_app(create_app(settings, manager=manager, components=[component])):
         yield component.bound
 
 
@@ -171,7 +171,7 @@ def streaming_wyoming(settings, manager):
 
     component = WyomingServer("tcp://127.0.0.1:0")
     parts = [StreamingComponent(settings), component]
-    with live_server(create_app(settings, manager=manager, components=parts)):
+    with serve_app(create_app(settings, manager=manager, components=parts)):
         yield component.bound
 
 
