@@ -2,7 +2,11 @@
 jobs per minute on short recordings, through the real REST API, Redis and worker.
 
 Side by side on the same audio: plain faster-whisper (BatchedInferencePipeline, same model
-files) for the ASR stage, so the queue + pipeline overhead shows as a ratio.
+files) for the ASR stage, so the queue + pipeline overhead shows as a ratio. With ``--summary``
+the long job also runs cleanup + summary, and an LLM probe runs the same two stages on the
+first ``--probe-words`` words of its transcript through the in-process llama.cpp engine to read
+llama.cpp's own timings: prompt-eval and generation tok/s per stage, the cost of the JSON-schema
+grammar (same summary unconstrained) and of a repeated prompt (prompt cache).
 
     python bench/jobs.py [--minutes 10] [--jobs 10] [--summary meeting_notes_v1]
 
@@ -23,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from jobs_support import KEY, serve_app, submit, wait_final  # noqa: E402
+from jobs_support import KEY, serve_app, submit, wait_final
 
-from voxgate.audio import decode_audio, encode_wav  # noqa: E402
-from voxgate.config import Settings  # noqa: E402
+from voxgate.audio import decode_audio, encode_wav
+from voxgate.config import Settings
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 
@@ -55,11 +59,70 @@ def plain_faster_whisper(path: Path, settings: Settings) -> float:
     return time.perf_counter() - started
 
 
+class _TimedLlm:
+    """Wraps the llama.cpp engine for the probe: same answers, llama.cpp's timings summed."""
+
+    def __init__(self, llm: object, json_schema: bool = True) -> None:
+        from dataclasses import replace
+
+        self.llm = llm
+        self.capabilities = replace(llm.capabilities, json_schema=json_schema)
+        self.totals = {"calls": 0, "prompt_n": 0, "prompt_ms": 0.0, "predicted_n": 0,
+                       "predicted_ms": 0.0}
+
+    def complete_sync(self, messages, **options) -> str:
+        from voxgate.engines.llm_openai import content_of
+
+        response = self.llm.complete_raw(messages, **options)
+        timings = response.get("timings") or {}
+        self.totals["calls"] += 1
+        for key in ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms"):
+            self.totals[key] += timings.get(key) or 0
+        return content_of(response)
+
+    def report(self) -> dict[str, float]:
+        t = self.totals
+        return {**{k: round(v, 1) for k, v in t.items()},
+                "prompt_tok_s": round(t["prompt_n"] / max(t["prompt_ms"], 1e-9) * 1000, 1),
+                "gen_tok_s": round(t["predicted_n"] / max(t["predicted_ms"], 1e-9) * 1000, 1)}
+
+
+def llm_probe(settings: Settings, text: str, template_id: str) -> dict[str, dict[str, float]]:
+    """Cleanup and summary (constrained, repeated, unconstrained) on ``text``: tok/s per stage."""
+    from voxgate.engines.manager import ModelManager
+    from voxgate.postprocess import PostProcessor, llm_model_id, load_template
+
+    template = load_template(settings, template_id)
+    out: dict[str, dict[str, float]] = {}
+    manager = ModelManager(settings)
+    try:
+        llm = manager.get("llm", llm_model_id(settings))
+        for name, constrained, run in (
+                ("cleanup", True, lambda post: post.clean(text)),
+                ("summary", True, lambda post: post.summarize(text, template)),
+                ("summary_again_cached", True, lambda post: post.summarize(text, template)),
+                ("summary_unconstrained", False, lambda post: post.summarize(text, template))):
+            timed = _TimedLlm(llm, json_schema=constrained)
+            started = time.perf_counter()
+            try:
+                run(PostProcessor(timed, settings))
+                ok = True
+            except Exception:  # noqa: BLE001 - an unconstrained small model may fail the schema
+                ok = False
+            out[name] = {**timed.report(), "wall_s": round(time.perf_counter() - started, 2),
+                         "ok": ok}
+    finally:
+        manager.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--summary", default="meeting_notes_v1", help="'' to skip the LLM")
+    parser.add_argument("--probe-words", type=int, default=300,
+                        help="words of the transcript the LLM probe uses (0: no probe)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
     long_path = work / "long.wav"
@@ -70,7 +133,7 @@ def main() -> None:
                         redis_url="", _env_file=None)
     out: dict[str, object] = {"audio_s": duration}
     with serve_app(settings) as base:
-        features = ["raw_transcript"] + (["summary"] if args.summary else [])
+        features = ["raw_transcript"] + (["clean_transcript", "summary"] if args.summary else [])
         started = time.perf_counter()
         task = submit(base, long_path, features=features, language="en",
                       template_id=args.summary or None).json()["task_id"]
@@ -89,6 +152,10 @@ def main() -> None:
     asr = out["long"]["metrics"]["stage_times_s"]["asr"]
     out["peer_faster_whisper_asr_s"] = round(plain, 2)
     out["asr_ratio_voxgate_vs_faster_whisper"] = round(asr / plain, 3)
+    if args.summary and args.probe_words and final["status"] == "COMPLETE":
+        words = final["results"]["raw_transcript"].split()[: args.probe_words]
+        out["llm_probe"] = {"words": len(words),
+                            **llm_probe(settings, " ".join(words), args.summary)}
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "jobs.json").write_text(json.dumps(out, indent=2))
@@ -100,6 +167,14 @@ def main() -> None:
           + " | ".join(f"{v} s" for v in stages.values())
           + f" | {plain:.1f} s | {out['asr_ratio_voxgate_vs_faster_whisper']} | "
           f"{out['short']['jobs_per_minute']} |")
+    if "llm_probe" in out:
+        print(f"\nLLM probe on {out['llm_probe']['words']} words "
+              "| calls | prompt tok | prompt tok/s | gen tok | gen tok/s | wall |")
+        print("|---|---|---|---|---|---|---|")
+        for name, row in out["llm_probe"].items():
+            if isinstance(row, dict):
+                print(f"| {name} | {row['calls']} | {row['prompt_n']:.0f} | {row['prompt_tok_s']} | "
+                      f"{row['predicted_n']:.0f} | {row['gen_tok_s']} | {row['wall_s']} s |")
 
 
 if __name__ == "__main__":

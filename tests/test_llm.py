@@ -112,3 +112,13 @@ def test_native_log_follows_the_debug_level() -> None:
         assert native_log_verbosity() == -1
     finally:
         logger.setLevel(previous)
+
+
+def test_same_request_gives_the_same_answer_whatever_came_before(llm, librivox) -> None:
+    """Reproducible output: a prompt that llama.cpp could serve from its cache is evaluated
+    whole again (a cached prompt's last-token logits differ and change greedy decoding)."""
+    text = " ".join(c.text for c in librivox)
+    ask = [ChatMessage("system", "You turn speech transcripts into notes."), ChatMessage(
+        "user", f"Write meeting notes as JSON with title, summary, key_points for:\n{text}")]
+    answers = [llm.complete_sync(ask, max_tokens=60) for _ in range(3)]
+    assert answers[0] and answers.count(answers[0]) == 3, answers

@@ -13,6 +13,7 @@ the demo show only voxgate's own messages. Load failures still surface as ``Mode
 Speed on the 2-core dev machine, quiet (bench/README.md "Jobs"): ~75 prompt tok/s and ~25
 generated tok/s with the defaults below (threads = cores, n_batch 2048 / n_ubatch 512, flash
 attention auto); forcing flash attention on, or one generation thread, is slower there.
+Requests bypass the prompt cache (see ``_NO_PROMPT_CACHE``) so outputs are reproducible.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ __all__ = ["LlamaCppLlm", "find_gguf", "native_log_verbosity"]
 
 logger = logging.getLogger(__name__)
 _QUIET = -1  # llama.cpp's common log prints entries with verbosity <= threshold; -1 mutes all
+# A prompt served from the KV cache re-evaluates only its last token, and those logits differ in
+# the last bits from a full evaluation: greedy output then depends on the previous request. Every
+# request is evaluated whole, so identical input gives identical output (costs a re-read of the
+# ~80-token cleanup instructions per chunk and of the prompt on a rare summary retry).
+_NO_PROMPT_CACHE = {"cache_prompt": False}
 
 
 def native_log_verbosity() -> int:
@@ -100,11 +106,18 @@ class LlamaCppLlm:
         return {"engine": self.name, "runtime": f"xllamacpp {xllamacpp.__version__}",
                 "file": self.model_path.name, "seed": self.seed}
 
-    def complete_sync(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
-                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None) -> str:
+    def complete_raw(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
+                     temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
+                     ) -> dict[str, Any]:
+        """The whole chat-completion response, with llama.cpp's ``timings`` (tokens, tok/s)."""
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
                          seed=self.seed, json_schema=json_schema)
-        return content_of(self._server.handle_chat_completions(body))
+        return self._server.handle_chat_completions({**body, **_NO_PROMPT_CACHE})
+
+    def complete_sync(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
+                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None) -> str:
+        return content_of(self.complete_raw(messages, max_tokens=max_tokens,
+                                            temperature=temperature, json_schema=json_schema))
 
     async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                        temperature: float = 0.0, json_schema: dict[str, Any] | None = None) -> str:
@@ -120,6 +133,7 @@ class LlamaCppLlm:
         stop = False
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
                          seed=self.seed, json_schema=json_schema, stream=True)
+        body.update(_NO_PROMPT_CACHE)
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
             loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
