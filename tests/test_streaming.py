@@ -405,3 +405,73 @@ async def test_hour_long_speech_keeps_constant_memory_and_splits_utterances():
     ids = [f.utterance_id for f in finals]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert abs(finals[-1].end - (59 * 60 + 49.5)) < 1.0  # times stay in the stream's time base
+
+
+# ---- speculative finals and the short encoder window ------------------------------------------
+async def _fake_run(audio: np.ndarray, **streaming):
+    final, partial = FakeAsr(), FakeAsr()
+    svc = _fake_service(final, partial, **streaming)
+    await svc.start()
+    try:
+        session = await svc.open(svc.config(final_model="final", partial_model="partial",
+                                             interim_results=False))
+        events = [e async for e in stream_events(session, _chunks(audio))]
+        counts = session.speculative_finals, session.speculative_discarded
+        await session.close()
+    finally:
+        await svc.stop()
+    return [e for e in events if e.kind == "final"], counts, final.batches
+
+
+async def test_speculative_final_started_in_the_pause_is_the_final():
+    finals, (started, discarded), batches = await _fake_run(
+        np.concatenate([_tone(1.0), _silence(1.0)]))
+    assert [f.text for f in finals] == ["w0 w1"]
+    assert (started, discarded) == (1, 0)
+    assert sum(batches) == 1, "the early decode is delivered; the endpoint adds no second one"
+
+
+async def test_speculative_final_discarded_when_speech_resumes():
+    # a 200 ms pause: long enough to start the early decode (100 ms), too short to end (300 ms)
+    audio = np.concatenate([_tone(1.0), _silence(0.2), _tone(1.0), _silence(1.0)])
+    finals, (started, discarded), _ = await _fake_run(audio)
+    assert [f.utterance_id for f in finals] == [0], "the pause did not split the utterance"
+    assert finals[0].text == "w0 w1 w2 w3", "the final holds the speech after the pause"
+    assert (started, discarded) == (2, 1)
+
+
+async def test_without_speculation_the_final_waits_for_the_endpoint():
+    finals, (started, discarded), batches = await _fake_run(
+        np.concatenate([_tone(1.0), _silence(0.2), _tone(1.0), _silence(1.0)]),
+        speculative_finals=False)
+    assert [f.text for f in finals] == ["w0 w1 w2 w3"]
+    assert (started, discarded) == (0, 0) and sum(batches) == 1
+
+
+def test_short_window_keeps_whisper_accurate_on_real_speech(manager, librivox):
+    """The live path's encoder window (utterance + 2 s) against Whisper's 30 s, per clip."""
+    for model_id, limit in (("whisper-base", 0.05), ("whisper-tiny.en", 0.10)):
+        asr = manager.get("asr", model_id)
+        options = AsrOptions(language="en", beam_size=1, word_timestamps=True,
+                             window_margin_s=2.0)
+        results = asr.transcribe_batch([c.audio for c in librivox], options)
+        hypothesis = " ".join(r.text for r in results)
+        assert wer(" ".join(c.text for c in librivox), hypothesis) < limit, (model_id, hypothesis)
+        for clip, result in zip(librivox, results):  # times stay inside each clip
+            words = [w for s in result.segments for w in s.words]
+            assert words and words[-1].end <= clip.audio.size / SR + 0.05
+
+
+def test_implausible_short_window_results_are_recognised():
+    from voxgate.engines.asr_whisper import _implausible
+
+    def result(text: str, seconds: float) -> AsrResult:
+        return AsrResult([Segment(0, 0.0, seconds, text)] if text else [], "en",
+                         duration=seconds)
+
+    assert _implausible(result("", 1.0))  # the VAD heard speech; Whisper gave up
+    assert _implausible(result("DSDSDSDSDSDSDSDSDSDS", 0.6))
+    assert _implausible(result("Turn left at the next corner. " * 3, 2.0))
+    assert _implausible(result(" ".join(["word"] * 20), 2.0))  # 10 words a second
+    assert not _implausible(result("He was not an ill disposed young man.", 2.4))
+    assert not _implausible(result("It cost 1,000,000 dollars.", 1.5))
