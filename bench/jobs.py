@@ -6,7 +6,7 @@ files) for the ASR stage, so the queue + pipeline overhead shows as a ratio. Wit
 the long job also runs cleanup + summary, and an LLM probe runs the same two stages on the
 first ``--probe-words`` words of its transcript through the in-process llama.cpp engine to read
 llama.cpp's own timings: prompt-eval and generation tok/s per stage, the cost of the JSON-schema
-grammar (same summary unconstrained) and of a repeated prompt (prompt cache).
+grammar (same summary unconstrained); a repeat of the summary shows the timing spread.
 
     python bench/jobs.py [--minutes 10] [--jobs 10] [--summary meeting_notes_v1]
 
@@ -100,7 +100,7 @@ def llm_probe(settings: Settings, text: str, template_id: str) -> dict[str, dict
         for name, constrained, run in (
                 ("cleanup", True, lambda post: post.clean(text)),
                 ("summary", True, lambda post: post.summarize(text, template)),
-                ("summary_again_cached", True, lambda post: post.summarize(text, template)),
+                ("summary_repeat", True, lambda post: post.summarize(text, template)),
                 ("summary_unconstrained", False, lambda post: post.summarize(text, template))):
             timed = _TimedLlm(llm, json_schema=constrained)
             started = time.perf_counter()
