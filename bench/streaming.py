@@ -372,7 +372,7 @@ def main() -> None:
     if args.endpointing_ms:
         overrides["endpointing_ms"] = args.endpointing_ms
     if args.full_window:
-        overrides["window_margin_s"] = None
+        overrides["short_window"] = False
     if args.no_speculative:
         overrides["speculative_finals"] = False
     settings = Settings(_env_file=None, offline=True, max_streams=max(args.streams + [1]))

@@ -81,9 +81,10 @@ class StreamingSettings(BaseModel):
     max_utterance_s: float = Field(20.0, ge=2.0, le=30.0)  # force a final past this length
     final_beam_size: int = Field(1, ge=1, le=20)
     partial_beam_size: int = Field(1, ge=1, le=20)
-    # Whisper encoder window for live decodes: utterance + this margin (whole seconds), not 30 s;
-    # None: the full 30 s window (slower, the batch path's behaviour)
-    window_margin_s: float | None = Field(2.0, ge=0.0, le=30.0)
+    # Whisper encoder window for live decodes: utterance + window_margin_s (whole seconds), not
+    # 30 s; short_window=false: the full 30 s window (slower, the file path's behaviour)
+    short_window: bool = True
+    window_margin_s: float = Field(2.0, ge=0.0, le=30.0)
     # start decoding the final after speculative_after_ms of silence (the audio up to there);
     # deliver it when the endpoint is confirmed, discard it if speech resumes first
     speculative_finals: bool = True

@@ -245,12 +245,13 @@ class AsrSession:
         self._max_utt = int(config.max_utterance_s * SAMPLE_RATE)
         self._partial_every = config.partial_interval_ms * ms
         tuning = service.settings.streaming
+        margin = tuning.window_margin_s if tuning.short_window else None
         self._final_opts = AsrOptions(language=config.language, beam_size=config.final_beam_size,
                                       word_timestamps=config.word_timestamps,
-                                      window_margin_s=tuning.window_margin_s)
+                                      window_margin_s=margin)
         self._partial_opts = AsrOptions(language=config.language,
                                         beam_size=config.partial_beam_size,
-                                        window_margin_s=tuning.window_margin_s)
+                                        window_margin_s=margin)
         self._speculate = tuning.speculative_finals
         # early decodes take the audio up to here into the pause (at most the usual padding)
         self._spec_after = min(tuning.speculative_after_ms * ms, self._pad)
