@@ -87,6 +87,31 @@ def test_long_form_chunks_batches_and_timestamps(composite, librivox, settings, 
         assert near and first in near[0].word.lower(), (start, near[:2])
 
 
+def test_one_long_chunk_with_words_keeps_every_sentence(librivox, settings, manager) -> None:
+    """All five clips back to back fit one 30 s chunk: with word timings asked for (subtitles),
+    no sentence may go missing and segments come out sentence-sized, in order, inside the audio.
+
+    (faster-whisper's batched decoding with timestamp tokens drops the text after the last
+    timestamp pair; this guards voxgate's word-timed segmentation against that.)
+    """
+    audio = np.concatenate([clip.audio for clip in librivox])
+    runner = FileTranscriber(settings, TranscribeRequest(model="whisper-base", language="en",
+                                                         word_timestamps=True), manager)
+    result = runner.run_audio(audio)
+    reference = " ".join(clip.text for clip in librivox)
+    assert wer(reference, result.text) <= 0.05, result.text
+    assert "amiable himself" in result.text.lower()
+    assert len(result.segments) >= len(librivox) - 1
+    duration = audio.size / SR
+    previous_end = 0.0
+    for segment in result.segments:
+        assert segment.end - segment.start <= 12.5, segment
+        assert previous_end - 0.01 <= segment.start <= segment.end <= duration + 1e-3
+        assert segment.text.replace(" ", "") == "".join(w.word for w in segment.words)
+        previous_end = segment.end
+    assert not any(s.text.rstrip(".").lower().endswith(" mr") for s in result.segments)
+
+
 def test_silence_noise_and_music_give_an_empty_transcript(transcriber) -> None:
     t = np.arange(20 * SR) / SR
     music = np.zeros_like(t)

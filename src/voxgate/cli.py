@@ -94,7 +94,9 @@ def transcribe(
         model=model or settings.asr.model,
         language=None if language in ("auto", "") else language,
         task=task.value,
-        word_timestamps=word_timestamps or fmt in (OutputFormat.json,),
+        # Subtitles and JSON need Whisper's timestamp pass for sentence-sized segments (as the
+        # OpenAI-compatible API does); plain text does not pay for it.
+        word_timestamps=word_timestamps or fmt is not OutputFormat.text,
         beam_size=beam_size or settings.asr.beam_size,
         batch_size=batch_size or settings.asr.batch_size,
         use_vad=not no_vad,

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import threading
+from dataclasses import replace
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,9 @@ _LOGPROB_FLOOR = -1.0
 _MAX_TOKENS_PER_S = 8
 _MAX_WORDS_PER_S = 6
 _LOOP = re.compile(r"(.{2,6}?)\1{4,}")
+# Batched decoding with timestamp tokens has no seek loop: text after Whisper's last timestamp
+# pair is dropped. A chunk whose segments stop this far before its end gets its tail decoded.
+_TAIL_REDECODE_S = 1.0
 
 
 def segment_confidence(avg_logprob: float, no_speech_prob: float) -> float:
@@ -143,8 +147,8 @@ class WhisperAsr:
         return results
 
     def _decode(self, chunks: Sequence[np.ndarray], options: AsrOptions, language: str | None,
-                *, window_s: int | None = None, max_new_tokens: int | None = None
-                ) -> list[AsrResult]:
+                *, window_s: int | None = None, max_new_tokens: int | None = None,
+                complete_tails: bool = True) -> list[AsrResult]:
         detect = language is None
         offsets: list[float] = []
         position = 0
@@ -184,7 +188,29 @@ class WhisperAsr:
             converted = _convert(len(results[i].segments), seg, shift=-offsets[i])
             if converted:
                 results[i].segments.append(converted)
+        if complete_tails and options.word_timestamps and not window_s:
+            self._decode_dropped_tails(chunks, results, options, language)
         return results
+
+    def _decode_dropped_tails(self, chunks: Sequence[np.ndarray], results: list[AsrResult],
+                              options: AsrOptions, language: str | None) -> None:
+        """Do the one seek step batched decoding lacks: decode what follows the last segment.
+
+        Whisper ends a window's output at its last complete timestamp pair; the sequential
+        decoder then seeks there and decodes the rest, the batched one silently drops it.
+        """
+        tails = [(i, r.segments[-1].end) for i, r in enumerate(results)
+                 if r.segments and r.duration - r.segments[-1].end >= _TAIL_REDECODE_S]
+        if not tails:
+            return
+        logger.debug("decoding the dropped tail of %d chunk(s)", len(tails))
+        for i, start in tails:
+            # conditioned on the chunk's text so far, as the sequential decoder's next window is
+            tail_options = replace(options, initial_prompt=results[i].text[-800:])
+            extra = self._decode([chunks[i][int(start * _SAMPLE_RATE):]], tail_options,
+                                 language or results[i].language, complete_tails=False)[0]
+            for segment in extra.segments:
+                results[i].segments.append(_shifted(segment, start, len(results[i].segments)))
 
 
 def _implausible(result: AsrResult) -> bool:
@@ -232,6 +258,12 @@ class _DetectingPipeline(BatchedInferencePipeline):  # type: ignore[misc]
         if options.multilingual:  # one decoder step on the encoder output already computed
             self.detections = self.model.model.detect_language(encoder_output)
         return encoder_output, output
+
+
+def _shifted(segment: Segment, offset: float, index: int) -> Segment:
+    words = [replace(w, start=w.start + offset, end=w.end + offset) for w in segment.words]
+    return replace(segment, id=index, start=segment.start + offset, end=segment.end + offset,
+                   words=words)
 
 
 def _convert(index: int, seg: Any, shift: float = 0.0) -> Segment | None:
