@@ -92,7 +92,7 @@ def test_one_long_chunk_with_words_keeps_every_sentence(librivox, settings, mana
     no sentence may go missing and segments come out sentence-sized, in order, inside the audio.
 
     (faster-whisper's batched decoding with timestamp tokens drops the text after the last
-    timestamp pair; this guards voxgate's word-timed segmentation against that.)
+    timestamp pair; voxgate decodes that tail again, as the sequential decoder's seek would.)
     """
     audio = np.concatenate([clip.audio for clip in librivox])
     runner = FileTranscriber(settings, TranscribeRequest(model="whisper-base", language="en",
