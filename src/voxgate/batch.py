@@ -9,7 +9,7 @@ as a generator so callers can print and report progress while the rest decodes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -18,7 +18,8 @@ from .audio import SAMPLE_RATE
 from .engines.base import Asr, AsrOptions, AsrResult, Vad, VadOptions
 from .types import Segment, SpeechSpan, Transcript, Word
 
-__all__ = ["BatchOptions", "BatchUpdate", "plan_chunks", "iter_transcribe", "transcribe_audio"]
+__all__ = ["BatchOptions", "BatchUpdate", "plan_chunks", "iter_transcribe", "collect_transcript",
+           "transcribe_audio"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,17 +154,27 @@ def _redecode_other_languages(asr: Asr, pieces: list[np.ndarray], results: list[
             results[i] = result
 
 
-def transcribe_audio(audio: np.ndarray, asr: Asr, vad: Vad | None, options: BatchOptions,
-                     model_id: str = "") -> Transcript:
-    """Collect :func:`iter_transcribe` into one :class:`Transcript`."""
+def collect_transcript(updates: Iterable[BatchUpdate], duration_s: float, model_id: str,
+                       task: str, progress: Callable[[float, float], None] | None = None
+                       ) -> Transcript:
+    """Gather :class:`BatchUpdate` objects into one :class:`Transcript`, reporting progress."""
     segments: list[Segment] = []
     last: BatchUpdate | None = None
-    for update in iter_transcribe(audio, asr, vad, options):
+    for update in updates:
         segments.extend(update.segments)
         last = update
+        if progress:
+            progress(update.processed_s, update.duration_s)
     if last is None:  # iter_transcribe yields at least once; keep the type checker honest
         raise RuntimeError("iter_transcribe yielded nothing")
     return Transcript(segments=segments, language=last.language,
                       language_probability=last.language_probability,
-                      duration=audio.size / SAMPLE_RATE, model=model_id,
-                      vad_coverage=last.vad_coverage, task=options.asr.task)
+                      duration=duration_s, model=model_id,
+                      vad_coverage=last.vad_coverage, task=task)
+
+
+def transcribe_audio(audio: np.ndarray, asr: Asr, vad: Vad | None, options: BatchOptions,
+                     model_id: str = "") -> Transcript:
+    """Collect :func:`iter_transcribe` into one :class:`Transcript`."""
+    return collect_transcript(iter_transcribe(audio, asr, vad, options),
+                              audio.size / SAMPLE_RATE, model_id, options.asr.task)

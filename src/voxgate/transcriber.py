@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .audio import SAMPLE_RATE, AudioSource, decode_audio
-from .batch import BatchOptions, BatchUpdate, iter_transcribe
+from .batch import BatchOptions, BatchUpdate, collect_transcript, iter_transcribe
 from .config import Settings
 from .engines.base import AsrOptions, VadOptions
 from .engines.manager import ModelManager
-from .types import Segment, Transcript
+from .types import Transcript
 
 __all__ = ["TranscribeRequest", "FileTranscriber"]
 
@@ -88,22 +88,8 @@ class FileTranscriber:
 
     def run_audio(self, audio: np.ndarray, progress: ProgressCallback | None = None) -> Transcript:
         """Transcribe already-decoded float32 16 kHz mono audio into one Transcript."""
-        segments: list[Segment] = []
-        last: BatchUpdate | None = None
-        for update in self.iter_audio(audio):
-            segments.extend(update.segments)
-            last = update
-            if progress:
-                progress(update.processed_s, update.duration_s)
-        return Transcript(
-            segments=segments,
-            language=last.language if last else (self.request.language or ""),
-            language_probability=last.language_probability if last else 0.0,
-            duration=audio.size / SAMPLE_RATE,
-            model=self.model_id(),
-            vad_coverage=last.vad_coverage if last else 0.0,
-            task=self.request.task,
-        )
+        return collect_transcript(self.iter_audio(audio), audio.size / SAMPLE_RATE,
+                                  self.model_id(), self.request.task, progress)
 
     def run(self, source: AudioSource, progress: ProgressCallback | None = None) -> Transcript:
         """Decode ``source`` (path, bytes or stream) and transcribe it."""
