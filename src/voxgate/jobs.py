@@ -47,6 +47,14 @@ QUEUE_NAME = "voxgate"
 _TASK = "voxgate:task:{}"
 _EVENTS = "voxgate:task:{}:events"
 STATS_KEY = "voxgate:stats"
+# max(stored progress, new progress), in one atomic step (a worker and the failure callback of
+# a retried job may write at the same time)
+_RAISE_PROGRESS = """
+local stored = redis.call('HGET', KEYS[1], 'progress')
+if stored and tonumber(stored) and tonumber(stored) >= tonumber(ARGV[1]) then return stored end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+return ARGV[1]
+"""
 
 
 class TaskStatus(str, enum.Enum):
@@ -103,7 +111,14 @@ class TaskStore:
         pipe.expire(key, self.ttl_s)
 
     def update(self, task_id: str, *, event: bool = True, **fields: Any) -> None:
-        """Set fields (dicts/lists stored as JSON) and append an event with status/progress."""
+        """Set fields (dicts/lists stored as JSON) and append an event with status/progress.
+
+        ``progress`` only ever rises: a retried attempt (a worker that died, a transient engine
+        error, whatever the queue library decides) starts its stages at 0 again, but status and
+        SSE consumers must never see progress go backwards, so the stored value is the maximum.
+        """
+        if fields.get("progress") is not None:
+            fields["progress"] = self._raise_progress(task_id, float(fields["progress"]))
         encoded = {k: json.dumps(v) if k in _JSON_FIELDS or isinstance(v, (dict, list))
                    else ("" if v is None else str(v)) for k, v in fields.items()}
         with self.redis.pipeline() as pipe:
@@ -115,6 +130,11 @@ class TaskStore:
                     summary["progress"] = float(summary["progress"])
                 self._event(pipe, task_id, summary)
             pipe.execute()
+
+    def _raise_progress(self, task_id: str, progress: float) -> float:
+        """Atomically store max(stored, ``progress``); returns the value now stored."""
+        stored = self.redis.eval(_RAISE_PROGRESS, 1, _TASK.format(task_id), repr(progress))
+        return float(stored)
 
     def incr_attempts(self, task_id: str) -> int:
         return int(self.redis.hincrby(_TASK.format(task_id), "attempts", 1))

@@ -1,0 +1,57 @@
+"""TaskStore on a real (embedded) Redis: what status and SSE consumers can rely on."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from types import SimpleNamespace
+
+import pytest
+
+from voxgate.config import Settings
+from voxgate.jobs import EmbeddedRedis, TaskStatus, TaskStore, connect
+from voxgate.worker import on_job_failure
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("redis"), offline=True, _env_file=None)
+    redis = EmbeddedRedis(settings)
+    url = redis.start()
+    try:
+        yield TaskStore(connect(url), 60)
+    finally:
+        redis.stop()
+
+
+def _event_progress(store: TaskStore, task_id: str) -> list[float]:
+    entries = store.redis.xrange(f"voxgate:task:{task_id}:events")
+    data = [json.loads(fields[b"data"]) for _, fields in entries]
+    return [d["progress"] for d in data if "progress" in d]
+
+
+def test_progress_never_goes_backwards_when_a_job_is_retried(store: TaskStore) -> None:
+    """A second attempt starts its stages at 0 again: status and events keep the maximum."""
+    task_id = str(uuid.uuid4())
+    store.create(task_id, {"features": ["raw_transcript"]}, None)
+    store.update(task_id, status=TaskStatus.PREPROCESSING.value, progress=0.0)
+    store.update(task_id, status=TaskStatus.PROCESSING_ASR.value, progress=0.42)
+    # what RQ's failure callback does for a job with retries left, then the next attempt
+    on_job_failure(SimpleNamespace(id=task_id, retries_left=1), store.redis,
+                   RuntimeError, RuntimeError("worker lost"), None)
+    assert store.get(task_id)["status"] == TaskStatus.PENDING.value
+    store.update(task_id, status=TaskStatus.PREPROCESSING.value, progress=0.0)
+    store.update(task_id, status=TaskStatus.PROCESSING_ASR.value, progress=0.05)
+    assert store.get(task_id)["progress"] == pytest.approx(0.42)
+    store.update(task_id, status=TaskStatus.PROCESSING_ASR.value, progress=0.6)
+    progress = _event_progress(store, task_id)
+    assert progress == sorted(progress) and progress[-1] == pytest.approx(0.6)
+    assert store.get(task_id)["progress"] == pytest.approx(0.6)
+
+
+def test_updates_without_progress_leave_it_alone(store: TaskStore) -> None:
+    task_id = str(uuid.uuid4())
+    store.create(task_id, {}, None)
+    store.update(task_id, progress=0.3)
+    store.update(task_id, error="transient", event=False)
+    assert store.get(task_id)["progress"] == pytest.approx(0.3)
