@@ -6,6 +6,7 @@ Kept apart from ``conftest`` so test modules import only what they use:
 
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 from pathlib import Path
 
@@ -103,3 +104,32 @@ def sparse_silent_wav(path: Path, seconds: float, rate: int = 16_000) -> Path:
         handle.write(header)
         handle.truncate(len(header) + size)
     return path
+
+
+def silence_flac(seconds: float, rate: int = 8000, declare_duration: bool = True) -> bytes:
+    """A tiny FLAC of ``seconds`` of digital silence (6 h at 8 kHz is ~55 kB).
+
+    FLAC blocks of 65535 samples of silence cost a few bytes each, so hours fit in a small
+    upload: the shape of a decompression bomb. ``declare_duration=False`` zeroes the total
+    sample count in STREAMINFO, so a decoder learns the length only by decoding.
+    """
+    buf = io.BytesIO()
+    chunk = np.zeros((1, rate * 10), np.int16)
+    with av.open(buf, "w", format="flac") as out:
+        stream = out.add_stream("flac", rate=rate, layout="mono")
+        stream.codec_context.format = "s16"
+        stream.options = {"frame_size": "65535"}
+        pts = 0
+        for _ in range(int(seconds // 10)):
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = rate, pts
+            pts += chunk.shape[1]
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    data = bytearray(buf.getvalue())
+    if not declare_duration:  # STREAMINFO starts at byte 8; total samples: 36 bits from byte 21
+        data[8 + 13] &= 0xF0
+        data[8 + 14:8 + 18] = bytes(4)
+    return bytes(data)

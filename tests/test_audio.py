@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
-from media import FORMATS, encode, encode_as
+from media import FORMATS, encode, encode_as, silence_flac
 
 from voxgate.audio import (
     StreamResampler,
@@ -24,7 +24,7 @@ from voxgate.audio import (
     probe_duration,
     resample,
 )
-from voxgate.errors import AudioError
+from voxgate.errors import AudioError, AudioTooLongError
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +218,28 @@ def test_long_file_decodes_in_bounded_memory(tmp_path: Path) -> None:
     assert streaming_peak < 16 * 2**20, streaming_peak  # a few 30 s blocks at most
     assert whole_peak < 1.2 * result_bytes + 16 * 2**20, whole_peak
     assert whole_peak < original_rate_bytes / 4
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
+def test_max_seconds_stops_decoding_at_the_limit(declared):
+    # 6 hours of silence in ~55 kB: decoded whole it would be 1.4 GB of float32.
+    bomb = silence_flac(6 * 3600, declare_duration=declared)
+    assert len(bomb) < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(AudioTooLongError, match="60 s") as caught:
+            decode_audio(bomb, max_seconds=60)
+        with pytest.raises(AudioTooLongError):
+            for _ in iter_audio_blocks(bomb, max_seconds=60):
+                pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.limit_s == 60 and isinstance(caught.value, AudioError)
+    assert peak < 32 * 2**20, peak  # the limit's worth of samples and a block, not hours
+    # audio within the limit decodes whole, to the sample
+    short = decode_audio(silence_flac(60, declare_duration=declared), max_seconds=60)
+    assert short.size == 60 * 16_000
 
 
 @pytest.mark.parametrize("make,message", [

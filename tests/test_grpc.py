@@ -18,6 +18,7 @@ riva_client = pytest.importorskip("riva.client", reason="extra 'grpc' (nvidia-ri
 
 from conftest import wer
 from live_server import API_KEY
+from media import silence_flac
 
 
 def _asr(live, metadata=(("x-api-key", API_KEY),)):
@@ -132,6 +133,16 @@ def test_bad_audio_is_invalid_argument(live):
             asr.offline_recognize(audio, _config())
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, audio
         assert words in err.value.details()
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
+def test_recognize_refuses_audio_past_the_duration_limit(live, declared):
+    # 6 h of silence in ~55 kB of FLAC; the live server allows the default 1 h per request.
+    bomb = silence_flac(6 * 3600, declare_duration=declared)
+    with pytest.raises(grpc.RpcError) as err:
+        _asr(live).offline_recognize(bomb, _config())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "3600 s" in err.value.details() and "VOXGATE_MAX_AUDIO_S" in err.value.details()
 
 
 def test_streaming_errors(live, librivox):

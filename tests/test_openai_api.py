@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from itertools import pairwise
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import srt
 import webvtt
 from conftest import wer
 from live_server import serve_app
-from media import encode
+from media import encode, silence_flac
 
 from voxgate.audio import SAMPLE_RATE, encode_wav
 from voxgate.server.app import create_app
@@ -39,7 +40,7 @@ KEY = "test-key-openai"
 def server(settings, manager):
     """A live voxgate server with auth on and small limits."""
     asr = settings.asr.model_copy(update={"max_chunk_s": 10.0, "batch_size": 1})
-    cfg = settings.model_copy(update={"api_keys": [KEY], "max_upload_mb": 1,
+    cfg = settings.model_copy(update={"api_keys": [KEY], "max_upload_mb": 1, "max_audio_s": 120,
                                       "max_concurrent_transcriptions": 1, "asr": asr})
     with serve_app(create_app(cfg, manager=manager, components=[])) as live:
         yield live
@@ -293,6 +294,24 @@ def test_too_large_upload(client, clip):
     err = _expect(413, lambda: client.audio.transcriptions.create(
         model="whisper-1", file=("long.wav", encode_wav(audio))))
     assert err["code"] == "file_too_large" and "1 MB" in err["message"]
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
+def test_hours_of_compressed_silence_are_refused_at_the_duration_limit(client, declared):
+    # 6 h of silence in ~55 kB of FLAC (well under the 1 MB upload limit): decoded whole that
+    # is 1.4 GB of samples (twice over when blocks were collected, then joined). The server
+    # stops decoding at VOXGATE_MAX_AUDIO_S (120 s here) and answers 413.
+    bomb = silence_flac(6 * 3600, declare_duration=declared)
+    tracemalloc.start()  # the server runs in this process: its decoding is traced too
+    try:
+        err = _expect(413, lambda: client.audio.transcriptions.create(
+            model="whisper-1", file=("silence.flac", bomb)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err["param"] == "file" and err["code"] == "file_too_large"
+    assert "120 s" in err["message"] and "VOXGATE_MAX_AUDIO_S" in err["message"]
+    assert peak < 64 * 2**20, peak  # about the limit's 7.7 MB of samples, not gigabytes
 
 
 def test_bad_options(client, clip):

@@ -225,6 +225,20 @@ def test_streaming_variant_with_an_english_only_model(streaming_wyoming, librivo
     assert wer(clip.text, Transcript.from_event(events[-1]).text) <= 0.15
 
 
+def test_utterance_past_the_duration_limit_is_an_error_event(settings, manager, librivox):
+    """VOXGATE_MAX_AUDIO_S bounds one utterance: 7.1 s of speech against a 5 s limit."""
+    clip = max(librivox, key=lambda c: c.path.stat().st_size)
+    component = WyomingServer("tcp://127.0.0.1:0")
+    app = create_app(settings.model_copy(update={"max_audio_s": 5.0}), manager=manager,
+                     components=[component])
+    with serve_app(app):
+        events = _run(_transcribe(component.bound, _pcm(clip.audio, 48_000, 2), 48_000, 2,
+                                  language="en"))
+    error = Error.from_event(events[-1])
+    assert error.code == "bad-request"
+    assert "5 s" in error.text and "VOXGATE_MAX_AUDIO_S" in error.text
+
+
 def test_silence_gives_an_empty_transcript(wyoming_server):
     silence = float32_to_pcm16(np.zeros(SAMPLE_RATE, np.float32))
     events = _run(_transcribe(wyoming_server, silence, 16_000, 1, language="en"))

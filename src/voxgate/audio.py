@@ -18,7 +18,7 @@ from typing import BinaryIO, Union
 import numpy as np
 import soxr
 
-from .errors import AudioError
+from .errors import AudioError, AudioTooLongError
 
 __all__ = [
     "SAMPLE_RATE",
@@ -77,23 +77,40 @@ def _ffmpeg_reason(exc: Exception) -> str:
 
 
 def iter_audio_blocks(
-    source: AudioSource, sample_rate: int = SAMPLE_RATE, block_seconds: float = _BLOCK_SECONDS
+    source: AudioSource, sample_rate: int = SAMPLE_RATE, block_seconds: float = _BLOCK_SECONDS,
+    max_seconds: float | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield float32 mono blocks of about ``block_seconds`` at ``sample_rate``.
 
     Memory stays bounded by one block at the source rate, whatever the file's length. A file
     truncated mid-stream yields what was decodable and logs a warning rather than failing.
+    ``max_seconds``: :class:`AudioTooLongError` as soon as the decoded audio passes it (or at
+    once when the container declares a longer duration).
     """
     container, name = _open_container(source)
     try:
-        yield from _decode_blocks(container, name, sample_rate, block_seconds)
+        yield from _decode_blocks(container, name, sample_rate, block_seconds, max_seconds)
     finally:
         container.close()
 
 
+def _too_long(name: str, max_seconds: float) -> AudioTooLongError:
+    return AudioTooLongError(f"{name}: longer than the {max_seconds:g} s of audio allowed",
+                             max_seconds)
+
+
 def _decode_blocks(container, name: str, sample_rate: int,  # av container
-                   block_seconds: float) -> Iterator[np.ndarray]:
+                   block_seconds: float, max_seconds: float | None = None,
+                   ) -> Iterator[np.ndarray]:
     import av
+
+    limit = None
+    if max_seconds is not None:
+        declared = _declared_seconds(container)
+        if declared is not None and declared > max_seconds + 1.0:  # + codec padding
+            raise _too_long(name, max_seconds)
+        limit = int(max_seconds * sample_rate)
+    produced = 0
 
     stream = container.streams.audio[0]
     stream.thread_type = "AUTO"
@@ -110,11 +127,14 @@ def _decode_blocks(container, name: str, sample_rate: int,  # av container
     block_len = max(int(block_seconds * sample_rate), 1)
 
     def take(frames: list) -> Iterator[np.ndarray]:  # av frames
-        nonlocal converter, pending, pending_len
+        nonlocal converter, pending, pending_len, produced
         for mono in frames:
             if converter is None:
                 converter = _RateConverter(mono.sample_rate, sample_rate)
             out = converter.process(mono.to_ndarray().reshape(-1))
+            produced += out.size
+            if limit is not None and produced > limit:  # stop decoding: never hold the rest
+                raise _too_long(name, max_seconds)
             if out.size:
                 pending.append(out)
                 pending_len += out.size
@@ -161,18 +181,24 @@ def _make_stream(in_rate: int, out_rate: int) -> soxr.ResampleStream:
     return soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
 
 
-def decode_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def decode_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE,
+                 max_seconds: float | None = None) -> np.ndarray:
     """Decode a whole file/bytes/stream to float32 mono at ``sample_rate``.
 
     Raises :class:`AudioError` with a one-line reason for missing, empty, non-audio or
     undecodable input; zero decoded samples is also an error. The output buffer is sized from
     the container's declared duration, so peak memory is about one copy of the 16 kHz result
     plus one block, not the whole file at its original rate (nor two copies of the result).
+    ``max_seconds``: :class:`AudioTooLongError` once the decoded audio passes it; decoding
+    stops there, so a tiny file of days of silence never costs more than the limit.
     """
     container, name = _open_container(source)
     try:
-        out = _Accumulator(_expected_samples(container, sample_rate))
-        for block in _decode_blocks(container, name, sample_rate, _BLOCK_SECONDS):
+        expected = _expected_samples(container, sample_rate)
+        if max_seconds is not None:
+            expected = min(expected, int(max_seconds * sample_rate) + sample_rate)
+        out = _Accumulator(expected)
+        for block in _decode_blocks(container, name, sample_rate, _BLOCK_SECONDS, max_seconds):
             out.add(block)
     finally:
         container.close()
@@ -182,13 +208,18 @@ def decode_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> np.ndar
     return np.clip(audio, -1.0, 1.0, out=audio)
 
 
-def _expected_samples(container, sample_rate: int) -> int:  # av container
+def _declared_seconds(container) -> float | None:  # av container
+    """The duration the container declares (None when it declares none)."""
     stream = container.streams.audio[0]
-    seconds = None
     if stream.duration is not None and stream.time_base is not None:
-        seconds = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        seconds = container.duration / 1_000_000
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return None
+
+
+def _expected_samples(container, sample_rate: int) -> int:  # av container
+    seconds = _declared_seconds(container)
     if not seconds or seconds < 0 or seconds > 48 * 3600:  # unknown or implausible: grow
         return 0
     return int(seconds * sample_rate) + sample_rate  # + 1 s for codec padding
@@ -222,12 +253,7 @@ def probe_duration(source: str | os.PathLike) -> float | None:
     """Container-declared duration in seconds without decoding (None when unknown)."""
     container, _ = _open_container(source)
     try:
-        stream = container.streams.audio[0]
-        if stream.duration is not None and stream.time_base is not None:
-            return float(stream.duration * stream.time_base)
-        if container.duration is not None:
-            return container.duration / 1_000_000
-        return None
+        return _declared_seconds(container)
     finally:
         container.close()
 

@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     grpc_tls_key: Path | None = None  # PEM private key for grpc_tls_cert
     wyoming_uri: str = ""
     max_upload_mb: int = Field(500, ge=1)
+    # decoded audio per request: synchronous doors (OpenAI API, Riva Recognize, Wyoming) and
+    # queued jobs; decoding stops at the limit (413 / INVALID_ARGUMENT / error event)
+    max_audio_s: float = Field(3600.0, gt=0.0)
+    max_job_audio_s: float = Field(4 * 3600.0, gt=0.0)
     max_queue_depth: int = Field(100, ge=1)
     max_streams: int = Field(16, ge=1)
     max_concurrent_transcriptions: int = Field(2, ge=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "VoxgateError",
     "AudioError",
+    "AudioTooLongError",
     "ModelError",
     "MissingExtraError",
     "EngineError",
@@ -28,6 +29,14 @@ class AudioError(VoxgateError, ValueError):
 
 
 class ModelError(VoxgateError, RuntimeError):
+class AudioTooLongError(AudioError):
+    """Decoded audio is longer than the limit of the door it came through (HTTP 413)."""
+
+    def __init__(self, message: str, limit_s: float) -> None:
+        super().__init__(message)
+        self.limit_s = limit_s
+
+
     """A model could not be resolved, verified or loaded, or violates its contract."""
 
 

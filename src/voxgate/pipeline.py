@@ -18,7 +18,7 @@ from typing import Any
 from .audio import decode_audio
 from .config import Settings
 from .engines.manager import ModelManager
-from .errors import ConfigError
+from .errors import AudioTooLongError, ConfigError
 from .postprocess import PostProcessor, llm_model_id, load_template
 from .transcriber import FileTranscriber, TranscribeRequest
 from .types import Transcript
@@ -118,6 +118,15 @@ def _model_record(manager: ModelManager, kind: str, model_id: str) -> dict[str, 
             "sha256": resolved.sha256}
 
 
+def _decode(audio_path: Path | str, max_seconds: float):  # -> np.ndarray
+    """The job's audio, decoding no further than the jobs' duration limit."""
+    try:
+        return decode_audio(audio_path, max_seconds=max_seconds)
+    except AudioTooLongError:
+        raise AudioTooLongError(f"the audio is longer than the {max_seconds:g} s limit for jobs "
+                                "(VOXGATE_MAX_JOB_AUDIO_S)", max_seconds) from None
+
+
 def run_pipeline(settings: Settings, manager: ModelManager, audio_path: Path | str,
                  spec: JobSpec, on_stage: StageFn | None = None,
                  check_cancel: CancelCheck | None = None) -> JobOutcome:
@@ -129,7 +138,7 @@ def run_pipeline(settings: Settings, manager: ModelManager, audio_path: Path | s
     asr_end = 0.6 if spec.needs_llm else 0.95
 
     report("PREPROCESSING", 0.01)
-    audio = clock.run("preprocess", lambda: decode_audio(audio_path))
+    audio = clock.run("preprocess", lambda: _decode(audio_path, settings.max_job_audio_s))
     duration = audio.size / 16_000
     cancel()
 

@@ -32,7 +32,14 @@ import riva.client.proto.riva_audio_pb2 as raudio
 
 from ..audio import decode_audio
 from ..config import Settings
-from ..errors import AudioError, ConfigError, EngineError, ModelError, VoxgateError
+from ..errors import (
+    AudioError,
+    AudioTooLongError,
+    ConfigError,
+    EngineError,
+    ModelError,
+    VoxgateError,
+)
 from ..streaming import (
     PcmInput,
     StreamConfig,
@@ -203,10 +210,19 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         if len(data) > limit:
             raise AudioError(f"audio: {len(data)} bytes exceeds the "
                              f"{self.settings.streaming.max_recognize_mb} MB limit")
+        max_s = self.settings.max_audio_s
+        too_long = (f"audio: longer than the {max_s:g} s limit of Recognize "
+                    "(VOXGATE_MAX_AUDIO_S); stream it with StreamingRecognize")
         if data[:4] in _FILE_MAGIC or data[:3] in _FILE_MAGIC or data[:2] in _FILE_MAGIC:
-            return decode_audio(data)  # a whole file: its header says rate and channels
+            try:  # a whole file: its header says rate and channels
+                return decode_audio(data, max_seconds=max_s)
+            except AudioTooLongError:
+                raise AudioTooLongError(too_long, max_s) from None
         rate = config.sample_rate_hertz or 16_000
-        pcm = PcmInput("pcm16", rate, max(config.audio_channel_count, 1))
+        channels = max(config.audio_channel_count, 1)
+        if len(data) / (2 * channels * rate) > max_s:
+            raise AudioTooLongError(too_long, max_s)
+        pcm = PcmInput("pcm16", rate, channels)
         audio = np.concatenate([pcm.convert(data), pcm.flush()])
         if audio.size == 0:
             raise AudioError("audio: no samples")

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from ..config import Settings
-from ..errors import AudioError, ConfigError, ModelError
+from ..errors import AudioError, AudioTooLongError, ConfigError, ModelError
 from ..jobs import TERMINAL, EmbeddedRedis, JobQueue, connect, ensure_queue_available
 from ..pipeline import FEATURES, JobSpec
 from ..postprocess import list_templates
@@ -177,11 +177,12 @@ def _task_id(task_id: str) -> str:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task {task_id[:64]!r}") from None
 
 
-def _probe(path: Path) -> None:
-    """A real decode of the first second: ``AudioError`` unless the file holds audio."""
+def _probe(path: Path, max_seconds: float) -> None:
+    """A real decode of the first second: ``AudioError`` unless the file holds audio,
+    ``AudioTooLongError`` when it declares more than ``max_seconds``."""
     from ..audio import iter_audio_blocks
 
-    blocks = iter_audio_blocks(path, block_seconds=1.0)
+    blocks = iter_audio_blocks(path, block_seconds=1.0, max_seconds=max_seconds)
     try:
         first = next(blocks, None)
     finally:
@@ -269,7 +270,11 @@ async def process(request: Request) -> JSONResponse:
     finally:
         await form.close()
     try:
-        await asyncio.to_thread(_probe, path)
+        await asyncio.to_thread(_probe, path, settings.max_job_audio_s)
+    except AudioTooLongError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise _reject(state, 413, f"the audio is longer than the {exc.limit_s:g} s limit for "
+                                  "jobs (VOXGATE_MAX_JOB_AUDIO_S)") from exc
     except AudioError as exc:
         shutil.rmtree(directory, ignore_errors=True)
         raise _reject(state, 415, f"not a decodable audio file: {exc}") from exc

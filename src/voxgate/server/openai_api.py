@@ -30,8 +30,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 
-from ..audio import iter_audio_blocks
-from ..errors import AudioError, EngineError, ModelError, VoxgateError
+from ..audio import decode_audio
+from ..errors import AudioError, AudioTooLongError, EngineError, ModelError, VoxgateError
 from ..formats import render
 from ..languages import language_code, language_name
 from ..models import get_spec
@@ -96,6 +96,8 @@ def _as_openai_error(exc: BaseException) -> OpenAIError:
         param = loc[0] if loc else None
         message = first.get("msg", "invalid request")
         return OpenAIError(400, f"{param}: {message}" if param else message, param=param)
+    if isinstance(exc, AudioTooLongError):
+        return OpenAIError(413, _too_long_message(exc.limit_s), param="file")
     if isinstance(exc, AudioError):
         return OpenAIError(415, f"the file is not audio voxgate can decode: {exc}", param="file")
     if isinstance(exc, ModelError):
@@ -306,24 +308,29 @@ class _Worker:
         return item
 
 
-def _decode(source: BinaryIO, filename: str) -> np.ndarray:
-    """The upload as 16 kHz float32: 415 when it is not audio, 400 when it holds no samples."""
+def _too_long_message(limit_s: float) -> str:
+    return f"the audio is longer than the {limit_s:g} s limit (VOXGATE_MAX_AUDIO_S)"
+
+
+def _decode(source: BinaryIO, filename: str, max_seconds: float) -> np.ndarray:
+    """The upload as 16 kHz float32: 415 when it is not audio, 400 when it holds no samples,
+    413 as soon as the decoded audio passes ``max_seconds`` (decoding stops there)."""
     source.seek(0)
     try:
-        blocks = list(iter_audio_blocks(source))
+        return decode_audio(source, max_seconds=max_seconds)
+    except AudioTooLongError as exc:
+        raise OpenAIError(413, _too_long_message(exc.limit_s), param="file") from None
     except AudioError as exc:  # its message starts with the spooled file's (useless) name
         reason = str(exc).removeprefix(f"{getattr(source, 'name', '<stream>')}: ")
+        if "zero-length audio" in reason:
+            raise OpenAIError(400, "the file contains no audio samples", param="file") from None
         raise OpenAIError(415, f"{filename or 'file'}: {reason}", param="file") from None
-    audio = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
-    if audio.size == 0:
-        raise OpenAIError(400, "the file contains no audio samples", param="file")
-    return np.clip(audio, -1.0, 1.0, out=audio)
 
 
 def _prepare(state: AppState, upload: UploadFile,
              job: AudioJob) -> tuple[FileTranscriber, np.ndarray]:
-    audio = _decode(upload.file, upload.filename or "")
     settings = state.settings
+    audio = _decode(upload.file, upload.filename or "", settings.max_audio_s)
     transcriber = FileTranscriber(settings, TranscribeRequest(
         model=job.model, language=job.language, task=job.task,
         # Whisper's timestamp tokens give sentence-sized segments (subtitles, verbose_json).

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE, StreamResampler, pcm16_to_float32
 from ..errors import (
+    AudioTooLongError,
     ConfigError,
     EngineError,
     MissingExtraError,
@@ -104,7 +105,8 @@ class _AudioIn:
     """One audio stream's converter: raw PCM in its own format -> float32 mono 16 kHz."""
 
     def __init__(self, rate: int, width: int, channels: int, max_bytes: int,
-                 received: int = 0) -> None:
+                 received: int = 0, max_seconds: float | None = None,
+                 seconds: float = 0.0) -> None:
         if rate <= 0 or channels <= 0:
             raise ProtocolError(f"invalid audio format: rate={rate} channels={channels}")
         _pcm_to_float32(b"", width)  # rejects an unsupported width up front
@@ -114,6 +116,8 @@ class _AudioIn:
         self.pending = b""  # a partial frame waiting for the rest of its bytes
         self.received = received
         self.max_bytes = max_bytes
+        self.seconds = seconds  # audio received so far in this stream, over every format
+        self.max_seconds = max_seconds
 
     def convert(self, data: bytes) -> np.ndarray:
         """The new 16 kHz samples for ``data`` (frames may straddle chunk borders)."""
@@ -121,6 +125,10 @@ class _AudioIn:
         if self.received > self.max_bytes:
             raise ProtocolError(f"audio stream is longer than the {self.max_bytes // 2**20} MB "
                                 "limit (VOXGATE_MAX_UPLOAD_MB)")
+        self.seconds += len(data) / (self.frame_bytes * self.format[0])
+        if self.max_seconds is not None and self.seconds > self.max_seconds:
+            raise AudioTooLongError(f"audio stream is longer than the {self.max_seconds:g} s "
+                                    "limit (VOXGATE_MAX_AUDIO_S)", self.max_seconds)
         data = self.pending + data
         usable = len(data) - len(data) % self.frame_bytes
         self.pending = data[usable:]
@@ -335,7 +343,9 @@ class WyomingSttHandler:
     async def _start_audio(self, rate: int, width: int, channels: int) -> None:
         await self._reset()
         self.failed = False
-        self.audio = _AudioIn(rate, width, channels, self.state.settings.max_upload_mb * 2**20)
+        settings = self.state.settings
+        self.audio = _AudioIn(rate, width, channels, settings.max_upload_mb * 2**20,
+                              max_seconds=settings.max_audio_s)
         if self.streaming is not None:
             languages = get_spec(self.model).languages  # an English-only model needs no guess
             language = self.language or (languages[0] if len(languages) == 1 and
@@ -357,7 +367,8 @@ class WyomingSttHandler:
             # The format changed mid-stream: it travels with the chunks, so follow it.
             await self.utterance.add(audio.flush())
             audio = self.audio = _AudioIn(chunk.rate, chunk.width, chunk.channels,
-                                          audio.max_bytes, audio.received)
+                                          audio.max_bytes, audio.received, audio.max_seconds,
+                                          audio.seconds)
         await self.utterance.add(audio.convert(chunk.audio))
 
     async def _stop_audio(self) -> None:
