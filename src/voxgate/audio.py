@@ -32,6 +32,15 @@ __all__ = [
     "resample",
     "encode_wav",
     "StreamResampler",
+    "AUDIO_FORMATS",
+    "MEDIA_TYPES",
+    "AudioEncoder",
+    "change_tempo",
+    "check_format",
+    "decode_audio_native",
+    "encode_audio",
+    "iter_encoded",
+    "output_rate",
 ]
 
 logger = logging.getLogger(__name__)
@@ -333,3 +342,235 @@ class StreamResampler:
         if self._stream is None:
             return np.zeros(0, np.float32)
         return self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+# --- encoding (speech out) -------------------------------------------------------------------
+
+AUDIO_FORMATS = ("wav", "pcm", "flac", "mp3", "opus", "aac")
+MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac",
+               "mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac"}
+# format -> (container, codec, sample format, samples per frame or 0 for the codec's own)
+_CODECS = {
+    "flac": ("flac", "flac", "s16", 4096),
+    "mp3": ("mp3", "libmp3lame", "s16p", 1152),
+    "opus": ("ogg", "libopus", "flt", 0),  # 20 ms at the stream's rate
+    "aac": ("adts", "aac", "fltp", 1024),
+}
+_CODEC_RATES = {
+    "mp3": (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000),
+    "opus": (8000, 12000, 16000, 24000, 48000),
+    "aac": (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200,
+            96000),
+}
+_UNKNOWN_SIZE = 0xFFFFFFFF
+
+
+def check_format(fmt: str) -> str:
+    """``fmt`` lower-cased when it is one of :data:`AUDIO_FORMATS`, else :class:`AudioError`."""
+    name = str(fmt).lower()
+    if name not in AUDIO_FORMATS:
+        raise AudioError(f"unknown audio format {fmt!r}; choose one of {', '.join(AUDIO_FORMATS)}")
+    return name
+
+
+def output_rate(fmt: str, in_rate: int, requested: int | None = None) -> int:
+    """The sample rate a ``fmt`` stream will have: ``requested`` when the codec supports it
+    (else :class:`AudioError`), otherwise ``in_rate`` or the nearest higher rate the codec has."""
+    fmt = check_format(fmt)
+    rates = _CODEC_RATES.get(fmt)
+    if requested is not None:
+        if requested < 8000 or requested > 192_000:
+            raise AudioError(f"sample rate {requested} Hz out of range (8000-192000)")
+        if rates and requested not in rates:
+            raise AudioError(f"{fmt} cannot be encoded at {requested} Hz; supported: "
+                             f"{', '.join(map(str, rates))}")
+        return requested
+    if not rates or in_rate in rates:
+        return in_rate
+    return next((r for r in rates if r >= in_rate), rates[-1])
+
+
+def _wav_header(sample_rate: int, data_bytes: int) -> bytes:
+    riff = _UNKNOWN_SIZE if data_bytes == _UNKNOWN_SIZE else 36 + data_bytes
+    return (b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt "
+            + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+            + b"data" + struct.pack("<I", data_bytes))
+
+
+class _Sink:
+    """A write-only, non-seekable byte sink: PyAV muxes into it as for a pipe."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+class AudioEncoder:
+    """Encode a float32 mono stream chunk by chunk (for chunked HTTP bodies, gRPC, sockets).
+
+    ``encode`` returns the bytes ready so far (possibly empty: codecs work in frames) and
+    ``finish`` the rest; the concatenation is one valid file/stream of ``fmt``. ``in_rate`` is
+    the audio's rate, ``out_rate`` the rate wanted (resampled with state across chunks; None:
+    ``in_rate`` or the nearest rate the codec supports). ``wav`` streams carry a header with
+    unknown sizes (as OpenAI streams WAV); ``pcm`` is raw little-endian 16-bit mono.
+    """
+
+    def __init__(self, fmt: str, in_rate: int, out_rate: int | None = None) -> None:
+        self.format = check_format(fmt)
+        self.in_rate = in_rate
+        self.sample_rate = output_rate(self.format, in_rate, out_rate)
+        self._resampler = StreamResampler(in_rate, self.sample_rate)
+        self._started = False
+        self._finished = False
+        self._container = None
+        self._stream = None
+        self._framer = None
+        self._pts = 0
+        self._sink = _Sink()
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+    def _open(self) -> None:
+        import av
+
+        container_format, codec, sample_format, frame_size = _CODECS[self.format]
+        self._container = av.open(self._sink, mode="w", format=container_format)
+        stream = self._container.add_stream(codec, rate=self.sample_rate)
+        stream.layout = "mono"
+        stream.format = sample_format
+        if self.format == "opus":
+            frame_size = self.sample_rate // 50
+        self._stream = stream
+        self._framer = av.AudioResampler(format=sample_format, layout="mono",
+                                         rate=self.sample_rate, frame_size=frame_size)
+
+    def _mux(self, samples: np.ndarray | None) -> None:
+        import av
+
+        if samples is None:
+            frames = self._framer.resample(None)
+        else:
+            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt",
+                                               layout="mono")
+            frame.sample_rate = self.sample_rate
+            frame.pts = self._pts
+            self._pts += samples.size
+            frames = self._framer.resample(frame)
+        for out in frames:
+            for packet in self._stream.encode(out):
+                self._container.mux(packet)
+
+    def encode(self, audio: np.ndarray) -> bytes:
+        """Feed float32 mono samples at ``in_rate``; returns the bytes ready so far."""
+        if self._finished:
+            raise AudioError("encoder already finished")
+        samples = np.clip(self._resampler.process(audio), -1.0, 32767 / 32768)
+        return self._encode_resampled(samples.astype(np.float32, copy=False))
+
+    def _encode_resampled(self, samples: np.ndarray) -> bytes:
+        head = b""
+        if not self._started:
+            self._started = True
+            if self.format == "wav":
+                head = _wav_header(self.sample_rate, _UNKNOWN_SIZE)
+            elif self.format != "pcm":
+                self._open()
+        if self.format in ("wav", "pcm"):
+            return head + float32_to_pcm16(samples)
+        if samples.size:
+            self._mux(samples)
+        return head + self._sink.take()
+
+    def finish(self) -> bytes:
+        """Flush resampler and codec; returns the last bytes (the trailer where a format has one)."""
+        if self._finished:
+            return b""
+        tail = self._encode_resampled(self._resampler.flush())
+        self._finished = True
+        if self._container is not None:
+            self._mux(None)
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            self._container.close()
+            tail += self._sink.take()
+        return tail
+
+
+def encode_audio(audio: np.ndarray, sample_rate: int, fmt: str = "wav",
+                 out_rate: int | None = None) -> bytes:
+    """A whole float32 mono buffer -> one complete file of ``fmt`` (``wav`` with exact sizes).
+
+    ``out_rate``: resample to this rate first (None: keep ``sample_rate`` where the codec can).
+    """
+    fmt = check_format(fmt)
+    if fmt == "wav":
+        rate = output_rate(fmt, sample_rate, out_rate)
+        return encode_wav(resample(audio, sample_rate, rate), rate)
+    encoder = AudioEncoder(fmt, sample_rate, out_rate)
+    return encoder.encode(np.asarray(audio, dtype=np.float32)) + encoder.finish()
+
+
+def iter_encoded(chunks: Iterator[np.ndarray], sample_rate: int, fmt: str,
+                 out_rate: int | None = None) -> Iterator[bytes]:
+    """Encode a stream of float32 mono chunks at ``sample_rate``; yields non-empty byte chunks."""
+    encoder = AudioEncoder(fmt, sample_rate, out_rate)
+    for chunk in chunks:
+        if data := encoder.encode(chunk):
+            yield data
+    if data := encoder.finish():
+        yield data
+
+
+def change_tempo(audio: np.ndarray, sample_rate: int, factor: float) -> np.ndarray:
+    """Speed speech up (``factor`` > 1) or slow it down keeping its pitch (FFmpeg ``atempo``).
+
+    ``factor`` 0.25-4; the result is about ``len(audio) / factor`` samples long.
+    """
+    if not 0.25 <= factor <= 4.0:
+        raise AudioError(f"tempo factor {factor} out of range 0.25-4")
+    audio = np.asarray(audio, dtype=np.float32)
+    if abs(factor - 1.0) < 1e-3 or audio.size == 0:
+        return audio
+    import av
+
+    graph = av.filter.Graph()
+    source = graph.add_abuffer(format="flt", sample_rate=sample_rate, layout="mono",
+                               time_base=f"1/{sample_rate}")
+    # one atempo stage covers 0.5-2; chain two for the outer ranges
+    stages = [factor] if 0.5 <= factor <= 2.0 else [factor ** 0.5, factor ** 0.5]
+    nodes = [source] + [graph.add("atempo", f"{stage:.6f}") for stage in stages]
+    nodes.append(graph.add("abuffersink"))
+    graph.link_nodes(*nodes).configure()
+    frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1), format="flt", layout="mono")
+    frame.sample_rate = sample_rate
+    frame.pts = 0
+    graph.push(frame)
+    graph.push(None)
+    out: list[np.ndarray] = []
+    while True:
+        try:
+            result = graph.pull()
+        except (av.error.BlockingIOError, av.error.EOFError):
+            break
+        out.append(result.to_ndarray().reshape(-1).astype(np.float32))
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def decode_audio_native(source: AudioSource) -> tuple[np.ndarray, int]:
+    """Decode to float32 mono at the source's own sample rate; returns (audio, rate)."""
+    container, _ = _open_container(source)
+    try:
+        rate = container.streams.audio[0].codec_context.sample_rate or SAMPLE_RATE
+    finally:
+        container.close()
+    return decode_audio(source, sample_rate=rate), rate

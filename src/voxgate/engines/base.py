@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..types import Segment, SpeechSpan, TtsChunk
 
 __all__ = [
@@ -23,6 +24,10 @@ __all__ = [
     "Vad",
     "VadStream",
     "Tts",
+    "VoiceInfo",
+    "check_speed",
+    "SPEED_MIN",
+    "SPEED_MAX",
     "ChatMessage",
     "LlmCapabilities",
     "Llm",
@@ -144,14 +149,65 @@ class Vad(Protocol):
         ...
 
 
+SPEED_MIN = 0.25
+SPEED_MAX = 4.0
+
+
+def check_speed(speed: float) -> float:
+    """``speed`` as a float when within 0.25-4 (1.0 = the voice's own pace), else ConfigError."""
+    try:
+        value = float(speed)
+    except (TypeError, ValueError):
+        raise ConfigError(f"speed must be a number between {SPEED_MIN} and {SPEED_MAX}, "
+                          f"got {speed!r}") from None
+    if not SPEED_MIN <= value <= SPEED_MAX:  # also rejects NaN
+        raise ConfigError(f"speed {speed} out of range {SPEED_MIN}-{SPEED_MAX}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceInfo:
+    """One voice an engine can speak with.
+
+    ``id`` is what a request names (``voice=``); ``language`` a BCP-47-ish code (``en-US``,
+    ``ru``, ``hi``); ``sample_rate`` the rate of the audio it produces; ``engine`` the registry
+    name (``piper``, ``festival``, ``espeak``...); ``model`` the catalogue id that loads it.
+    """
+
+    id: str
+    language: str
+    sample_rate: int
+    engine: str
+    model: str = ""
+    name: str = ""
+    gender: str = ""
+
+
 @runtime_checkable
 class Tts(Protocol):
+    """Text-to-speech engine. One instance (one catalogue model) may offer several voices.
+
+    ``synthesize`` is blocking and CPU-bound: callers run it in a worker thread (see
+    ``voxgate.speech``, which also splits text into sentences, validates it and streams).
+    Engines get text that is already cleaned (no control characters, not empty) and short
+    (a sentence or a clause); they still reject a bad ``voice`` / ``speed`` with ConfigError.
+    """
+
     name: str
-    sample_rate: int
+    sample_rate: int  # rate of the default voice's audio (each TtsChunk carries its own)
     languages: tuple[str, ...]
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[TtsChunk]:
-        """Audio for ``text`` in chunks (sentence-wise where the engine allows)."""
+    def voices(self) -> list[VoiceInfo]:
+        """Every voice this engine instance can speak with (the default voice first)."""
+        ...
+
+    def synthesize(self, text: str, voice: str | None = None,
+                   speed: float = 1.0) -> Iterator[TtsChunk]:
+        """Audio for ``text`` in chunks, one per sentence where the engine splits.
+
+        ``voice``: an id from :meth:`voices` (None: the default voice); ``speed`` 0.25-4,
+        pitch preserved. Chunks are float32 mono at the voice's rate (``TtsChunk.sample_rate``).
+        """
         ...
 
 
