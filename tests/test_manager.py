@@ -57,6 +57,18 @@ def test_aliases_share_the_catalogue_entry(settings) -> None:
     assert calls == ["asr:whisper-base"]
 
 
+def test_spellings_of_one_local_directory_share_one_engine(settings, tmp_path, monkeypatch) -> None:
+    calls: list[str] = []
+    manager = ModelManager(settings, loader=_slow_loader(calls))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    spellings = [str(tmp_path / "m"), f"{tmp_path}/m/", f"{tmp_path}/other/../m", "./m", "m"]
+    engines = {id(manager.get("asr", s)) for s in spellings}
+    assert len(engines) == 1 and calls == [f"asr:{(tmp_path / 'm').resolve()}"]
+    assert [e["model"] for e in manager.loaded()] == [str((tmp_path / "m").resolve())]
+
+
 def test_sweep_unloads_only_idle_unreferenced_engines(settings) -> None:
     manager = ModelManager(settings, loader=_slow_loader([]))
     idle = manager.get("asr", "idle")

@@ -270,6 +270,13 @@ def test_unknown_and_wrong_kind_models(client, clip):
     err = _expect(400, lambda: client.audio.transcriptions.create(model="silero-vad",
                                                                    file=clip.path))
     assert err["param"] == "model"
+    # a path that exists, one that does not, a hub repo: one answer that tells nothing of disks
+    answers = set()
+    for name in ("/tmp", "/nonexistent", "Systran/faster-whisper-large-v3"):
+        err = _expect(404, lambda: client.audio.transcriptions.create(model=name, file=clip.path))
+        assert err["code"] == "model_not_found" and "whisper-base" in err["message"]
+        answers.add(err["message"].replace(repr(name), "<name>"))
+    assert len(answers) == 1, answers
     err = _expect(400, lambda: client.audio.translations.create(model="whisper-tiny.en",
                                                                  file=clip.path))
     assert err["param"] == "model" and "translate" in err["message"]

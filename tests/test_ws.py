@@ -171,6 +171,26 @@ async def test_config_errors_name_the_field(live, message, code, field):
     assert live.wait_for(lambda: live.streaming.active == 0)
 
 
+async def test_clients_name_offered_models_only(live, tmp_path, manager):
+    """A path (existing or not), a hub repo or a catalogue model that would need a download:
+    one identical refusal naming what is offered, and nothing loaded or downloaded."""
+    (tmp_path / "model.bin").write_bytes(b"x")
+    answers = []
+    for name in (str(tmp_path), "/nonexistent/model", "../../etc", "~",
+                 "Systran/faster-whisper-large-v3", "whisper-large-v3"):
+        async with await _connect(live) as ws:
+            await ws.send(json.dumps({"models": {"final": name}}))
+            error = await _expect_error(ws, 1008, "models.final")
+        answers.append(error["message"].replace(repr(name), "<name>"))
+    assert len(set(answers)) == 1, answers
+    offered = answers[0].split("choose one of: ")[1].split(", ")
+    assert "whisper-base" in offered and "whisper-tiny.en" in offered
+    assert "whisper-large-v3" not in offered
+    assert not any(str(tmp_path) in e["model"] or "large" in e["model"]
+                   for e in manager.loaded())
+    assert live.wait_for(lambda: live.streaming.active == 0)
+
+
 async def test_audio_before_config(live):
     async with await _connect(live) as ws:
         await ws.send(b"\x00\x00" * 160)

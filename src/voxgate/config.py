@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     api_keys: Annotated[list[str], NoDecode] = []
+    # catalogue ids/aliases network clients may pick beyond the configured and installed models
+    # ("*": any catalogue model, hub downloads included); clients never name paths
+    allowed_models: Annotated[list[str], NoDecode] = []
     redis_url: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
@@ -174,7 +177,7 @@ class Settings(BaseSettings):
     onnx: OnnxSettings = OnnxSettings()
     tts: TtsSettings = TtsSettings()
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_models", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

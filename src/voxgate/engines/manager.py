@@ -8,15 +8,17 @@ a reference while they work (``use``); engines idle for longer than the TTL are 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..models import ResolvedModel, get_spec, resolve
+from ..models import CATALOGUE, ResolvedModel, resolve
 from . import load_engine_class
 
 __all__ = ["ModelManager", "LoadedEngine", "EngineLoader"]
@@ -92,10 +94,15 @@ class ModelManager:
 
     @staticmethod
     def _canonical(model_id: str) -> str:
-        try:
-            return get_spec(model_id).id
-        except Exception:  # a local path or an unknown id: the loader reports it
-            return model_id
+        """One key per model: an alias -> its catalogue id, a local directory -> its resolved
+        path (``./m``, ``m/`` and ``/abs/m`` share one loaded copy); else as given."""
+        spec = CATALOGUE.get(model_id)
+        if spec is not None:
+            return spec.id
+        local = Path(model_id).expanduser()
+        if os.sep in model_id or model_id.startswith((".", "~")) or local.is_dir():
+            return str(local.resolve())
+        return model_id  # an unknown id: the loader reports it
 
     @contextmanager
     def use(self, kind: str, model_id: str) -> Iterator[Any]:

@@ -28,6 +28,7 @@ from ..postprocess import list_templates
 from ..webhooks import validate_webhook_url
 from .deps import get_state, new_task_id, require_api_key, save_upload
 from .metrics import metrics_of
+from .model_cards import client_model_id
 from .state import AppState
 
 __all__ = ["JobsComponent", "router", "ALLOWED_EXTENSIONS"]
@@ -252,6 +253,8 @@ async def process(request: Request) -> JSONResponse:
                        model=_form_text(form, "model"))
         webhook = _form_text(form, "webhook_url")
         try:
+            if spec.model is not None:  # a catalogue id or alias the server offers, never a path
+                spec.model = client_model_id(settings, spec.model, "asr")
             spec.validate(settings)
             if webhook:
                 webhook = validate_webhook_url(webhook)

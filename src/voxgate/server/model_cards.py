@@ -14,11 +14,12 @@ from typing import Any
 
 from ..config import Settings
 from ..engines.manager import ModelManager
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..languages import WHISPER_LANGUAGES
-from ..models import HubSource, ModelSpec, get_spec, installed_packs, list_specs
+from ..models import CATALOGUE, HubSource, ModelSpec, get_spec, installed_packs, list_specs
 
-__all__ = ["OPENAI_ALIASES", "canonical_model_id", "model_card", "model_cards", "model_languages"]
+__all__ = ["OPENAI_ALIASES", "canonical_model_id", "client_model_id", "model_card", "model_cards",
+           "model_languages"]
 
 # OpenAI's model names that map to the server's default model of that kind.
 OPENAI_ALIASES: dict[str, str] = {"whisper-1": "asr"}
@@ -57,6 +58,62 @@ def canonical_model_id(settings: Settings, model_id: str) -> str:
     if kind is not None:
         model_id = _default_model(settings, kind) or model_id
     return get_spec(model_id).id
+
+
+def _configured(settings: Settings) -> set[str]:
+    """Models the operator chose in settings (ids, aliases or local directories)."""
+    return {settings.asr.model, settings.asr.partial_model, settings.llm.model}
+
+
+def _installed(spec: ModelSpec, settings: Settings) -> bool:
+    hub = [s for s in spec.sources if isinstance(s, HubSource)]
+    return installed_packs([spec])[spec.id] or any(_hub_cached(s, settings.cache_dir)
+                                                   for s in hub)
+
+
+def _client_may_use(spec: ModelSpec, settings: Settings) -> bool:
+    allowed = settings.allowed_models
+    if "*" in allowed:
+        return True
+    configured = _configured(settings)
+    if any(name in configured for name in (spec.id, *spec.aliases)):
+        return True
+    if allowed:
+        return any(name in allowed for name in (spec.id, *spec.aliases))
+    return _installed(spec, settings)
+
+
+def client_model_id(settings: Settings, name: str, kind: str = "asr") -> str:
+    """The model a network client's ``name`` stands for, under the operator's policy.
+
+    Clients name catalogue ids and aliases (``whisper-1``: the default ASR model), never a path
+    or a hub repo: a name that is not one is refused with one message, the same whether or not
+    a directory of that name exists. Without ``VOXGATE_ALLOWED_MODELS`` a client may pick the
+    configured models and installed ones (nothing is downloaded for a client); with it, the
+    configured models and those listed (``*``: every catalogue model, downloads included).
+    A configured local directory is used when the client names it or its OpenAI alias.
+    Raises :class:`ModelError` (not offered) or :class:`ConfigError` (another kind of model).
+    """
+    alias_kind = OPENAI_ALIASES.get(name)
+    if alias_kind is not None:
+        name = _default_model(settings, alias_kind) or name
+    spec = None
+    if name in CATALOGUE:
+        spec = CATALOGUE[name]
+    elif name in _configured(settings):  # the operator's own local directory
+        return name
+    if spec is None or not _client_may_use(spec, settings):
+        offered = sorted(s.id for s in list_specs(kind) if _client_may_use(s, settings))
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise ModelError(f"model {shown!r} is not offered by this server; choose one of: "
+                         f"{', '.join(offered) or '(none)'}")
+    if spec.kind != kind:
+        raise ConfigError(f"model {spec.id!r} is a {spec.kind} model, not {_KIND_NAMES[kind]}")
+    return spec.id
+
+
+_KIND_NAMES = {"asr": "speech recognition", "vad": "voice activity detection",
+               "tts": "speech synthesis", "llm": "a language model", "mt": "translation"}
 
 
 def _multilingual(spec: ModelSpec) -> bool:

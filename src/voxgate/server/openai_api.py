@@ -31,15 +31,21 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from fastapi.routing import APIRoute
 
 from ..audio import decode_audio
-from ..errors import AudioError, AudioTooLongError, EngineError, ModelError, VoxgateError
+from ..errors import (
+    AudioError,
+    AudioTooLongError,
+    ConfigError,
+    EngineError,
+    ModelError,
+    VoxgateError,
+)
 from ..formats import render
 from ..languages import language_code, language_name
-from ..models import get_spec
 from ..transcriber import FileTranscriber, TranscribeRequest
 from ..types import Segment, Transcript
 from .deps import api_key_from_headers, get_state, key_is_valid
 from .limits import TranscriptionSlots, transcription_slots
-from .model_cards import canonical_model_id, model_card, model_cards
+from .model_cards import client_model_id, model_card, model_cards
 from .state import AppState
 
 __all__ = ["OpenAIError", "OpenAIRoute", "router"]
@@ -208,14 +214,11 @@ def _validate(state: AppState, *, model: str, task: str, language: str | None,
         raise OpenAIError(400, "stream=true sends text deltas: use response_format json or text",
                           param="stream")
     try:
-        model_id = canonical_model_id(state.settings, model)
+        model_id = client_model_id(state.settings, model, "asr")
     except ModelError as exc:
-        raise OpenAIError(404, f"The model '{model}' does not exist: {exc}", param="model",
-                          code="model_not_found") from None
-    kind = get_spec(model_id).kind
-    if kind != "asr":
-        raise OpenAIError(400, f"model '{model}' is a {kind} model, not speech recognition",
-                          param="model")
+        raise OpenAIError(404, str(exc), param="model", code="model_not_found") from None
+    except ConfigError as exc:
+        raise OpenAIError(400, str(exc), param="model") from None
     lang = None
     if language and language.strip().lower() != "auto":  # "en", "en-US", "English" -> "en"
         lang = language_code(language.replace("_", "-").split("-")[0])

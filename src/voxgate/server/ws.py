@@ -20,9 +20,17 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from ..errors import AudioError, EngineError
-from ..streaming import AsrSession, PcmInput, StreamConfigError, StreamingService, StreamLimitError
+from ..errors import AudioError, ConfigError, EngineError, ModelError
+from ..streaming import (
+    AsrSession,
+    PcmInput,
+    StreamConfig,
+    StreamConfigError,
+    StreamingService,
+    StreamLimitError,
+)
 from .deps import websocket_api_key_ok
+from .model_cards import client_model_id
 from .state import AppState
 from .wire import (
     CLOSE_INTERNAL,
@@ -66,6 +74,16 @@ class StreamingComponent(StreamingService):
         if state is not None:
             state.remove_ready_checks(self._ready)
         await super().stop(state)
+
+    def config(self, **overrides: Any) -> StreamConfig:
+        """A network client's options: models only from what the server offers to clients."""
+        for name in ("final_model", "partial_model"):
+            if overrides.get(name) is not None:
+                try:
+                    overrides[name] = client_model_id(self.settings, overrides[name], "asr")
+                except (ModelError, ConfigError) as exc:
+                    raise StreamConfigError(name, str(exc)) from None
+        return super().config(**overrides)
 
     async def _ready(self) -> tuple[str, bool, str]:
         ok = self.scheduler.running

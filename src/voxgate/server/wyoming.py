@@ -38,10 +38,10 @@ from ..errors import (
     ProtocolError,
     VoxgateError,
 )
-from ..models import get_spec
+from ..models import CATALOGUE, get_spec
 from ..transcriber import FileTranscriber, TranscribeRequest
 from .limits import transcription_slots
-from .model_cards import canonical_model_id, model_cards, model_languages
+from .model_cards import client_model_id, model_cards, model_languages
 from .state import AppState
 
 __all__ = ["WyomingAddress", "WyomingServer", "WyomingSttHandler", "parse_wyoming_uri"]
@@ -334,9 +334,7 @@ class WyomingSttHandler:
         self.failed = False
         self.model = self.state.settings.asr.model
         if request.name:
-            self.model = canonical_model_id(self.state.settings, request.name)
-            if get_spec(self.model).kind != "asr":
-                raise ProtocolError(f"{request.name!r} is not a speech recognition model")
+            self.model = client_model_id(self.state.settings, request.name, "asr")
         language = (request.language or "").replace("_", "-").split("-")[0].lower()
         self.language = language if language and language != "auto" else None
 
@@ -347,7 +345,8 @@ class WyomingSttHandler:
         self.audio = _AudioIn(rate, width, channels, settings.max_upload_mb * 2**20,
                               max_seconds=settings.max_audio_s)
         if self.streaming is not None:
-            languages = get_spec(self.model).languages  # an English-only model needs no guess
+            # an English-only model needs no guess (a configured local directory: no catalogue)
+            languages = get_spec(self.model).languages if self.model in CATALOGUE else ()
             language = self.language or (languages[0] if len(languages) == 1 and
                                          languages[0] != "multilingual" else None)
             self.utterance = await _LiveUtterance.open(self.streaming, self.send, self.model,
