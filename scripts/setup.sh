@@ -12,5 +12,8 @@ $sudo_cmd apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
   pocketsphinx-testdata sox espeak-ng festival festvox-us-slt-hts festvox-ru >/dev/null
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+# The exact versions the test suite passed with (scripts/lock.sh re-resolves and re-tests them);
+# as an environment variable it also pins the build backend in pip's isolated build env.
+export PIP_CONSTRAINT="$PWD/requirements.lock"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[${extras}]"
