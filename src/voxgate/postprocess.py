@@ -247,18 +247,25 @@ class PostProcessor:
         prompt = _prompt_file(self._dir, "clean_transcript_v1")
         cleaned: list[str] = []
         kept_raw = 0
+        edits = 0  # word edits summed over chunks: the chunks are aligned, so no whole-text
+        # O(n^2) distance is needed (hours of transcript would take minutes of pure Python)
         for piece in pieces:
             messages = [ChatMessage("user", _render(prompt, text=piece))]
             answer = _strip_wrapping(self._ask(messages, max_tokens=len(piece) // 2 + 64))
-            rate = edit_rate(piece, answer)
+            piece_words = _words(piece)
+            distance = _levenshtein(piece_words, _words(answer))
+            rate = distance / max(len(piece_words), 1)
             if not answer or rate > self.settings.llm.cleanup_max_edit_rate:
                 logger.info("cleanup changed %.0f%% of a chunk's words; keeping it raw", rate * 100)
                 cleaned.append(piece)
                 kept_raw += 1
             else:
                 cleaned.append(answer)
+                edits += distance
         result = " ".join(cleaned)
-        return CleanResult(result, round(edit_rate(text, result), 4), len(pieces), kept_raw)
+        total_words = len(_words(text))
+        overall = edits / total_words if total_words else 0.0
+        return CleanResult(result, round(overall, 4), len(pieces), kept_raw)
 
     # --- summaries ------------------------------------------------------------------------
     def _budget_chars(self) -> int:
