@@ -29,7 +29,6 @@ class AudioError(VoxgateError, ValueError):
     """Input audio could not be read, decoded or is otherwise unusable."""
 
 
-class ModelError(VoxgateError, RuntimeError):
 class AudioTooLongError(AudioError):
     """Decoded audio is longer than the limit of the door it came through (HTTP 413)."""
 
@@ -38,6 +37,7 @@ class AudioTooLongError(AudioError):
         self.limit_s = limit_s
 
 
+class ModelError(VoxgateError, RuntimeError):
     """A model could not be resolved, verified or loaded, or violates its contract."""
 
 
