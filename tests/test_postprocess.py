@@ -134,5 +134,3 @@ def test_job_spec_validation(settings: Settings) -> None:
     ]:
         with pytest.raises(ConfigError, match=words):
             spec.validate(settings)
-
-

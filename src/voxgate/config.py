@@ -166,7 +166,9 @@ class Settings(BaseSettings):
     worker_heartbeat_s: int = Field(10, ge=1)  # a job whose worker is silent 3x this is retried
     inprocess_worker: Literal["auto", "on", "off"] = "auto"  # auto: on when redis_url is empty
     templates_dir: Path | None = None  # summary templates; None: the bundled ones
-    webhook_secret: str = ""  # HMAC-SHA256 key for webhook signatures; empty: first API key
+    webhook_secret: str = ""  # HMAC-SHA256 key for webhook signatures; empty: no webhooks
+    # hosts, addresses or networks (CIDR) webhooks may reach although not public (loopback...)
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = []
     webhook_max_attempts: int = Field(5, ge=1, le=20)
     webhook_timeout_s: float = Field(10.0, gt=0.0)
     offline: bool = False  # True: never try a model hub
@@ -177,7 +179,7 @@ class Settings(BaseSettings):
     onnx: OnnxSettings = OnnxSettings()
     tts: TtsSettings = TtsSettings()
 
-    @field_validator("api_keys", "allowed_models", mode="before")
+    @field_validator("api_keys", "allowed_models", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

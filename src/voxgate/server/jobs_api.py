@@ -25,7 +25,7 @@ from ..errors import AudioError, AudioTooLongError, ConfigError, ModelError
 from ..jobs import TERMINAL, EmbeddedRedis, JobQueue, connect, ensure_queue_available
 from ..pipeline import FEATURES, JobSpec
 from ..postprocess import list_templates
-from ..webhooks import validate_webhook_url
+from ..webhooks import check_webhook_target, validate_webhook_url
 from .deps import get_state, new_task_id, require_api_key, save_upload
 from .metrics import metrics_of
 from .model_cards import client_model_id
@@ -258,6 +258,11 @@ async def process(request: Request) -> JSONResponse:
             spec.validate(settings)
             if webhook:
                 webhook = validate_webhook_url(webhook)
+                if not settings.webhook_secret:
+                    raise ConfigError("webhook_url: this server sends no webhooks "
+                                      "(VOXGATE_WEBHOOK_SECRET is not set)")
+                await asyncio.to_thread(check_webhook_target, webhook,
+                                        settings.webhook_allowed_hosts)
         except (ConfigError, ModelError) as exc:
             raise _reject(state, 422, str(exc)) from exc
         mime = (upload.content_type or "").split(";")[0].strip().lower()
