@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from ..config import Settings
 from ..engines.manager import ModelManager
 from ..errors import AudioError, ConfigError, EngineError, ModelError, VoxgateError
+from .redact import install as install_redaction
 from .state import AppState, Component
 
 __all__ = ["create_app"]
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                               f"{settings.host}; set keys or bind to 127.0.0.1")
         if not settings.api_keys:
             logger.warning("no API keys configured: auth is off (loopback only)")
+        install_redaction()  # after uvicorn set up its handlers: access logs are covered too
         started: list[Component] = []
         sweeper = asyncio.create_task(_sweep_models(state)) if settings.model_idle_ttl_s else None
         try:
