@@ -64,6 +64,10 @@ class TtsSettings(BaseModel):
     max_sentence_chars: int = Field(300, ge=20, le=5000)  # longer sentences split at clauses
     espeak_voice: str = "en-us"  # espeak engine's default language voice
     festival_voice: str = ""  # Festival's default voice; empty: the first installed
+    max_concurrent: int = Field(4, ge=1, le=256)  # syntheses at once, all doors together
+    # OpenAI voice name -> voxgate voice id (e.g. {"nova": "festival:cmu_us_slt_arctic_hts"});
+    # a name not mapped here (or mapped to a voice not installed) speaks with `voice`
+    openai_voices: dict[str, str] = {}
 
 
 class OnnxSettings(BaseModel):
