@@ -49,7 +49,7 @@ from ..streaming import (
     stream_events,
 )
 from ..types import AsrEvent, Word
-from .deps import key_is_valid
+from .grpc_auth import authorize
 from .state import AppState
 
 __all__ = ["RIVA_ASR_SERVICE", "RivaAsrServicer", "RivaGrpcServer", "riva_language"]
@@ -73,16 +73,6 @@ def riva_language(code: str, default: str = "en") -> str | None:
     return primary
 
 
-def _api_key(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-api-key" and value:
-            return str(value).strip()
-        if key == "authorization" and value:
-            scheme, _, token = str(value).strip().partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token else str(value).strip()
-    return None
-
-
 class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
     """Maps Riva ASR requests onto voxgate's streaming service and file transcriber."""
 
@@ -92,9 +82,7 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
 
     # ---- helpers -------------------------------------------------------------------------
     async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        if not key_is_valid(self.settings, _api_key(context)):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "invalid or missing API key (metadata x-api-key or authorization)")
+        await authorize(self.settings, context)
 
     def _options(self, config: rasr.RecognitionConfig) -> dict[str, Any]:
         """RecognitionConfig -> StreamConfig overrides (raises naming the Riva field)."""
