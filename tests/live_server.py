@@ -145,3 +145,58 @@ def live_settings(tmp_path: Any, **overrides: Any) -> Any:
                                   max_streams=2, grpc_port=0, streaming=streaming)
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+def post_endless_chunked_upload(port: int, path: str, headers: dict[str, str],
+                                fields: dict[str, str], cap_bytes: int = 24 * 2**20,
+                                ) -> tuple[bytes, int]:
+    """POST a chunked multipart body (no Content-Length) whose file part keeps growing.
+
+    Sends 64 kB chunks until the server answers (or refuses more bytes), ``cap_bytes`` at most,
+    then ends the body; returns (the raw response head and body, bytes sent). A server that
+    enforces its upload limit on the streamed bytes answers long before the cap.
+    """
+    import os
+
+    boundary = "voxgate-test-boundary"
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock.sendall((f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Transfer-Encoding: chunked"
+                  f"\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode())
+
+    def chunk(data: bytes) -> bytes:
+        return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+    parts = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                    for k, v in fields.items())
+    parts += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+              'filename="big.wav"\r\nContent-Type: audio/wav\r\n\r\n')
+    answer: list[bytes] = []
+
+    def read() -> None:
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data or len(data) < data.find(b"\r\n\r\n") + 5:
+                got = sock.recv(65536)
+                if not got:
+                    break
+                data += got
+        except OSError:
+            pass
+        answer.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    sent = 0
+    try:
+        sock.sendall(chunk(parts.encode()))
+        while not answer and sent < cap_bytes:
+            sock.sendall(chunk(os.urandom(64 * 1024)))
+            sent += 64 * 1024
+        if not answer:
+            sock.sendall(chunk(f"\r\n--{boundary}--\r\n".encode()) + b"0\r\n\r\n")
+    except OSError:
+        pass  # the server stopped reading and closed: its answer is already on the way
+    reader.join(120)
+    sock.close()
+    return (answer[0] if answer else b""), sent

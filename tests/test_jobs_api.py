@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from conftest import wer
+from live_server import post_endless_chunked_upload
 from jobs_support import AUTH, KEY, WEBHOOK_SECRET, WEBHOOK_SETTINGS, Receiver, events, \
     serve_app, start_worker, submit, wait_final, wav_of
 from media import silence_flac
@@ -139,7 +140,7 @@ def test_every_bad_request_gets_a_clear_error(stack: Stack, clip: Path, tmp_path
     assert httpx.get(f"{base}/v1/status/not-a-uuid", headers=AUTH).status_code == 404
     # nothing of the refused uploads stays on disk
     audio_dir = stack.settings.data_dir / "audio"
-    assert not audio_dir.exists() or not any(audio_dir.iterdir())
+    assert not audio_dir.exists() or not any(audio_dir.iterdir()), list(audio_dir.iterdir())
 
 
 def test_end_to_end_with_sse_webhook_versions_metrics(stack: Stack, clip: Path, librivox) -> None:
@@ -285,6 +286,11 @@ def test_queue_full_429_and_upload_too_large_413(tmp_path: Path, clip: Path) -> 
             no_secret = submit(base, clip, webhook_url="https://hooks.example/x")  # none set
             assert no_secret.status_code == 422
             assert "VOXGATE_WEBHOOK_SECRET" in no_secret.json()["detail"]
+            # chunked, no Content-Length: cut off as the bytes stream in, not read to the end
+            response, sent = post_endless_chunked_upload(
+                int(base.rsplit(":", 1)[1]), "/v1/process", AUTH, {"features": "raw_transcript"})
+            assert response.startswith(b"HTTP/1.1 413"), response[:300]
+            assert b"VOXGATE_MAX_UPLOAD_MB" in response and sent < 8 * 2**20
             assert [submit(base, clip).status_code for _ in range(2)] == [202, 202]
             full = submit(base, clip)
             assert full.status_code == 429 and int(full.headers["Retry-After"]) > 0

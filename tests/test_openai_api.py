@@ -21,7 +21,7 @@ import pytest
 import srt
 import webvtt
 from conftest import wer
-from live_server import serve_app
+from live_server import post_endless_chunked_upload, serve_app
 from media import encode, silence_flac
 
 from voxgate.audio import SAMPLE_RATE, encode_wav
@@ -319,6 +319,19 @@ def test_hours_of_compressed_silence_are_refused_at_the_duration_limit(client, d
     assert err["param"] == "file" and err["code"] == "file_too_large"
     assert "120 s" in err["message"] and "VOXGATE_MAX_AUDIO_S" in err["message"]
     assert peak < 64 * 2**20, peak  # about the limit's 7.7 MB of samples, not gigabytes
+
+
+def test_chunked_upload_past_the_limit_is_cut_off_with_413(server):
+    """No Content-Length: the limit holds on the bytes as they stream (1 MB here), the server
+    answers 413 and stops reading; nothing is left in the data directory."""
+    response, sent = post_endless_chunked_upload(
+        server.port, "/v1/audio/transcriptions", {"Authorization": f"Bearer {KEY}"},
+        {"model": "whisper-1"})
+    assert response.startswith(b"HTTP/1.1 413"), response[:300]
+    assert b'"code":"file_too_large"' in response and b"VOXGATE_MAX_UPLOAD_MB" in response
+    assert sent < 8 * 2**20  # cut off near the limit, not read to the end (24 MB)
+    uploads = server.settings.data_dir / "uploads"
+    assert uploads.is_dir() and not any(uploads.iterdir())  # written there, and gone
 
 
 def test_bad_options(client, clip):

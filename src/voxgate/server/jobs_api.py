@@ -26,7 +26,14 @@ from ..jobs import TERMINAL, EmbeddedRedis, JobQueue, connect, ensure_queue_avai
 from ..pipeline import FEATURES, JobSpec
 from ..postprocess import list_templates
 from ..webhooks import check_webhook_target, validate_webhook_url
-from .deps import get_state, new_task_id, require_api_key, save_upload
+from .deps import (
+    UploadRequest,
+    discard_spooled,
+    get_state,
+    new_task_id,
+    require_api_key,
+    save_upload,
+)
 from .metrics import metrics_of
 from .model_cards import client_model_id
 from .state import AppState
@@ -192,6 +199,10 @@ def _probe(path: Path, max_seconds: float) -> None:
         raise AudioError("the file contains no decodable audio samples")
 
 
+def _too_large_detail(settings: Settings) -> str:
+    return f"file is larger than the {settings.max_upload_mb} MB limit (VOXGATE_MAX_UPLOAD_MB)"
+
+
 def _form_text(form: Any, name: str) -> str | None:
     value = form.get(name)
     if value is None or isinstance(value, UploadFile):
@@ -228,14 +239,21 @@ async def process(request: Request) -> JSONResponse:
         raise _reject(state, 400, "send multipart/form-data with a 'file' field")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + _FORM_SLACK:
-        raise _reject(state, 413, f"file is larger than the {settings.max_upload_mb} MB limit")
+        raise _reject(state, 413, _too_large_detail(settings))
     depth = await asyncio.to_thread(jobs.queue.depth)
     if depth >= settings.max_queue_depth:
         retry_after = str(max(5, min(300, depth * 2)))
         raise _reject(state, 429, f"queue is full ({depth} jobs waiting); retry later",
                       headers={"Retry-After": retry_after})
+    # the body is cut off past the limit as it streams; the file is written once, in the data dir
+    upload_request = UploadRequest(request.scope, request.receive,
+                                   max_bytes=max_bytes + _FORM_SLACK,
+                                   spool_dir=settings.data_dir / "audio", named=True,
+                                   too_large=HTTPException(413, _too_large_detail(settings)))
     try:
-        form = await request.form(max_files=1, max_fields=32)
+        form = await upload_request.form(max_files=1, max_fields=32)
+    except HTTPException as exc:
+        raise _reject(state, exc.status_code, str(exc.detail)) from None
     except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several types
         raise _reject(state, 400, f"malformed multipart body: {exc}") from exc
     try:
@@ -273,25 +291,25 @@ async def process(request: Request) -> JSONResponse:
         try:
             path = await save_upload(upload, directory, max_bytes, ALLOWED_EXTENSIONS)
         except HTTPException as exc:
-            shutil.rmtree(directory, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
             raise _reject(state, exc.status_code, str(exc.detail)) from exc
     finally:
-        await form.close()
+        await discard_spooled(form)
     try:
         await asyncio.to_thread(_probe, path, settings.max_job_audio_s)
     except AudioTooLongError as exc:
-        shutil.rmtree(directory, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
         raise _reject(state, 413, f"the audio is longer than the {exc.limit_s:g} s limit for "
                                   "jobs (VOXGATE_MAX_JOB_AUDIO_S)") from exc
     except AudioError as exc:
-        shutil.rmtree(directory, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
         raise _reject(state, 415, f"not a decodable audio file: {exc}") from exc
     size = path.stat().st_size
     try:
         await asyncio.to_thread(jobs.queue.store.create, task_id, spec.to_dict(), webhook)
         await asyncio.to_thread(jobs.queue.enqueue, task_id)
     except Exception as exc:
-        shutil.rmtree(directory, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
         logger.exception("enqueue failed")
         raise _reject(state, 503, f"cannot queue the job: {type(exc).__name__}") from exc
     metrics = metrics_of(state)

@@ -43,7 +43,7 @@ from ..formats import render
 from ..languages import language_code, language_name
 from ..transcriber import FileTranscriber, TranscribeRequest
 from ..types import Segment, Transcript
-from .deps import api_key_from_headers, get_state, key_is_valid
+from .deps import UploadRequest, api_key_from_headers, get_state, key_is_valid
 from .limits import TranscriptionSlots, transcription_slots
 from .model_cards import client_model_id, model_card, model_cards
 from .state import AppState
@@ -95,7 +95,8 @@ def _as_openai_error(exc: BaseException) -> OpenAIError:
     if isinstance(exc, OpenAIError):
         return exc
     if isinstance(exc, HTTPException):
-        return OpenAIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+        return OpenAIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}),
+                           param="file" if exc.status_code == 413 else None)
     if isinstance(exc, RequestValidationError):
         first = (exc.errors() or [{}])[0]
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
@@ -127,7 +128,7 @@ class OpenAIRoute(APIRoute):
         async def openai_handler(request: Request) -> Response:
             try:
                 _check_request_head(request)
-                return await handler(request)
+                return await handler(_upload_request(request))
             except Exception as exc:  # noqa: BLE001 - every failure gets an OpenAI-shaped answer
                 return _as_openai_error(exc).response()
 
@@ -147,6 +148,16 @@ def _check_request_head(request: Request) -> None:
         raise OpenAIError(400, "invalid Content-Length header")
     if int(length) > _max_bytes(state) + _MULTIPART_SLACK:
         raise OpenAIError(413, _too_large_message(state), param="file")
+
+
+def _upload_request(request: Request) -> UploadRequest:
+    """The body counted as it streams (413 past the limit, chunked or not); the file written
+    once, unnamed, into the data directory (gone when closed), never spooled under /tmp."""
+    state = get_state(request)
+    return UploadRequest(request.scope, request.receive,
+                         max_bytes=_max_bytes(state) + _MULTIPART_SLACK,
+                         spool_dir=state.settings.data_dir / "uploads",
+                         too_large=HTTPException(413, _too_large_message(state)))
 
 
 def _max_bytes(state: AppState) -> int:
