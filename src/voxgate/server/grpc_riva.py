@@ -381,6 +381,9 @@ class RivaGrpcServer:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                           ("grpc.max_send_message_length", 64 * 1024 * 1024)])
         rasr_grpc.add_RivaSpeechRecognitionServicer_to_server(RivaAsrServicer(state), server)
+        from .riva_tts import add_riva_tts  # speech out: nvidia.riva.tts.RivaSpeechSynthesis
+
+        services = ["", RIVA_ASR_SERVICE, add_riva_tts(server, state)]
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{self.settings.host}:{self.port}"
@@ -397,7 +400,7 @@ class RivaGrpcServer:
                               "--grpc-port, or 0 to turn gRPC off") from exc
         await server.start()
         self._server = server
-        for service in ("", RIVA_ASR_SERVICE):
+        for service in services:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         state.ready_checks.append(self._ready)
         logger.info("Riva-compatible gRPC on %s:%d%s", self.settings.host, self.bound_port,
