@@ -34,6 +34,7 @@ with warnings.catch_warnings():  # wyoming.audio imports the stdlib audioop (dep
 from wyoming.asr import Transcribe, Transcript
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
+from wyoming.event import async_read_event
 from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
 
@@ -241,6 +242,57 @@ def test_utterance_past_the_duration_limit_is_an_error_event(settings, manager, 
     error = Error.from_event(events[-1])
     assert error.code == "bad-request"
     assert "5 s" in error.text and "VOXGATE_MAX_AUDIO_S" in error.text
+
+
+def test_idle_connections_close_and_wyoming_has_its_own_cap(settings, manager):
+    """Silent sockets are closed after the idle timeout; Wyoming's own connection cap (not the
+    live-stream slots WebSocket and gRPC clients use) refuses the extra one."""
+    component = WyomingServer("tcp://127.0.0.1:0")
+    app = create_app(settings.model_copy(update={"wyoming_max_connections": 2,
+                                                 "wyoming_idle_timeout_s": 2.0}),
+                     manager=manager, components=[component])
+
+    async def go(address):
+        held = [await asyncio.open_connection(address.host, address.port) for _ in range(2)]
+        await asyncio.sleep(0.2)  # both accepted before the third arrives
+        async with AsyncTcpClient(address.host, address.port) as extra:
+            refused = Error.from_event(await extra.read_event())
+        # the silent ones are told why, then closed (bounded by the test's own timeout)
+        idle = []
+        for reader, writer in held:
+            idle.append(Error.from_event(await async_read_event(reader)))
+            assert await async_read_event(reader) is None  # closed
+            writer.close()
+        return refused, idle
+
+    with serve_app(app):
+        refused, idle = _run(go(component.bound))
+    assert refused.code == "busy" and "VOXGATE_WYOMING_MAX_CONNECTIONS" in refused.text
+    assert [e.code for e in idle] == ["timeout", "timeout"]
+    assert "VOXGATE_WYOMING_IDLE_TIMEOUT_S" in idle[0].text
+
+
+async def test_listening_beyond_loopback_needs_the_setting(settings, manager):
+    from voxgate.server.state import AppState
+
+    state = AppState(settings=settings, manager=manager)
+    with pytest.raises(ConfigError, match="VOXGATE_WYOMING_ALLOW_REMOTE"):
+        await WyomingServer("tcp://0.0.0.0:0").start(state)
+    allowed = AppState(settings=settings.model_copy(update={"wyoming_allow_remote": True}),
+                       manager=manager)
+    server = WyomingServer("tcp://0.0.0.0:0")
+    await server.start(allowed)
+    try:
+        assert server.bound.port > 0
+    finally:
+        await server.stop(allowed)
+    for local in ("tcp://127.0.0.1:0", "tcp://localhost:0", "tcp://[::1]:0"):
+        server = WyomingServer(local)
+        try:
+            await server.start(state)
+        except OSError:  # no IPv6 loopback on this machine
+            continue
+        await server.stop(state)
 
 
 def test_silence_gives_an_empty_transcript(wyoming_server):

@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     grpc_tls_cert: Path | None = None  # PEM certificate chain: serve gRPC over TLS
     grpc_tls_key: Path | None = None  # PEM private key for grpc_tls_cert
     wyoming_uri: str = ""
+    wyoming_max_connections: int = Field(4, ge=1)  # Wyoming's own cap (it has no auth)
+    wyoming_idle_timeout_s: float = Field(30.0, gt=0.0)  # silent connections are closed
+    wyoming_allow_remote: bool = False  # listen beyond loopback (Wyoming has no auth)
     max_upload_mb: int = Field(500, ge=1)
     # decoded audio per request: synchronous doors (OpenAI API, Riva Recognize, Wyoming) and
     # queued jobs; decoding stops at the limit (413 / INVALID_ARGUMENT / error event)

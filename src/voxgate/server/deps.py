@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from .state import AppState
 
 __all__ = [
     "get_state",
+    "is_loopback_host",
     "key_is_valid",
     "api_key_from_headers",
     "require_api_key",
@@ -37,6 +39,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 UPLOAD_CHUNK = 1024 * 1024
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def get_state(request: Request) -> AppState:

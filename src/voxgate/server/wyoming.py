@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..models import CATALOGUE, get_spec
 from ..transcriber import FileTranscriber, TranscribeRequest
+from .deps import is_loopback_host
 from .limits import transcription_slots
 from .model_cards import client_model_id, model_cards, model_languages
 from .state import AppState
@@ -428,6 +429,20 @@ async def _read_event(reader: asyncio.StreamReader) -> Any:
     return Event(type=kind, data=data, payload=payload)
 
 
+class _Idle(ProtocolError):
+    """No event from the client for the idle timeout."""
+
+
+async def _next_event(reader: asyncio.StreamReader, idle_s: float) -> Any:
+    """The next event, None at EOF; :class:`_Idle` when the client is silent for ``idle_s``.
+    (Only waits between events: a transcription being computed is not idle time.)"""
+    try:
+        return await asyncio.wait_for(_read_event(reader), idle_s)
+    except TimeoutError:
+        raise _Idle(f"no event for {idle_s:g} s: idle connection closed "
+                    "(VOXGATE_WYOMING_IDLE_TIMEOUT_S)") from None
+
+
 class WyomingServer:
     """Server component: listens on the Wyoming URI, one :class:`WyomingSttHandler` per client."""
 
@@ -449,10 +464,15 @@ class WyomingServer:
     async def start(self, state: AppState) -> None:
         _wyoming()
         address = self.address
+        if address.scheme == "tcp" and not is_loopback_host(address.host) \
+                and not state.settings.wyoming_allow_remote:
+            raise ConfigError(f"Wyoming has no authentication: refusing to listen on {address} "
+                              "(beyond this machine); bind it to 127.0.0.1 or a unix socket, or "
+                              "set VOXGATE_WYOMING_ALLOW_REMOTE=true on a trusted network")
         if address.scheme == "tcp":
             self._server = await asyncio.start_server(
                 partial(self._serve, state), address.host, address.port, limit=_MAX_HEADER_BYTES)
-            if address.host not in ("127.0.0.1", "localhost", "::1"):
+            if not is_loopback_host(address.host):
                 logger.warning("Wyoming has no authentication: %s is reachable beyond this "
                                "machine; keep it on a trusted network", address)
         else:
@@ -492,17 +512,22 @@ class WyomingServer:
             async with lock:
                 await async_write_event(event, writer)
 
+        settings = state.settings
         try:
-            if len(self._connections) > state.settings.max_streams:
-                await send(Error(text="too many Wyoming connections (VOXGATE_MAX_STREAMS)",
-                                 code="busy").event())
+            if len(self._connections) > settings.wyoming_max_connections:
+                await send(Error(text=f"too many Wyoming connections (at most "
+                                      f"{settings.wyoming_max_connections}: "
+                                      "VOXGATE_WYOMING_MAX_CONNECTIONS)", code="busy").event())
                 return
             handler = WyomingSttHandler(state, send)
             try:
-                while (event := await _read_event(reader)) is not None:
+                while (event := await _next_event(reader, settings.wyoming_idle_timeout_s)) \
+                        is not None:
                     await handler.handle(event)
             finally:
                 await handler.close()
+        except _Idle as exc:  # a silent client holds nothing for long
+            await send(Error(text=str(exc), code="timeout").event())
         except ProtocolError as exc:  # the stream is out of sync: say why, then hang up
             await send(Error(text=str(exc), code="bad-event").event())
         except (ConnectionError, asyncio.IncompleteReadError):
