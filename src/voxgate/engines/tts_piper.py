@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..audio import change_tempo
 from ..errors import ConfigError, EngineError, ModelError
 from ..types import TtsChunk
 from .base import VoiceInfo, check_speed
@@ -41,6 +42,7 @@ _CLAUSE_END = ",;:"
 # 1,000 and e.g. stay inside their clause
 _CLAUSE = re.compile(r"(.*?)([.!?;:,\u2026]+)(?=\s|$)|(.+?)$", re.DOTALL)
 _LANG_FLAG = re.compile(r"\([^)]*\)")  # espeak's (en)/(fr) language-switch markers
+_MODEL_SPEED = (0.5, 2.0)  # speed range done by length_scale; beyond it, a tempo change
 _PEAK = 0.95  # per-sentence peak after normalisation (Piper uses 1.0; headroom for lossy codecs)
 
 
@@ -226,6 +228,7 @@ class PiperTts:
         import onnxruntime as ort
 
         model_path = Path(model_path)
+        self.model_path = model_path
         self.config = PiperConfig.from_file(Path(config_path) if config_path
                                             else model_path.with_name(model_path.name + ".json"))
         self.voice_id = voice_id or model_path.name.removesuffix(".onnx")
@@ -305,12 +308,20 @@ class PiperTts:
 
     def synthesize(self, text: str, voice: str | None = None,
                    speed: float = 1.0) -> Iterator[TtsChunk]:
-        """One chunk per sentence of ``text``; each peak-normalised to 0.95."""
+        """One chunk per sentence of ``text``; each peak-normalised to 0.95.
+
+        ``speed`` within 0.5-2 is the voice's ``length_scale`` (as piper-tts does it: the
+        model's phoneme durations scale, pauses less, so 2 gives ~0.63x the duration); beyond
+        that range the rest is a pitch-preserving tempo change of the audio.
+        """
         speed = check_speed(speed)
+        model_speed = min(max(speed, _MODEL_SPEED[0]), _MODEL_SPEED[1])
         speaker_id = self._speaker_id(voice)
         for sentence, phonemes in self.phonemizer.sentences(text):
-            audio = self.synthesize_ids(self.phoneme_ids(phonemes), speed=speed,
+            audio = self.synthesize_ids(self.phoneme_ids(phonemes), speed=model_speed,
                                         speaker_id=speaker_id)
+            if model_speed != speed:
+                audio = change_tempo(audio, self.sample_rate, speed / model_speed)
             peak = float(np.max(np.abs(audio))) if audio.size else 0.0
             if peak < 1e-6:
                 continue
