@@ -45,11 +45,16 @@ from ..engines.base import VoiceInfo, check_speed
 from ..errors import AudioError, ConfigError, EngineError, ModelError, TextError, VoxgateError
 from ..speech import aencode, clean_text
 from .grpc_auth import authorize
-from .speech_doors import client_voice, speech_service, speech_slots
+from .speech_doors import (
+    client_voice,
+    language_tag,
+    speech_service,
+    speech_slots,
+    voice_for_language,
+)
 from .state import AppState
 
-__all__ = ["RIVA_TTS_SERVICE", "RivaTtsServicer", "add_riva_tts", "riva_language_code",
-           "riva_voice_name"]
+__all__ = ["RIVA_TTS_SERVICE", "RivaTtsServicer", "add_riva_tts", "riva_voice_name"]
 
 logger = logging.getLogger(__name__)
 RIVA_TTS_SERVICE = "nvidia.riva.tts.RivaSpeechSynthesis"
@@ -69,15 +74,6 @@ class _FieldError(ConfigError):
 
 class _IdleStream(VoxgateError):
     """A SynthesizeOnline client sent no request for the idle timeout."""
-
-
-def riva_language_code(language: str) -> str:
-    """voxgate's language tag -> Riva's spelling (``en-us`` / ``en_US`` -> ``en-US``)."""
-    parts = language.replace("_", "-").split("-")
-    parts[0] = parts[0].lower()
-    if len(parts) > 1 and len(parts[1]) == 2 and parts[1].isalpha():
-        parts[1] = parts[1].upper()
-    return "-".join(parts)
 
 
 def _subvoice(voice: VoiceInfo) -> tuple[str, str]:
@@ -156,15 +152,10 @@ class RivaTtsServicer(rtts_grpc.RivaSpeechSynthesisServicer):
                                   ) from None
         if not language:
             return client_voice(self.state, None)
-        wanted = riva_language_code(language)
-        primary = wanted.split("-")[0].lower()
-        for match in (lambda v: riva_language_code(v.language) == wanted,
-                      lambda v: riva_language_code(v.language).split("-")[0] == primary):
-            # the default voice leads the list; espeak-ng is the last resort
-            found = sorted((v for v in voices if match(v)), key=lambda v: v.engine == "espeak")
-            if found:
-                return found[0].id
-        languages = sorted({riva_language_code(v.language) for v in voices})
+        found = voice_for_language(voices, language)
+        if found is not None:
+            return found.id
+        languages = sorted({language_tag(v.language) for v in voices})
         shown = ", ".join(languages[:_SHOWN_LANGUAGES])
         more = f" and {len(languages) - _SHOWN_LANGUAGES} more" \
             if len(languages) > _SHOWN_LANGUAGES else ""
@@ -314,7 +305,7 @@ class RivaTtsServicer(rtts_grpc.RivaSpeechSynthesisServicer):
                 continue
             entry = response.model_config.add(model_name=voice.id)
             entry.parameters.update({
-                "language_code": riva_language_code(voice.language), "voice_name": model,
+                "language_code": language_tag(voice.language), "voice_name": model,
                 "subvoices": f"{sub}:0", "sample_rate": str(voice.sample_rate),
                 "engine": voice.engine, "type": "online",
                 "default": "true" if default in (voice.id, model) else "false",

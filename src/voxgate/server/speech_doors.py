@@ -17,7 +17,8 @@ from .limits import TranscriptionSlots
 from .model_cards import client_model_id
 from .state import AppState
 
-__all__ = ["OPENAI_VOICES", "OPENAI_TTS_MODELS", "client_voice", "speech_service", "speech_slots"]
+__all__ = ["OPENAI_VOICES", "OPENAI_TTS_MODELS", "client_voice", "language_tag", "speech_service",
+           "speech_slots", "voice_for_language"]
 
 _SERVICE_KEY = "speech-service"
 _SLOTS_KEY = "speech-slots"
@@ -81,3 +82,26 @@ def _unknown_voice(name: str, listed: list[VoiceInfo]) -> str:
     more = len(listed) - len(names)
     tail = f" and {more} more (GET /v1/audio/voices)" if more > 0 else ""
     return f"unknown voice {shown!r}; voices: {', '.join(names)}{tail}"
+
+
+def language_tag(language: str) -> str:
+    """A voice's language as a BCP-47 tag (``en-us`` / ``en_US`` -> ``en-US``, ``hi`` -> ``hi``)."""
+    parts = language.strip().replace("_", "-").split("-")
+    parts[0] = parts[0].lower()
+    if len(parts) > 1 and len(parts[1]) == 2 and parts[1].isalpha():
+        parts[1] = parts[1].upper()
+    return "-".join(parts)
+
+
+def voice_for_language(voices: list[VoiceInfo], language: str) -> VoiceInfo | None:
+    """The voice to speak ``language`` with (Riva ``language_code``, Wyoming ``voice.language``):
+    an exact tag match before a primary-language match (``ru-RU`` -> a ``ru`` voice); within
+    each, the listing's order (the default voice first) with espeak-ng, the last resort, last."""
+    wanted = language_tag(language)
+    primary = wanted.split("-")[0]
+    for match in (lambda v: language_tag(v.language) == wanted,
+                  lambda v: language_tag(v.language).split("-")[0] == primary):
+        found = sorted((v for v in voices if match(v)), key=lambda v: v.engine == "espeak")
+        if found:
+            return found[0]
+    return None
