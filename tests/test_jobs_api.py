@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import threading
+import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,7 @@ from media import silence_flac
 from voxgate.config import Settings
 from voxgate.engines.manager import ModelManager
 from voxgate.errors import AudioTooLongError
-from voxgate.jobs import EmbeddedRedis, JobQueue, TaskStore, connect
+from voxgate.jobs import EmbeddedRedis, JobQueue, TaskStore, connect, sweep_audio
 from voxgate.pipeline import JobSpec, run_pipeline
 from voxgate.webhooks import ReplayGuard, verify
 
@@ -183,8 +185,14 @@ def test_end_to_end_with_sse_webhook_versions_metrics(stack: Stack, clip: Path, 
         assert httpx.get(f"{stack.base}/v1/jobs/{task_id}", headers=AUTH).json() == final
     finally:
         receiver.close()
-    conflict = httpx.delete(f"{stack.base}/v1/jobs/{task_id}", headers=AUTH)
-    assert conflict.status_code == 409 and "COMPLETE" in conflict.json()["detail"]
+    # the audio went when the job finished (VOXGATE_KEEP_JOB_AUDIO_H=0); DELETE purges the rest
+    assert not (stack.settings.data_dir / "audio" / task_id).exists()
+    purged = httpx.delete(f"{stack.base}/v1/jobs/{task_id}", headers=AUTH)
+    assert purged.status_code == 200 and purged.json()["status"] == "PURGED"
+    assert httpx.get(f"{stack.base}/v1/status/{task_id}", headers=AUTH).status_code == 404
+    assert httpx.get(f"{stack.base}/v1/status/{task_id}/events", headers=AUTH).status_code == 404
+    queue = JobQueue(connect(stack.settings.redis_url), stack.settings)
+    assert not queue.redis.exists(f"voxgate:task:{task_id}", queue.store.events_key(task_id))
     metrics_text = httpx.get(f"{stack.base}/metrics").text
     assert 'voxgate_jobs_finished_total{status="COMPLETE"}' in metrics_text
     assert "voxgate_jobs_queued" in metrics_text
@@ -224,7 +232,44 @@ def test_cancel_queued_and_running_jobs(stack: Stack, long_clip: Path) -> None:
         final = wait_final(stack.base, task_id)
         assert final["status"] == "CANCELLED", final
         assert final["results"] is None
+        assert not (stack.settings.data_dir / "audio" / task_id).exists()  # audio deleted
     assert httpx.delete(f"{stack.base}/v1/jobs/{uuid.uuid4()}", headers=AUTH).status_code == 404
+
+
+def test_sweep_keeps_audio_for_its_hours_then_deletes_it(tmp_path: Path) -> None:
+    """VOXGATE_KEEP_JOB_AUDIO_H keeps a finished job's audio that long; queued and running jobs
+    keep theirs; audio whose task expired (result TTL) or was purged goes, after a grace period
+    that covers an upload whose task is being created."""
+    settings = Settings(data_dir=tmp_path, offline=True, keep_job_audio_h=2, _env_file=None)
+    redis = EmbeddedRedis(settings)
+    url = redis.start()
+    try:
+        store = TaskStore(connect(url), 3600)
+        now = time.time()
+        hours_ago = lambda h: datetime.fromtimestamp(now - h * 3600, timezone.utc).isoformat()  # noqa: E731
+        dirs = {}
+        for name, status, finished in [("old", "COMPLETE", 3), ("recent", "FAILED", 1),
+                                       ("running", "PROCESSING_ASR", None),
+                                       ("expired", None, None), ("uploading", None, None)]:
+            task_id = str(uuid.uuid4())
+            dirs[name] = tmp_path / "audio" / task_id
+            dirs[name].mkdir(parents=True)
+            (dirs[name] / "raw.wav").write_bytes(b"RIFF")
+            if status:
+                store.create(task_id, {"features": ["raw_transcript"]}, None)
+                store.update(task_id, status=status,
+                             completed_at=hours_ago(finished) if finished else None)
+        os.utime(dirs["expired"], (now - 3600, now - 3600))  # its task is gone since
+        stale = tmp_path / "audio" / ".upload-dead"
+        stale.write_bytes(b"x")
+        os.utime(stale, (now - 2 * 86400, now - 2 * 86400))
+        removed = set(sweep_audio(settings, store, now=now))
+        assert removed == {dirs["old"].name, dirs["expired"].name, stale.name}
+        assert all(dirs[n].exists() for n in ("recent", "running", "uploading"))
+        assert sweep_audio(settings, store, now=now + 3 * 3600)  # now "recent" is old too
+        assert not dirs["recent"].exists() and dirs["running"].exists()
+    finally:
+        redis.stop()
 
 
 def test_permanent_failure_is_failed_once_not_retried(stack: Stack) -> None:

@@ -168,6 +168,7 @@ class Settings(BaseSettings):
     max_concurrent_transcriptions: int = Field(2, ge=1)
     job_timeout_s: int = Field(3 * 3600, ge=10)
     result_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    keep_job_audio_h: float = Field(0.0, ge=0.0)  # a finished job's audio; 0: deleted at once
     model_idle_ttl_s: float = Field(0.0, ge=0.0)  # 0: keep loaded models forever
     job_retries: int = Field(2, ge=0, le=10)  # re-runs after a worker died or a transient error
     worker_heartbeat_s: int = Field(10, ge=1)  # a job whose worker is silent 3x this is retried

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +40,9 @@ __all__ = [
     "connect",
     "redis_url_for",
     "now_iso",
+    "remove_task_audio",
+    "sweep_audio",
+    "task_audio_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,6 +51,8 @@ QUEUE_NAME = "voxgate"
 _TASK = "voxgate:task:{}"
 _EVENTS = "voxgate:task:{}:events"
 STATS_KEY = "voxgate:stats"
+_ORPHAN_GRACE_S = 600.0  # audio without a task this long after its upload: the task is gone
+_STALE_SPOOL_S = 24 * 3600.0  # an upload spool file this old: its request died
 # max(stored progress, new progress), in one atomic step (a worker and the failure callback of
 # a retried job may write at the same time)
 _RAISE_PROGRESS = """
@@ -173,6 +179,68 @@ class TaskStore:
     def events_key(task_id: str) -> str:
         return _EVENTS.format(task_id)
 
+    def purge(self, task_id: str) -> None:
+        """Forget a task: its state and its events (its audio: :func:`remove_task_audio`)."""
+        self.redis.delete(_TASK.format(task_id), _EVENTS.format(task_id))
+
+
+def task_audio_dir(settings: Settings, task_id: str) -> Path:
+    """``<data_dir>/audio/<task id>``: where a job's upload lives while it is needed."""
+    return settings.data_dir / "audio" / str(uuid.UUID(task_id))
+
+
+def remove_task_audio(settings: Settings, task_id: str) -> None:
+    shutil.rmtree(task_audio_dir(settings, task_id), ignore_errors=True)
+
+
+def _finished_at(raw: dict[str, str]) -> float | None:
+    try:
+        return datetime.fromisoformat(raw["completed_at"]).timestamp()
+    except (KeyError, ValueError):
+        return None
+
+
+def sweep_audio(settings: Settings, store: TaskStore, now: float | None = None) -> list[str]:
+    """Delete job audio nobody needs any more; returns the names removed.
+
+    A finished job's audio goes once ``keep_job_audio_h`` has passed since it finished (0: the
+    worker already deleted it); audio whose task is gone (result TTL expired, purged) goes after
+    a grace period that covers an upload not yet registered; a spool file left by an upload
+    that died mid-way goes after a day. Audio of queued and running jobs always stays.
+    """
+    root = settings.data_dir / "audio"
+    if not root.is_dir():
+        return []
+    now = time.time() if now is None else now
+    keep_s = settings.keep_job_audio_h * 3600
+    removed: list[str] = []
+    for entry in root.iterdir():
+        try:
+            age = now - entry.stat().st_mtime
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        if entry.name.startswith(".upload-"):
+            if age > _STALE_SPOOL_S:
+                entry.unlink(missing_ok=True)
+                removed.append(entry.name)
+            continue
+        try:
+            task_id = str(uuid.UUID(entry.name))
+        except ValueError:
+            continue  # not ours
+        raw = store.raw(task_id)
+        if not raw:
+            expired = age > _ORPHAN_GRACE_S
+        elif raw.get("status") in TERMINAL:
+            finished = _finished_at(raw)
+            expired = now - (finished if finished is not None else now - age) >= keep_s
+        else:
+            expired = False
+        if expired:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
 
 def public_status(raw: dict[str, str]) -> dict[str, Any] | None:
     if not raw:
@@ -246,6 +314,8 @@ class JobQueue:
                 job = Job.fetch(task_id, connection=self.redis)
                 if job.get_status(refresh=True) in ("queued", "deferred", "scheduled"):
                     job.cancel()
+                    if not self.settings.keep_job_audio_h:
+                        remove_task_audio(self.settings, task_id)
                     self.store.update(task_id, status=TaskStatus.CANCELLED.value,
                                       completed_at=now_iso(), error="cancelled by request")
                     self.store.record_outcome(TaskStatus.CANCELLED.value)
@@ -253,6 +323,18 @@ class JobQueue:
             except (NoSuchJobError, InvalidJobOperation):
                 pass  # a worker took it meanwhile: it sees the flag
         return "CANCELLING"
+
+    def purge(self, task_id: str) -> None:
+        """A finished task and everything it left: state, events, RQ job, audio."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        self.store.purge(task_id)
+        try:
+            Job.fetch(task_id, connection=self.redis).delete()
+        except NoSuchJobError:
+            pass  # RQ's own result TTL already took it
+        remove_task_audio(self.settings, task_id)
 
     def requeue_abandoned(self) -> None:
         """Re-queue (or fail) jobs whose worker stopped heart-beating, e.g. killed mid-job."""

@@ -26,7 +26,17 @@ from typing import Any
 from .config import Settings
 from .engines.manager import ModelManager
 from .errors import AudioError, ConfigError, EngineError, ModelError
-from .jobs import TERMINAL, JobCancelled, JobQueue, TaskStatus, TaskStore, connect, now_iso
+from .jobs import (
+    TERMINAL,
+    JobCancelled,
+    JobQueue,
+    TaskStatus,
+    TaskStore,
+    connect,
+    now_iso,
+    remove_task_audio,
+    task_audio_dir,
+)
 from .pipeline import JobSpec, run_pipeline
 from .postprocess import llm_model_id
 from .webhooks import WebhookSender
@@ -52,7 +62,7 @@ class WorkerRuntime:
         self.webhooks = WebhookSender(self.settings)
 
     def audio_path(self, task_id: str) -> Path:
-        directory = self.settings.data_dir / "audio" / str(uuid.UUID(task_id))
+        directory = task_audio_dir(self.settings, task_id)
         found = sorted(directory.glob("raw.*"))
         if not found:
             raise AudioError(f"audio of task {task_id} is missing from {directory}")
@@ -60,6 +70,8 @@ class WorkerRuntime:
 
     def finish(self, task_id: str, status: str, **fields: Any) -> None:
         """Write a terminal state, count it, and fire the webhook (COMPLETE/FAILED only)."""
+        if not self.settings.keep_job_audio_h:  # else the janitor deletes it when time is up
+            remove_task_audio(self.settings, task_id)  # before the state says it is over
         self.store.update(task_id, status=status, completed_at=now_iso(), **fields)
         metrics = fields.get("metrics") or {}
         self.store.record_outcome(status, metrics.get("input_duration_s") or 0.0,

@@ -22,7 +22,7 @@ from starlette.datastructures import UploadFile
 
 from ..config import Settings
 from ..errors import AudioError, AudioTooLongError, ConfigError, ModelError
-from ..jobs import TERMINAL, EmbeddedRedis, JobQueue, connect, ensure_queue_available
+from ..jobs import TERMINAL, EmbeddedRedis, JobQueue, connect, ensure_queue_available, sweep_audio
 from ..pipeline import FEATURES, JobSpec
 from ..postprocess import list_templates
 from ..webhooks import check_webhook_target, validate_webhook_url
@@ -48,6 +48,7 @@ _ALLOWED_MIME_PREFIXES = ("audio/", "video/")
 _ALLOWED_MIME = frozenset({"application/octet-stream", "application/ogg", ""})
 _FORM_SLACK = 256 * 1024  # multipart headers and small fields on top of the file itself
 _MAX_WORKER_SILENCE_S = 60.0
+_SWEEP_INTERVAL_S = 300.0
 
 
 class JobsComponent:
@@ -63,6 +64,7 @@ class JobsComponent:
         self.aredis: Any = None
         self.thread_worker: Any = None
         self._janitor: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def runs_worker(self) -> bool:
@@ -88,6 +90,7 @@ class JobsComponent:
             self.thread_worker = ThreadWorker(self.settings, state.manager, self.url)
             await asyncio.to_thread(self.thread_worker.start)
         self._janitor = asyncio.create_task(self._requeue_abandoned())
+        self._sweeper = asyncio.create_task(self._sweep_audio())
         state.ready_checks.extend([self._redis_check, self._worker_check])
         metrics_of(state).add_source(self._collect)
         logger.info("jobs: queue on %s, in-process worker %s", self.url.split("@")[-1],
@@ -97,6 +100,8 @@ class JobsComponent:
         state.remove_ready_checks(self._redis_check, self._worker_check)
         if self._janitor:
             self._janitor.cancel()
+        if self._sweeper:
+            self._sweeper.cancel()
         if self.thread_worker:
             await asyncio.to_thread(self.thread_worker.stop)
         if self.aredis is not None:
@@ -114,6 +119,17 @@ class JobsComponent:
                 await asyncio.to_thread(self.queue.requeue_abandoned)
             except Exception:  # noqa: BLE001 - Redis may be briefly away; next round retries
                 logger.warning("re-queueing abandoned jobs failed", exc_info=True)
+
+    async def _sweep_audio(self) -> None:
+        """Periodically delete job audio that is no longer needed (see ``jobs.sweep_audio``)."""
+        while True:
+            try:
+                removed = await asyncio.to_thread(sweep_audio, self.settings, self.queue.store)
+                if removed:
+                    logger.info("deleted the audio of %d finished or expired job(s)", len(removed))
+            except Exception:  # noqa: BLE001 - Redis may be briefly away; next round retries
+                logger.warning("sweeping job audio failed", exc_info=True)
+            await asyncio.sleep(_SWEEP_INTERVAL_S)
 
     async def _redis_check(self) -> tuple[str, bool, str]:
         try:
@@ -374,14 +390,14 @@ async def events(task_id: str, request: Request) -> StreamingResponse:
 
 
 @router.delete("/v1/jobs/{task_id}", status_code=202, dependencies=[Depends(require_api_key)],
-               summary="Cancel a queued or running job")
+               summary="Cancel a queued or running job; purge a finished one (200)")
 async def cancel(task_id: str, request: Request) -> JSONResponse:
     state = get_state(request)
     jobs = _jobs(state)
     doc = await _status_doc(state, task_id)
-    if doc["status"] in TERMINAL:
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            detail=f"task already finished with status {doc['status']}")
+    if doc["status"] in TERMINAL:  # finished: purge its results, events and audio
+        await asyncio.to_thread(jobs.queue.purge, doc["task_id"])
+        return JSONResponse({"task_id": doc["task_id"], "status": "PURGED"}, status_code=200)
     result = await asyncio.to_thread(jobs.queue.cancel, doc["task_id"])
     return JSONResponse({"task_id": doc["task_id"], "status": result}, status_code=202)
 
