@@ -96,6 +96,16 @@ def test_auth_required_everywhere_but_health(stack: Stack, clip: Path) -> None:
     bearer = httpx.get(f"{base}/v1/templates", headers={"Authorization": f"Bearer {KEY}"})
     assert bearer.status_code == 200
     assert httpx.get(f"{base}/health").status_code == 200
+    # what describes the server is behind the key too: metrics, the API description, details
+    for path in ("/metrics", "/openapi.json", "/docs"):
+        assert httpx.get(f"{base}{path}").status_code == 401, path
+        assert httpx.get(f"{base}{path}", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert httpx.get(f"{base}{path}", headers=AUTH).status_code == 200, path
+    assert "/v1/process" in httpx.get(f"{base}/openapi.json", headers=AUTH).json()["paths"]
+    anonymous = httpx.get(f"{base}/ready")
+    assert set(anonymous.json()) == {"status"}  # up or not, nothing about the insides
+    detailed = httpx.get(f"{base}/ready", headers=AUTH)
+    assert detailed.status_code == anonymous.status_code and "redis" in detailed.json()["checks"]
 
 
 def test_templates_listed_with_schemas(stack: Stack) -> None:
@@ -193,10 +203,10 @@ def test_end_to_end_with_sse_webhook_versions_metrics(stack: Stack, clip: Path, 
     assert httpx.get(f"{stack.base}/v1/status/{task_id}/events", headers=AUTH).status_code == 404
     queue = JobQueue(connect(stack.settings.redis_url), stack.settings)
     assert not queue.redis.exists(f"voxgate:task:{task_id}", queue.store.events_key(task_id))
-    metrics_text = httpx.get(f"{stack.base}/metrics").text
+    metrics_text = httpx.get(f"{stack.base}/metrics", headers=AUTH).text
     assert 'voxgate_jobs_finished_total{status="COMPLETE"}' in metrics_text
     assert "voxgate_jobs_queued" in metrics_text
-    ready = httpx.get(f"{stack.base}/ready").json()
+    ready = httpx.get(f"{stack.base}/ready", headers=AUTH).json()
     assert ready["checks"]["redis"]["ok"] and ready["checks"]["worker"]["ok"]
 
 
@@ -234,6 +244,17 @@ def test_cancel_queued_and_running_jobs(stack: Stack, long_clip: Path) -> None:
         assert final["results"] is None
         assert not (stack.settings.data_dir / "audio" / task_id).exists()  # audio deleted
     assert httpx.delete(f"{stack.base}/v1/jobs/{uuid.uuid4()}", headers=AUTH).status_code == 404
+
+
+def test_metrics_open_to_a_scraper_network(tmp_path: Path) -> None:
+    """VOXGATE_METRICS_OPEN_NETWORKS lets a scraper subnet read /metrics without a key (here
+    loopback, where the test client is); nothing else opens."""
+    settings = Settings(data_dir=tmp_path, offline=True, api_keys=[KEY], grpc_port=0,
+                        metrics_open_networks=["127.0.0.0/8"], _env_file=None)
+    with serve_app(settings) as base:
+        assert httpx.get(f"{base}/metrics").status_code == 200
+        assert httpx.get(f"{base}/openapi.json").status_code == 401
+        assert set(httpx.get(f"{base}/ready").json()) == {"status"}
 
 
 def test_sweep_keeps_audio_for_its_hours_then_deletes_it(tmp_path: Path) -> None:
@@ -344,7 +365,7 @@ def test_queue_full_429_and_upload_too_large_413(tmp_path: Path, clip: Path) -> 
             big.write_bytes(clip.read_bytes() * 12)  # > 1 MB
             too_large = submit(base, big)
             assert too_large.status_code == 413 and "1 MB" in too_large.json()["detail"]
-            ready = httpx.get(f"{base}/ready")
+            ready = httpx.get(f"{base}/ready", headers=AUTH)
             assert ready.status_code == 503 and not ready.json()["checks"]["worker"]["ok"]
             pending = TaskStore(connect(url), 60)
             assert len(list((tmp_path / "audio").iterdir())) == 2  # the two accepted uploads

@@ -36,7 +36,7 @@ def test_embedded_serve_real_llm_summary_and_restart(librivox, manager, tmp_path
                         _env_file=None)
     clip = wav_of(librivox[4:5], tmp_path / "clip.wav")  # 3.3 s of speech keeps the LLM short
     with serve_app(settings, manager=manager) as base:
-        ready = httpx.get(f"{base}/ready").json()
+        ready = httpx.get(f"{base}/ready", headers=AUTH).json()
         assert ready["checks"]["redis"]["ok"] and ready["checks"]["worker"]["ok"], ready
         r = submit(base, clip, features=["raw_transcript", "clean_transcript", "summary"],
                    template_id="meeting_notes_v1")

@@ -270,9 +270,9 @@ def test_ready_and_metrics_report_streaming(live):
     import httpx
 
     base = f"http://127.0.0.1:{live.http_port}"
-    ready = httpx.get(f"{base}/ready", timeout=10).json()
+    ready = httpx.get(f"{base}/ready", headers=HEADERS, timeout=10).json()
     assert ready["checks"]["streaming"]["ok"] and ready["checks"]["grpc"]["ok"]
-    metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    metrics = httpx.get(f"{base}/metrics", headers=HEADERS, timeout=10).text
     for name in ("voxgate_streams_active", "voxgate_streams_opened_total",
                  "voxgate_stream_finals_total", "voxgate_stream_partials_dropped_total"):
         assert name in metrics, name

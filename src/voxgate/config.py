@@ -6,6 +6,7 @@ e.g. ``VOXGATE_LLM__BASE_URL``) or a ``.env`` file. Nothing else in voxgate read
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -148,6 +149,8 @@ class Settings(BaseSettings):
     # catalogue ids/aliases network clients may pick beyond the configured and installed models
     # ("*": any catalogue model, hub downloads included); clients never name paths
     allowed_models: Annotated[list[str], NoDecode] = []
+    # client networks (CIDR) that may read /metrics without a key, e.g. the Prometheus subnet
+    metrics_open_networks: Annotated[list[str], NoDecode] = []
     redis_url: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
@@ -187,11 +190,22 @@ class Settings(BaseSettings):
     onnx: OnnxSettings = OnnxSettings()
     tts: TtsSettings = TtsSettings()
 
-    @field_validator("api_keys", "allowed_models", "webhook_allowed_hosts", mode="before")
+    @field_validator("api_keys", "allowed_models", "webhook_allowed_hosts",
+                     "metrics_open_networks", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("metrics_open_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an address or CIDR network") from None
         return value
 
     @property

@@ -13,13 +13,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..config import Settings
 from ..engines.manager import ModelManager
 from ..errors import AudioError, ConfigError, EngineError, ModelError, VoxgateError
+from .deps import api_key_from_headers, key_is_valid, require_api_key
 from .redact import install as install_redaction
 from .state import AppState, Component
 
@@ -98,7 +100,9 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                 state.manager.close()
 
     state.ready_checks.append(_models_check(state))
-    app = FastAPI(title="voxgate", version=_version(), lifespan=lifespan)
+    # the API description is served below, behind the API key like the API itself
+    app = FastAPI(title="voxgate", version=_version(), lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
     app.state.voxgate = state
 
     @app.exception_handler(VoxgateError)
@@ -111,13 +115,24 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         return {"status": "ok", "version": _version()}
 
     @app.get("/ready", tags=["ops"])
-    async def ready() -> JSONResponse:
-        """Readiness: every component's real check passes (503 with the failing ones)."""
+    async def ready(request: Request) -> JSONResponse:
+        """Readiness: every component's real check passes (503 with the failing ones).
+        The per-check details (hosts, versions, counts) only with a valid API key."""
         results = await asyncio.gather(*(check() for check in state.ready_checks))
         checks = {name: {"ok": ok, "detail": detail} for name, ok, detail in results}
         ok = all(c["ok"] for c in checks.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
-                            status_code=200 if ok else 503)
+        body: dict[str, Any] = {"status": "ready" if ok else "not ready"}
+        if key_is_valid(settings, api_key_from_headers(request.headers)):
+            body["checks"] = checks
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="voxgate API")
 
     for router in _routers():
         app.include_router(router)

@@ -8,12 +8,16 @@ however many API and worker processes there are.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response, status
 
+from ..config import Settings
+from .deps import api_key_from_headers, key_is_valid
 from .state import AppState
 
 __all__ = ["Metrics", "metrics_of", "router"]
@@ -66,12 +70,27 @@ def metrics_of(state: AppState) -> Metrics:
 router = APIRouter(tags=["ops"])
 
 
+def _may_scrape(request: Request, settings: Settings) -> bool:
+    """A valid API key, or a client address in ``metrics_open_networks`` (a scraper network)."""
+    if key_is_valid(settings, api_key_from_headers(request.headers)):
+        return True
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net, strict=False)
+               for net in settings.metrics_open_networks)
+
+
 @router.get("/metrics", include_in_schema=False)
 async def prometheus(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    import asyncio
-
     state: AppState = request.app.state.voxgate
+    if not _may_scrape(request, state.settings):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"},
+                            detail="invalid or missing API key (or scrape from a network in "
+                                   "VOXGATE_METRICS_OPEN_NETWORKS)")
     body = await asyncio.to_thread(generate_latest, metrics_of(state).registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
