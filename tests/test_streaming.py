@@ -20,7 +20,7 @@ from voxgate.config import Settings, StreamingSettings
 from voxgate.endpointing import Endpointer
 from voxgate.engines.base import AsrCapabilities, AsrOptions, AsrResult
 from voxgate.engines.manager import ModelManager
-from voxgate.errors import AudioError
+from voxgate.errors import AudioError, EngineError
 from voxgate.streaming import (
     PcmInput,
     StreamConfigError,
@@ -326,6 +326,62 @@ def _tone(seconds: float) -> np.ndarray:
 
 def _silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * SR), np.float32)
+
+
+async def test_scheduler_death_ends_every_stream_with_an_error():
+    """A bug that kills the shared decode scheduler: the stream waiting for a final, an idle
+    stream and the next client all get an EngineError; nobody hangs."""
+    svc = _fake_service(FakeAsr(), FakeAsr())
+    await svc.start()
+    try:
+        config = svc.config(final_model="final", partial_model="partial", interim_results=False)
+        talking, idle = await svc.open(config), await svc.open(config)
+
+        def bug() -> list:
+            raise RuntimeError("scheduler bug")
+
+        svc.scheduler._take_finals = bug
+        audio = np.concatenate([_tone(1.0), _silence(1.0)])
+
+        async def consume(events) -> None:
+            async for _ in events:
+                pass
+
+        with pytest.raises(EngineError, match="live decoding stopped.*scheduler bug"):
+            await asyncio.wait_for(consume(stream_events(talking, _chunks(audio))), 30)
+        with pytest.raises(EngineError, match="live decoding stopped"):
+            await asyncio.wait_for(consume(idle.events()), 30)
+        with pytest.raises(EngineError, match="live decoding stopped"):
+            await svc.open(config)
+        for session in (talking, idle):
+            await session.close()
+        assert svc.active == 0
+    finally:
+        await svc.stop()
+
+
+async def test_partial_model_is_not_loaded_without_interim_results():
+    svc = _fake_service(FakeAsr(), FakeAsr())
+    await svc.start()
+    try:
+        session = await svc.open(svc.config(final_model="final", partial_model="partial",
+                                            interim_results=False))
+        assert {e["model"] for e in svc.manager.loaded()} == {"final", "silero-vad"}
+        await session.close()
+        session = await svc.open(svc.config(final_model="final", partial_model="partial"))
+        assert "partial" in {e["model"] for e in svc.manager.loaded()}
+        await session.close()
+    finally:
+        await svc.stop()
+
+
+def test_clients_beam_is_capped_by_the_server(settings):
+    service = StreamingService(settings)
+    assert service.config(final_beam_size=5).final_beam_size == 5
+    for field in ("final_beam_size", "partial_beam_size"):
+        with pytest.raises(StreamConfigError, match="VOXGATE_STREAMING__MAX_BEAM_SIZE") as caught:
+            service.config(**{field: 6})
+        assert caught.value.field == field
 
 
 async def test_cross_session_batching_with_max_batch_and_wait():

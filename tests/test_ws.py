@@ -161,6 +161,7 @@ async def test_bearer_token_is_accepted(live):
     ('{"language": "de"}', 1008, "language"),  # tiny.en partials cannot do German
     ('{"models": {"final": "no-such-model"}}', 1008, "models.final"),
     ('{"models": {"fast": "x"}}', 1008, "models.fast"),
+    ('{"beam_size": 20}', 1008, "beam_size"),  # above the server's VOXGATE_STREAMING__MAX_BEAM_SIZE
     ('{"colour": "blue"}', 1008, "colour"),
     ('{"type": "flush"}', 1008, "type"),
 ])

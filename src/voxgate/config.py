@@ -96,6 +96,7 @@ class StreamingSettings(BaseModel):
     max_utterance_s: float = Field(20.0, ge=2.0, le=30.0)  # force a final past this length
     final_beam_size: int = Field(1, ge=1, le=20)
     partial_beam_size: int = Field(1, ge=1, le=20)
+    max_beam_size: int = Field(5, ge=1, le=20)  # the largest beam a client may ask for
     # Whisper encoder window for live decodes: utterance + window_margin_s (whole seconds), not
     # 30 s; short_window=false: the full 30 s window (slower, the file path's behaviour)
     short_window: bool = True

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .engines.base import Asr, AsrOptions, AsrResult
+from .errors import EngineError
 
 __all__ = ["DecodeScheduler", "SchedulerStats"]
 
@@ -80,6 +81,8 @@ class DecodeScheduler:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.busy = False
+        self.failure: EngineError | None = None  # set when the scheduler task died
+        self.on_failure: list[Callable[[EngineError], None]] = []  # told when it dies
 
     @property
     def running(self) -> bool:
@@ -116,6 +119,8 @@ class DecodeScheduler:
     def submit_final(self, asr: Asr, audio: np.ndarray, options: AsrOptions
                      ) -> asyncio.Future[AsrResult]:
         """Queue a final decode; the future resolves with its result (cancel it to withdraw)."""
+        if self.failure is not None:
+            raise self.failure
         if not self.running or self._wake is None:
             raise RuntimeError("DecodeScheduler.start() was not called")
         future: asyncio.Future[AsrResult] = asyncio.get_running_loop().create_future()
@@ -126,6 +131,8 @@ class DecodeScheduler:
     def submit_partial(self, key: Hashable, asr: Asr, audio: np.ndarray, options: AsrOptions,
                        on_done: PartialCallback) -> bool:
         """Queue a partial for session ``key``; True when it replaced (dropped) a queued one."""
+        if self.failure is not None:
+            raise self.failure
         if not self.running or self._wake is None:
             raise RuntimeError("DecodeScheduler.start() was not called")
         dropped = self._partials.pop(key, None) is not None
@@ -140,6 +147,23 @@ class DecodeScheduler:
         self._partials.pop(key, None)
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug or a dead executor: nobody may wait forever
+            logger.exception("live decode scheduler stopped")
+            self.failure = EngineError(f"live decoding stopped ({type(exc).__name__}: {exc}); "
+                                       "reconnect later", retryable=True)
+            for job in self._finals:
+                if job.future is not None and not job.future.done():
+                    job.future.set_exception(self.failure)
+            self._finals.clear()
+            self._partials.clear()
+            for callback in list(self.on_failure):
+                callback(self.failure)  # logged above and recorded: the task ends here
+
+    async def _loop(self) -> None:
         wake = self._wake
         if wake is None:
             raise RuntimeError("DecodeScheduler.start() was not called")

@@ -50,6 +50,9 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+_BEAMS = ("final_beam_size", "partial_beam_size")  # a client's choice, capped by the server
+
+
 @dataclass(slots=True)
 class StreamConfig:
     """Per-stream options; build with :meth:`StreamingService.config` (server defaults)."""
@@ -81,8 +84,12 @@ class StreamConfig:
         for key, value in overrides.items():
             if key not in names:
                 raise StreamConfigError(key, "unknown option")
-            if value is not None:
-                setattr(base, key, value)
+            if value is None:
+                continue
+            if key in _BEAMS and isinstance(value, int) and value > s.max_beam_size:
+                raise StreamConfigError(key, f"must be at most {s.max_beam_size} on this server "
+                                             "(VOXGATE_STREAMING__MAX_BEAM_SIZE)")
+            setattr(base, key, value)
         base.validate()
         return base
 

@@ -135,7 +135,15 @@ class StreamingService:
             self.manager = state.manager
         if self.manager is None:
             raise RuntimeError("StreamingService needs a ModelManager")
+        if self._scheduler_failed not in self.scheduler.on_failure:
+            self.scheduler.on_failure.append(self._scheduler_failed)
         await self.scheduler.start()
+
+    def _scheduler_failed(self, error: EngineError) -> None:
+        """The decode scheduler died: every open stream ends with ``error``, none hangs."""
+        for session in list(self.sessions.values()):
+            if isinstance(session, AsrSession):
+                session.fail(error)
 
     async def stop(self, state: Any = None) -> None:
         for session in list(self.sessions.values()):
@@ -162,6 +170,8 @@ class StreamingService:
         ``final_model`` / ``partial_model`` / ``language``) when a model cannot serve the config.
         """
         self.check_capacity()
+        if self.scheduler.failure is not None:
+            raise self.scheduler.failure
         if self.manager is None or not self.scheduler.running:
             raise RuntimeError("StreamingService.start() was not called")
         config.validate()
@@ -172,11 +182,13 @@ class StreamingService:
         try:
             final = await asyncio.to_thread(self._use, stack, "asr", config.final_model,
                                             "final_model")
-            partial = await asyncio.to_thread(self._use, stack, "asr", config.partial_model,
-                                              "partial_model")
+            partial = None  # no partials asked for: the partial model is not even loaded
+            if config.interim_results:
+                partial = await asyncio.to_thread(self._use, stack, "asr", config.partial_model,
+                                                  "partial_model")
             vad = await asyncio.to_thread(self._use, stack, "vad", "silero-vad", "vad")
             check_language(final, config.language, "final_model")
-            if config.interim_results:
+            if partial is not None:
                 check_language(partial, config.language, "partial_model")
         except BaseException:
             self.sessions.pop(session_id, None)
@@ -229,7 +241,7 @@ class AsrSession:
     """
 
     def __init__(self, service: StreamingService, session_id: str, config: StreamConfig,
-                 vad_stream: Any, partial_asr: Asr, final_asr: Asr,
+                 vad_stream: Any, partial_asr: Asr | None, final_asr: Asr,
                  resources: contextlib.ExitStack) -> None:
         self.service, self.id, self.config = service, session_id, config
         self._scheduler = service.scheduler
@@ -349,6 +361,11 @@ class AsrSession:
         self._resources.close()
         self.service._release(self.id)
         logger.debug("stream %s closed after %.1fs of audio", self.id, self.position)
+
+    def fail(self, error: BaseException) -> None:
+        """End the stream with ``error``: the reader of :meth:`events` gets it."""
+        if not self.closed:
+            self._events.put_nowait(error)
 
     async def events(self) -> AsyncIterator[AsrEvent]:
         """Events in order; ends after ``finish()`` delivered the last final, or on close.
