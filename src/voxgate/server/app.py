@@ -147,6 +147,9 @@ def _routers() -> list[Any]:
     from .openai_api import router as openai_router  # OpenAI-compatible audio API + /v1/models
 
     routers.append(openai_router)
+    from .openai_speech import router as speech_router  # /v1/audio/speech, /v1/audio/voices
+
+    routers.append(speech_router)
     from .jobs_api import router as jobs_router  # REST jobs: /v1/process, /v1/status, templates
     from .metrics import router as metrics_router  # Prometheus /metrics
 
