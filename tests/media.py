@@ -133,3 +133,49 @@ def silence_flac(seconds: float, rate: int = 8000, declare_duration: bool = True
         data[8 + 13] &= 0xF0
         data[8 + 14:8 + 18] = bytes(4)
     return bytes(data)
+
+
+# Six Spanish sentences (~25 s through espeak-ng): enough speech that no single word decides a
+# detection / translation test. The LibriVox clips are English, so a real synthesiser reads it.
+SPANISH = ("Buenos días. Hoy hace muy buen tiempo y vamos a caminar por el parque con mis amigos. "
+           "Después vamos a comer en un restaurante cerca del río. "
+           "Mi hermana trabaja en un hospital grande en el centro de la ciudad. "
+           "Los niños juegan en el jardín con su perro. "
+           "Mañana por la mañana tengo que ir a la escuela en autobús. "
+           "Me gusta leer libros y escuchar música por la noche.")
+# One English word for a concept of each sentence: a translation must carry most of them.
+SPANISH_CONCEPTS = ("morning", "park", "friends", "restaurant", "river", "hospital", "children",
+                    "dog", "music", "night")
+_SPANISH_FUNCTION_WORDS = frozenset("el la los las de del que con por en un una y mi su muy "
+                                    "es vamos hoy".split())
+
+
+def spanish_speech(path: Path) -> Path:
+    """:data:`SPANISH` read by espeak-ng into ``path`` (WAV); skips the test without it."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (scripts/setup.sh installs it)")
+    subprocess.run(["espeak-ng", "-v", "es", "-w", str(path), SPANISH], check=True)
+    return path
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-cased words (letters only), for word-level checks in any language."""
+    import re
+
+    return re.findall(r"[^\W\d_]+", text.lower())
+
+
+def check_english_translation_of_spanish(text: str) -> None:
+    """What a translation of :data:`SPANISH` guarantees: English words (not the Spanish
+    transcript) that carry at least 7 of its 10 concepts."""
+    words = words_of(text)
+    assert len(words) >= 30, text
+    spanish_share = sum(w in _SPANISH_FUNCTION_WORDS for w in words) / len(words)
+    assert spanish_share <= 0.05, text
+    carried = [c for c in SPANISH_CONCEPTS if any(w.startswith(c) for w in words)]
+    assert len(carried) >= 7, (carried, text)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import re
-import shutil
-import subprocess
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from conftest import wer
+from media import SPANISH, check_english_translation_of_spanish, spanish_speech, words_of
 
 from voxgate.batch import BatchOptions, iter_transcribe, plan_chunks, transcribe_audio
 from voxgate.engines.base import AsrOptions
@@ -144,32 +142,11 @@ def test_no_vad_decodes_one_utterance_and_drops_filler(transcriber, settings, ma
     assert runner.run_audio(tones).text == ""  # no "..." or "♪" filler
 
 
-SPANISH = ("Buenos días. Hoy hace muy buen tiempo y vamos a caminar por el parque con mis amigos. "
-           "Después vamos a comer en un restaurante cerca del río. "
-           "Mi hermana trabaja en un hospital grande en el centro de la ciudad. "
-           "Los niños juegan en el jardín con su perro. "
-           "Mañana por la mañana tengo que ir a la escuela en autobús. "
-           "Me gusta leer libros y escuchar música por la noche.")
-# One English word for a concept of each sentence: a translation must carry most of them.
-SPANISH_CONCEPTS = ("morning", "park", "friends", "restaurant", "river", "hospital", "children",
-                    "dog", "music", "night")
-SPANISH_FUNCTION_WORDS = frozenset("el la los las de del que con por en un una y mi su muy "
-                                   "es vamos hoy".split())
-
-
 @pytest.fixture(scope="module")
 def spanish(tmp_path_factory):
     """~25 s of Spanish speech from espeak-ng (a real synthesiser; the LibriVox clips are
     English): six sentences, so that no single word decides a test."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (scripts/setup.sh installs it)")
-    path = tmp_path_factory.mktemp("es") / "es.wav"
-    subprocess.run(["espeak-ng", "-v", "es", "-w", str(path), SPANISH], check=True)
-    return path
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[^\W\d_]+", text.lower())
+    return spanish_speech(tmp_path_factory.mktemp("es") / "es.wav")
 
 
 def test_auto_detects_spanish_and_translates(spanish, settings, manager) -> None:
@@ -180,17 +157,12 @@ def test_auto_detects_spanish_and_translates(spanish, settings, manager) -> None
 
     heard = FileTranscriber(settings, TranscribeRequest(model="whisper-base"), manager).run(spanish)
     assert heard.language == "es" and heard.language_probability > 0.5
-    error = jiwer.wer(" ".join(_words(SPANISH)), " ".join(_words(heard.text)))
+    error = jiwer.wer(" ".join(words_of(SPANISH)), " ".join(words_of(heard.text)))
     assert error <= 0.25, heard.text
     english = FileTranscriber(settings, TranscribeRequest(model="whisper-base", task="translate"),
                               manager).run(spanish)
     assert english.task == "translate" and english.language == "es"
-    words = _words(english.text)
-    assert len(words) >= 30, english.text
-    spanish_share = sum(w in SPANISH_FUNCTION_WORDS for w in words) / len(words)
-    assert spanish_share <= 0.05, english.text  # English out, not the Spanish transcript
-    carried = [c for c in SPANISH_CONCEPTS if any(w.startswith(c) for w in words)]
-    assert len(carried) >= 7, (carried, english.text)
+    check_english_translation_of_spanish(english.text)
 
 
 def test_options_reach_the_decoder(transcriber, librivox) -> None:
