@@ -126,13 +126,13 @@ def serve_app(app: FastAPI, start_timeout_s: float = 60.0, **config: Any) -> Ite
 
 def start_live_server(settings: Any, manager: Any) -> Iterator[LiveServer]:
     """The live-transcription server: streaming service + Riva gRPC on free ports."""
-    from voxgate.server.app import create_app
+    from voxgate.server.app import create_app, uvicorn_options
     from voxgate.server.grpc_riva import RivaGrpcServer
     from voxgate.server.ws import StreamingComponent
 
     grpc_server = RivaGrpcServer(settings, port=0)
     app = create_app(settings, manager, components=[StreamingComponent(settings), grpc_server])
-    with serve_app(app, ws_max_size=16 * 1024 * 1024) as live:
+    with serve_app(app, ws_max_size=uvicorn_options(settings)["ws_max_size"]) as live:
         live.grpc_port = grpc_server.bound_port
         yield live
 

@@ -223,6 +223,57 @@ def test_idle_stream_is_closed(live):
     assert live.wait_for(lambda: live.streaming.active == 0)
 
 
+def test_stream_without_a_first_message_is_closed(live):
+    """A client that opens StreamingRecognize and never sends streaming_config does not hold a
+    stream slot forever: the server ends it after the idle timeout (3 s here)."""
+    release = threading.Event()
+
+    def mute_client():
+        release.wait(60)
+        return
+        yield  # a generator that yields nothing
+
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            list(_asr(live).stub.StreamingRecognize(mute_client(), timeout=60,
+                                                     metadata=[("x-api-key", API_KEY)]))
+    finally:
+        release.set()
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no streaming_config within 3 s" in err.value.details()
+    assert live.wait_for(lambda: live.streaming.active == 0)
+
+
+def test_concurrent_rpcs_beyond_the_server_cap_are_refused(settings, manager, tmp_path):
+    """VOXGATE_GRPC_MAX_CONCURRENT_RPCS bounds the calls a gRPC server runs at once."""
+    from live_server import live_settings, start_live_server
+
+    rasr = riva_client.proto.riva_asr_pb2
+    capped = live_settings(tmp_path, grpc_max_concurrent_rpcs=1)
+    server_gen = start_live_server(capped, manager)
+    server = next(server_gen)
+    release = threading.Event()
+
+    def held_requests():
+        yield rasr.StreamingRecognizeRequest(streaming_config=rasr.StreamingRecognitionConfig(
+            config=_config(sample_rate_hertz=16000)))
+        release.wait(30)
+
+    try:
+        held = _asr(server).stub.StreamingRecognize(held_requests(),
+                                                    metadata=[("x-api-key", API_KEY)])
+        assert server.wait_for(lambda: server.streaming.active == 1)
+        with pytest.raises(grpc.RpcError) as err:
+            _asr(server).stub.GetRivaSpeechRecognitionConfig(
+                riva_client.proto.riva_asr_pb2.RivaSpeechRecognitionConfigRequest(),
+                metadata=[("x-api-key", API_KEY)], timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        held.cancel()
+    finally:
+        release.set()
+        next(server_gen, None)
+
+
 async def test_grpc_port_in_use_is_a_clear_error(settings, manager):
     import socket
 

@@ -3,9 +3,11 @@ LibriVox speech). LLM-free features keep these fast; tests/test_jobs_e2e.py runs
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -191,6 +193,11 @@ def test_end_to_end_with_sse_webhook_versions_metrics(stack: Stack, clip: Path, 
         assert not verify(KEY, body, signature, timestamp)  # never an API key
         assert ReplayGuard(WEBHOOK_SECRET).accept(headers, body)
         assert json.loads(body)["status"] == "COMPLETE" and json.loads(body)["task_id"] == task_id
+        # a malformed Last-Event-ID is a clear 400, not a stream that breaks midway
+        for bad in ("not-an-id", "1-2-3", "-1", "9" * 30):
+            resumed = httpx.get(f"{stack.base}/v1/status/{task_id}/events",
+                                headers={**AUTH, "Last-Event-ID": bad})
+            assert resumed.status_code == 400 and "Last-Event-ID" in resumed.json()["detail"]
         # SSE resumes after Last-Event-ID: only the tail plus the result come back
         assert httpx.get(f"{stack.base}/v1/jobs/{task_id}", headers=AUTH).json() == final
     finally:
@@ -244,6 +251,31 @@ def test_cancel_queued_and_running_jobs(stack: Stack, long_clip: Path) -> None:
         assert final["results"] is None
         assert not (stack.settings.data_dir / "audio" / task_id).exists()  # audio deleted
     assert httpx.delete(f"{stack.base}/v1/jobs/{uuid.uuid4()}", headers=AUTH).status_code == 404
+
+
+async def test_a_redis_that_stops_answering_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A server that accepts connections and never replies (a hung Redis, a black-holed
+    network): the commands time out after VOXGATE_REDIS_TIMEOUT_S and start-up fails."""
+    import redis
+
+    from voxgate.engines.manager import ModelManager as Manager
+    from voxgate.server.jobs_api import JobsComponent
+    from voxgate.server.state import AppState
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    url = f"redis://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError):
+            connect(url, timeout_s=0.5).ping()
+        settings = Settings(data_dir=tmp_path, offline=True, redis_url=url, redis_timeout_s=0.5,
+                            _env_file=None)
+        component = JobsComponent(settings)
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await asyncio.wait_for(component.start(AppState(settings, Manager(settings))), 60)
+    finally:
+        silent.close()
 
 
 def test_metrics_open_to_a_scraper_network(tmp_path: Path) -> None:

@@ -216,12 +216,22 @@ async def test_json_where_audio_expected_and_odd_pcm_keep_what_was_said(live, li
 
 
 async def test_frame_too_big_is_1009(live):
+    """uvicorn runs with ws_max_size = VOXGATE_STREAMING__MAX_FRAME_BYTES: a frame at the limit
+    is audio, one byte pair more is refused by the protocol (1009) before it is buffered."""
+    from voxgate.server import uvicorn_options
+
+    limit = live.settings.streaming.max_frame_bytes
+    assert uvicorn_options(live.settings)["ws_max_size"] == limit
     async with await _connect(live) as ws:
         await ws.send(json.dumps({}))
         assert (await _recv(ws))["type"] == "ready"
-        await ws.send(b"\x00" * (live.settings.streaming.max_frame_bytes + 2))
-        error = await _expect_error(ws, 1009)
-    assert "exceeds" in error["message"]
+        await ws.send(b"\x00" * limit)  # exactly the limit: accepted
+        await ws.send(b"\x00" * (limit + 2))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert live.wait_for(lambda: live.streaming.active == 0)
 
 
 async def test_idle_stream_is_closed(live):

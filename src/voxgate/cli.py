@@ -341,7 +341,7 @@ def serve(
     logging.getLogger("voxgate").setLevel(logging.DEBUG if debug else logging.INFO)
     import uvicorn
 
-    from .server import create_app
+    from .server import create_app, uvicorn_options
 
     overrides = {k: v for k, v in {"host": host, "port": port, "grpc_port": grpc_port,
                                    "wyoming_uri": wyoming}.items() if v is not None}
@@ -351,8 +351,7 @@ def serve(
     except VoxgateError as exc:
         _fail(str(exc))
         raise typer.Exit(1) from None
-    uvicorn.run(application, host=settings.host, port=settings.port,
-                log_level="debug" if debug else "info")
+    uvicorn.run(application, **uvicorn_options(settings), log_level="debug" if debug else "info")
 
 
 def main() -> None:

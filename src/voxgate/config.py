@@ -156,9 +156,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int = 50051
+    redis_timeout_s: float = Field(30.0, gt=0.0)  # any Redis command; a silent Redis is an error
     grpc_tls_cert: Path | None = None  # PEM certificate chain: serve gRPC over TLS
     grpc_tls_key: Path | None = None  # PEM private key for grpc_tls_cert
     wyoming_uri: str = ""
+    grpc_max_concurrent_rpcs: int = Field(64, ge=1)  # beyond: RESOURCE_EXHAUSTED at once
     wyoming_max_connections: int = Field(4, ge=1)  # Wyoming's own cap (it has no auth)
     wyoming_idle_timeout_s: float = Field(30.0, gt=0.0)  # silent connections are closed
     wyoming_allow_remote: bool = False  # listen beyond loopback (Wyoming has no auth)

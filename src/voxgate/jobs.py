@@ -86,11 +86,17 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def connect(url: str):  # -> redis.Redis
-    """A sync Redis client (RQ needs sync, bytes responses) for ``redis://``/``unix://`` URLs."""
+def connect(url: str, timeout_s: float = 30.0):  # -> redis.Redis
+    """A sync Redis client (RQ needs sync, bytes responses) for ``redis://``/``unix://`` URLs.
+
+    Every command times out after ``timeout_s`` (``redis_timeout_s``): a Redis that stops
+    answering is an error, never a thread blocked forever. RQ lengthens it for its own blocking
+    dequeue when needed.
+    """
     import redis
 
-    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    return redis.Redis.from_url(url, socket_connect_timeout=min(timeout_s, 5.0),
+                                socket_timeout=timeout_s, health_check_interval=30)
 
 
 class TaskStore:

@@ -243,7 +243,7 @@ def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str |
                manager: ModelManager | None = None, preload_llm: bool = False) -> None:
     """Blocking worker loop (``voxgate worker``): SIGTERM/SIGINT finish the current job first."""
     manager = manager or ModelManager(settings)
-    connection = connect(url)
+    connection = connect(url, settings.redis_timeout_s)
     try:
         connection.ping()
     except Exception as exc:  # noqa: BLE001 - redis raises several connection error types
@@ -270,7 +270,8 @@ class ThreadWorker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.worker = build_worker(self.settings, self.manager, connect(self.url),
+        self.worker = build_worker(self.settings, self.manager,
+                                   connect(self.url, self.settings.redis_timeout_s),
                                    name=f"inproc-{uuid.uuid4().hex[:8]}")
         self._thread = threading.Thread(target=self._run, name="voxgate-worker", daemon=True)
         self._thread.start()

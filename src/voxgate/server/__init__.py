@@ -1,5 +1,5 @@
 """HTTP / WebSocket / gRPC front doors. Nothing outside this package imports it."""
 
-from .app import create_app
+from .app import create_app, uvicorn_options
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "uvicorn_options"]

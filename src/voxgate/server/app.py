@@ -25,7 +25,7 @@ from .deps import api_key_from_headers, key_is_valid, require_api_key
 from .redact import install as install_redaction
 from .state import AppState, Component
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "uvicorn_options"]
 
 logger = logging.getLogger(__name__)
 _WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -139,6 +139,13 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     if _WEB_DIR.is_dir():
         app.mount("/", StaticFiles(directory=_WEB_DIR, html=True), name="web")
     return app
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves the app: where, and no WebSocket message larger than the live frame
+    limit is ever buffered (``ws_max_size``; the protocol closes such a socket with 1009)."""
+    return {"host": settings.host, "port": settings.port,
+            "ws_max_size": settings.streaming.max_frame_bytes}
 
 
 def _routers() -> list[Any]:

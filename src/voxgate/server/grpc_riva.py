@@ -238,10 +238,15 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         from .ws import streaming_service
 
         session = None
+        idle_s = self.settings.streaming.idle_timeout_s
         try:
             service = streaming_service(self.state)
             service.check_capacity()
-            first = await anext(aiter(request_iterator), None)
+            try:  # a client that opens the stream and says nothing holds a slot: bounded
+                first = await asyncio.wait_for(anext(aiter(request_iterator), None), idle_s)
+            except TimeoutError:
+                raise _IdleStream(f"no streaming_config within {idle_s:g} s: stream "
+                                  "closed") from None
             if first is None or not first.HasField("streaming_config"):
                 raise StreamConfigError("streaming_config", "the first request must carry "
                                                             "streaming_config (then audio_content)")
@@ -258,8 +263,6 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             await self._fail(context, exc)
             raise
         max_bytes = self.settings.streaming.max_frame_bytes
-
-        idle_s = self.settings.streaming.idle_timeout_s
         requests = aiter(request_iterator)
 
         async def next_request() -> Any:
@@ -378,8 +381,10 @@ class RivaGrpcServer:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
         limit = (self.settings.streaming.max_recognize_mb + 1) * 1024 * 1024
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                          ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        server = grpc.aio.server(
+            maximum_concurrent_rpcs=self.settings.grpc_max_concurrent_rpcs,
+            options=[("grpc.max_receive_message_length", limit),
+                     ("grpc.max_send_message_length", 64 * 1024 * 1024)])
         rasr_grpc.add_RivaSpeechRecognitionServicer_to_server(RivaAsrServicer(state), server)
         from .riva_tts import add_riva_tts  # speech out: nvidia.riva.tts.RivaSpeechSynthesis
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -49,6 +50,8 @@ _ALLOWED_MIME = frozenset({"application/octet-stream", "application/ogg", ""})
 _FORM_SLACK = 256 * 1024  # multipart headers and small fields on top of the file itself
 _MAX_WORKER_SILENCE_S = 60.0
 _SWEEP_INTERVAL_S = 300.0
+_SSE_BLOCK_MS = 10_000  # an SSE stream's keep-alive interval
+_EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")  # a Redis stream entry id
 
 
 class JobsComponent:
@@ -80,10 +83,13 @@ class JobsComponent:
         else:
             self.embedded = EmbeddedRedis(self.settings)
             self.url = await asyncio.to_thread(self.embedded.start)
-        connection = connect(self.url)
+        timeout_s = self.settings.redis_timeout_s
+        connection = connect(self.url, timeout_s)
         await asyncio.to_thread(connection.ping)
         self.queue = JobQueue(connection, self.settings)
-        self.aredis = aredis.Redis.from_url(self.url, socket_timeout=60)
+        # SSE reads block up to _SSE_BLOCK_MS on top of the command timeout
+        self.aredis = aredis.Redis.from_url(self.url, socket_connect_timeout=min(timeout_s, 5.0),
+                                            socket_timeout=timeout_s + _SSE_BLOCK_MS / 1000)
         if self.runs_worker:
             from ..worker import ThreadWorker
 
@@ -364,12 +370,16 @@ async def events(task_id: str, request: Request) -> StreamingResponse:
     jobs = _jobs(state)
     doc = await _status_doc(state, task_id)
     key = jobs.queue.store.events_key(doc["task_id"])
-    start = request.headers.get("last-event-id") or "0-0"
+    start = (request.headers.get("last-event-id") or "0-0").strip()
+    if not _EVENT_ID.fullmatch(start):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST,
+                            detail=f"Last-Event-ID {start[:40]!r} is not an event id of this "
+                                   "stream (like 1700000000000-0)")
 
     async def stream() -> AsyncIterator[str]:
         cursor = start
         while True:
-            batch = await jobs.aredis.xread({key: cursor}, count=100, block=10_000)
+            batch = await jobs.aredis.xread({key: cursor}, count=100, block=_SSE_BLOCK_MS)
             if not batch:
                 yield ": keep-alive\n\n"
                 if not await jobs.aredis.exists(key):
