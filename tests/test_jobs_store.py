@@ -55,3 +55,23 @@ def test_updates_without_progress_leave_it_alone(store: TaskStore) -> None:
     store.update(task_id, progress=0.3)
     store.update(task_id, error="transient", event=False)
     assert store.get(task_id)["progress"] == pytest.approx(0.3)
+
+
+def test_embedded_redis_socket_path_is_stable_and_short(tmp_path) -> None:
+    """A data dir too deep for a unix socket gets a short path in /tmp that every process
+    (``serve``, ``worker``, a restart) computes alike: no per-process hash randomisation."""
+    import subprocess
+    import sys
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    settings = Settings(data_dir=deep, _env_file=None)
+    path = EmbeddedRedis.socket_path(settings)
+    assert len(str(path)) < 100 and str(path).startswith("/tmp/voxgate-")
+    code = ("import sys; from voxgate.config import Settings; from voxgate.jobs import "
+            "EmbeddedRedis; print(EmbeddedRedis.socket_path(Settings(data_dir=sys.argv[1], "
+            "_env_file=None)))")
+    others = {subprocess.run([sys.executable, "-c", code, str(deep)], capture_output=True,
+                             text=True, check=True).stdout.strip() for _ in range(2)}
+    assert others == {str(path)}
+    short = Settings(data_dir=tmp_path, _env_file=None)
+    assert EmbeddedRedis.socket_path(short) == (tmp_path / "redis" / "redis.sock").resolve()

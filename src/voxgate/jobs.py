@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -383,12 +383,15 @@ class EmbeddedRedis:
 
     @staticmethod
     def socket_path(settings: Settings) -> Path:
+        """``<data_dir>/redis/redis.sock``, or, when that is too long for a unix socket, a short
+        name in /tmp derived from the data dir alone: every process (serve, worker, a restart)
+        computes the same path for the same data dir."""
         directory = (settings.data_dir / "redis").resolve()
         path = directory / "redis.sock"
         if len(str(path)) < 100:  # AF_UNIX path limit is 107 bytes
             return path
-        short = Path(tempfile.gettempdir()) / f"voxgate-{abs(hash(str(directory))) % 10**10}.sock"
-        return short
+        digest = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
+        return Path("/tmp") / f"voxgate-{digest}.sock"  # not $TMPDIR: it differs by process
 
     def _answers(self) -> bool:
         if not self.socket.exists():
