@@ -34,6 +34,9 @@ class AsrSettings(BaseModel):
     cpu_threads: int = 0  # 0: CTranslate2 picks
     beam_size: int = Field(5, ge=1, le=20)
     batch_size: int = Field(8, ge=1, le=64)
+    # while live streams are served, file work takes a shared model this many chunks at a time
+    # (a live final waits for at most one such unit instead of a whole batch)
+    file_unit_chunks: int = Field(2, ge=1, le=64)
     max_chunk_s: float = Field(30.0, gt=1.0, le=30.0)
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     min_silence_ms: int = Field(500, ge=0)
@@ -153,14 +156,14 @@ class Settings(BaseSettings):
     # client networks (CIDR) that may read /metrics without a key, e.g. the Prometheus subnet
     metrics_open_networks: Annotated[list[str], NoDecode] = []
     redis_url: str = ""
+    redis_timeout_s: float = Field(30.0, gt=0.0)  # any Redis command; a silent Redis is an error
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int = 50051
-    redis_timeout_s: float = Field(30.0, gt=0.0)  # any Redis command; a silent Redis is an error
+    grpc_max_concurrent_rpcs: int = Field(64, ge=1)  # beyond: RESOURCE_EXHAUSTED at once
     grpc_tls_cert: Path | None = None  # PEM certificate chain: serve gRPC over TLS
     grpc_tls_key: Path | None = None  # PEM private key for grpc_tls_cert
     wyoming_uri: str = ""
-    grpc_max_concurrent_rpcs: int = Field(64, ge=1)  # beyond: RESOURCE_EXHAUSTED at once
     wyoming_max_connections: int = Field(4, ge=1)  # Wyoming's own cap (it has no auth)
     wyoming_idle_timeout_s: float = Field(30.0, gt=0.0)  # silent connections are closed
     wyoming_allow_remote: bool = False  # listen beyond loopback (Wyoming has no auth)

@@ -45,6 +45,7 @@ from .audio import SAMPLE_RATE
 from .config import Settings
 from .endpointing import Boundary, Endpointer
 from .engines.base import Asr, AsrOptions, AsrResult
+from .engines.priority import Priority
 from .errors import EngineError, ModelError
 from .stream_batcher import DecodeScheduler
 from .stream_config import ENCODINGS, PcmInput, StreamConfig, StreamConfigError, StreamLimitError
@@ -260,10 +261,10 @@ class AsrSession:
         margin = tuning.window_margin_s if tuning.short_window else None
         self._final_opts = AsrOptions(language=config.language, beam_size=config.final_beam_size,
                                       word_timestamps=config.word_timestamps,
-                                      window_margin_s=margin)
+                                      window_margin_s=margin, priority=Priority.LIVE_FINAL)
         self._partial_opts = AsrOptions(language=config.language,
                                         beam_size=config.partial_beam_size,
-                                        window_margin_s=margin)
+                                        window_margin_s=margin, priority=Priority.LIVE_PARTIAL)
         self._speculate = tuning.speculative_finals
         # early decodes take the audio up to here into the pause (at most the usual padding)
         self._spec_after = min(tuning.speculative_after_ms * ms, self._pad)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-import threading
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from faster_whisper import BatchedInferencePipeline, WhisperModel
 from ..errors import EngineError, ModelError
 from ..types import Segment, Word
 from .base import AsrCapabilities, AsrOptions, AsrResult
+from .priority import Priority, PriorityGate
 
 __all__ = ["WhisperAsr", "segment_confidence"]
 
@@ -50,7 +50,7 @@ class WhisperAsr:
 
     def __init__(self, model_path: str, *, model_id: str = "", device: str = "auto",
                  compute_type: str = "default", cpu_threads: int = 0,
-                 num_workers: int = 1) -> None:
+                 num_workers: int = 1, file_unit_chunks: int = 2) -> None:
         if device == "auto":
             device = "cuda" if _cuda_available() else "cpu"
         if compute_type == "default":
@@ -61,7 +61,9 @@ class WhisperAsr:
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError with details
             raise ModelError(f"cannot load Whisper model from {model_path}: {exc}") from exc
         self.batched = _DetectingPipeline(self.model)
-        self._batch_lock = threading.Lock()  # the batched pipeline keeps per-call state
+        # one model call at a time (the batched pipeline keeps per-call state), live first
+        self.gate = PriorityGate()
+        self.file_unit_chunks = file_unit_chunks
         self.model_id = model_id or model_path
         self.device = device
         self.compute_type = compute_type
@@ -76,7 +78,8 @@ class WhisperAsr:
     def load(cls, resolved: Any, settings: Any) -> "WhisperAsr":
         asr = settings.asr
         return cls(str(resolved.path), model_id=resolved.spec.id, device=asr.device,
-                   compute_type=asr.compute_type, cpu_threads=asr.cpu_threads)
+                   compute_type=asr.compute_type, cpu_threads=asr.cpu_threads,
+                   file_unit_chunks=asr.file_unit_chunks)
 
     def _check(self, options: AsrOptions) -> str | None:
         language = options.language
@@ -96,14 +99,16 @@ class WhisperAsr:
     def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
         """One utterance, decoded whole with Whisper's sequential long-form algorithm."""
         language = self._check(options)
-        segments, info = self.model.transcribe(
-            audio, language=language, task=options.task, beam_size=options.beam_size,
-            word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
-            hotwords=options.hotwords, temperature=options.temperature or 0.0,
-            condition_on_previous_text=False, vad_filter=False,
-        )
+        with self.gate.hold(options.priority):  # segments decode lazily: consumed inside
+            segments, info = self.model.transcribe(
+                audio, language=language, task=options.task, beam_size=options.beam_size,
+                word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
+                hotwords=options.hotwords, temperature=options.temperature or 0.0,
+                condition_on_previous_text=False, vad_filter=False,
+            )
+            converted = [s for s in (_convert(i, seg) for i, seg in enumerate(segments)) if s]
         return AsrResult(
-            segments=[s for s in (_convert(i, seg) for i, seg in enumerate(segments)) if s],
+            segments=converted,
             language=info.language, language_probability=float(info.language_probability),
             duration=audio.size / _SAMPLE_RATE,
         )
@@ -112,7 +117,8 @@ class WhisperAsr:
         """Most likely language of (the first 30 s of) ``audio`` and its probability."""
         if not self.capabilities.language_detection:
             return "en", 1.0
-        language, probability, _ = self.model.detect_language(audio[: 30 * _SAMPLE_RATE])
+        with self.gate.hold(Priority.FILE):
+            language, probability, _ = self.model.detect_language(audio[: 30 * _SAMPLE_RATE])
         return language, float(probability)
 
     def transcribe_batch(self, chunks: Sequence[np.ndarray], options: AsrOptions) -> list[AsrResult]:
@@ -131,6 +137,12 @@ class WhisperAsr:
         if not chunks:
             return []
         language = self._check(options)
+        unit = self.file_unit_chunks
+        if options.priority >= Priority.FILE and len(chunks) > unit and self.gate.live_active():
+            # live streams are being served: file work takes the model in small units, so a
+            # live final waits for at most one of them, not for a whole batch
+            return [result for first in range(0, len(chunks), unit)
+                    for result in self.transcribe_batch(chunks[first:first + unit], options)]
         if options.window_margin_s is None:
             return self._decode(chunks, options, language)
         longest = max(c.size for c in chunks) / _SAMPLE_RATE
@@ -157,7 +169,7 @@ class WhisperAsr:
             position += chunk.size
         joined = np.concatenate([np.asarray(c, np.float32) for c in chunks])
         clips = [{"start": off, "end": off + c.size / _SAMPLE_RATE} for off, c in zip(offsets, chunks)]
-        with self._batch_lock:
+        with self.gate.hold(options.priority):
             self.batched.detections = None
             self.batched.window_frames = (int(window_s * self.model.frames_per_second)
                                           if window_s else None)

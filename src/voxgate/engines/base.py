@@ -63,6 +63,9 @@ class AsrOptions:
     # Whisper only, opt-in (live streams): encode a window of the longest chunk plus this
     # margin, rounded up to whole seconds, instead of Whisper's fixed 30 s. None: 30 s.
     window_margin_s: float | None = None
+    # Who goes first on a shared model (engines.priority.Priority: 0 live final, 1 live
+    # partial, 2 file work). Scheduling only: never changes the output, so not in as_versions.
+    priority: int = 2
 
     def as_versions(self) -> dict[str, Any]:
         """Parameters that change the output, for reproducibility records."""

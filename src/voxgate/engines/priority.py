@@ -1,0 +1,72 @@
+"""Who runs next on a shared model: live finals, then live partials, then file work.
+
+One process serves live streams and file transcriptions from the same loaded model. A model
+runs one call at a time (CTranslate2 with one worker queues calls first come, first served), so
+without a gate a live final waits behind whatever file batch came first: seconds, or tens of
+seconds for a long job. :class:`PriorityGate` hands the model to the most urgent waiting call
+instead, and remembers when live work last asked, so file work can cut itself into smaller
+units while live streams are active (a live final then waits for at most one small unit).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import IntEnum
+
+__all__ = ["Priority", "PriorityGate"]
+
+
+class Priority(IntEnum):
+    """Lower runs first."""
+
+    LIVE_FINAL = 0
+    LIVE_PARTIAL = 1
+    FILE = 2
+
+
+class PriorityGate:
+    """A lock whose waiters are served by priority, then in arrival order. Thread-safe."""
+
+    def __init__(self, live_window_s: float = 10.0) -> None:
+        self.live_window_s = live_window_s
+        self._cond = threading.Condition()
+        self._busy = False
+        self._waiting: list[tuple[int, int]] = []  # heap of (priority, arrival number)
+        self._arrivals = itertools.count()
+        self._last_live = float("-inf")
+        self.waits = {p: 0 for p in Priority}  # calls that had to wait, per priority
+
+    @contextmanager
+    def hold(self, priority: int = Priority.FILE) -> Iterator[None]:
+        """Run the block with the model to itself, after every more urgent waiter."""
+        ticket = (int(priority), next(self._arrivals))
+        with self._cond:
+            if priority < Priority.FILE:
+                self._last_live = time.monotonic()
+            heapq.heappush(self._waiting, ticket)
+            if self._busy or self._waiting[0] != ticket:
+                self.waits[Priority(min(int(priority), Priority.FILE))] += 1
+            while self._busy or self._waiting[0] != ticket:
+                self._cond.wait()
+            heapq.heappop(self._waiting)
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def live_active(self) -> bool:
+        """Live work asked for the model within the last ``live_window_s`` seconds."""
+        return time.monotonic() - self._last_live < self.live_window_s
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._waiting)
