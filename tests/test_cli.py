@@ -185,3 +185,20 @@ def test_models_list_pull_verify(tmp_path):
     assert offline_hub.returncode == 1
     [line] = error_lines(offline_hub.stderr)
     assert "whisper-large-v3" in line and "offline" in line
+
+
+@pytest.mark.parametrize("args", [["transcribe", "x.wav"], ["serve"], ["worker"],
+                                  ["models", "list"], ["models", "verify"],
+                                  ["say", "hello", "-o", "-"]])
+def test_a_bad_setting_is_one_error_line_from_every_command(args, tmp_path):
+    """VOXGATE_* values are checked before any command runs: the variable and the reason on one
+    line, exit status 2, no traceback (and no work started)."""
+    env = {**os.environ, "VOXGATE_OFFLINE": "true", "VOXGATE_MAX_STREAMS": "0",
+           "VOXGATE_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "voxgate.cli", *args], capture_output=True,
+                          timeout=120, env=env, cwd=tmp_path, check=False)
+    assert done.returncode == 2, done.stderr.decode()
+    assert error_lines(done.stderr) == [(
+        "voxgate: error: VOXGATE_MAX_STREAMS: Input should be greater than or equal to 1 "
+        "(got '0')")]
+    assert done.stdout == b""

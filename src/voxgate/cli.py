@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from .config import Settings
-from .errors import VoxgateError
+from .config import Settings, load_settings
+from .errors import ConfigError, VoxgateError
 
 __all__ = ["app", "main"]
 
@@ -53,6 +53,17 @@ class Task(str, Enum):
 
 def _fail(message: str) -> None:
     err.print(f"[red]voxgate: error:[/red] {message}", highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def _valid_settings() -> None:
+    # Runs before every command: a bad VOXGATE_* value (environment or .env) is one error line
+    # naming the variable, not a traceback from wherever the command first reads settings.
+    try:
+        load_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise typer.Exit(2) from None
 
 
 def _label(name: str) -> str:

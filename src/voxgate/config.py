@@ -9,13 +9,13 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "AsrSettings", "StreamingSettings", "RivaSettings", "LlmSettings",
-           "OnnxSettings", "TtsSettings", "default_cache_dir"]
+           "OnnxSettings", "TtsSettings", "default_cache_dir", "load_settings"]
 
 
 def default_cache_dir() -> Path:
@@ -217,3 +217,31 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
+
+
+_SECRET_WORDS = ("key", "secret", "token", "password")
+
+
+def _setting_problem(error: Any) -> str:
+    """One pydantic error as ``VOXGATE_ASR__MAX_CHUNK_S: <reason> (got '60')``."""
+    path = [str(p) for p in error.get("loc", ()) if not str(p).isdigit()]
+    name = "VOXGATE_" + "__".join(p.upper() for p in path) if path else "settings"
+    reason = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    value = error.get("input")
+    if isinstance(value, (str, int, float)) and not any(w in name.lower() for w in _SECRET_WORDS):
+        reason += f" (got {str(value)[:60]!r})"
+    return f"{name}: {reason}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """:class:`Settings` from the environment and ``.env`` (plus ``overrides``).
+
+    A bad value is a :class:`~voxgate.errors.ConfigError` naming the environment variable and
+    the reason on one line (a secret's value is never repeated), not a pydantic traceback.
+    """
+    from .errors import ConfigError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_setting_problem(e) for e in exc.errors())) from None
