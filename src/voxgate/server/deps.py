@@ -210,7 +210,8 @@ async def save_upload(upload: UploadFile, directory: Path, max_bytes: int,
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     target = directory / f"raw.{ext}"
     spooled = getattr(upload.file, "name", None)
-    if isinstance(spooled, str) and Path(spooled).parent == directory.parent:
+    if isinstance(spooled, str) and \
+            Path(spooled).resolve().parent == directory.parent.resolve():
         written = upload.size or 0
         await asyncio.to_thread(shutil.move, spooled, target)  # a rename: same directory tree
     else:
