@@ -278,6 +278,27 @@ async def test_a_redis_that_stops_answering_is_an_error_not_a_hang(tmp_path: Pat
         silent.close()
 
 
+async def test_a_spooled_upload_is_moved_into_place_not_copied(tmp_path: Path) -> None:
+    """Written once: the file UploadRequest spooled into the data dir becomes raw.<ext> by a
+    rename (same inode), and a relative data dir works the same."""
+    import tempfile
+
+    from starlette.datastructures import UploadFile
+
+    from voxgate.server.deps import save_upload
+
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    spool = tempfile.NamedTemporaryFile(dir=audio_dir, prefix=".upload-", delete=False)
+    spool.write(b"RIFF" + bytes(100))
+    spool.flush()
+    inode = os.stat(spool.name).st_ino
+    upload = UploadFile(file=spool, filename="a.wav", size=104)
+    target = await save_upload(upload, audio_dir / str(uuid.uuid4()), 1000, frozenset({"wav"}))
+    assert target.name == "raw.wav" and target.stat().st_ino == inode
+    assert not Path(spool.name).exists()
+
+
 def test_metrics_open_to_a_scraper_network(tmp_path: Path) -> None:
     """VOXGATE_METRICS_OPEN_NETWORKS lets a scraper subnet read /metrics without a key (here
     loopback, where the test client is); nothing else opens."""
