@@ -107,7 +107,8 @@ class SentenceSplitter:
 
     ``push`` returns the sentences finished so far; ``flush`` (end of text) the rest. A
     sentence end is ``.``/``!``/``?``/``…`` followed by whitespace, not after a known
-    abbreviation or before a lower-case word (``e.g. this``), or a blank line. A sentence longer
+    abbreviation or a single letter (``Dr.``, ``U.S.``) nor before a lower-case word when that
+    word is already there (``see fig. below``), or a blank line. A sentence longer
     than ``max_chars`` is cut at its last clause boundary (``,`` ``;`` ``:`` dash) before the
     limit, else at the last space, else (one huge word) at the limit itself.
     """
@@ -144,16 +145,17 @@ class SentenceSplitter:
         limit = paragraph.start() if paragraph else len(buffer)
         for match in _END.finditer(buffer, 0, limit + 1):
             after = buffer[match.end():].lstrip()
-            if not after:
-                return None  # what follows decides: wait for more text (or flush)
-            if match.group() == "." and (after[0].islower() or self._abbreviation(match.start())):
+            if match.group() == "." and (after[:1].islower() or self._abbreviation(match.start())):
                 continue
-            return match.end()
+            return match.end()  # whitespace already follows: don't wait for the next word
         return paragraph.end() if paragraph else None
 
     def _abbreviation(self, dot: int) -> bool:
         word = re.search(r"(\w+)$", self._buffer[:dot])
-        return bool(word) and (word.group(1).lower() in _ABBREVIATIONS or len(word.group(1)) == 1)
+        if word is None:
+            return False
+        token = word.group(1)
+        return token.lower() in _ABBREVIATIONS or (len(token) == 1 and token.isalpha())
 
     def _long_cut(self, text: str) -> int:
         head = text[: self.max_chars]
@@ -306,8 +308,10 @@ class SpeechService:
 
     def astream(self, request: SpeechRequest) -> AsyncIterator[TtsChunk]:
         """Chunks as each sentence is ready; synthesis runs in worker threads, one sentence
-        ahead of the consumer. Closing the iterator (or cancelling its task) stops synthesis
-        after the sentence in progress and releases the model."""
+        ahead of the consumer. Closing the iterator stops synthesis after the sentence in
+        progress and releases the model: iterate inside ``contextlib.aclosing(...)`` so that
+        a cancelled consumer (a client gone away) closes it at once, not at garbage collection.
+        """
         return self._astream_sentences(_aiter_list(request.sentences), request.voice,
                                        request.speed)
 
@@ -324,28 +328,39 @@ class SpeechService:
 
     async def _astream_sentences(self, sentences: AsyncIterator[str], ref: VoiceRef,
                                  speed: float) -> AsyncIterator[TtsChunk]:
+        """A producer task synthesizes (in threads) at most one sentence ahead of the
+        consumer; each sentence's chunks are yielded as soon as they exist."""
         holder = self.manager.use("tts", ref.model)
         engine = await asyncio.to_thread(holder.__enter__)
-        ahead: asyncio.Future[list[TtsChunk]] | None = None
+        results: asyncio.Queue[list[TtsChunk] | Exception | None] = asyncio.Queue()
+        room = asyncio.Semaphore(1)  # synthesized but not yet taken: at most one sentence
+
+        async def produce() -> None:
+            try:
+                async for sentence in sentences:
+                    await room.acquire()
+                    results.put_nowait(await asyncio.to_thread(
+                        self._say, engine, ref, sentence, speed))
+                results.put_nowait(None)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                results.put_nowait(exc)
+
+        producer = asyncio.create_task(produce())
         try:
             produced = False
-            first = await anext(sentences, None)
-            if first is not None:
-                ahead = asyncio.ensure_future(asyncio.to_thread(
-                    self._say, engine, ref, first, speed))
-            while ahead is not None:
-                chunks = await ahead
-                following = await anext(sentences, None)
-                ahead = None if following is None else asyncio.ensure_future(
-                    asyncio.to_thread(self._say, engine, ref, following, speed))
-                for chunk in chunks:
+            while (item := await results.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                room.release()
+                for chunk in item:
                     produced = True
                     yield chunk
             if not produced:
                 raise self._nothing_said(ref)
         finally:
-            if ahead is not None:
-                ahead.cancel()  # the thread finishes its sentence; its audio is dropped
+            producer.cancel()  # a sentence in a thread finishes there; its audio is dropped
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
             await _aclose(sentences)
             holder.__exit__(None, None, None)
 
