@@ -270,3 +270,83 @@ def test_truncated_mp3_yields_the_decodable_part(speech, tmp_path: Path) -> None
     cut.write_bytes(data[: len(data) // 2 + 7])  # mid-frame
     audio = decode_audio(cut)
     assert 0.3 * speech.size < audio.size < 0.8 * speech.size
+
+
+# -- encoders (speech out) -------------------------------------------------------------------
+
+_LOSSLESS = {"wav", "flac", "pcm"}
+
+
+def _decode_any(data: bytes, fmt: str, rate: int) -> np.ndarray:
+    from voxgate.audio import decode_audio as decode
+
+    return pcm16_to_float32(data) if fmt == "pcm" else decode(data, sample_rate=rate)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "pcm", "flac", "mp3", "opus", "aac"])
+def test_encode_whole_and_streamed_real_speech(fmt: str, speech: np.ndarray) -> None:
+    from voxgate.audio import AudioEncoder, encode_audio, output_rate
+
+    whole = encode_audio(speech, 16_000, fmt)
+    encoder = AudioEncoder(fmt, 16_000)
+    pieces = [encoder.encode(block) for block in np.array_split(speech, 17)] + [encoder.finish()]
+    streamed = b"".join(pieces)
+    rate = output_rate(fmt, 16_000)
+    assert rate == encoder.sample_rate == 16_000
+    assert sum(1 for p in pieces if p) > 3  # bytes come out while the stream goes on
+    for data in (whole, streamed):
+        audio = _decode_any(data, fmt, 16_000)
+        # lossy streams carry codec priming/padding (no seekable header to trim it): < 0.15 s
+        padding = 0 if fmt in _LOSSLESS else 0.15 * 16_000
+        assert abs(audio.size - speech.size) <= padding, (fmt, audio.size, speech.size)
+        assert _aligned_similarity(speech, audio) > (0.999 if fmt in _LOSSLESS else 0.9)
+    if fmt == "wav":  # whole: exact sizes; streamed: sizes unknown, as OpenAI streams WAV
+        assert whole[4:8] == (len(whole) - 8).to_bytes(4, "little")
+        assert streamed[4:8] == b"\xff\xff\xff\xff" and streamed[40:44] == b"\xff\xff\xff\xff"
+    if fmt == "pcm":
+        assert whole == streamed == float32_to_pcm16(speech)
+
+
+@pytest.mark.parametrize(("fmt", "rate", "expected"), [
+    ("opus", 22_050, 24_000), ("opus", 44_100, 48_000), ("mp3", 22_050, 22_050),
+    ("aac", 32_000, 32_000), ("flac", 22_050, 22_050), ("pcm", 22_050, 22_050)])
+def test_output_rate_is_the_voices_where_the_codec_allows(fmt, rate, expected) -> None:
+    from voxgate.audio import output_rate
+
+    assert output_rate(fmt, rate) == expected
+
+
+def test_requested_rate_is_resampled_and_bad_requests_are_errors(speech: np.ndarray) -> None:
+    from voxgate.audio import AudioEncoder, check_format, encode_audio
+
+    data = encode_audio(speech, 16_000, "pcm", out_rate=24_000)
+    assert len(data) // 2 == pytest.approx(speech.size * 1.5, abs=2)
+    audio = decode_audio(encode_audio(speech, 16_000, "mp3", out_rate=24_000), sample_rate=16_000)
+    assert _aligned_similarity(speech, audio) > 0.9
+    with pytest.raises(AudioError, match="mp3 cannot be encoded at 12345 Hz"):
+        encode_audio(speech, 16_000, "mp3", out_rate=12_345)
+    with pytest.raises(AudioError, match="out of range"):
+        AudioEncoder("wav", 16_000, 100)
+    with pytest.raises(AudioError, match="unknown audio format 'ogg'; choose one of wav"):
+        check_format("ogg")
+    encoder = AudioEncoder("flac", 16_000)
+    encoder.encode(speech[:1600])
+    encoder.finish()
+    assert encoder.finish() == b""
+    with pytest.raises(AudioError, match="already finished"):
+        encoder.encode(speech[:1600])
+
+
+@pytest.mark.parametrize("factor", [0.25, 0.5, 1.5, 2.0, 4.0])
+def test_change_tempo_keeps_pitch(factor: float) -> None:
+    from voxgate.audio import change_tempo
+
+    rate = 22_050
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(2 * rate) / rate)).astype(np.float32)
+    out = change_tempo(tone, rate, factor)
+    assert out.size / tone.size == pytest.approx(1 / factor, rel=0.05)
+    middle = out[out.size // 4: 3 * out.size // 4]
+    peak_hz = np.argmax(np.abs(np.fft.rfft(middle))) * rate / middle.size
+    assert peak_hz == pytest.approx(440, abs=5)
+    with pytest.raises(AudioError, match="out of range"):
+        change_tempo(tone, rate, 5.0)

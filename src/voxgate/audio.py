@@ -444,7 +444,11 @@ class AudioEncoder:
         import av
 
         container_format, codec, sample_format, frame_size = _CODECS[self.format]
-        self._container = av.open(self._sink, mode="w", format=container_format)
+        # a small I/O buffer: bytes reach the sink (a chunked body) soon after each chunk
+        # (and Ogg pages of 100 ms instead of 1 s)
+        options = {"page_duration": "100000"} if container_format == "ogg" else {}
+        self._container = av.open(self._sink, mode="w", format=container_format,
+                                  buffer_size=2048, options=options)
         stream = self._container.add_stream(codec, rate=self.sample_rate)
         stream.layout = "mono"
         stream.format = sample_format
