@@ -145,6 +145,23 @@ def test_espeak_phonemes_keep_clause_punctuation():
     assert ["".join(s) for s in sentences] == ["həlˈoʊ, wˈɜːld.", "hˌaʊ ɑːɹ juː tədˈeɪ?"]
 
 
+def test_long_lived_espeak_and_its_fallback_give_the_same_phonemes():
+    """The espeak-ng helper process answers line by line; text that breaks the line protocol
+    (here the helper's own sentinel) falls back to one process per call, then it restarts."""
+    phonemizer = EspeakPhonemizer("en-us")
+    text = "Hello, world. How are you today? I am fine; thanks."
+    served = phonemizer.phonemize(text)
+    assert phonemizer._server is not None
+    fresh = EspeakPhonemizer("en-us")
+    fresh._served = lambda lines: None  # force the one-process-per-call path
+    assert fresh.phonemize(text) == served
+    tricky = phonemizer.phonemize("qzxqv, " + text)
+    assert phonemizer._server is None  # the mismatch killed it
+    assert tricky[0][-len(served[0]):] == served[0]
+    assert phonemizer.phonemize(text) == served and phonemizer._server is not None
+    phonemizer.close()
+
+
 def test_phonemes_match_piper_tts(english):
     """Our espeak-ng program path gives the phonemes of piper-tts' own espeak bridge.
 

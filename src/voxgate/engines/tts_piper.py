@@ -12,11 +12,17 @@ model call and one :class:`~voxgate.types.TtsChunk`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
+import select
 import shutil
+import subprocess
+import threading
+import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -90,31 +96,111 @@ def split_clauses(text: str) -> list[_Clause]:
     return clauses
 
 
+class _LineServer:
+    """A long-lived ``espeak-ng`` answering one line per input line (saves its ~20 ms start-up
+    per sentence). Each exchange ends with a sentinel line whose answer is known; anything
+    unexpected (a count mismatch, a timeout, the process gone) kills it, and the caller falls
+    back to one process per call."""
+
+    _SENTINEL = "qzxqv"
+    _MAX_PAYLOAD = 16_384  # keep well under the pipe buffer: no write/read deadlock
+
+    def __init__(self, argv: list[str], timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        self._pending = b""
+        self._sentinel_out = ""
+        [self._sentinel_out] = self.exchange([], expect_sentinel=False)
+
+    def _read_line(self, deadline: float) -> str:
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0.0))
+            if not ready:
+                raise TimeoutError("espeak-ng did not answer")
+            block = os.read(self.proc.stdout.fileno(), 65536)
+            if not block:
+                raise EOFError("espeak-ng exited")
+            self._pending += block
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def exchange(self, lines: list[str], expect_sentinel: bool = True) -> list[str]:
+        payload = "".join(f"{line}\n" for line in [*lines, self._SENTINEL]).encode("utf-8")
+        if len(payload) > self._MAX_PAYLOAD:
+            raise ValueError("too long for the line server")
+        self.proc.stdin.write(payload)
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + self.timeout_s
+        if not expect_sentinel:
+            return [self._read_line(deadline)]
+        out: list[str] = []
+        while (line := self._read_line(deadline)) != self._sentinel_out:
+            out.append(line)
+            if len(out) > len(lines):
+                break
+        if len(out) != len(lines):
+            raise ValueError("espeak-ng answered a different number of lines")
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
 class EspeakPhonemizer:
     """Text -> IPA phonemes grouped by sentence, from the ``espeak-ng`` program.
 
-    One process per call: all clauses go in at once, one per line (espeak-ng answers one line
-    per input line); should espeak-ng split a clause further, that clause is asked alone.
+    All clauses of a call go in at once, one per line (espeak-ng answers one line per input
+    line), to a long-lived espeak-ng process; should anything not line up, that call uses a
+    fresh process per call instead, and a clause espeak-ng splits further is asked alone.
     """
 
     def __init__(self, voice: str, program: str | None = None, timeout_s: float = 60.0) -> None:
         self.voice = voice
         self.program = program or _espeak_program()
         self.timeout_s = timeout_s
+        self._argv = [self.program, "-q", "--ipa", "-b", "1", "-v", self.voice]
+        self._server: _LineServer | None = None
+        self._lock = threading.Lock()
 
     def _run(self, text: str) -> list[str]:
-        out = run_program([self.program, "-q", "--ipa", "-b", "1", "-v", self.voice],
-                          text.encode("utf-8"), self.timeout_s, f"espeak-ng ({self.voice})")
+        out = run_program(self._argv, text.encode("utf-8"), self.timeout_s,
+                          f"espeak-ng ({self.voice})")
         return out.decode("utf-8", "replace").splitlines()
+
+    def _served(self, lines: list[str]) -> list[str] | None:
+        with self._lock:
+            try:
+                if self._server is None:
+                    self._server = _LineServer(self._argv, min(self.timeout_s, 10.0))
+                return self._server.exchange(lines)
+            except (OSError, ValueError, EOFError, TimeoutError) as exc:
+                logger.debug("espeak-ng line server: %s; one process per call instead", exc)
+                if self._server is not None:
+                    self._server.close()
+                    self._server = None
+                return None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
 
     def clause_phonemes(self, clauses: Sequence[_Clause]) -> list[str]:
         """IPA string of each clause (language-switch markers removed)."""
         if not clauses:
             return []
-        lines = self._run("\n".join(c.text.replace("\n", " ") for c in clauses) + "\n")
+        texts = [" ".join(c.text.split()) for c in clauses]
+        lines = self._served(texts)
+        if lines is None:
+            lines = self._run("\n".join(texts) + "\n")
         if len(lines) != len(clauses):
-            lines = [" ".join(x.strip() for x in self._run(c.text + "\n") if x.strip())
-                     for c in clauses]
+            lines = [" ".join(x.strip() for x in self._run(text + "\n") if x.strip())
+                     for text in texts]
         return [_LANG_FLAG.sub("", line).strip() for line in lines]
 
     def phonemize(self, text: str) -> list[list[str]]:
@@ -278,6 +364,10 @@ class PiperTts:
             raise ConfigError(f"unknown speaker {speaker!r} of {self.voice_id}; known: "
                               f"{', '.join(self.config.speaker_id_map)}")
         return self.config.speaker_id_map[speaker]
+
+    def close(self) -> None:
+        """Stop the espeak-ng helper process (the ModelManager calls this on unload)."""
+        self.phonemizer.close()
 
     def phonemize(self, text: str) -> list[list[str]]:
         """IPA phonemes per sentence, as this voice was trained on."""
