@@ -10,13 +10,12 @@ RESOURCE_EXHAUSTED, and a cancelled stream stops synthesis and frees its slot.
 
 from __future__ import annotations
 
-import threading
-
 import grpc
 import numpy as np
 import pytest
 from conftest import wer
 from live_server import API_KEY, live_settings, start_live_server
+from speech_support import counting_sentences
 
 from voxgate.audio import SAMPLE_RATE, decode_audio, pcm16_to_float32, resample
 from voxgate.config import TtsSettings
@@ -264,19 +263,8 @@ def test_health_lists_the_tts_service(server):
 def test_busy_then_cancel_stops_synthesis_and_frees_the_slot(server):
     from voxgate.server.speech_doors import speech_service
 
-    service = speech_service(server.state)
-    said: list[str] = []
-    lock = threading.Lock()
-    original = service._say
-
-    def counting_say(engine, ref, sentence, speed):  # the real synthesis, counted
-        with lock:
-            said.append(sentence)
-        return original(engine, ref, sentence, speed)
-
-    service._say = counting_say
     sentences = [f"This is sentence number {n} of a long story." for n in range(1, 41)]
-    try:
+    with counting_sentences(speech_service(server.state)) as said:
         stream = _tts(server).synthesize_online(" ".join(sentences), sample_rate_hz=16000)
         first = next(stream)  # the stream holds the server's only speech slot now
         assert first.audio
@@ -290,5 +278,3 @@ def test_busy_then_cancel_stops_synthesis_and_frees_the_slot(server):
         assert stopped_at < 10  # one sentence of look-ahead, not the whole story
         assert _tts(server).synthesize("Another request.").audio  # the slot is free again
         assert len(said) == stopped_at + 1  # nothing of the cancelled stream ran on
-    finally:
-        service._say = original

@@ -9,6 +9,10 @@ ASR models and their languages; ``transcribe`` (optional model ``name`` and ``la
 with the stream (rate, width, channels from ``audio-start``/``audio-chunk``) and is converted to
 16 kHz mono with a stateful resampler, so chunk borders never click.
 
+Text to speech (Home Assistant's Piper slot) shares the connection: ``info`` also lists a tts
+program, and ``synthesize`` / ``synthesize-start``... events go to
+:class:`~voxgate.server.wyoming_tts.WyomingTtsHandler`.
+
 :class:`WyomingSttHandler` holds one connection's protocol state and never touches a socket
 (events in, events out through ``send``); :class:`WyomingServer` is the server component that
 owns the listening socket and the connections. Wyoming has no authentication by design: bind it
@@ -44,6 +48,7 @@ from .deps import is_loopback_host
 from .limits import transcription_slots
 from .model_cards import client_model_id, model_cards, model_languages
 from .state import AppState
+from .wyoming_tts import WyomingTtsHandler
 
 __all__ = ["WyomingAddress", "WyomingServer", "WyomingSttHandler", "parse_wyoming_uri"]
 
@@ -248,6 +253,7 @@ class WyomingSttHandler:
         self.audio: _AudioIn | None = None
         self.utterance: _WholeUtterance | _LiveUtterance | None = None
         self.failed = False  # the current stream already got an error; ignore it to its stop
+        self.tts = WyomingTtsHandler(state, send)  # speech out: synthesize events
 
     @property
     def streaming(self) -> Any:
@@ -262,7 +268,10 @@ class WyomingSttHandler:
         from wyoming.ping import Ping, Pong
 
         try:
-            if Describe.is_type(event.type):
+            if self.tts.handles(event.type):
+                await self.tts.handle(event)
+            elif Describe.is_type(event.type):
+                await self.tts.warm()
                 await self.send(self.info().event())
             elif Transcribe.is_type(event.type):
                 await self._reset()
@@ -283,6 +292,7 @@ class WyomingSttHandler:
 
     async def close(self) -> None:
         """The connection ended: drop any utterance in progress (and its live session)."""
+        await self.tts.close()
         await self._reset()
 
     async def _reset(self) -> None:
@@ -329,7 +339,7 @@ class WyomingSttHandler:
             installed=True, version=_version(), models=models,
             supports_transcript_streaming=self.streaming is not None,
         )
-        return Info(asr=[program])
+        return Info(asr=[program], tts=self.tts.programs(_version()))
 
     def _transcribe(self, request: Any) -> None:
         self.failed = False
