@@ -3,7 +3,8 @@
 Seed 000's goal: keep voxgate's contracts (files, partial/final streams) and let Riva do the
 recognition. Calls go through the official ``nvidia-riva-client`` stubs with a per-call
 timeout, retries with exponential backoff on ``UNAVAILABLE`` (the server restarting or not up
-yet; other errors are not retried), optional TLS and API-key metadata.
+yet; other errors are not retried), optional TLS and API-key metadata; the connection and the
+retry loop are :mod:`voxgate.engines.riva_channel`'s, shared with the Riva TTS engine.
 
 ``transcribe``/``transcribe_batch`` use ``Recognize`` (so the engine fits the streaming
 session's re-decode scheme and the batch path); :meth:`RivaAsr.stream` uses
@@ -13,53 +14,21 @@ session's re-decode scheme and the batch path); :meth:`RivaAsr.stream` uses
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, EngineError, MissingExtraError
+from ..errors import EngineError
 from ..types import AsrEvent, Segment, Word
 from .base import AsrCapabilities, AsrOptions, AsrResult
+from .riva_channel import RivaChannel, RivaOptions
 
 __all__ = ["RivaAsr", "RivaOptions"]
 
 logger = logging.getLogger(__name__)
 _SAMPLE_RATE = 16_000
-T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class RivaOptions:
-    """Where and how to reach the Riva server (``Settings.riva`` fills it)."""
-
-    uri: str = "localhost:50051"
-    use_ssl: bool = False
-    ssl_root_cert: str = ""
-    api_key: str = ""
-    metadata: list[tuple[str, str]] = field(default_factory=list)
-    model: str = ""
-    timeout_s: float = 30.0
-    max_retries: int = 3
-    backoff_s: float = 0.2
-    language_code: str = "en-US"
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> RivaOptions:
-        riva = settings.riva
-        pairs: list[tuple[str, str]] = []
-        for item in riva.metadata:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"riva.metadata: expected key=value, got {item!r}")
-            pairs.append((key.strip().lower(), value.strip()))
-        return cls(uri=riva.uri, use_ssl=riva.use_ssl, ssl_root_cert=riva.ssl_root_cert,
-                   api_key=riva.api_key, metadata=pairs, model=riva.model,
-                   timeout_s=riva.timeout_s, max_retries=riva.max_retries,
-                   backoff_s=riva.backoff_s)
 
 
 class RivaAsr:
@@ -69,68 +38,30 @@ class RivaAsr:
 
     def __init__(self, options: RivaOptions, *,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        try:
-            import grpc
-            import riva.client
-            import riva.client.proto.riva_asr_pb2 as rasr
-        except ImportError as exc:
-            raise MissingExtraError("the Riva ASR engine", "grpc", exc) from exc
+        self._channel = RivaChannel(options, "the Riva ASR engine", sleep=sleep)
+        import riva.client
+        import riva.client.proto.riva_asr_pb2 as rasr
+
         self.options = options
-        self._grpc, self._rasr = grpc, rasr
-        metadata = list(options.metadata)
-        if options.api_key:
-            metadata.append(("authorization", f"Bearer {options.api_key}"))
-        # our retry loop owns the backoff: keep gRPC's own reconnect backoff no longer than it
-        first_ms = max(int(options.backoff_s * 1000), 10)
-        channel_options = [
-            ("grpc.initial_reconnect_backoff_ms", first_ms),
-            ("grpc.min_reconnect_backoff_ms", first_ms),
-            ("grpc.max_reconnect_backoff_ms", max(first_ms * 2 ** options.max_retries, 1000)),
-        ]
-        self._auth = riva.client.Auth(
-            ssl_root_cert=options.ssl_root_cert or None, use_ssl=options.use_ssl,
-            uri=options.uri, metadata_args=[list(m) for m in metadata] or None,
-            options=channel_options)
+        self._grpc, self._rasr = self._channel.grpc, rasr
+        self._auth = self._channel.auth
         self._service = riva.client.ASRService(self._auth)
-        self._sleep = sleep
-        self._lock = threading.Lock()
+        self._with_retries = self._channel.with_retries
         self.model_id = f"riva:{options.uri}" + (f"/{options.model}" if options.model else "")
         self.capabilities = AsrCapabilities(batch=True, streaming=True, word_timestamps=True,
                                             translate=False, language_detection=False)
-        self.calls = 0  # RPC attempts, retries included (observability and tests)
+
+    @property
+    def calls(self) -> int:
+        """RPC attempts, retries included (observability and tests)."""
+        return self._channel.calls
 
     @classmethod
     def load(cls, resolved: Any, settings: Any) -> RivaAsr:
         return cls(RivaOptions.from_settings(settings))
 
     def close(self) -> None:
-        self._auth.channel.close()
-
-    # ---- retries -------------------------------------------------------------------------
-    def _with_retries(self, what: str, call: Callable[[], T]) -> T:
-        grpc = self._grpc
-        delay = self.options.backoff_s
-        for attempt in range(self.options.max_retries + 1):
-            self.calls += 1
-            try:
-                return call()
-            except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else None
-                detail = exc.details() if hasattr(exc, "details") else str(exc)
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.options.max_retries:
-                    logger.warning("Riva %s at %s unavailable (%s); retry %d/%d in %.2fs", what,
-                                   self.options.uri, detail, attempt + 1,
-                                   self.options.max_retries, delay)
-                    self._sleep(delay)
-                    delay *= 2
-                    continue
-                retryable = code in (grpc.StatusCode.UNAVAILABLE,
-                                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                     grpc.StatusCode.DEADLINE_EXCEEDED)
-                name = code.name if code is not None else "error"
-                raise EngineError(f"Riva {what} at {self.options.uri} failed: {name}: {detail}",
-                                  retryable=retryable) from None
-        raise EngineError(f"Riva {what}: no attempt made", retryable=True)  # max_retries < 0
+        self._channel.close()
 
     def _config(self, options: AsrOptions, *, words: bool) -> Any:
         language = options.language
