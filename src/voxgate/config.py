@@ -117,7 +117,8 @@ class StreamingSettings(BaseModel):
 
 
 class RivaSettings(BaseModel):
-    """A remote NVIDIA Riva server used as an ASR engine (``engines/asr_riva.py``)."""
+    """A remote NVIDIA Riva server used as an ASR / TTS engine (``engines/asr_riva.py``,
+    ``engines/tts_riva.py``)."""
 
     uri: str = "localhost:50051"
     use_ssl: bool = False
@@ -128,6 +129,10 @@ class RivaSettings(BaseModel):
     timeout_s: float = Field(30.0, gt=0.0)  # per call
     max_retries: int = Field(3, ge=0, le=10)  # on UNAVAILABLE, exponential backoff
     backoff_s: float = Field(0.2, ge=0.0)  # first retry delay; doubles each time
+    # the Riva TTS engine (voice "riva-tts"): the server's voice name (empty: its default for
+    # the language) and the rate audio is asked for
+    tts_voice: str = ""
+    tts_sample_rate: int = Field(22050, ge=8000, le=48000)
 
     @field_validator("metadata", mode="before")
     @classmethod

@@ -279,6 +279,16 @@ register(ModelSpec(
     sources=(RemoteSource("riva.uri"),),
     languages=("en",),
 ))
+register(ModelSpec(
+    id="riva-tts",
+    kind="tts",
+    engine="riva",
+    description="any NVIDIA Riva TTS server (or another voxgate) at VOXGATE_RIVA__URI, voice "
+                "VOXGATE_RIVA__TTS_VOICE or riva-tts:<Riva voice name>",
+    license="(server's voices)",
+    sources=(RemoteSource("riva.uri"),),
+    languages=("en",),
+))
 
 
 # Text to speech. Piper voices: VITS ONNX + <voice>.onnx.json, run by engines/tts_piper.py.
