@@ -97,6 +97,15 @@ def test_synthesize_oggopus(server, whisper, rate, expected):
         assert container.streams.audio[0].sample_rate in (expected, 48000)
 
 
+def test_synthesize_online_oggopus_is_one_ogg_stream(server, whisper):
+    responses = list(_tts(server).synthesize_online(PARAGRAPH, encoding=OGGOPUS,
+                                                    sample_rate_hz=48000))
+    assert len(responses) >= 2 and all(r.audio for r in responses)
+    assert responses[0].audio[:4] == b"OggS"
+    audio = decode_audio(b"".join(r.audio for r in responses))
+    assert wer(PARAGRAPH, _heard(whisper, audio, SAMPLE_RATE)) <= 0.1
+
+
 def test_synthesize_online_streams_sentence_by_sentence(server, whisper):
     sentences = PARAGRAPH.count(".")
     responses = list(_tts(server).synthesize_online(PARAGRAPH, sample_rate_hz=22050))
