@@ -101,6 +101,15 @@ def test_registry_entries_import(name):
     assert callable(cls.load) and callable(cls.synthesize) and callable(cls.voices)
 
 
+@pytest.mark.parametrize("model", ["en_US-joe-medium", "festival", "espeak"])
+def test_loaded_engines_implement_the_protocol(manager, model):
+    engine = manager.get("tts", model)
+    assert isinstance(engine, Tts)
+    voices = engine.voices()
+    assert voices and all(v.sample_rate > 0 and v.language and v.model == model for v in voices)
+    assert engine.sample_rate == voices[0].sample_rate
+
+
 def test_joe_pack_files_match_the_catalogue_hashes(settings):
     resolved = resolve("en_US-joe-medium", settings.cache_dir, offline=True)
     spec = resolved.spec
