@@ -293,7 +293,7 @@ def models_list() -> None:
     from .speech import SpeechService
 
     voices = SpeechService(Settings()).voices()
-    typer.echo(f"\nTTS voices available offline ({len(voices)}; `voxgate say --voice ID`):")
+    typer.echo(f"# TTS voices available offline ({len(voices)}; `voxgate say --voice ID`):")
     for info in voices:
         typer.echo(f"{info.id:34} {info.language:10} {info.sample_rate:>6} Hz  {info.engine:9} "
                    f"{info.name}")
