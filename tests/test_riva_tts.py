@@ -273,7 +273,7 @@ def test_busy_then_cancel_stops_synthesis_and_frees_the_slot(server):
     from voxgate.server.speech_doors import speech_service
 
     sentences = [f"This is sentence number {n} of a long story." for n in range(1, 41)]
-    with counting_sentences(speech_service(server.state)) as said:
+    with counting_sentences(speech_service(server.state)) as log:
         stream = _tts(server).synthesize_online(" ".join(sentences), sample_rate_hz=16000)
         first = next(stream)  # the stream holds the server's only speech slot now
         assert first.audio
@@ -283,7 +283,8 @@ def test_busy_then_cancel_stops_synthesis_and_frees_the_slot(server):
         assert "VOXGATE_TTS__MAX_CONCURRENT" in err.value.details()
         stream.cancel()
         assert _idle(server)
-        stopped_at = len(said)
+        stopped_at = len(log.said)
+        assert log.running == 0  # the slot was freed once synthesis had really stopped
         assert stopped_at < 10  # one sentence of look-ahead, not the whole story
         assert _tts(server).synthesize("Another request.").audio  # the slot is free again
-        assert len(said) == stopped_at + 1  # nothing of the cancelled stream ran on
+        assert len(log.said) == stopped_at + 1  # nothing of the cancelled stream ran on

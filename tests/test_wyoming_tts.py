@@ -283,13 +283,14 @@ def test_busy_when_slots_are_taken_and_a_vanished_client_stops_synthesis(server)
             busy = Error.from_event(await _read(other))
             await holder.disconnect()  # hang up mid-story
             assert await asyncio.to_thread(_idle, server)
-            stopped_at = len(said)
+            stopped_at = len(log.said)
+            assert log.running == 0  # the slot was freed once synthesis had really stopped
             await other.write_event(Synthesize(text="Another request.").event())
             again = await _until(other, "audio-stop")
         return busy, stopped_at, again
 
-    with counting_sentences(speech_service(server.state)) as said:
+    with counting_sentences(speech_service(server.state)) as log:
         busy, stopped_at, again = _run(go())
     assert busy.code == "busy" and "VOXGATE_TTS__MAX_CONCURRENT" in busy.text
     assert stopped_at < 10  # one sentence of look-ahead, not the whole story
-    assert len(_groups(again)) == 1 and len(said) == stopped_at + 1
+    assert len(_groups(again)) == 1 and len(log.said) == stopped_at + 1

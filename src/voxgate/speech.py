@@ -339,8 +339,15 @@ class SpeechService:
             try:
                 async for sentence in sentences:
                     await room.acquire()
-                    results.put_nowait(await asyncio.to_thread(
+                    work = asyncio.ensure_future(asyncio.to_thread(
                         self._say, engine, ref, sentence, speed))
+                    try:
+                        results.put_nowait(await asyncio.shield(work))
+                    except asyncio.CancelledError:
+                        # the thread cannot be stopped: wait for it, so the model (and the
+                        # door's slot) are released only once synthesis has really stopped
+                        await asyncio.wait([work])
+                        raise
                 results.put_nowait(None)
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
                 results.put_nowait(exc)
@@ -358,7 +365,7 @@ class SpeechService:
             if not produced:
                 raise self._nothing_said(ref)
         finally:
-            producer.cancel()  # a sentence in a thread finishes there; its audio is dropped
+            producer.cancel()  # a sentence in a thread finishes first; its audio is dropped
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
             await _aclose(sentences)
