@@ -130,6 +130,15 @@ def test_control_characters_and_emoji_are_dropped():
         " OK"
 
 
+def test_ssml_is_read_as_plain_text():
+    ssml = ('<speak>Hello <break time="1s"/> world &amp; <emphasis>friends</emphasis>.'
+            '<prosody rate="slow">Slowly.</prosody></speak>')
+    assert clean_text(ssml) == "Hello, world & friends. Slowly."
+    assert clean_text("a < b and c > d") == "a < b and c > d"  # not SSML: kept as written
+    with pytest.raises(TextError, match="no letters or digits"):
+        clean_text("<speak><break time='2s'/></speak>")
+
+
 # -- requests ------------------------------------------------------------------------------
 
 def test_prepare_validates_before_any_synthesis(service):

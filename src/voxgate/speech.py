@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
 import re
 import unicodedata
@@ -49,6 +50,7 @@ __all__ = [
     "encode_chunks",
     "is_speakable",
     "split_sentences",
+    "strip_ssml",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ _CLAUSE = re.compile(r"[,;:\u2014\u2013\uff0c\u3001](?=\s)|\s[-\u2013\u2014]\s")
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "vs", "etc", "eg",
                             "ie", "no", "fig", "approx", "dept", "est", "inc", "ltd", "co", "cf"})
 _PARAGRAPH = re.compile(r"\n\s*\n")
+_SSML_TAG = re.compile(r"<[^<>]*>")
+_SSML_BREAK = re.compile(r"<break\b[^<>]*>")
 _DROP_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "So"})
 
 
@@ -75,6 +79,15 @@ def _clean_chars(text: str) -> str:
     return "".join(out)
 
 
+def strip_ssml(text: str) -> str:
+    """SSML (``<speak>...</speak>``) -> its plain text: no voxgate engine reads SSML, so tags
+    are dropped (``<break>`` becomes a comma pause) and entities unescaped; other text as is."""
+    if not text.lstrip().startswith("<speak"):
+        return text
+    text = html.unescape(_SSML_TAG.sub(" ", _SSML_BREAK.sub(",", text)))
+    return re.sub(r"\s+([,.;:!?])", r"\1", " ".join(text.split()))
+
+
 def is_speakable(text: str) -> bool:
     """True when ``text`` has a letter or digit (any script)."""
     return any(ch.isalnum() for ch in text)
@@ -85,13 +98,13 @@ def clean_text(text: object, max_chars: int | None = 4096) -> str:
 
     Over ``max_chars`` (counted before cleaning, as a client counts) is an error, never a
     silent cut; so are empty text, whitespace only, and text with no letter or digit left
-    (emoji only, punctuation only).
+    (emoji only, punctuation only). SSML is read as its plain text (:func:`strip_ssml`).
     """
     if not isinstance(text, str):
         raise TextError(f"text must be a string, got {type(text).__name__}")
     if max_chars is not None and len(text) > max_chars:
         raise TextError(f"text is {len(text)} characters long; the limit is {max_chars}")
-    cleaned = _clean_chars(text).strip()
+    cleaned = _clean_chars(strip_ssml(text)).strip()
     if not cleaned:
         raise TextError("text is empty" if not text.strip() else
                         "text has nothing to say: emoji, symbols and control characters are not "
