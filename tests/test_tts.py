@@ -323,3 +323,15 @@ def test_russian_festival_round_trip(manager, asr):
     wer = _round_trip_wer(lambda t: _speak(festival, t, "festival:msu_ru_nsh_clunits"),
                           paragraphs, asr, "ru")
     assert wer <= 0.4  # measured 0.23 sentence by sentence (Whisper base on Russian)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("voice", "speed"), [
+    ("en_US-joe-medium", 0.75), ("en_US-joe-medium", 1.5),
+    ("festival:cmu_us_slt_arctic_hts", 1.5),
+])
+def test_changed_speed_stays_intelligible(manager, asr, english, voice, speed):
+    engine = manager.get("tts", voice if ":" not in voice else voice.partition(":")[0])
+    wer = _round_trip_wer(lambda t: _speak(engine, t, None if ":" not in voice else voice,
+                                           speed), english, asr, "en")
+    assert wer <= 0.15  # measured 0.07-0.09
