@@ -22,6 +22,10 @@ seconds the whole uncommitted buffer is re-decoded with plain ``faster_whisper.W
     python bench/streaming.py                    # N = 1, 2, 4, 6, 8 for voxgate; 1, 2 peer
     python bench/streaming.py --streams 1 4 --peer-streams 1
     python bench/streaming.py --final-beam 5     # accuracy over latency
+    python bench/streaming.py --streams 1 2 --peer-streams --with-job 600
+        # mixed load: each N runs twice, quiet and while a 10-minute file is transcribed on the
+        # same model (the jobs/OpenAI file path); reports final latency with/without the job
+        # and the job's time with the streams over its time alone
 
 Writes ``bench/results/streaming.json`` (plus a timestamped copy) and prints a table.
 """
@@ -346,6 +350,44 @@ def run_peer(inputs: list[StreamInput], model, min_chunk: float, beam: int) -> R
 
 
 # ---- main -------------------------------------------------------------------------------------
+def build_job_audio(seconds: float) -> np.ndarray:
+    """``seconds`` of real speech for the file job: the LibriVox clips with 0.6 s pauses,
+    repeated (a recording as a job would get; not the streams' own rotation)."""
+    from voxgate.audio import decode_audio
+
+    clips = [decode_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))]
+    gap = np.zeros(int(0.6 * SR), np.float32)
+    one = np.concatenate([part for c in clips for part in (c, gap)])
+    return np.tile(one, int(np.ceil(seconds * SR / one.size)))[: int(seconds * SR)]
+
+
+def run_job(audio: np.ndarray, settings, manager) -> dict:
+    """Transcribe ``audio`` as the jobs / OpenAI file path does (VAD chunks, batched, beam 5)."""
+    from voxgate.transcriber import FileTranscriber, TranscribeRequest
+
+    request = TranscribeRequest(model=settings.asr.model, beam_size=settings.asr.beam_size,
+                                batch_size=settings.asr.batch_size)
+    started = time.monotonic()
+    transcript = FileTranscriber(settings, request, manager).run_audio(audio)
+    took = time.monotonic() - started
+    return {"seconds": round(took, 2), "rtf": round(took / (audio.size / SR), 4),
+            "words": len(transcript.text.split())}
+
+
+def _mixed_row(n: int, quiet: dict, loaded: dict, job: dict, alone: dict) -> dict:
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a and b else None
+
+    return {"streams": n, "final_p50_quiet": quiet["final_latency_p50"],
+            "final_p50_with_job": loaded["final_latency_p50"],
+            "final_p95_quiet": quiet["final_latency_p95"],
+            "final_p95_with_job": loaded["final_latency_p95"],
+            "final_p95_ratio": ratio(loaded["final_latency_p95"], quiet["final_latency_p95"]),
+            "wer_quiet": quiet["wer"], "wer_with_job": loaded["wer"],
+            "job_alone_s": alone["seconds"], "job_with_streams_s": job.get("seconds"),
+            "job_time_ratio": ratio(job.get("seconds"), alone["seconds"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 6, 8])
@@ -359,6 +401,9 @@ def main() -> None:
                         help="Whisper's 30 s encoder window for live decodes (before 2026-11)")
     parser.add_argument("--no-speculative", action="store_true",
                         help="start the final decode only once the endpoint is confirmed")
+    parser.add_argument("--with-job", type=float, default=0.0, metavar="SECONDS",
+                        help="also run each N while a file of this many seconds of real speech "
+                        "is transcribed on the same model (mixed load)")
     parser.add_argument("--rt-limit", type=float, default=2.0,
                         help="p95 final latency (s) under which a run counts as real time")
     args = parser.parse_args()
@@ -387,11 +432,28 @@ def main() -> None:
           file=sys.stderr)
     all_inputs = build_inputs(max(args.streams + args.peer_streams + [1]), base)
     rows = []
+    mixed: list[dict] = []
+    job_audio = build_job_audio(args.with_job) if args.with_job else None
+    job_alone = run_job(job_audio, settings, manager) if job_audio is not None else None
     for n in args.streams:
         print(f"voxgate, {n} stream(s) ...", file=sys.stderr)
         res = asyncio.run(run_voxgate(all_inputs[:n], settings, manager))
         rows.append(res.summary(args.rt_limit))
         print(json.dumps(rows[-1]), file=sys.stderr)
+        if job_audio is not None:
+            print(f"voxgate, {n} stream(s) while a {args.with_job:.0f} s file is transcribed",
+                  file=sys.stderr)
+            quiet = rows[-1]
+            job: dict = {}
+            worker = threading.Thread(target=lambda: job.update(
+                run_job(job_audio, settings, manager)))
+            worker.start()
+            res = asyncio.run(run_voxgate(all_inputs[:n], settings, manager))
+            worker.join()
+            res.system = "voxgate+job"
+            rows.append(res.summary(args.rt_limit))
+            mixed.append(_mixed_row(n, quiet, rows[-1], job, job_alone))
+            print(json.dumps(mixed[-1]), file=sys.stderr)
     for n in args.peer_streams:
         print(f"faster-whisper re-decode, {n} stream(s) ...", file=sys.stderr)
         res = run_peer(all_inputs[:n], base.model, args.min_chunk,
@@ -401,7 +463,8 @@ def main() -> None:
 
     def best_n(system_prefix: str) -> int:
         ok = [r["streams"] for r in rows
-              if r["system"].startswith(system_prefix) and r["real_time"]]
+              if r["system"].startswith(system_prefix) and "+job" not in r["system"]
+              and r["real_time"]]
         return max(ok) if ok else 0
 
     one_vox = next((r for r in rows if r["system"] == "voxgate" and r["streams"] == 1), None)
@@ -421,6 +484,7 @@ def main() -> None:
         "rt_limit_s": args.rt_limit, "rows": rows,
         "max_real_time_streams": {"voxgate": best_n("voxgate"), "peer": best_n("faster-whisper")},
         "ratios_1_stream": ratios,
+        "mixed_load": {"job_seconds": args.with_job, "job_alone": job_alone, "rows": mixed},
     }
     RESULTS.mkdir(exist_ok=True)
     text = json.dumps(report, indent=2)
@@ -434,6 +498,11 @@ def main() -> None:
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    for m in mixed:
+        print(f"mixed load, {m['streams']} stream(s): final p50 {m['final_p50_quiet']} -> "
+              f"{m['final_p50_with_job']} s, p95 {m['final_p95_quiet']} -> "
+              f"{m['final_p95_with_job']} s (x{m['final_p95_ratio']}); job {m['job_alone_s']} "
+              f"-> {m['job_with_streams_s']} s (x{m['job_time_ratio']})")
     print(f"largest real-time N: voxgate {report['max_real_time_streams']['voxgate']}, "
           f"peer {report['max_real_time_streams']['peer']}; ratios (1 stream, peer/voxgate): "
           f"{ratios}")
