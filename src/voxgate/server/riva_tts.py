@@ -20,7 +20,8 @@ maps protobuf <-> :class:`~voxgate.speech.SpeechService` (shared with every spee
 
 Clients name only voices the server lists or TTS models its policy offers (never a path or a
 download). ``custom_configuration["speed"]`` (0.25-4) sets the pace; other custom keys and
-``custom_dictionary`` are ignored; SSML and zero-shot voice prompts are refused. Errors:
+``custom_dictionary`` are ignored; SSML is read as its plain text (tags dropped, as
+``voxgate.speech`` does for every door); zero-shot voice prompts are refused. Errors:
 INVALID_ARGUMENT naming the field, UNAUTHENTICATED, RESOURCE_EXHAUSTED past
 ``VOXGATE_TTS__MAX_CONCURRENT``; a cancelled call stops synthesis after the sentence in progress.
 """
@@ -162,12 +163,6 @@ class RivaTtsServicer(rtts_grpc.RivaSpeechSynthesisServicer):
         raise _FieldError("language_code", f"no voice speaks {language[:40]!r}; languages: "
                                            f"{shown}{more}")
 
-    @staticmethod
-    def _check_text(text: str) -> None:
-        if text.lstrip().lower().startswith("<speak"):
-            raise _FieldError("text", "SSML is not supported by voxgate's voices; send plain "
-                                      "text")
-
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         if isinstance(exc, _IdleStream):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
@@ -198,7 +193,6 @@ class RivaTtsServicer(rtts_grpc.RivaSpeechSynthesisServicer):
         await authorize(self.settings, context)
         service = speech_service(self.state)
         try:
-            self._check_text(request.text)
             plan = await asyncio.to_thread(self._plan, request)
             prepared = await asyncio.to_thread(service.prepare, request.text, plan.voice,
                                                plan.speed)
@@ -234,7 +228,6 @@ class RivaTtsServicer(rtts_grpc.RivaSpeechSynthesisServicer):
             first = await anext(requests, None)
             if first is None:
                 raise TextError("no request: send a SynthesizeSpeechRequest with the text")
-            self._check_text(first.text)
             plan = await asyncio.to_thread(self._plan, first)
         except Exception as exc:
             await self._fail(context, exc)

@@ -19,7 +19,7 @@ connection keeps reading text; a ``synthesize`` (or a stream after its ``synthes
 waited for before the next event is read, so the connection's idle timeout never cuts audio
 that is being sent. A client that hangs up stops synthesis after the sentence in progress. Bad input
 (empty or unspeakable text, text over ``VOXGATE_TTS__MAX_INPUT_CHARS``, unknown voice/speaker/
-language, SSML) gets an ``error`` event and the connection stays usable; past
+language, text format) gets an ``error`` event and the connection stays usable; past
 ``VOXGATE_TTS__MAX_CONCURRENT`` syntheses the error's code is ``busy``. Clients only name voices
 the server lists or TTS models its policy offers: nothing is downloaded for a client.
 """
@@ -301,10 +301,10 @@ class WyomingTtsHandler:
 
 
 def _check_format(text_format: Any, text: str) -> None:
+    """Plain text and SSML (read as its plain text by ``voxgate.speech``) are accepted."""
     fmt = getattr(text_format, "value", text_format)
-    if fmt not in (None, "text") or text.lstrip().lower().startswith("<speak"):
-        raise ConfigError(f"text_format {fmt or 'ssml'!r} is not supported: voxgate's voices "
-                          "speak plain text")
+    if fmt not in (None, "text", "ssml"):
+        raise ConfigError(f"text_format {fmt!r} is not supported; use text or ssml")
 
 
 def _describe(voice: VoiceInfo) -> str:
