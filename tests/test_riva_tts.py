@@ -210,7 +210,9 @@ def test_speed_from_custom_configuration(server):
     normal = _tts(server).synthesize(text, sample_rate_hz=16000).audio
     fast = _tts(server).synthesize(text, sample_rate_hz=16000,
                                    custom_configuration={"speed": "2.0"}).audio
-    assert 0.35 < len(fast) / len(normal) < 0.65
+    # speed 2 halves the duration; VITS samples its durations (noise_w), so each rendition
+    # varies by ~10-15%: the band is wide enough for that and still far from 1.0
+    assert 0.3 < len(fast) / len(normal) < 0.75
 
 
 _BAD = [
