@@ -301,3 +301,26 @@ def test_busy_then_cancel_stops_synthesis_and_frees_the_slot(server):
         assert stopped_at < 10  # one sentence of look-ahead, not the whole story
         assert _tts(server).synthesize("Another request.").audio  # the slot is free again
         assert len(log.said) == stopped_at + 1  # nothing of the cancelled stream ran on
+
+
+def test_synthesize_online_without_a_first_request_is_closed(server):
+    """A client that opens SynthesizeOnline and never sends a request is ended after the idle
+    timeout (3 s here), as StreamingRecognize is."""
+    import threading
+
+    release = threading.Event()
+
+    def mute_client():
+        release.wait(60)
+        return
+        yield  # a generator that yields nothing
+
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            list(_tts(server).stub.SynthesizeOnline(mute_client(), timeout=60,
+                                                   metadata=[("x-api-key", API_KEY)]))
+    finally:
+        release.set()
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no request within 3 s" in err.value.details()
+    assert _idle(server)

@@ -224,8 +224,12 @@ class RivaTtsServicer(rtts_grpc.RivaSpeechSynthesisServicer):
         await authorize(self.settings, context)
         service = speech_service(self.state)
         requests = aiter(request_iterator)
+        idle_s = self.settings.streaming.idle_timeout_s
         try:
-            first = await anext(requests, None)
+            try:  # a client that opens the stream and says nothing holds no slot forever
+                first = await asyncio.wait_for(anext(requests, None), idle_s)
+            except TimeoutError:
+                raise _IdleStream(f"no request within {idle_s:g} s: idle stream closed") from None
             if first is None:
                 raise TextError("no request: send a SynthesizeSpeechRequest with the text")
             plan = await asyncio.to_thread(self._plan, first)
