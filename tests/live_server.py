@@ -137,6 +137,25 @@ def start_live_server(settings: Any, manager: Any) -> Iterator[LiveServer]:
         yield live
 
 
+def call_with_a_mute_client(rpc: Callable[[Iterator[Any]], Any]) -> BaseException:
+    """Open a client-streaming gRPC call whose client never sends a message; return the error
+    the server ends it with (the call must fail: a mute client may hold nothing forever)."""
+    release = threading.Event()
+
+    def mute() -> Iterator[Any]:
+        release.wait(60)
+        return
+        yield  # a generator that yields nothing
+
+    try:
+        list(rpc(mute()))
+    except Exception as exc:  # noqa: BLE001 - the caller checks which error it is
+        return exc
+    finally:
+        release.set()
+    raise AssertionError("the server kept a mute client's call open until it ended")
+
+
 def live_settings(tmp_path: Any, **overrides: Any) -> Any:
     from voxgate.config import Settings, StreamingSettings
 

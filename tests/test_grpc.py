@@ -17,7 +17,7 @@ riva_client = pytest.importorskip("riva.client", reason="extra 'grpc' (nvidia-ri
                                                         "is not installed")
 
 from conftest import wer
-from live_server import API_KEY
+from live_server import API_KEY, call_with_a_mute_client
 from media import silence_flac
 
 
@@ -226,21 +226,11 @@ def test_idle_stream_is_closed(live):
 def test_stream_without_a_first_message_is_closed(live):
     """A client that opens StreamingRecognize and never sends streaming_config does not hold a
     stream slot forever: the server ends it after the idle timeout (3 s here)."""
-    release = threading.Event()
-
-    def mute_client():
-        release.wait(60)
-        return
-        yield  # a generator that yields nothing
-
-    try:
-        with pytest.raises(grpc.RpcError) as err:
-            list(_asr(live).stub.StreamingRecognize(mute_client(), timeout=60,
-                                                     metadata=[("x-api-key", API_KEY)]))
-    finally:
-        release.set()
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "no streaming_config within 3 s" in err.value.details()
+    error = call_with_a_mute_client(lambda requests: _asr(live).stub.StreamingRecognize(
+        requests, timeout=60, metadata=[("x-api-key", API_KEY)]))
+    assert isinstance(error, grpc.RpcError)
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no streaming_config within 3 s" in error.details()
     assert live.wait_for(lambda: live.streaming.active == 0)
 
 

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import wer
-from live_server import API_KEY, live_settings, start_live_server
+from live_server import API_KEY, call_with_a_mute_client, live_settings, start_live_server
 from speech_support import counting_sentences
 
 from voxgate.audio import SAMPLE_RATE, decode_audio, pcm16_to_float32, resample
@@ -306,21 +306,9 @@ def test_busy_then_cancel_stops_synthesis_and_frees_the_slot(server):
 def test_synthesize_online_without_a_first_request_is_closed(server):
     """A client that opens SynthesizeOnline and never sends a request is ended after the idle
     timeout (3 s here), as StreamingRecognize is."""
-    import threading
-
-    release = threading.Event()
-
-    def mute_client():
-        release.wait(60)
-        return
-        yield  # a generator that yields nothing
-
-    try:
-        with pytest.raises(grpc.RpcError) as err:
-            list(_tts(server).stub.SynthesizeOnline(mute_client(), timeout=60,
-                                                   metadata=[("x-api-key", API_KEY)]))
-    finally:
-        release.set()
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "no request within 3 s" in err.value.details()
+    error = call_with_a_mute_client(lambda requests: _tts(server).stub.SynthesizeOnline(
+        requests, timeout=60, metadata=[("x-api-key", API_KEY)]))
+    assert isinstance(error, grpc.RpcError)
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no request within 3 s" in error.details()
     assert _idle(server)

@@ -71,7 +71,8 @@ async def list_voices(request: Request) -> dict[str, Any]:
     state = get_state(request)
     service = speech_service(state)
     voices = await asyncio.to_thread(service.voices)
-    mapped = {name: await asyncio.to_thread(client_voice, state, name) for name in OPENAI_VOICES}
+    mapped = await asyncio.to_thread(
+        lambda: {name: client_voice(state, name) for name in OPENAI_VOICES})
     return {"object": "list", "default": state.settings.tts.voice,
             "models": sorted(OPENAI_TTS_MODELS), "openai_voices": mapped,
             "data": [{"id": v.id, "object": "voice", "name": v.name or v.id,
