@@ -134,6 +134,9 @@ def test_ssml_is_read_as_plain_text():
     ssml = ('<speak>Hello <break time="1s"/> world &amp; <emphasis>friends</emphasis>.'
             '<prosody rate="slow">Slowly.</prosody></speak>')
     assert clean_text(ssml) == "Hello, world & friends. Slowly."
+    # a break between sentences with no space around it: words stay apart, no stray ".,"
+    assert clean_text("<speak>A well.<break time='500ms'/>It is deep.</speak>") == \
+        "A well. It is deep."
     assert clean_text("a < b and c > d") == "a < b and c > d"  # not SSML: kept as written
     with pytest.raises(TextError, match="no letters or digits"):
         clean_text("<speak><break time='2s'/></speak>")

@@ -84,8 +84,11 @@ def strip_ssml(text: str) -> str:
     are dropped (``<break>`` becomes a comma pause) and entities unescaped; other text as is."""
     if not text.lstrip().startswith("<speak"):
         return text
-    text = html.unescape(_SSML_TAG.sub(" ", _SSML_BREAK.sub(",", text)))
-    return re.sub(r"\s+([,.;:!?])", r"\1", " ".join(text.split()))
+    text = html.unescape(_SSML_TAG.sub(" ", _SSML_BREAK.sub(", ", text)))
+    text = re.sub(r"\s+([,.;:!?])", r"\1", " ".join(text.split()))
+    # a break right after a sentence end adds nothing ("well.<break/>It" -> "well. It", not
+    # "well.,It", which voices read as "dot")
+    return re.sub(r"([.;:!?]),", r"\1", text)
 
 
 def is_speakable(text: str) -> bool:
