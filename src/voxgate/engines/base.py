@@ -32,6 +32,7 @@ __all__ = [
     "LlmCapabilities",
     "Llm",
     "Mt",
+    "MtOptions",
 ]
 
 Task = Literal["transcribe", "translate"]
@@ -251,9 +252,32 @@ class Llm(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class MtOptions:
+    """Per-request translation options; every field is optional and engines that cannot
+    honour one (a remote NMT without context) ignore it rather than fail.
+
+    ``context``: the previous utterance's source text (helps pronouns, terms; never
+    translated itself). ``glossary``: (source term, required target term) pairs.
+    ``dnt``: phrases that must appear unchanged in the output (names, product words).
+    """
+
+    context: str = ""
+    glossary: tuple[tuple[str, str], ...] = ()
+    dnt: tuple[str, ...] = ()
+
+
 @runtime_checkable
 class Mt(Protocol):
+    """Text translation. ``source``/``target`` are ISO-639-1 codes (``en``, ``ru``).
+
+    ``options`` is keyword-only and optional, so a three-argument engine call works on every
+    engine. Engines may also offer ``translate_batch(texts, source, target, options=None)
+    -> list[str]`` (one output per input, in order); callers use it when present.
+    """
+
     name: str
 
-    async def translate(self, text: str, source: str, target: str) -> str:
+    async def translate(self, text: str, source: str, target: str, *,
+                        options: MtOptions | None = None) -> str:
         ...
