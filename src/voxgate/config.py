@@ -117,8 +117,8 @@ class StreamingSettings(BaseModel):
 
 
 class RivaSettings(BaseModel):
-    """A remote NVIDIA Riva server used as an ASR / TTS engine (``engines/asr_riva.py``,
-    ``engines/tts_riva.py``)."""
+    """A remote NVIDIA Riva server used as an ASR / TTS / MT engine (``engines/asr_riva.py``,
+    ``engines/tts_riva.py``, ``engines/mt_riva.py``)."""
 
     uri: str = "localhost:50051"
     use_ssl: bool = False
@@ -133,6 +133,8 @@ class RivaSettings(BaseModel):
     # the language) and the rate audio is asked for
     tts_voice: str = ""
     tts_sample_rate: int = Field(22050, ge=8000, le=48000)
+    # the Riva NMT engine (mt "riva"): the server's NMT model name (empty: its default)
+    nmt_model: str = ""
 
     @field_validator("metadata", mode="before")
     @classmethod
