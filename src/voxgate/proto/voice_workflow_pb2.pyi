@@ -1,0 +1,238 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
+    PCM16: _ClassVar[AudioEncoding]
+    F32: _ClassVar[AudioEncoding]
+AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
+PCM16: AudioEncoding
+F32: AudioEncoding
+
+class ClientMessage(_message.Message):
+    __slots__ = ("config", "audio", "text", "control")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    config: SessionConfig
+    audio: UserAudio
+    text: UserText
+    control: Control
+    def __init__(self, config: _Optional[_Union[SessionConfig, _Mapping]] = ..., audio: _Optional[_Union[UserAudio, _Mapping]] = ..., text: _Optional[_Union[UserText, _Mapping]] = ..., control: _Optional[_Union[Control, _Mapping]] = ...) -> None: ...
+
+class SessionConfig(_message.Message):
+    __slots__ = ("asr_model", "llm_model", "voice", "language", "system_prompt", "sample_rate_hz", "encoding", "output_sample_rate_hz", "interim_results", "endpointing_ms")
+    ASR_MODEL_FIELD_NUMBER: _ClassVar[int]
+    LLM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTING_MS_FIELD_NUMBER: _ClassVar[int]
+    asr_model: str
+    llm_model: str
+    voice: str
+    language: str
+    system_prompt: str
+    sample_rate_hz: int
+    encoding: AudioEncoding
+    output_sample_rate_hz: int
+    interim_results: bool
+    endpointing_ms: int
+    def __init__(self, asr_model: _Optional[str] = ..., llm_model: _Optional[str] = ..., voice: _Optional[str] = ..., language: _Optional[str] = ..., system_prompt: _Optional[str] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., output_sample_rate_hz: _Optional[int] = ..., interim_results: _Optional[bool] = ..., endpointing_ms: _Optional[int] = ...) -> None: ...
+
+class UserAudio(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class UserText(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class Control(_message.Message):
+    __slots__ = ("action",)
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTION_UNSPECIFIED: _ClassVar[Control.Action]
+        INTERRUPT: _ClassVar[Control.Action]
+        FLUSH: _ClassVar[Control.Action]
+        END: _ClassVar[Control.Action]
+    ACTION_UNSPECIFIED: Control.Action
+    INTERRUPT: Control.Action
+    FLUSH: Control.Action
+    END: Control.Action
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    action: Control.Action
+    def __init__(self, action: _Optional[_Union[Control.Action, str]] = ...) -> None: ...
+
+class ServerMessage(_message.Message):
+    __slots__ = ("ready", "transcript", "agent_text", "audio", "turn", "latency", "interruption", "error")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_TEXT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ready: Ready
+    transcript: Transcript
+    agent_text: AgentText
+    audio: AgentAudio
+    turn: Turn
+    latency: Latency
+    interruption: Interruption
+    error: Error
+    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., agent_text: _Optional[_Union[AgentText, _Mapping]] = ..., audio: _Optional[_Union[AgentAudio, _Mapping]] = ..., turn: _Optional[_Union[Turn, _Mapping]] = ..., latency: _Optional[_Union[Latency, _Mapping]] = ..., interruption: _Optional[_Union[Interruption, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class Ready(_message.Message):
+    __slots__ = ("session_id", "asr_model", "llm_model", "voice", "language", "input_sample_rate_hz", "output_sample_rate_hz")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ASR_MODEL_FIELD_NUMBER: _ClassVar[int]
+    LLM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    asr_model: str
+    llm_model: str
+    voice: str
+    language: str
+    input_sample_rate_hz: int
+    output_sample_rate_hz: int
+    def __init__(self, session_id: _Optional[str] = ..., asr_model: _Optional[str] = ..., llm_model: _Optional[str] = ..., voice: _Optional[str] = ..., language: _Optional[str] = ..., input_sample_rate_hz: _Optional[int] = ..., output_sample_rate_hz: _Optional[int] = ...) -> None: ...
+
+class Transcript(_message.Message):
+    __slots__ = ("text", "is_final", "start_s", "end_s", "stability", "confidence", "turn_id")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    STABILITY_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    is_final: bool
+    start_s: float
+    end_s: float
+    stability: float
+    confidence: float
+    turn_id: int
+    def __init__(self, text: _Optional[str] = ..., is_final: _Optional[bool] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., stability: _Optional[float] = ..., confidence: _Optional[float] = ..., turn_id: _Optional[int] = ...) -> None: ...
+
+class AgentText(_message.Message):
+    __slots__ = ("turn_id", "delta")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    turn_id: int
+    delta: str
+    def __init__(self, turn_id: _Optional[int] = ..., delta: _Optional[str] = ...) -> None: ...
+
+class AgentAudio(_message.Message):
+    __slots__ = ("turn_id", "data", "sample_rate_hz", "playout_s", "text")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    PLAYOUT_S_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    turn_id: int
+    data: bytes
+    sample_rate_hz: int
+    playout_s: float
+    text: str
+    def __init__(self, turn_id: _Optional[int] = ..., data: _Optional[bytes] = ..., sample_rate_hz: _Optional[int] = ..., playout_s: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
+
+class Turn(_message.Message):
+    __slots__ = ("turn_id", "speaker", "kind", "text", "interrupted")
+    class Speaker(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        SPEAKER_UNSPECIFIED: _ClassVar[Turn.Speaker]
+        USER: _ClassVar[Turn.Speaker]
+        AGENT: _ClassVar[Turn.Speaker]
+    SPEAKER_UNSPECIFIED: Turn.Speaker
+    USER: Turn.Speaker
+    AGENT: Turn.Speaker
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[Turn.Kind]
+        START: _ClassVar[Turn.Kind]
+        END: _ClassVar[Turn.Kind]
+    KIND_UNSPECIFIED: Turn.Kind
+    START: Turn.Kind
+    END: Turn.Kind
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
+    turn_id: int
+    speaker: Turn.Speaker
+    kind: Turn.Kind
+    text: str
+    interrupted: bool
+    def __init__(self, turn_id: _Optional[int] = ..., speaker: _Optional[_Union[Turn.Speaker, str]] = ..., kind: _Optional[_Union[Turn.Kind, str]] = ..., text: _Optional[str] = ..., interrupted: _Optional[bool] = ...) -> None: ...
+
+class Latency(_message.Message):
+    __slots__ = ("turn_id", "end_of_turn_s", "asr_final_s", "llm_first_token_s", "tts_first_audio_s", "voice_to_voice_s")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    END_OF_TURN_S_FIELD_NUMBER: _ClassVar[int]
+    ASR_FINAL_S_FIELD_NUMBER: _ClassVar[int]
+    LLM_FIRST_TOKEN_S_FIELD_NUMBER: _ClassVar[int]
+    TTS_FIRST_AUDIO_S_FIELD_NUMBER: _ClassVar[int]
+    VOICE_TO_VOICE_S_FIELD_NUMBER: _ClassVar[int]
+    turn_id: int
+    end_of_turn_s: float
+    asr_final_s: float
+    llm_first_token_s: float
+    tts_first_audio_s: float
+    voice_to_voice_s: float
+    def __init__(self, turn_id: _Optional[int] = ..., end_of_turn_s: _Optional[float] = ..., asr_final_s: _Optional[float] = ..., llm_first_token_s: _Optional[float] = ..., tts_first_audio_s: _Optional[float] = ..., voice_to_voice_s: _Optional[float] = ...) -> None: ...
+
+class Interruption(_message.Message):
+    __slots__ = ("turn_id", "state", "played_s", "played_text")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[Interruption.State]
+        PAUSED: _ClassVar[Interruption.State]
+        CONFIRMED: _ClassVar[Interruption.State]
+        RESUMED: _ClassVar[Interruption.State]
+    STATE_UNSPECIFIED: Interruption.State
+    PAUSED: Interruption.State
+    CONFIRMED: Interruption.State
+    RESUMED: Interruption.State
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PLAYED_S_FIELD_NUMBER: _ClassVar[int]
+    PLAYED_TEXT_FIELD_NUMBER: _ClassVar[int]
+    turn_id: int
+    state: Interruption.State
+    played_s: float
+    played_text: str
+    def __init__(self, turn_id: _Optional[int] = ..., state: _Optional[_Union[Interruption.State, str]] = ..., played_s: _Optional[float] = ..., played_text: _Optional[str] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message", "field", "fatal")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    FATAL_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    field: str
+    fatal: bool
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., field: _Optional[str] = ..., fatal: _Optional[bool] = ...) -> None: ...
