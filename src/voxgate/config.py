@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     grpc_max_concurrent_rpcs: int = Field(64, ge=1)  # beyond: RESOURCE_EXHAUSTED at once
     grpc_tls_cert: Path | None = None  # PEM certificate chain: serve gRPC over TLS
     grpc_tls_key: Path | None = None  # PEM private key for grpc_tls_cert
+    # Riva NMT door TranslateText: texts per request, characters per request (all texts), and
+    # requests translating at once (server-wide; beyond: RESOURCE_EXHAUSTED)
+    riva_nmt_max_texts: int = Field(64, ge=1, le=4096)
+    riva_nmt_max_chars: int = Field(8000, ge=1, le=1_000_000)
+    riva_nmt_max_concurrent: int = Field(2, ge=1, le=256)
     wyoming_uri: str = ""
     wyoming_max_connections: int = Field(4, ge=1)  # Wyoming's own cap (it has no auth)
     wyoming_idle_timeout_s: float = Field(30.0, gt=0.0)  # silent connections are closed
