@@ -386,9 +386,11 @@ class RivaGrpcServer:
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024)])
         rasr_grpc.add_RivaSpeechRecognitionServicer_to_server(RivaAsrServicer(state), server)
+        from .riva_nmt import add_riva_nmt  # translation: nvidia.riva.nmt.RivaTranslation
         from .riva_tts import add_riva_tts  # speech out: nvidia.riva.tts.RivaSpeechSynthesis
 
-        services = ["", RIVA_ASR_SERVICE, add_riva_tts(server, state)]
+        services = ["", RIVA_ASR_SERVICE, add_riva_tts(server, state),
+                    add_riva_nmt(server, state)]
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{self.settings.host}:{self.port}"

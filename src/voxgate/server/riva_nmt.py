@@ -1,0 +1,253 @@
+"""Riva-compatible translation: ``nvidia.riva.nmt.RivaTranslation`` over gRPC.
+
+Riva NMT clients (``riva.client.NeuralMachineTranslationClient``, NVIDIA's ``nmt.py``,
+``nmt_speech_to_text.py``, ``nmt_speech_to_speech.py``) translate with voxgate unchanged. The
+stubs come from PyPI ``nvidia-riva-client``; the servicer only maps protobuf <-> voxgate:
+
+* ``TranslateText``: a batch of texts -> the server's Mt engine (the offline LLM translator,
+  or a remote Riva NMT), one translation per text in order. ``dnt_phrases`` arrive from the
+  official client as ONE string ``"src##dst,src2##"``: ``src##`` (or ``src##src``, or a bare
+  ``src``) keeps a phrase as it is, ``src##dst`` forces a translation (a glossary entry).
+  ``max_len_variation`` is accepted and ignored.
+* ``ListSupportedLanguagePairs``: the Mt engine's source and target languages.
+* ``StreamingTranslateSpeechToText`` / ``StreamingTranslateSpeechToSpeech``: see
+  :mod:`voxgate.server.riva_nmt_stream`.
+
+Language codes may be ISO-639-1 (``ru``) or BCP-47 (``ru-RU``). Errors: INVALID_ARGUMENT
+naming the field (unsupported pair, no texts, too many or too long texts), UNAUTHENTICATED,
+RESOURCE_EXHAUSTED past ``VOXGATE_RIVA_NMT_MAX_CONCURRENT`` requests translating at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import riva.client.proto.riva_nmt_pb2 as rnmt
+import riva.client.proto.riva_nmt_pb2_grpc as rnmt_grpc
+
+from ..engines.base import Mt, MtOptions
+from ..errors import ConfigError, EngineError, ModelError, VoxgateError
+from .grpc_auth import authorize
+from .limits import TranscriptionSlots
+from .state import AppState
+
+__all__ = ["RIVA_NMT_SERVICE", "RivaNmtServicer", "add_riva_nmt", "parse_dnt_phrases",
+           "riva_nmt_language"]
+
+logger = logging.getLogger(__name__)
+RIVA_NMT_SERVICE = "nvidia.riva.nmt.RivaTranslation"
+_SLOTS_KEY = "riva-nmt-slots"
+_MAX_DNT_CHARS = 20_000
+
+
+class FieldError(ConfigError):
+    """A request field is invalid; the message names the Riva field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+
+
+def riva_nmt_language(code: str, field: str) -> str:
+    """A Riva language code (``ru-RU``, ``en_US``, ``ru``) -> voxgate's (``ru``)."""
+    code = (code or "").strip()
+    if not code:
+        raise FieldError(field, "required (e.g. 'en' or 'ru-RU')")
+    primary = code.replace("_", "-").split("-")[0].lower()
+    if not primary.isalpha() or not 2 <= len(primary) <= 3:
+        raise FieldError(field, f"not a language code: {code[:40]!r}")
+    return primary
+
+
+def parse_dnt_phrases(entries: Any) -> MtOptions:
+    """Riva ``dnt_phrases`` -> MtOptions (dnt phrases and glossary).
+
+    The official client joins every ``src##dst`` pair into one string with commas; other
+    clients may send one pair per entry. An empty or identical ``dst`` keeps ``src`` as it is.
+    """
+    dnt: list[str] = []
+    glossary: list[tuple[str, str]] = []
+    if sum(len(e) for e in entries) > _MAX_DNT_CHARS:
+        raise FieldError("dnt_phrases", f"longer than {_MAX_DNT_CHARS} characters")
+    for entry in entries:
+        for item in entry.split(","):
+            src, _, dst = item.partition("##")
+            src, dst = " ".join(src.split()), " ".join(dst.split())
+            if not src:
+                if dst:
+                    raise FieldError("dnt_phrases", f"{item.strip()[:60]!r} has no source "
+                                                    "phrase before '##'")
+                continue
+            if not dst or dst == src:
+                if src not in dnt:
+                    dnt.append(src)
+            elif (src, dst) not in glossary:
+                glossary.append((src, dst))
+    return MtOptions(dnt=tuple(dnt), glossary=tuple(glossary))
+
+
+@dataclass(frozen=True, slots=True)
+class TextMt:
+    """The server's text translator and what it offers."""
+
+    engine: Mt
+    model: str  # the name ListSupportedLanguagePairs lists it under (and ``model`` may name)
+    languages: tuple[str, ...]
+
+    def check_pair(self, source: str, target: str) -> None:
+        pairs = ", ".join(f"{s}->{t}" for s in self.languages for t in self.languages if s != t)
+        for field, code in (("source_language", source), ("target_language", target)):
+            if code not in self.languages:
+                raise FieldError(field, f"{code!r} is not supported; language pairs: {pairs}")
+        if source == target:
+            raise FieldError("target_language", f"same as source_language ({source!r}); "
+                                                f"language pairs: {pairs}")
+
+
+_MT_KEY = "riva-nmt-mt"
+
+
+def text_mt(state: AppState) -> TextMt:
+    """The app's text translator (Mt engine chosen in settings), created on first use.
+
+    Blocking on first use (loads the LLM)."""
+    mt = state.components.get(_MT_KEY)
+    if mt is None:
+        from ..engines.mt_llm import LlmMt
+
+        model = state.settings.llm.model
+        engine = LlmMt(state.manager.get("llm", model))
+        mt = state.components[_MT_KEY] = TextMt(engine, model, tuple(engine.languages))
+    return mt
+
+
+def nmt_slots(state: AppState) -> TranscriptionSlots:
+    """Server-wide bound on TranslateText requests translating at once."""
+    slots = state.components.get(_SLOTS_KEY)
+    if slots is None:
+        slots = state.components[_SLOTS_KEY] = TranscriptionSlots(
+            state.settings.riva_nmt_max_concurrent)
+    return slots
+
+
+async def fail(context: grpc.aio.ServicerContext, exc: BaseException, what: str) -> None:
+    """Abort the call with the status code that fits ``exc`` (shared by the NMT RPCs)."""
+    if isinstance(exc, (FieldError, ModelError)):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, EngineError):
+        code = grpc.StatusCode.UNAVAILABLE if exc.retryable else grpc.StatusCode.INTERNAL
+        await context.abort(code, str(exc))
+    if isinstance(exc, VoxgateError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    logger.exception("Riva NMT %s failed", what, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class RivaNmtServicer(rnmt_grpc.RivaTranslationServicer):
+    """Maps Riva NMT requests onto voxgate's Mt engine and TranslateSession."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.settings = state.settings
+
+    # ---- TranslateText -------------------------------------------------------------------
+    def _check_texts(self, texts: Any) -> list[str]:
+        settings = self.settings
+        if not texts:
+            raise FieldError("texts", "empty: send at least one text")
+        if len(texts) > settings.riva_nmt_max_texts:
+            raise FieldError("texts", f"{len(texts)} texts exceed the limit of "
+                                      f"{settings.riva_nmt_max_texts} per request "
+                                      "(VOXGATE_RIVA_NMT_MAX_TEXTS); send smaller batches")
+        total = sum(len(t) for t in texts)
+        if total > settings.riva_nmt_max_chars:
+            raise FieldError("texts", f"{total} characters exceed the limit of "
+                                      f"{settings.riva_nmt_max_chars} per request "
+                                      "(VOXGATE_RIVA_NMT_MAX_CHARS); send smaller batches")
+        return [" ".join(t.split()) for t in texts]
+
+    @staticmethod
+    def _check_model(model: str, mt: TextMt) -> None:
+        if model and model not in (mt.model, mt.engine.name):
+            raise FieldError("model", f"{model[:80]!r} is not offered; this server translates "
+                                      f"with {mt.model!r} (ListSupportedLanguagePairs)")
+
+    async def TranslateText(self, request: rnmt.TranslateTextRequest,
+                            context: grpc.aio.ServicerContext) -> rnmt.TranslateTextResponse:
+        await authorize(self.settings, context)
+        try:
+            texts = self._check_texts(request.texts)
+            source = riva_nmt_language(request.source_language, "source_language")
+            target = riva_nmt_language(request.target_language, "target_language")
+            options = parse_dnt_phrases(request.dnt_phrases)
+            mt = await asyncio.to_thread(text_mt, self.state)
+            self._check_model(request.model, mt)
+            mt.check_pair(source, target)
+        except Exception as exc:  # mapped to a status code
+            await fail(context, exc, "TranslateText")
+            raise
+        slots = nmt_slots(self.state)
+        if not slots.try_acquire():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"server busy: {slots.limit} translations running "
+                                f"(VOXGATE_RIVA_NMT_MAX_CONCURRENT); retry in "
+                                f"{slots.retry_after()} s")
+        try:
+            outputs = await translate_texts(mt.engine, texts, source, target, options)
+        except Exception as exc:
+            await fail(context, exc, "TranslateText")
+            raise
+        finally:
+            slots.release()
+        response = rnmt.TranslateTextResponse()
+        for text in outputs:
+            response.translations.add(text=text, language=request.target_language)
+        if request.HasField("id"):
+            response.id.CopyFrom(request.id)
+        return response
+
+    # ---- ListSupportedLanguagePairs ------------------------------------------------------
+    async def ListSupportedLanguagePairs(self, request: rnmt.AvailableLanguageRequest,
+                                         context: grpc.aio.ServicerContext
+                                         ) -> rnmt.AvailableLanguageResponse:
+        await authorize(self.settings, context)
+        try:
+            mt = await asyncio.to_thread(text_mt, self.state)
+        except Exception as exc:
+            await fail(context, exc, "ListSupportedLanguagePairs")
+            raise
+        response = rnmt.AvailableLanguageResponse()
+        if not request.model or request.model in (mt.model, mt.engine.name):
+            pair = response.languages[mt.model]
+            pair.src_lang.extend(mt.languages)
+            pair.tgt_lang.extend(mt.languages)
+        return response
+
+
+async def translate_texts(engine: Mt, texts: list[str], source: str, target: str,
+                          options: MtOptions) -> list[str]:
+    """One translation per text, in order (an empty text stays empty, costing nothing)."""
+    todo = [i for i, t in enumerate(texts) if t]
+    outputs = [""] * len(texts)
+    if not todo:
+        return outputs
+    batch = getattr(engine, "translate_batch", None)
+    if batch is not None:
+        done = await batch([texts[i] for i in todo], source, target, options=options)
+    else:
+        done = [await engine.translate(texts[i], source, target, options=options) for i in todo]
+    if len(done) != len(todo):
+        raise EngineError(f"the {engine.name} translator returned {len(done)} translations "
+                          f"for {len(todo)} texts")
+    for i, text in zip(todo, done, strict=True):
+        outputs[i] = text
+    return outputs
+
+
+def add_riva_nmt(server: grpc.aio.Server, state: AppState) -> str:
+    """Register the servicer on ``server``; returns its service name (for health)."""
+    rnmt_grpc.add_RivaTranslationServicer_to_server(RivaNmtServicer(state), server)
+    return RIVA_NMT_SERVICE
