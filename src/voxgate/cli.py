@@ -257,6 +257,57 @@ def say(
 
 
 @app.command()
+def talk(
+    input_file: Annotated[Optional[Path], typer.Option(
+        "--input", "-i", help="The user's side of the conversation as an audio file (any "
+                              "format), fed in real time; default: the microphone "
+                              "(needs the sounddevice package).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write the agent's audio here (wav, flac, mp3, opus...); "
+                               "default with the microphone: play it.")] = None,
+    server: Annotated[Optional[str], typer.Option(
+        help="gRPC address of a running `voxgate serve` (default 127.0.0.1:VOXGATE_GRPC_PORT).")
+    ] = None,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", help="API key (default: the first of VOXGATE_API_KEYS).")] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="Connect over TLS.")] = False,
+    fast: Annotated[bool, typer.Option(
+        "--fast", help="Send --input as fast as the server takes it, not in real time.")] = False,
+    voice: Annotated[str, typer.Option(help="The agent's voice id (default: the server's).")] = "",
+    language: Annotated[str, typer.Option(help="Conversation language, e.g. en.")] = "",
+    system: Annotated[str, typer.Option(help="System prompt (default: the server's).")] = "",
+    asr: Annotated[str, typer.Option(help="ASR model id (default: the server's).")] = "",
+    llm: Annotated[str, typer.Option(help="LLM model id (default: the server's).")] = "",
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    """Talk to the voice agent of a running server (gRPC voxgate.v1.VoiceWorkflow).
+
+    Prints what you said and the agent's replies on stdout, a latency line per turn on stderr.
+    """
+    _setup_logging(debug)
+    from .talk import TalkOptions, TalkPrinter, run_talk
+
+    settings = Settings()
+    options = TalkOptions(
+        target=server or f"127.0.0.1:{settings.grpc_port}",
+        api_key=api_key or (settings.api_keys[0] if settings.api_keys else None), tls=tls,
+        voice=voice, language=language, system_prompt=system, asr_model=asr, llm_model=llm)
+    try:
+        run_talk(options, input_file, output, realtime=not fast, printer=TalkPrinter())
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise typer.Exit(2) from None
+    except VoxgateError as exc:
+        if debug:
+            raise
+        _fail(str(exc))
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        _fail(f"{output}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def worker(
     burst: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False,
     name: Annotated[Optional[str], typer.Option(help="Worker name (default: random).")] = None,
