@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "AsrSettings", "StreamingSettings", "RivaSettings", "LlmSettings",
-           "OnnxSettings", "TtsSettings", "default_cache_dir", "load_settings"]
+           "OnnxSettings", "TtsSettings", "AgentSettings", "default_cache_dir", "load_settings"]
 
 
 def default_cache_dir() -> Path:
@@ -144,6 +144,39 @@ class RivaSettings(BaseModel):
         return value
 
 
+class AgentSettings(BaseModel):
+    """The voice agent (WebSocket /v1/agent, gRPC VoiceWorkflow, /v1/realtime): defaults of
+    every session (a client's config may change the turn-taking ones, see agent/options.py)
+    and the server's limits."""
+
+    max_sessions: int = Field(4, ge=1, le=1000)  # agent sessions at once (each holds a stream)
+    system_prompt: str = ("You are a helpful voice assistant. Answer in one to three short "
+                          "spoken sentences of plain text: no lists, no markdown, no emoji.")
+    llm_model: str = ""  # empty: the jobs' LLM (VOXGATE_LLM__BASE_URL or VOXGATE_LLM__MODEL)
+    voice: str = ""  # empty: VOXGATE_TTS__VOICE
+    language: str = "en"
+    asr_model: str = ""  # empty: VOXGATE_ASR__MODEL (finals)
+    partial_model: str = ""  # empty: VOXGATE_ASR__PARTIAL_MODEL
+    asr_endpointing_ms: int = Field(250, ge=100, le=5000)  # ASR final: the reply starts early
+    end_of_turn_ms: int = Field(600, ge=100, le=10_000)  # silence that ends the user's turn
+    unfinished_wait_ms: int = Field(1500, ge=0, le=10_000)  # ... when the text is unfinished
+    min_words: int = Field(1, ge=0, le=50)
+    barge_in_min_ms: int = Field(600, ge=0, le=10_000)  # speech over the agent that confirms
+    barge_in_min_words: int = Field(2, ge=1, le=50)  # ... or this many words
+    resume_after_ms: int = Field(2000, ge=100, le=30_000)  # unconfirmed: playback resumes
+    max_reply_tokens: int = Field(200, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    history_tokens: int = Field(2048, ge=64)  # conversation kept in the prompt
+    max_turn_s: float = Field(30.0, ge=1.0, le=3600.0)  # a user turn is cut here
+    idle_timeout_s: float = Field(120.0, gt=0.0)  # no speech, text or reply for this long
+    llm_timeout_s: float = Field(20.0, gt=0.0)  # first token (and each next) within this
+    cache_prompt: bool = True  # llama.cpp: reuse the KV cache of the unchanged prefix
+    playout_lead_ms: int = Field(200, ge=0, le=5000)  # audio sent ahead of real time
+    max_out_buffer_s: float = Field(10.0, ge=0.5)  # audio queued for a client not reading
+    out_stall_timeout_s: float = Field(10.0, gt=0.0)  # ... this long full: session ends
+    apology: str = "Sorry, I can't answer that right now."
+
+
 class Settings(BaseSettings):
     """All of voxgate's configuration. See README "Configuration" for every variable."""
 
@@ -207,6 +240,7 @@ class Settings(BaseSettings):
     llm: LlmSettings = LlmSettings()
     onnx: OnnxSettings = OnnxSettings()
     tts: TtsSettings = TtsSettings()
+    agent: AgentSettings = AgentSettings()
 
     @field_validator("api_keys", "allowed_models", "webhook_allowed_hosts",
                      "metrics_open_networks", mode="before")
