@@ -80,7 +80,7 @@ class Control(_message.Message):
     def __init__(self, action: _Optional[_Union[Control.Action, str]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("ready", "transcript", "agent_text", "audio", "turn", "latency", "interruption", "error")
+    __slots__ = ("ready", "transcript", "agent_text", "audio", "turn", "latency", "interruption", "error", "speech")
     READY_FIELD_NUMBER: _ClassVar[int]
     TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
     AGENT_TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class ServerMessage(_message.Message):
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     INTERRUPTION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_FIELD_NUMBER: _ClassVar[int]
     ready: Ready
     transcript: Transcript
     agent_text: AgentText
@@ -97,7 +98,8 @@ class ServerMessage(_message.Message):
     latency: Latency
     interruption: Interruption
     error: Error
-    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., agent_text: _Optional[_Union[AgentText, _Mapping]] = ..., audio: _Optional[_Union[AgentAudio, _Mapping]] = ..., turn: _Optional[_Union[Turn, _Mapping]] = ..., latency: _Optional[_Union[Latency, _Mapping]] = ..., interruption: _Optional[_Union[Interruption, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    speech: UserSpeech
+    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., agent_text: _Optional[_Union[AgentText, _Mapping]] = ..., audio: _Optional[_Union[AgentAudio, _Mapping]] = ..., turn: _Optional[_Union[Turn, _Mapping]] = ..., latency: _Optional[_Union[Latency, _Mapping]] = ..., interruption: _Optional[_Union[Interruption, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., speech: _Optional[_Union[UserSpeech, _Mapping]] = ...) -> None: ...
 
 class Ready(_message.Message):
     __slots__ = ("session_id", "asr_model", "llm_model", "voice", "language", "input_sample_rate_hz", "output_sample_rate_hz")
@@ -117,48 +119,62 @@ class Ready(_message.Message):
     output_sample_rate_hz: int
     def __init__(self, session_id: _Optional[str] = ..., asr_model: _Optional[str] = ..., llm_model: _Optional[str] = ..., voice: _Optional[str] = ..., language: _Optional[str] = ..., input_sample_rate_hz: _Optional[int] = ..., output_sample_rate_hz: _Optional[int] = ...) -> None: ...
 
+class UserSpeech(_message.Message):
+    __slots__ = ("turn_id", "started", "at_s")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    AT_S_FIELD_NUMBER: _ClassVar[int]
+    turn_id: int
+    started: bool
+    at_s: float
+    def __init__(self, turn_id: _Optional[int] = ..., started: _Optional[bool] = ..., at_s: _Optional[float] = ...) -> None: ...
+
 class Transcript(_message.Message):
-    __slots__ = ("text", "is_final", "start_s", "end_s", "stability", "confidence", "turn_id")
+    __slots__ = ("turn_id", "text", "is_final", "turn_text", "start_s", "end_s", "stability")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    TURN_TEXT_FIELD_NUMBER: _ClassVar[int]
     START_S_FIELD_NUMBER: _ClassVar[int]
     END_S_FIELD_NUMBER: _ClassVar[int]
     STABILITY_FIELD_NUMBER: _ClassVar[int]
-    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
-    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    turn_id: int
     text: str
     is_final: bool
+    turn_text: str
     start_s: float
     end_s: float
     stability: float
-    confidence: float
-    turn_id: int
-    def __init__(self, text: _Optional[str] = ..., is_final: _Optional[bool] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., stability: _Optional[float] = ..., confidence: _Optional[float] = ..., turn_id: _Optional[int] = ...) -> None: ...
+    def __init__(self, turn_id: _Optional[int] = ..., text: _Optional[str] = ..., is_final: _Optional[bool] = ..., turn_text: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., stability: _Optional[float] = ...) -> None: ...
 
 class AgentText(_message.Message):
-    __slots__ = ("turn_id", "delta")
+    __slots__ = ("turn_id", "delta", "item_id")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     turn_id: int
     delta: str
-    def __init__(self, turn_id: _Optional[int] = ..., delta: _Optional[str] = ...) -> None: ...
+    item_id: str
+    def __init__(self, turn_id: _Optional[int] = ..., delta: _Optional[str] = ..., item_id: _Optional[str] = ...) -> None: ...
 
 class AgentAudio(_message.Message):
-    __slots__ = ("turn_id", "data", "sample_rate_hz", "playout_s", "text")
+    __slots__ = ("turn_id", "data", "sample_rate_hz", "playout_s", "text", "item_id")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     PLAYOUT_S_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     turn_id: int
     data: bytes
     sample_rate_hz: int
     playout_s: float
     text: str
-    def __init__(self, turn_id: _Optional[int] = ..., data: _Optional[bytes] = ..., sample_rate_hz: _Optional[int] = ..., playout_s: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
+    item_id: str
+    def __init__(self, turn_id: _Optional[int] = ..., data: _Optional[bytes] = ..., sample_rate_hz: _Optional[int] = ..., playout_s: _Optional[float] = ..., text: _Optional[str] = ..., item_id: _Optional[str] = ...) -> None: ...
 
 class Turn(_message.Message):
-    __slots__ = ("turn_id", "speaker", "kind", "text", "interrupted")
+    __slots__ = ("turn_id", "speaker", "kind", "text", "reason", "interrupted", "audio_s", "item_id")
     class Speaker(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         SPEAKER_UNSPECIFIED: _ClassVar[Turn.Speaker]
@@ -179,32 +195,40 @@ class Turn(_message.Message):
     SPEAKER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_S_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     turn_id: int
     speaker: Turn.Speaker
     kind: Turn.Kind
     text: str
+    reason: str
     interrupted: bool
-    def __init__(self, turn_id: _Optional[int] = ..., speaker: _Optional[_Union[Turn.Speaker, str]] = ..., kind: _Optional[_Union[Turn.Kind, str]] = ..., text: _Optional[str] = ..., interrupted: _Optional[bool] = ...) -> None: ...
+    audio_s: float
+    item_id: str
+    def __init__(self, turn_id: _Optional[int] = ..., speaker: _Optional[_Union[Turn.Speaker, str]] = ..., kind: _Optional[_Union[Turn.Kind, str]] = ..., text: _Optional[str] = ..., reason: _Optional[str] = ..., interrupted: _Optional[bool] = ..., audio_s: _Optional[float] = ..., item_id: _Optional[str] = ...) -> None: ...
 
 class Latency(_message.Message):
-    __slots__ = ("turn_id", "end_of_turn_s", "asr_final_s", "llm_first_token_s", "tts_first_audio_s", "voice_to_voice_s")
+    __slots__ = ("turn_id", "end_of_turn_s", "asr_final_s", "llm_first_token_s", "tts_first_audio_s", "voice_to_voice_s", "speculative")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     END_OF_TURN_S_FIELD_NUMBER: _ClassVar[int]
     ASR_FINAL_S_FIELD_NUMBER: _ClassVar[int]
     LLM_FIRST_TOKEN_S_FIELD_NUMBER: _ClassVar[int]
     TTS_FIRST_AUDIO_S_FIELD_NUMBER: _ClassVar[int]
     VOICE_TO_VOICE_S_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     turn_id: int
     end_of_turn_s: float
     asr_final_s: float
     llm_first_token_s: float
     tts_first_audio_s: float
     voice_to_voice_s: float
-    def __init__(self, turn_id: _Optional[int] = ..., end_of_turn_s: _Optional[float] = ..., asr_final_s: _Optional[float] = ..., llm_first_token_s: _Optional[float] = ..., tts_first_audio_s: _Optional[float] = ..., voice_to_voice_s: _Optional[float] = ...) -> None: ...
+    speculative: bool
+    def __init__(self, turn_id: _Optional[int] = ..., end_of_turn_s: _Optional[float] = ..., asr_final_s: _Optional[float] = ..., llm_first_token_s: _Optional[float] = ..., tts_first_audio_s: _Optional[float] = ..., voice_to_voice_s: _Optional[float] = ..., speculative: _Optional[bool] = ...) -> None: ...
 
 class Interruption(_message.Message):
-    __slots__ = ("turn_id", "state", "played_s", "played_text")
+    __slots__ = ("turn_id", "state", "playout_s", "played_text", "reason", "item_id")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Interruption.State]
@@ -217,22 +241,28 @@ class Interruption(_message.Message):
     RESUMED: Interruption.State
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
-    PLAYED_S_FIELD_NUMBER: _ClassVar[int]
+    PLAYOUT_S_FIELD_NUMBER: _ClassVar[int]
     PLAYED_TEXT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     turn_id: int
     state: Interruption.State
-    played_s: float
+    playout_s: float
     played_text: str
-    def __init__(self, turn_id: _Optional[int] = ..., state: _Optional[_Union[Interruption.State, str]] = ..., played_s: _Optional[float] = ..., played_text: _Optional[str] = ...) -> None: ...
+    reason: str
+    item_id: str
+    def __init__(self, turn_id: _Optional[int] = ..., state: _Optional[_Union[Interruption.State, str]] = ..., playout_s: _Optional[float] = ..., played_text: _Optional[str] = ..., reason: _Optional[str] = ..., item_id: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("code", "message", "field", "fatal")
+    __slots__ = ("code", "message", "field", "fatal", "turn_id")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     FIELD_FIELD_NUMBER: _ClassVar[int]
     FATAL_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
     code: str
     message: str
     field: str
     fatal: bool
-    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., field: _Optional[str] = ..., fatal: _Optional[bool] = ...) -> None: ...
+    turn_id: int
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., field: _Optional[str] = ..., fatal: _Optional[bool] = ..., turn_id: _Optional[int] = ...) -> None: ...
