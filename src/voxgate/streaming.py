@@ -532,7 +532,8 @@ class AsrSession:
         end = words[-1].end if words else self._sec(pending.speech_end)
         return AsrEvent("final", pending.utterance_id, start, end, text=result.text, words=words,
                         confidence=round(confidence, 4), stability=1.0,
-                        lag=round(self._sec(self.received - pending.decided_at), 3))
+                        lag=round(self._sec(self.received - pending.decided_at), 3),
+                        language=result.language)
 
     # ---- buffers -------------------------------------------------------------------------
     def _push(self, event: AsrEvent) -> None:

@@ -93,6 +93,7 @@ class AsrEvent:
     confidence: float = 0.0
     stability: float = 0.0
     lag: float = 0.0
+    language: str = ""  # finals: the language the model decoded (detected when not set)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
