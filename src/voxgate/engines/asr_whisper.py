@@ -3,13 +3,24 @@
 int8 on CPU and float16 on CUDA unless configured otherwise. ``transcribe_batch`` runs several
 <=30 s chunks through one encoder/decoder call (faster-whisper's batched pipeline fed our own
 chunk boundaries), which is where the long-form speed-up over sequential decoding comes from.
+
+Live and file work on one CPU: a CTranslate2 call cannot be paused, so a live final that
+arrives while a file batch decodes would wait for it (seconds per 30 s chunk at beam 5 on two
+cores). Once the engine has served live work, file work (``Priority.FILE``) therefore runs on
+a second copy of the model whose compute threads were created at a low OS priority (``nice``,
+``VOXGATE_ASR__FILE_LANE_NICE``): the kernel gives live decoding the cores whenever it wants
+them and file work everything left over, so neither waits for the other's call to finish.
+Same weights, compute type and thread count: the file lane's output is identical.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -43,6 +54,16 @@ def segment_confidence(avg_logprob: float, no_speech_prob: float) -> float:
     return float(max(0.0, min(1.0, math.exp(avg_logprob) * (1.0 - no_speech_prob))))
 
 
+class _Lane:
+    """One loaded copy of the model, its batched pipeline (which keeps per-call state) and the
+    gate that gives it to one call at a time, most urgent first."""
+
+    def __init__(self, model: WhisperModel) -> None:
+        self.model = model
+        self.batched = _DetectingPipeline(model)
+        self.gate = PriorityGate()
+
+
 class WhisperAsr:
     """A faster-whisper model shared by all sessions (CTranslate2 is thread-safe for inference)."""
 
@@ -50,20 +71,27 @@ class WhisperAsr:
 
     def __init__(self, model_path: str, *, model_id: str = "", device: str = "auto",
                  compute_type: str = "default", cpu_threads: int = 0,
-                 num_workers: int = 1, file_unit_chunks: int = 2) -> None:
+                 num_workers: int = 1, file_unit_chunks: int = 2,
+                 file_lane_nice: int = 19) -> None:
         if device == "auto":
             device = "cuda" if _cuda_available() else "cpu"
         if compute_type == "default":
             compute_type = "float16" if device == "cuda" else "int8"
-        try:
-            self.model = WhisperModel(model_path, device=device, compute_type=compute_type,
-                                      cpu_threads=cpu_threads, num_workers=num_workers)
-        except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError with details
-            raise ModelError(f"cannot load Whisper model from {model_path}: {exc}") from exc
-        self.batched = _DetectingPipeline(self.model)
+        self._load_args = dict(model_size_or_path=model_path, device=device,
+                               compute_type=compute_type, cpu_threads=cpu_threads,
+                               num_workers=num_workers)
+        self.model = self._load_model()
+        self._live = _Lane(self.model)
+        self.batched = self._live.batched
         # one model call at a time (the batched pipeline keeps per-call state), live first
-        self.gate = PriorityGate()
+        self.gate = self._live.gate
         self.file_unit_chunks = file_unit_chunks
+        # a GPU does not share its time by OS priority, and threads have their own nice value
+        # only on Linux: elsewhere file work shares the live model through the gate
+        self.file_lane_nice = (file_lane_nice if device == "cpu" and sys.platform == "linux"
+                               else 0)
+        self._file_lane: _Lane | None = None
+        self._file_lane_lock = threading.Lock()
         self.model_id = model_id or model_path
         self.device = device
         self.compute_type = compute_type
@@ -79,7 +107,52 @@ class WhisperAsr:
         asr = settings.asr
         return cls(str(resolved.path), model_id=resolved.spec.id, device=asr.device,
                    compute_type=asr.compute_type, cpu_threads=asr.cpu_threads,
-                   file_unit_chunks=asr.file_unit_chunks)
+                   file_unit_chunks=asr.file_unit_chunks, file_lane_nice=asr.file_lane_nice)
+
+    def _load_model(self) -> WhisperModel:
+        try:
+            return WhisperModel(**self._load_args)
+        except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError with details
+            raise ModelError(f"cannot load Whisper model from "
+                             f"{self._load_args['model_size_or_path']}: {exc}") from exc
+
+    @property
+    def file_lane_loaded(self) -> bool:
+        """Whether file work has its own low-priority copy of the model now."""
+        return self._file_lane is not None
+
+    def _lane(self, priority: int) -> _Lane:
+        """Where a call runs: live work on the live model; file work there too until the engine
+        has served live work, then on the low-priority copy (loaded on first need)."""
+        if (priority < Priority.FILE or not self.file_lane_nice
+                or not self.gate.served_live):
+            return self._live
+        with self._file_lane_lock:
+            if self._file_lane is None:
+                self._file_lane = _Lane(self._load_at_nice(self.file_lane_nice))
+                logger.info("%s: file work moved to a copy of the model at nice %d, so live "
+                            "streams never wait for it", self.model_id, self.file_lane_nice)
+            return self._file_lane
+
+    def _load_at_nice(self, nice: int) -> WhisperModel:
+        """Load a copy of the model from a thread running at ``nice``: CTranslate2 creates its
+        compute threads during the load and Linux threads inherit their creator's nice value,
+        so every decode on this copy runs at that priority, whoever calls it."""
+        box: dict[str, Any] = {}
+
+        def load() -> None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+                box["model"] = self._load_model()
+            except BaseException as exc:  # handed to the caller below
+                box["error"] = exc
+
+        loader = threading.Thread(target=load, name="whisper-file-lane-load")
+        loader.start()
+        loader.join()
+        if "error" in box:
+            raise box["error"]
+        return box["model"]
 
     def _check(self, options: AsrOptions) -> str | None:
         language = options.language
@@ -99,8 +172,9 @@ class WhisperAsr:
     def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
         """One utterance, decoded whole with Whisper's sequential long-form algorithm."""
         language = self._check(options)
-        with self.gate.hold(options.priority):  # segments decode lazily: consumed inside
-            segments, info = self.model.transcribe(
+        lane = self._lane(options.priority)
+        with lane.gate.hold(options.priority):  # segments decode lazily: consumed inside
+            segments, info = lane.model.transcribe(
                 audio, language=language, task=options.task, beam_size=options.beam_size,
                 word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
                 hotwords=options.hotwords, temperature=options.temperature or 0.0,
@@ -117,8 +191,9 @@ class WhisperAsr:
         """Most likely language of (the first 30 s of) ``audio`` and its probability."""
         if not self.capabilities.language_detection:
             return "en", 1.0
-        with self.gate.hold(Priority.FILE):
-            language, probability, _ = self.model.detect_language(audio[: 30 * _SAMPLE_RATE])
+        lane = self._lane(Priority.FILE)
+        with lane.gate.hold(Priority.FILE):
+            language, probability, _ = lane.model.detect_language(audio[: 30 * _SAMPLE_RATE])
         return language, float(probability)
 
     def transcribe_batch(self, chunks: Sequence[np.ndarray], options: AsrOptions) -> list[AsrResult]:
@@ -138,9 +213,10 @@ class WhisperAsr:
             return []
         language = self._check(options)
         unit = self.file_unit_chunks
-        if options.priority >= Priority.FILE and len(chunks) > unit and self.gate.live_active():
-            # live streams are being served: file work takes the model in small units, so a
-            # live final waits for at most one of them, not for a whole batch
+        if (options.priority >= Priority.FILE and len(chunks) > unit
+                and self._lane(options.priority) is self._live and self.gate.live_active()):
+            # live streams are being served from the same model (no file lane): file work takes
+            # it in small units, so a live final waits for at most one, not for a whole batch
             return [result for first in range(0, len(chunks), unit)
                     for result in self.transcribe_batch(chunks[first:first + unit], options)]
         if options.window_margin_s is None:
@@ -169,11 +245,12 @@ class WhisperAsr:
             position += chunk.size
         joined = np.concatenate([np.asarray(c, np.float32) for c in chunks])
         clips = [{"start": off, "end": off + c.size / _SAMPLE_RATE} for off, c in zip(offsets, chunks)]
-        with self.gate.hold(options.priority):
-            self.batched.detections = None
-            self.batched.window_frames = (int(window_s * self.model.frames_per_second)
+        lane = self._lane(options.priority)
+        with lane.gate.hold(options.priority):
+            lane.batched.detections = None
+            lane.batched.window_frames = (int(window_s * lane.model.frames_per_second)
                                           if window_s else None)
-            segments, info = self.batched.transcribe(
+            segments, info = lane.batched.transcribe(
                 joined, language="en" if detect else language, multilingual=detect,
                 task=options.task, beam_size=options.beam_size,
                 word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
@@ -183,8 +260,8 @@ class WhisperAsr:
                 max_new_tokens=max_new_tokens,
             )
             segments = list(segments)
-            detections = self.batched.detections if detect else None
-            self.batched.window_frames = None
+            detections = lane.batched.detections if detect else None
+            lane.batched.window_frames = None
         results = [AsrResult([], info.language, float(info.language_probability),
                              c.size / _SAMPLE_RATE) for c in chunks]
         if detections is not None:  # "<|es|>" -> "es", per chunk

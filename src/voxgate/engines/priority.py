@@ -62,6 +62,11 @@ class PriorityGate:
                 self._busy = False
                 self._cond.notify_all()
 
+    @property
+    def served_live(self) -> bool:
+        """Live work has asked for the model at least once (this engine serves live streams)."""
+        return self._last_live != float("-inf")
+
     def live_active(self) -> bool:
         """Live work asked for the model within the last ``live_window_s`` seconds."""
         return time.monotonic() - self._last_live < self.live_window_s
