@@ -37,6 +37,9 @@ class AsrSettings(BaseModel):
     # while live streams are served, file work takes a shared model this many chunks at a time
     # (a live final waits for at most one such unit instead of a whole batch)
     file_unit_chunks: int = Field(2, ge=1, le=64)
+    # once live streams were served, file work runs on a copy of the model at this OS nice
+    # value (CPU, Linux), so live decoding gets the cores first; 0: one shared model (units)
+    file_lane_nice: int = Field(19, ge=0, le=19)
     max_chunk_s: float = Field(30.0, gt=1.0, le=30.0)
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     min_silence_ms: int = Field(500, ge=0)
