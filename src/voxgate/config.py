@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "AsrSettings", "StreamingSettings", "RivaSettings", "LlmSettings",
-           "OnnxSettings", "TtsSettings", "AgentSettings", "default_cache_dir", "load_settings"]
+           "OnnxSettings", "TtsSettings", "TranslationSettings", "AgentSettings",
+           "default_cache_dir", "load_settings"]
 
 
 def default_cache_dir() -> Path:
@@ -180,6 +181,23 @@ class AgentSettings(BaseModel):
     apology: str = "Sorry, I can't answer that right now."
 
 
+class TranslationSettings(BaseModel):
+    """Live speech-to-speech translation (``/ws/translate``, Riva ``RivaTranslation``)."""
+
+    # "llm": the LLM of VOXGATE_LLM__* (offline Qwen or an OpenAI-compatible server), through
+    # engines/mt_llm.py; any other value: a catalogue id of kind "mt" (e.g. a Riva NMT server)
+    mt: str = "llm"
+    # voice per target language (a voice id of GET /v1/audio/voices); espeak-ng is the fallback
+    voices: dict[str, str] = {"en": "en_US-joe-medium", "ru": "festival:msu_ru_nsh_clunits"}
+    no_audio_end_ms: int = Field(900, ge=100, le=10_000)  # no audio this long: utterance ends
+    endpointing_ms: int = Field(500, ge=100, le=5000)  # silence that ends an utterance
+    partials: bool = True  # source-language partial transcripts while speaking
+    mt_timeout_s: float = Field(60.0, gt=0.0)  # one utterance's translation
+    max_sessions: int = Field(4, ge=1, le=256)  # translation streams at once (+ 1 ASR stream each)
+    max_pending_utterances: int = Field(8, ge=1, le=256)  # per stream; beyond, reading pauses
+    max_context_chars: int = Field(500, ge=0, le=10_000)  # previous utterance shown to the MT
+
+
 class Settings(BaseSettings):
     """All of voxgate's configuration. See README "Configuration" for every variable."""
 
@@ -243,6 +261,7 @@ class Settings(BaseSettings):
     llm: LlmSettings = LlmSettings()
     onnx: OnnxSettings = OnnxSettings()
     tts: TtsSettings = TtsSettings()
+    translation: TranslationSettings = TranslationSettings()
     agent: AgentSettings = AgentSettings()
 
     @field_validator("api_keys", "allowed_models", "webhook_allowed_hosts",
