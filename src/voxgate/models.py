@@ -289,6 +289,16 @@ register(ModelSpec(
     sources=(RemoteSource("riva.uri"),),
     languages=("en",),
 ))
+register(ModelSpec(
+    id="riva-nmt",
+    kind="mt",
+    engine="riva",
+    description="any NVIDIA Riva NMT server (or another voxgate) at VOXGATE_RIVA__URI, model "
+                "VOXGATE_RIVA__NMT_MODEL (VOXGATE_TRANSLATION__MT=riva-nmt)",
+    license="(server's model)",
+    sources=(RemoteSource("riva.uri"),),
+    languages=("en", "ru"),
+))
 
 
 # Text to speech. Piper voices: VITS ONNX + <voice>.onnx.json, run by engines/tts_piper.py.
