@@ -171,3 +171,20 @@ def test_loads_from_settings(server, recording, tmp_path):
         assert asyncio.run(engine.translate("Hi.", "en-US", "ru-RU")) == "ru:Hi."
     finally:
         engine.close()
+
+
+def test_the_translation_mt_setting_selects_riva_by_catalogue_id(server, recording, tmp_path):
+    from voxgate.config import RivaSettings, TranslationSettings
+    from voxgate.engines.manager import ModelManager
+    from voxgate.server.riva_nmt import text_mt
+    from voxgate.server.state import AppState
+
+    settings = live_settings(tmp_path, riva=RivaSettings(uri=server.grpc_uri, api_key=API_KEY),
+                             translation=TranslationSettings(mt="riva-nmt"))
+    manager = ModelManager(settings)
+    try:
+        mt = text_mt(AppState(settings, manager))
+        assert (mt.model, mt.engine.name, mt.languages) == ("riva-nmt", "riva", ("en", "ru"))
+        assert asyncio.run(mt.engine.translate("Hi.", "en", "ru")) == "ru:Hi."
+    finally:
+        manager.close()

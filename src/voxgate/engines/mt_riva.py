@@ -93,6 +93,12 @@ class RivaMt:
         return {name: (list(pair.src_lang), list(pair.tgt_lang))
                 for name, pair in response.languages.items()}
 
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The server's languages as ISO-639-1 codes (blocking: asks it once; () if it
+        cannot list them)."""
+        return tuple(sorted(self._server_codes()))
+
     def _server_codes(self) -> dict[str, set[str]]:
         """Primary code -> the server's spellings of it (asked once; {} if it cannot list)."""
         with self._lock:

@@ -98,9 +98,13 @@ class TextMt:
     languages: tuple[str, ...]
 
     def check_pair(self, source: str, target: str) -> None:
+        """FieldError unless ``source`` -> ``target`` is offered (no languages known: any
+        pair of two different languages; the engine itself judges)."""
         pairs = ", ".join(f"{s}->{t}" for s in self.languages for t in self.languages if s != t)
+        if not self.languages:
+            pairs = "any two different languages"
         for field, code in (("source_language", source), ("target_language", target)):
-            if code not in self.languages:
+            if self.languages and code not in self.languages:
                 raise FieldError(field, f"{code!r} is not supported; language pairs: {pairs}")
         if source == target:
             raise FieldError("target_language", f"same as source_language ({source!r}); "
@@ -111,16 +115,22 @@ _MT_KEY = "riva-nmt-mt"
 
 
 def text_mt(state: AppState) -> TextMt:
-    """The app's text translator (Mt engine chosen in settings), created on first use.
+    """The app's text translator (``VOXGATE_TRANSLATION__MT``), created on first use.
 
-    Blocking on first use (loads the LLM)."""
+    Blocking on first use (loads the LLM, or asks a remote NMT for its languages)."""
     mt = state.components.get(_MT_KEY)
     if mt is None:
-        from ..engines.mt_llm import LlmMt
+        settings = state.settings
+        name = settings.translation.mt
+        if name == "llm":
+            from ..engines.mt_llm import LlmMt
 
-        model = state.settings.llm.model
-        engine = LlmMt(state.manager.get("llm", model))
-        mt = state.components[_MT_KEY] = TextMt(engine, model, tuple(engine.languages))
+            engine: Mt = LlmMt(state.manager.get("llm", settings.llm.model))
+            name = settings.llm.model
+        else:
+            engine = state.manager.get("mt", name)
+        languages = tuple(getattr(engine, "languages", ()))
+        mt = state.components[_MT_KEY] = TextMt(engine, name, languages)
     return mt
 
 
