@@ -174,8 +174,7 @@ class LlmMt:
             # a retry states why the last answer was rejected: a different (still
             # deterministic) request, not a replay of the same one
             messages = self._messages(protected, source, target, options, rejected=reason)
-            answer = await self.llm.complete(messages, max_tokens=max_tokens, temperature=0.0,
-                                             json_schema=use_schema)
+            answer = await self._complete(messages, max_tokens, use_schema)
             result, reason = self._parse(answer, protected, kept, sentences, target, options)
             if result is not None:
                 return result
@@ -183,6 +182,22 @@ class LlmMt:
                         attempt + 1, reason)
         raise EngineError(f"translation {source}->{target} failed: the model gave {reason} "
                           f"({self.retries + 1} attempts)")
+
+    async def _complete(self, messages: list[ChatMessage], max_tokens: int,
+                        schema: dict[str, Any] | None) -> str:
+        """The answer, streamed: a cancelled caller (client gone, timeout) closes the stream,
+        which stops the generation itself, not just the wait for it."""
+        parts: list[str] = []
+        stream = self.llm.stream(messages, max_tokens=max_tokens, temperature=0.0,
+                                 json_schema=schema)
+        try:
+            async for delta in stream:
+                parts.append(delta)
+        finally:
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                await closer()
+        return "".join(parts)
 
     def _parse(self, answer: str, protected: list[str], kept: dict[str, str],
                sentences: list[str], target: str, options: MtOptions
