@@ -1,0 +1,445 @@
+"""Live speech-to-speech translation latency: voxgate's ``/ws/translate`` vs the seed's design,
+side by side in one run, on the same engines, over WebSocket, with real-time fed speech.
+
+Input, per direction (explicit modes, so language detection is not part of the figure):
+
+* ``en->ru``: the 5 LibriVox clips of Debian ``pocketsphinx-testdata`` (real read speech);
+* ``ru->en``: 5 Russian sentences (written for this bench) spoken by Festival
+  ``msu_ru_nsh_clunits`` through voxgate's own TTS (Whisper base hears them at ~0-10% WER;
+  espeak-ng's Russian is misheard too often to be a fair input).
+
+Each utterance is one fresh WebSocket stream, fed like the browser page feeds it: 48 kHz Int16
+mono in 40 ms frames, wall-clock paced (real time), 0.3 s of silence, the speech, then silence
+frames (a microphone never stops) until the answer's WAV has arrived (60 s at most).
+
+Measured from the end of the spoken utterance (the wall-clock moment the frame holding the last
+voiced sample was sent; voiced: 20 ms RMS above ``VOICED_RMS``):
+
+* ``text``: the result JSON with the translated text arrives;
+* ``audio``: the first byte of translated audio arrives (the utterance's binary WAV message).
+
+Sides (same server process, same ModelManager, so the same loaded models):
+
+* ``voxgate``: the real ``/ws/translate`` door (TranslateSession: the live-ASR endpointer with
+  its speculative finals, MT, sentence-wise TTS; settings from ``VOXGATE_TRANSLATION__*``).
+* ``seed``: the seed's design (``../shared/seeds/002_*.txt``, ``handle_utterance``) as a
+  bench-only door ``/bench/seed-translate`` on the same app: buffer the PCM; when no voiced audio
+  has come for 900 ms (the seed's idle flush; measured on the audio so a microphone's silence
+  frames count as idle), resample the whole buffer, ASR of the whole utterance (the same Whisper
+  model and beam as voxgate's finals, plain 30 s window as faster-whisper does by default),
+  then MT of the whole text (the same Mt engine), then TTS of the whole text (the same voice),
+  then send the JSON and the WAV.
+
+Reported per side and direction: p50/p95 of both latencies, and the seed/voxgate ratio of
+p50 time to first translated audio (the issue's goal: >= 1.5). One warm-up utterance per side
+and direction loads the models first and is not counted.
+
+    flock /tmp/voxgate-cpu.lock python bench/translation_latency.py             # ~8 min
+    python bench/translation_latency.py --rounds 2 --directions en->ru
+
+Writes ``bench/results/translation_latency.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+from fastapi import WebSocket, WebSocketDisconnect  # module level: FastAPI reads the annotation
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+SR = 16_000
+WIRE_RATE = 48_000
+FRAME_S = 0.04  # the page's AudioWorklet frame
+LEAD_S = 0.3
+VOICED_RMS = 0.01  # -40 dBFS over 20 ms: speech (the inputs' pauses are digital silence)
+SEED_IDLE_S = 0.9  # the seed's "idle ~900ms" flush
+ANSWER_TIMEOUT_S = 60.0
+API_KEY = "bench-translation-key"
+RU_SENTENCES = (  # plain everyday sentences written for this bench (no third-party text)
+    "Сегодня утром я пошёл в магазин за хлебом.",
+    "Поезд приходит в восемь часов вечера.",
+    "Мой брат живёт в большом городе у реки.",
+    "Пожалуйста, закройте окно, на улице холодно.",
+    "Мы будем рады видеть вас на следующей неделе.",
+)
+RU_VOICE = "festival:msu_ru_nsh_clunits"
+
+
+# ---- input -----------------------------------------------------------------------------------
+@dataclass
+class Utterance:
+    mode: str  # "en->ru" | "ru->en"
+    name: str
+    reference: str  # what is said
+    audio: np.ndarray  # 16 kHz float32, speech only (the stream adds lead and silence)
+
+    @property
+    def speech_end_s(self) -> float:
+        """Stream seconds of the last voiced 20 ms window, counted from the stream's start."""
+        win = SR // 50
+        frames = self.audio[: self.audio.size // win * win].reshape(-1, win)
+        voiced = np.flatnonzero(np.sqrt(np.mean(frames ** 2, axis=1)) > VOICED_RMS)
+        last = (voiced[-1] + 1) * win if voiced.size else self.audio.size
+        return LEAD_S + last / SR
+
+
+def english_clips() -> list[Utterance]:
+    """The LibriVox clips with their transcripts (Debian pocketsphinx-testdata)."""
+    import re
+
+    from voxgate.audio import decode_audio
+
+    listing = LIBRIVOX / "transcription"
+    if not listing.is_file():
+        sys.exit("needs Debian pocketsphinx-testdata (bash scripts/setup.sh installs it)")
+    out = []
+    for line in listing.read_text().splitlines():
+        match = re.match(r"<s>\s*(.*?)\s*</s>\s*\((.+)\)", line.strip())
+        if match:
+            out.append(Utterance("en->ru", match.group(2)[-4:], match.group(1),
+                                 decode_audio(LIBRIVOX / f"{match.group(2)}.wav")))
+    return out
+
+
+def russian_sentences(speech: Any) -> list[Utterance]:
+    """RU_SENTENCES spoken by Festival's Russian voice, at 16 kHz."""
+    from voxgate.audio import resample
+
+    out = []
+    for i, text in enumerate(RU_SENTENCES):
+        audio, rate = speech.synthesize(text, RU_VOICE)
+        out.append(Utterance("ru->en", f"ru{i + 1}", text, resample(audio, rate, SR)))
+    return out
+
+
+# ---- the seed's design, as a bench-only door on the same app ----------------------------------
+def add_seed_door(app: Any) -> None:
+    """``/bench/seed-translate``: the seed's handle_utterance on voxgate's engines (see doc)."""
+    from voxgate.audio import encode_wav, pcm16_to_float32, resample
+    from voxgate.engines.base import AsrOptions
+    from voxgate.engines.mt_llm import LlmMt
+    from voxgate.speech import SpeechService
+
+    state = app.state.voxgate
+    settings = state.settings
+    speech = SpeechService(settings, state.manager)
+    voices = settings.translation.voices
+
+    async def handle_utterance(ws: WebSocket, pcm: bytes, src: str, tgt: str) -> None:
+        audio = resample(pcm16_to_float32(pcm), WIRE_RATE, SR)
+        options = AsrOptions(language=src, beam_size=settings.streaming.final_beam_size)
+        asr = state.manager.asr(settings.asr.model)
+        transcript = (await asyncio.to_thread(asr.transcribe, audio, options)).text.strip()
+        mt = LlmMt(state.manager.get("llm", settings.llm.model))
+        text = await mt.translate(transcript, src, tgt)
+        out, rate = await asyncio.to_thread(speech.synthesize, text, voices[tgt])
+        await ws.send_json({"src": src, "tgt": tgt, "text": text, "transcript": transcript})
+        await ws.send_bytes(encode_wav(out, rate))
+
+    @app.websocket("/bench/seed-translate")
+    async def seed_translate(ws: WebSocket) -> None:
+        await ws.accept()
+        config = json.loads(await ws.receive_text())
+        src, tgt = config["mode"].split("->")
+        buffer = bytearray()
+        last_voiced: float | None = None
+        try:
+            while True:
+                wait = None if last_voiced is None else \
+                    max(0.0, SEED_IDLE_S - (time.monotonic() - last_voiced))
+                try:
+                    message = await asyncio.wait_for(ws.receive(), wait)
+                except TimeoutError:
+                    await handle_utterance(ws, bytes(buffer), src, tgt)
+                    buffer.clear()
+                    last_voiced = None
+                    continue
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes")
+                if data is None:
+                    continue
+                buffer += data
+                samples = np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
+                if samples.size and float(np.sqrt(np.mean(samples ** 2))) > VOICED_RMS:
+                    last_voiced = time.monotonic()
+        except WebSocketDisconnect:
+            return
+
+    # before the page's catch-all mount at "/", which would otherwise answer this path
+    app.router.routes.insert(0, app.router.routes.pop())
+
+
+# ---- the server ------------------------------------------------------------------------------
+class Server:
+    """voxgate's app (default components) + the seed door, served by uvicorn on loopback in a
+    background thread; both doors share the app's ModelManager."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import uvicorn
+
+        from voxgate.config import Settings
+        from voxgate.server.app import create_app, uvicorn_options
+
+        settings = Settings(offline=True, data_dir=data_dir, api_keys=[API_KEY], grpc_port=0,
+                            _env_file=None)
+        self.app = create_app(settings)
+        add_seed_door(self.app)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        options = uvicorn_options(settings)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning",
+                                                    ws_max_size=options["ws_max_size"]))
+        self.thread = threading.Thread(target=lambda: asyncio.run(
+            self.server.serve(sockets=[self.sock])), daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                sys.exit("the server did not start (see the log above)")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def url(self, side: str) -> str:
+        path = "/ws/translate" if side == "voxgate" else "/bench/seed-translate"
+        return f"ws://127.0.0.1:{self.port}{path}?api_key={API_KEY}"
+
+
+# ---- the client ------------------------------------------------------------------------------
+@dataclass
+class Measure:
+    side: str
+    mode: str
+    name: str
+    text_s: float | None = None
+    audio_s: float | None = None
+    transcript: str = ""
+    translation: str = ""
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def run_one(url: str, side: str, utt: Utterance) -> Measure:
+    """Stream one utterance in real time; time the answer from the end of speech."""
+    import websockets
+
+    from voxgate.audio import float32_to_pcm16, resample
+
+    src, tgt = utt.mode.split("->")
+    wire = resample(utt.audio, SR, WIRE_RATE)
+    step = int(WIRE_RATE * FRAME_S)
+    lead = np.zeros(int(LEAD_S * WIRE_RATE), np.float32)
+    stream = np.concatenate([lead, wire])
+    end_frame = int(utt.speech_end_s * WIRE_RATE) // step  # the frame holding the last voiced
+    silence = float32_to_pcm16(np.zeros(step, np.float32))
+    measure = Measure(side, utt.mode, utt.name)
+    speech_end: list[float] = []
+    got_audio = asyncio.Event()
+
+    async with websockets.connect(url, max_size=None, open_timeout=30) as ws:
+        await ws.send(json.dumps({"mode": utt.mode, "src": src, "tgt": tgt,
+                                  "sample_rate": WIRE_RATE, "channels": 1}))
+
+        async def receive() -> None:
+            async for message in ws:
+                now = time.monotonic()
+                if isinstance(message, bytes):
+                    if measure.audio_s is None and speech_end:
+                        measure.audio_s = now - speech_end[0]
+                    got_audio.set()
+                    return
+                event = json.loads(message)
+                if event.get("type") == "error":
+                    measure.error = f"{event.get('code')}: {event.get('message')}"
+                    got_audio.set()
+                    return
+                if "tgt" in event and event.get("text") is not None and measure.text_s is None:
+                    measure.text_s = now - speech_end[0] if speech_end else None
+                    measure.transcript = event.get("transcript", "")
+                    measure.translation = event["text"]
+                    if event.get("tts_failed"):
+                        measure.error = "tts_failed"
+                        got_audio.set()
+                        return
+                elif event.get("error"):
+                    measure.error = str(event["error"])
+
+        reader = asyncio.create_task(receive())
+        started = time.monotonic()
+        frames = 0
+        deadline = None
+        while not got_audio.is_set():
+            start = frames * step
+            chunk = stream[start:start + step]
+            data = float32_to_pcm16(chunk) if chunk.size == step else silence
+            due = started + frames * FRAME_S
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await ws.send(data)
+            if frames == end_frame:
+                speech_end.append(time.monotonic())
+                deadline = speech_end[0] + ANSWER_TIMEOUT_S
+            frames += 1
+            if deadline is not None and time.monotonic() > deadline:
+                measure.error = measure.error or "no answer within the timeout"
+                break
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    return measure
+
+
+# ---- report ----------------------------------------------------------------------------------
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return float(np.percentile(np.asarray(values), q))
+
+
+def summarise(measures: list[Measure]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for side in ("voxgate", "seed"):
+        for mode in ("en->ru", "ru->en"):
+            rows = [m for m in measures if m.side == side and m.mode == mode]
+            if not rows:
+                continue
+            text = [m.text_s for m in rows if m.text_s is not None]
+            audio = [m.audio_s for m in rows if m.audio_s is not None]
+            out[f"{side} {mode}"] = {
+                "n": len(rows), "errors": sum(bool(m.error) for m in rows),
+                "text_p50_s": _pct(text, 50), "text_p95_s": _pct(text, 95),
+                "audio_p50_s": _pct(audio, 50), "audio_p95_s": _pct(audio, 95)}
+    for mode in ("en->ru", "ru->en"):
+        ours, seed = out.get(f"voxgate {mode}"), out.get(f"seed {mode}")
+        if ours and seed and ours["audio_p50_s"] and seed["audio_p50_s"]:
+            out[f"ratio {mode}"] = {
+                "first_audio_p50": seed["audio_p50_s"] / ours["audio_p50_s"],
+                "first_audio_p95": (seed["audio_p95_s"] / ours["audio_p95_s"]
+                                    if ours["audio_p95_s"] else None),
+                "text_p50": (seed["text_p50_s"] / ours["text_p50_s"]
+                             if ours["text_p50_s"] else None)}
+    return out
+
+
+def table(summary: dict[str, Any]) -> str:
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    head = ("| side | direction | n | errors | text p50 | text p95 | first audio p50 | "
+            "first audio p95 |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for key, row in summary.items():
+        if key.startswith("ratio"):
+            continue
+        side, mode = key.split(" ")
+        lines.append(f"| {side} | {mode} | {row['n']} | {row['errors']} | "
+                     f"{f(row['text_p50_s'])} s | {f(row['text_p95_s'])} s | "
+                     f"{f(row['audio_p50_s'])} s | {f(row['audio_p95_s'])} s |")
+    for key, row in summary.items():
+        if key.startswith("ratio"):
+            lines.append(f"\n{key}: seed/voxgate first audio p50 x{f(row['first_audio_p50'])}, "
+                         f"p95 x{f(row['first_audio_p95'])}, text p50 x{f(row['text_p50'])}"
+                         f"  (goal: first audio >= 1.5)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=1, help="passes over the utterances")
+    parser.add_argument("--directions", nargs="+", default=["en->ru", "ru->en"],
+                        choices=["en->ru", "ru->en"])
+    parser.add_argument("--sides", nargs="+", default=["voxgate", "seed"],
+                        choices=["voxgate", "seed"])
+    parser.add_argument("--output", type=Path, default=RESULTS / "translation_latency.json")
+    args = parser.parse_args()
+
+    import logging
+    import tempfile
+
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="voxgate-bench-") as tmp, Server(Path(tmp)) as srv:
+        from voxgate.speech import SpeechService
+
+        state = srv.app.state.voxgate
+        speech = SpeechService(state.settings, state.manager)
+        inputs: list[Utterance] = []
+        if "en->ru" in args.directions:
+            inputs += english_clips()
+        if "ru->en" in args.directions:
+            inputs += russian_sentences(speech)
+        measures: list[Measure] = []
+        load0 = os.getloadavg()[0]
+        began = time.monotonic()
+        for mode in args.directions:  # warm-up: loads every model of the direction, not counted
+            first = next(u for u in inputs if u.mode == mode)
+            for side in args.sides:
+                warm = asyncio.run(run_one(srv.url(side), side, first))
+                print(f"warm-up {side} {mode}: {warm.error or 'ok'} "
+                      f"({warm.transcript!r} -> {warm.translation!r})", flush=True)
+        for round_ in range(args.rounds):
+            for utt in inputs:
+                # alternate which side goes first, so neither always runs on a just-warmed cache
+                sides = args.sides if (round_ + inputs.index(utt)) % 2 == 0 else \
+                    list(reversed(args.sides))
+                for side in sides:
+                    m = asyncio.run(run_one(srv.url(side), side, utt))
+                    m.extra = {"round": round_, "speech_s": round(utt.audio.size / SR, 2)}
+                    measures.append(m)
+                    print(f"{side:7} {utt.mode} {utt.name}: text "
+                          f"{m.text_s if m.text_s is None else round(m.text_s, 2)} s, audio "
+                          f"{m.audio_s if m.audio_s is None else round(m.audio_s, 2)} s "
+                          f"{m.error} | {m.transcript!r} -> {m.translation!r}", flush=True)
+        settings = state.settings
+    summary = summarise(measures)
+    report = {
+        "bench": "translation_latency",
+        "summary": summary,
+        "measures": [asdict(m) for m in measures],
+        "wall_s": round(time.monotonic() - began, 1),
+        "loadavg_start": load0, "loadavg_end": os.getloadavg()[0],
+        "settings": {"asr_model": settings.asr.model, "llm_model": settings.llm.model,
+                     "translation": settings.translation.model_dump(),
+                     "final_beam_size": settings.streaming.final_beam_size},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine()},
+        "versions": {p: _version(p) for p in ("voxgate", "faster-whisper", "xllamacpp",
+                                               "onnxruntime")},
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    stamped = args.output.with_name(f"{args.output.stem}-{time.strftime('%Y%m%dT%H%M%S')}.json")
+    stamped.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    print(table(summary))
+    print(f"\nwrote {args.output}")
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+if __name__ == "__main__":
+    main()
