@@ -17,6 +17,7 @@ import pytest
 from conftest import require_pack
 from live_server import API_KEY, live_settings, start_live_server
 
+from voxgate.config import TranslationSettings
 from voxgate.engines.base import MtOptions
 from voxgate.errors import ConfigError, EngineError
 
@@ -24,11 +25,9 @@ pytest.importorskip("riva.client", reason="extra 'grpc' (nvidia-riva-client) is 
 
 from voxgate.engines.mt_riva import RivaMt, dnt_field  # needs the grpc extra
 from voxgate.engines.riva_channel import RivaOptions
-from voxgate.server.riva_nmt import TextMt
 
 pytestmark = pytest.mark.slow
 LLM = "qwen2.5-coder-1.5b-instruct-q4km"
-_MT_KEY = "riva-nmt-mt"
 
 
 class RecordingMt:
@@ -47,20 +46,27 @@ class RecordingMt:
 
 @pytest.fixture(scope="module")
 def server(manager, tmp_path_factory):
+    """A live server translating with the real offline LLM."""
     yield from start_live_server(live_settings(tmp_path_factory.mktemp("mt-riva")), manager)
 
 
-@pytest.fixture
-def recording(server):
-    """The server translates with RecordingMt for one test."""
-    previous = server.state.components.get(_MT_KEY)
+@pytest.fixture(scope="module")
+def recording_server(manager, tmp_path_factory):
+    """A live server translating with RecordingMt (catalogue name ``recording``)."""
+    from test_riva_nmt import manager_with_mt
+
     fake = RecordingMt()
-    server.state.components[_MT_KEY] = TextMt(fake, "recording", fake.languages)
-    yield fake
-    if previous is None:
-        server.state.components.pop(_MT_KEY, None)
-    else:
-        server.state.components[_MT_KEY] = previous
+    settings = live_settings(tmp_path_factory.mktemp("mt-riva-rec"),
+                             translation=TranslationSettings(mt="recording"))
+    for live in start_live_server(settings, manager_with_mt(manager, "recording", fake)):
+        live.fake = fake
+        yield live
+
+
+@pytest.fixture
+def recording(recording_server):
+    recording_server.fake.options.clear()
+    return recording_server.fake
 
 
 def _free_port() -> int:
@@ -75,7 +81,6 @@ def _engine(server, **kw) -> RivaMt:
 
 def test_ru_to_en_through_voxgates_riva_server_with_the_real_llm(server, manager):
     require_pack(LLM, manager.settings.cache_dir)
-    server.state.components.pop(_MT_KEY, None)  # the real translator
     engine = _engine(server)
     try:
         out = asyncio.run(engine.translate("Доброе утро! Сегодня мы поедем в Москву.", "ru", "en"))
@@ -85,8 +90,8 @@ def test_ru_to_en_through_voxgates_riva_server_with_the_real_llm(server, manager
     assert "morning" in out.lower() and "moscow" in out.lower()
 
 
-def test_batches_dnt_and_glossary_travel_as_riva_fields(server, recording):
-    engine = _engine(server, model="recording")
+def test_batches_dnt_and_glossary_travel_as_riva_fields(recording_server, recording):
+    engine = _engine(recording_server, model="recording")
     options = MtOptions(context="ignored", dnt=("voxgate", "Riva NMT"),
                         glossary=(("cloud", "облако"),))
     try:
@@ -112,14 +117,14 @@ def test_dnt_field_format():
         dnt_field(MtOptions(dnt=("one, two",)))
 
 
-def test_server_errors_are_not_retried(server, recording):
+def test_server_errors_are_not_retried(recording_server, recording):
     sleeps: list[float] = []
-    engine = RivaMt(RivaOptions(uri=server.grpc_uri, api_key=API_KEY, max_retries=3),
+    engine = RivaMt(RivaOptions(uri=recording_server.grpc_uri, api_key=API_KEY, max_retries=3),
                     sleep=sleeps.append)
     with pytest.raises(EngineError, match="INVALID_ARGUMENT.*'de' is not supported") as err:
         asyncio.run(engine.translate("Hallo", "de", "en"))
     assert not err.value.retryable and engine.calls == 2 and sleeps == []
-    wrong = RivaMt(RivaOptions(uri=server.grpc_uri, api_key="wrong", max_retries=3),
+    wrong = RivaMt(RivaOptions(uri=recording_server.grpc_uri, api_key="wrong", max_retries=3),
                    sleep=sleeps.append)
     with pytest.raises(EngineError, match="ListSupportedLanguagePairs.*UNAUTHENTICATED"):
         asyncio.run(wrong.translate("Hello", "en", "ru"))
@@ -139,32 +144,32 @@ def test_unavailable_is_retried_with_exponential_backoff():
     engine.close()
 
 
-def test_tls_with_the_key_sent_twice(server, recording, tmp_path):
+def test_tls_with_the_key_sent_twice(recording_server, recording, tmp_path):
     pytest.importorskip("cryptography", reason="cryptography makes the test certificate")
     from test_asr_riva import _self_signed
 
     from voxgate.server.grpc_riva import RivaGrpcServer
 
     cert, key = _self_signed(tmp_path)
-    tls_settings = server.settings.model_copy(update={"grpc_tls_cert": cert,
+    tls_settings = recording_server.settings.model_copy(update={"grpc_tls_cert": cert,
                                                       "grpc_tls_key": key})
     tls = RivaGrpcServer(tls_settings, port=0)
-    server.call(tls.start(server.state))
+    recording_server.call(tls.start(recording_server.state))
     try:
         engine = RivaMt(RivaOptions(uri=f"localhost:{tls.bound_port}", use_ssl=True,
                                     ssl_root_cert=str(cert), api_key=API_KEY))
         out = asyncio.run(engine.translate("Good evening.", "en", "ru"))
         engine.close()
     finally:
-        server.call(tls.stop(server.state))
+        recording_server.call(tls.stop(recording_server.state))
     assert out == "ru:Good evening."
 
 
-def test_loads_from_settings(server, recording, tmp_path):
+def test_loads_from_settings(recording_server, recording, tmp_path):
     from voxgate.config import RivaSettings
 
     settings = live_settings(tmp_path, riva=RivaSettings(
-        uri=server.grpc_uri, api_key=API_KEY, nmt_model="recording", max_retries=0))
+        uri=recording_server.grpc_uri, api_key=API_KEY, nmt_model="recording", max_retries=0))
     engine = RivaMt.load(None, settings)
     try:
         assert engine.model == "recording"
@@ -173,18 +178,20 @@ def test_loads_from_settings(server, recording, tmp_path):
         engine.close()
 
 
-def test_the_translation_mt_setting_selects_riva_by_catalogue_id(server, recording, tmp_path):
-    from voxgate.config import RivaSettings, TranslationSettings
+def test_the_translation_mt_setting_selects_riva_by_catalogue_id(recording_server, recording, tmp_path):
+    from voxgate.config import RivaSettings
     from voxgate.engines.manager import ModelManager
-    from voxgate.server.riva_nmt import text_mt
-    from voxgate.server.state import AppState
+    from voxgate.server.riva_nmt import mt_model_name
+    from voxgate.translation import open_mt
 
-    settings = live_settings(tmp_path, riva=RivaSettings(uri=server.grpc_uri, api_key=API_KEY),
+    settings = live_settings(tmp_path, riva=RivaSettings(uri=recording_server.grpc_uri,
+                                                         api_key=API_KEY),
                              translation=TranslationSettings(mt="riva-nmt"))
     manager = ModelManager(settings)
     try:
-        mt = text_mt(AppState(settings, manager))
-        assert (mt.model, mt.engine.name, mt.languages) == ("riva-nmt", "riva", ("en", "ru"))
-        assert asyncio.run(mt.engine.translate("Hi.", "en", "ru")) == "ru:Hi."
+        with open_mt(settings, manager) as engine:
+            assert (engine.name, engine.languages) == ("riva", ("en", "ru"))
+            assert asyncio.run(engine.translate("Hi.", "en", "ru")) == "ru:Hi."
+        assert mt_model_name(settings) == "riva-nmt"
     finally:
         manager.close()

@@ -18,6 +18,7 @@ import pytest
 from conftest import require_pack
 from live_server import API_KEY, live_settings, start_live_server
 
+from voxgate.config import TranslationSettings
 from voxgate.engines.base import MtOptions
 
 riva_client = pytest.importorskip("riva.client", reason="extra 'grpc' (nvidia-riva-client) "
@@ -25,7 +26,6 @@ riva_client = pytest.importorskip("riva.client", reason="extra 'grpc' (nvidia-ri
 
 from voxgate.server.riva_nmt import (  # needs the grpc extra
     RIVA_NMT_SERVICE,
-    TextMt,
     parse_dnt_phrases,
 )
 
@@ -69,14 +69,27 @@ def server(manager, tmp_path_factory):
     yield from start_live_server(live_settings(tmp_path_factory.mktemp("riva-nmt")), manager)
 
 
+def manager_with_mt(manager, name: str, engine):
+    """A ModelManager whose mt model ``name`` is ``engine``; every other model is the session
+    manager's (loaded once, never closed by this one)."""
+    from voxgate.engines.manager import ModelManager
+
+    def load(kind: str, model_id: str):
+        if (kind, model_id) == ("mt", name):
+            return engine, None
+        return manager.get(kind, model_id), manager.resolved(kind, model_id)
+
+    return ModelManager(manager.settings, loader=load)
+
+
 @pytest.fixture(scope="module")
 def fake_server(manager, tmp_path_factory):
     """A live server translating with FakeMt, small bounds, one translation at a time."""
+    fake = FakeMt()
     settings = live_settings(tmp_path_factory.mktemp("riva-nmt-fake"), riva_nmt_max_texts=4,
-                             riva_nmt_max_chars=200, riva_nmt_max_concurrent=1)
-    for live in start_live_server(settings, manager):
-        fake = FakeMt()
-        live.state.components["riva-nmt-mt"] = TextMt(fake, "fake-mt", fake.languages)
+                             riva_nmt_max_chars=200, riva_nmt_max_concurrent=1,
+                             translation=TranslationSettings(mt="fake-mt"))
+    for live in start_live_server(settings, manager_with_mt(manager, "fake-mt", fake)):
         live.fake = fake
         yield live
 

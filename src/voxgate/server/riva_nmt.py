@@ -21,22 +21,25 @@ RESOURCE_EXHAUSTED past ``VOXGATE_RIVA_NMT_MAX_CONCURRENT`` requests translating
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import riva.client.proto.riva_nmt_pb2 as rnmt
 import riva.client.proto.riva_nmt_pb2_grpc as rnmt_grpc
 
+from ..config import Settings
 from ..engines.base import Mt, MtOptions
 from ..errors import ConfigError, EngineError, ModelError, VoxgateError
+from ..translation import open_mt
 from .grpc_auth import authorize
 from .limits import TranscriptionSlots
 from .state import AppState
 
-__all__ = ["RIVA_NMT_SERVICE", "RivaNmtServicer", "add_riva_nmt", "parse_dnt_phrases",
-           "riva_nmt_language"]
+__all__ = ["RIVA_NMT_SERVICE", "RivaNmtServicer", "add_riva_nmt", "check_model", "check_pair",
+           "held_mt", "mt_model_name", "parse_dnt_phrases", "riva_nmt_language"]
 
 logger = logging.getLogger(__name__)
 RIVA_NMT_SERVICE = "nvidia.riva.nmt.RivaTranslation"
@@ -89,49 +92,49 @@ def parse_dnt_phrases(entries: Any) -> MtOptions:
     return MtOptions(dnt=tuple(dnt), glossary=tuple(glossary))
 
 
-@dataclass(frozen=True, slots=True)
-class TextMt:
-    """The server's text translator and what it offers."""
+def mt_model_name(settings: Settings) -> str:
+    """The name the server's translator is listed under: the LLM's catalogue id when
+    ``VOXGATE_TRANSLATION__MT=llm``, else the mt catalogue id itself."""
+    if settings.translation.mt == "llm":
+        from ..postprocess import llm_model_id
 
-    engine: Mt
-    model: str  # the name ListSupportedLanguagePairs lists it under (and ``model`` may name)
-    languages: tuple[str, ...]
-
-    def check_pair(self, source: str, target: str) -> None:
-        """FieldError unless ``source`` -> ``target`` is offered (no languages known: any
-        pair of two different languages; the engine itself judges)."""
-        pairs = ", ".join(f"{s}->{t}" for s in self.languages for t in self.languages if s != t)
-        if not self.languages:
-            pairs = "any two different languages"
-        for field, code in (("source_language", source), ("target_language", target)):
-            if self.languages and code not in self.languages:
-                raise FieldError(field, f"{code!r} is not supported; language pairs: {pairs}")
-        if source == target:
-            raise FieldError("target_language", f"same as source_language ({source!r}); "
-                                                f"language pairs: {pairs}")
+        return llm_model_id(settings)
+    return settings.translation.mt
 
 
-_MT_KEY = "riva-nmt-mt"
+def check_model(model: str, settings: Settings, field: str = "model") -> None:
+    """FieldError unless ``model`` is empty or names the server's translator (clients never
+    choose another model: nothing is loaded or downloaded for them)."""
+    offered = mt_model_name(settings)
+    if model and model not in (offered, settings.translation.mt):
+        raise FieldError(field, f"{model[:80]!r} is not offered; this server translates with "
+                                f"{offered!r} (ListSupportedLanguagePairs)")
 
 
-def text_mt(state: AppState) -> TextMt:
-    """The app's text translator (``VOXGATE_TRANSLATION__MT``), created on first use.
+def check_pair(languages: tuple[str, ...], source: str, target: str) -> None:
+    """FieldError unless ``source`` -> ``target`` is offered (no languages known: any two
+    different languages; the engine itself judges)."""
+    pairs = ", ".join(f"{s}->{t}" for s in languages for t in languages if s != t)
+    for field, code in (("source_language", source), ("target_language", target)):
+        if languages and code not in languages:
+            raise FieldError(field, f"{code!r} is not supported; language pairs: {pairs}")
+    if source == target:
+        raise FieldError("target_language", f"same as source_language ({source!r}); "
+                                            f"language pairs: {pairs or 'any two languages'}")
 
-    Blocking on first use (loads the LLM, or asks a remote NMT for its languages)."""
-    mt = state.components.get(_MT_KEY)
-    if mt is None:
-        settings = state.settings
-        name = settings.translation.mt
-        if name == "llm":
-            from ..engines.mt_llm import LlmMt
 
-            engine: Mt = LlmMt(state.manager.get("llm", settings.llm.model))
-            name = settings.llm.model
-        else:
-            engine = state.manager.get("mt", name)
-        languages = tuple(getattr(engine, "languages", ()))
-        mt = state.components[_MT_KEY] = TextMt(engine, name, languages)
-    return mt
+def mt_languages(engine: Mt) -> tuple[str, ...]:
+    """What an engine translates (blocking for a remote engine: it asks its server once)."""
+    return tuple(getattr(engine, "languages", ()))
+
+
+@contextlib.asynccontextmanager
+async def held_mt(state: AppState) -> AsyncIterator[Mt]:
+    """The configured Mt engine (``VOXGATE_TRANSLATION__MT``), held while the block runs
+    (loaded in a worker thread on first use)."""
+    with contextlib.ExitStack() as stack:
+        yield await asyncio.to_thread(stack.enter_context,
+                                      open_mt(state.settings, state.manager))
 
 
 def nmt_slots(state: AppState) -> TranscriptionSlots:
@@ -179,12 +182,6 @@ class RivaNmtServicer(rnmt_grpc.RivaTranslationServicer):
                                       "(VOXGATE_RIVA_NMT_MAX_CHARS); send smaller batches")
         return [" ".join(t.split()) for t in texts]
 
-    @staticmethod
-    def _check_model(model: str, mt: TextMt) -> None:
-        if model and model not in (mt.model, mt.engine.name):
-            raise FieldError("model", f"{model[:80]!r} is not offered; this server translates "
-                                      f"with {mt.model!r} (ListSupportedLanguagePairs)")
-
     async def TranslateText(self, request: rnmt.TranslateTextRequest,
                             context: grpc.aio.ServicerContext) -> rnmt.TranslateTextResponse:
         await authorize(self.settings, context)
@@ -193,9 +190,7 @@ class RivaNmtServicer(rnmt_grpc.RivaTranslationServicer):
             source = riva_nmt_language(request.source_language, "source_language")
             target = riva_nmt_language(request.target_language, "target_language")
             options = parse_dnt_phrases(request.dnt_phrases)
-            mt = await asyncio.to_thread(text_mt, self.state)
-            self._check_model(request.model, mt)
-            mt.check_pair(source, target)
+            check_model(request.model, self.settings)
         except Exception as exc:  # mapped to a status code
             await fail(context, exc, "TranslateText")
             raise
@@ -206,7 +201,9 @@ class RivaNmtServicer(rnmt_grpc.RivaTranslationServicer):
                                 f"(VOXGATE_RIVA_NMT_MAX_CONCURRENT); retry in "
                                 f"{slots.retry_after()} s")
         try:
-            outputs = await translate_texts(mt.engine, texts, source, target, options)
+            async with held_mt(self.state) as engine:
+                check_pair(await asyncio.to_thread(mt_languages, engine), source, target)
+                outputs = await translate_texts(engine, texts, source, target, options)
         except Exception as exc:
             await fail(context, exc, "TranslateText")
             raise
@@ -225,16 +222,37 @@ class RivaNmtServicer(rnmt_grpc.RivaTranslationServicer):
                                          ) -> rnmt.AvailableLanguageResponse:
         await authorize(self.settings, context)
         try:
-            mt = await asyncio.to_thread(text_mt, self.state)
+            async with held_mt(self.state) as engine:
+                languages = await asyncio.to_thread(mt_languages, engine)
         except Exception as exc:
             await fail(context, exc, "ListSupportedLanguagePairs")
             raise
         response = rnmt.AvailableLanguageResponse()
-        if not request.model or request.model in (mt.model, mt.engine.name):
-            pair = response.languages[mt.model]
-            pair.src_lang.extend(mt.languages)
-            pair.tgt_lang.extend(mt.languages)
+        name = mt_model_name(self.settings)
+        if not request.model or request.model in (name, self.settings.translation.mt):
+            pair = response.languages[name]
+            pair.src_lang.extend(languages)
+            pair.tgt_lang.extend(languages)
         return response
+
+    # ---- streaming -----------------------------------------------------------------------
+    async def StreamingTranslateSpeechToText(self, request_iterator: AsyncIterator[Any],
+                                             context: grpc.aio.ServicerContext
+                                             ) -> AsyncIterator[Any]:
+        await authorize(self.settings, context)
+        from .riva_nmt_stream import speech_to_text
+
+        async for response in speech_to_text(self.state, request_iterator, context):
+            yield response
+
+    async def StreamingTranslateSpeechToSpeech(self, request_iterator: AsyncIterator[Any],
+                                               context: grpc.aio.ServicerContext
+                                               ) -> AsyncIterator[Any]:
+        await authorize(self.settings, context)
+        from .riva_nmt_stream import speech_to_speech
+
+        async for response in speech_to_speech(self.state, request_iterator, context):
+            yield response
 
 
 async def translate_texts(engine: Mt, texts: list[str], source: str, target: str,
