@@ -19,7 +19,9 @@ from voxgate.audio import (
     encode_wav,
     f32le_to_float32,
     float32_to_pcm16,
+    g711_to_float32,
     iter_audio_blocks,
+    looks_like_audio_file,
     pcm16_to_float32,
     probe_duration,
     resample,
@@ -109,6 +111,34 @@ def test_pcm16_round_trip_is_exact() -> None:
 def test_float32_to_pcm16_clips_and_rounds() -> None:
     pcm = np.frombuffer(float32_to_pcm16(np.array([2.0, -2.0, 0.5, 1e-5], np.float32)), "<i2")
     assert pcm.tolist() == [32767, -32768, 16384, 0]
+
+
+@pytest.mark.parametrize("law, sox_encoding", [("mulaw", "u-law"), ("alaw", "a-law")])
+def test_g711_decodes_exactly_as_sox(law: str, sox_encoding: str, librivox, tmp_path) -> None:
+    """Every one of the 256 codes, and real speech sox encoded at 8 kHz, decode to the same
+    16-bit values sox itself decodes them to (G.711 is a fixed table: exact, not close)."""
+    codes = bytes(range(256))
+    speech = subprocess.run(["sox", str(librivox[1].path), "-r", "8000", "-e", sox_encoding,
+                             "-t", "raw", "-"], capture_output=True, check=True).stdout
+    for data in (codes, speech):
+        (tmp_path / "in.raw").write_bytes(data)
+        by_sox = subprocess.run(["sox", "-t", "raw", "-r", "8000", "-e", sox_encoding, "-b", "8",
+                                 "-c", "1", str(tmp_path / "in.raw"), "-t", "raw", "-e", "signed",
+                                 "-b", "16", "-"], capture_output=True, check=True).stdout
+        ours = np.round(g711_to_float32(data, law) * 32768).astype("<i2")
+        assert np.array_equal(ours, np.frombuffer(by_sox, "<i2"))
+    with pytest.raises(AudioError, match="G.711"):
+        g711_to_float32(codes, "ulaw")
+
+
+@pytest.mark.parametrize("kind", sorted(FORMATS))
+def test_audio_files_are_told_from_raw_samples(kind: str, speech, tmp_path: Path) -> None:
+    path = encode_as(speech, 16_000, tmp_path, "clip", kind)
+    assert looks_like_audio_file(path.read_bytes())
+    pcm = float32_to_pcm16(speech)
+    assert not looks_like_audio_file(pcm)
+    # raw samples that happen to start with 0xFFFF (-1, -1): not an MP3 frame
+    assert not looks_like_audio_file(b"\xff\xff\xff\xff" + pcm)
 
 
 def test_odd_length_pcm_is_an_error() -> None:

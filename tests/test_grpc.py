@@ -7,10 +7,12 @@ INVALID_ARGUMENT naming the field, UNAUTHENTICATED or RESOURCE_EXHAUSTED.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import wave
 
 import grpc
+import numpy as np
 import pytest
 
 riva_client = pytest.importorskip("riva.client", reason="extra 'grpc' (nvidia-riva-client) "
@@ -18,7 +20,7 @@ riva_client = pytest.importorskip("riva.client", reason="extra 'grpc' (nvidia-ri
 
 from conftest import wer
 from live_server import API_KEY, call_with_a_mute_client
-from media import silence_flac
+from media import encode_as, silence_flac
 
 
 def _asr(live, metadata=(("x-api-key", API_KEY),)):
@@ -85,6 +87,70 @@ def test_streaming_recognize_partials_and_finals(live, librivox):
     assert live.wait_for(lambda: live.streaming.active == 0)
 
 
+def _g711(path, law: str) -> bytes:
+    """A WAV as headerless G.711 at 8 kHz, as a telephone system sends it (encoded by sox)."""
+    return subprocess.run(["sox", str(path), "-r", "8000", "-e", law, "-t", "raw", "-"],
+                          capture_output=True, check=True).stdout
+
+
+@pytest.mark.parametrize("kind", ["MULAW", "ALAW", "FLAC", "OGGOPUS", "m4a", "webm"])
+def test_offline_recognize_telephony_and_compressed_audio(live, librivox, tmp_path, kind):
+    """G.711 samples by their declared encoding; FLAC / Ogg Opus by theirs; MP4 and WebM
+    bytes with no encoding declared, recognised by their header (as WAV already is)."""
+    clip = librivox[4]
+    encoding = getattr(riva_client.AudioEncoding, kind, riva_client.AudioEncoding.LINEAR_PCM)
+    if kind in ("MULAW", "ALAW"):
+        audio, config = _g711(clip.path, "u-law" if kind == "MULAW" else "a-law"), \
+            _config(encoding=encoding, sample_rate_hertz=8000)
+    else:
+        name = {"FLAC": "flac", "OGGOPUS": "ogg-opus"}.get(kind, kind)
+        audio = encode_as(clip.audio, 16_000, tmp_path, "clip", name).read_bytes()
+        config = _config(encoding=encoding) if kind.isupper() else _config()
+    response = _asr(live).offline_recognize(audio, config)
+    text = " ".join(r.alternatives[0].transcript for r in response.results)
+    assert wer(clip.text, text) < 0.2, text
+
+
+def test_streaming_recognize_mulaw(live, librivox):
+    clip = librivox[1]
+    audio = _g711(clip.path, "u-law")
+    config = riva_client.StreamingRecognitionConfig(config=_config(
+        encoding=riva_client.AudioEncoding.MULAW, sample_rate_hertz=8000))
+    chunks = [audio[i:i + 1600] for i in range(0, len(audio), 1600)]
+    finals = [r for response in _asr(live).streaming_response_generator(iter(chunks), config)
+              for r in response.results if r.is_final]
+    assert wer(clip.text, " ".join(r.alternatives[0].transcript for r in finals)) < 0.2
+    assert live.wait_for(lambda: live.streaming.active == 0)
+
+
+def test_streaming_refuses_whole_file_encodings(live):
+    config = riva_client.StreamingRecognitionConfig(config=_config(
+        encoding=riva_client.AudioEncoding.OGGOPUS, sample_rate_hertz=48000))
+    with pytest.raises(grpc.RpcError) as err:
+        list(_asr(live).streaming_response_generator(iter([b"\0" * 320]), config))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "encoding" in err.value.details() and "OGGOPUS" in err.value.details()
+
+
+def test_recognize_holds_its_slot_until_the_work_really_stops(live, librivox):
+    """A client whose deadline passes mid-transcription gets DEADLINE_EXCEEDED at once, but the
+    server-wide slot stays taken while the decode still runs, and is free after it."""
+    from voxgate.server.limits import transcription_slots
+
+    slots = transcription_slots(live.state)
+    long_audio = np.concatenate([c.audio for c in librivox] * 3)  # ~80 s of real speech
+    pcm = (np.clip(long_audio, -1, 1) * 32767).astype("<i2").tobytes()
+    stub = _asr(live).stub
+    request = riva_client.proto.riva_asr_pb2.RecognizeRequest(
+        config=_config(encoding=riva_client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=16000),
+        audio=pcm)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recognize(request, metadata=[("x-api-key", API_KEY)], timeout=0.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert slots.active == 1  # the decode is still running: the slot is still counted
+    assert live.wait_for(lambda: slots.active == 0, timeout=120)
+
+
 def test_get_config_and_health(live):
     response = _asr(live).stub.GetRivaSpeechRecognitionConfig(
         riva_client.proto.riva_asr_pb2.RivaSpeechRecognitionConfigRequest(),
@@ -110,7 +176,7 @@ def test_missing_or_bad_key_is_unauthenticated(live, librivox, metadata):
 
 
 @pytest.mark.parametrize("kw,field", [
-    ({"encoding": riva_client.AudioEncoding.MULAW}, "encoding"),
+    ({"encoding": 99}, "encoding"),  # not an encoding Riva defines
     ({"language_code": "12-34"}, "language_code"),
     ({"language_code": "xx-XX"}, "language_code"),  # no model knows it
     ({"model": "no-such-model"}, "model"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 
 import numpy as np
@@ -117,6 +118,22 @@ async def test_48k_float_stereo_with_flush(live, librivox):
         assert wer(clip.text, message["text"]) < 0.2
         await ws.send(json.dumps({"type": "end"}))
         assert (await _collect(ws))[-1]["type"] == "end"
+
+
+async def test_alaw_8k_telephony_audio(live, librivox):
+    """G.711 A-law at 8 kHz (encoded by sox), one byte a sample, as a telephone bridge sends."""
+    clip = librivox[1]
+    alaw = subprocess.run(["sox", str(clip.path), "-r", "8000", "-e", "a-law", "-t", "raw", "-"],
+                          capture_output=True, check=True).stdout
+    async with await _connect(live) as ws:
+        await ws.send(json.dumps({"sample_rate": 8000, "encoding": "alaw",
+                                  "interim_results": False}))
+        assert (await _recv(ws))["type"] == "ready"
+        for i in range(0, len(alaw), 800):  # 100 ms frames
+            await ws.send(alaw[i:i + 800])
+        await ws.send(json.dumps({"type": "end"}))
+        finals = [m["text"] for m in await _collect(ws) if m["type"] == "final"]
+    assert wer(clip.text, " ".join(finals)) < 0.2
 
 
 async def test_ten_times_real_time_keeps_every_final(live, librivox):

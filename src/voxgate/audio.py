@@ -29,6 +29,8 @@ __all__ = [
     "pcm16_to_float32",
     "float32_to_pcm16",
     "f32le_to_float32",
+    "g711_to_float32",
+    "looks_like_audio_file",
     "resample",
     "encode_wav",
     "StreamResampler",
@@ -279,6 +281,56 @@ def f32le_to_float32(data: bytes | bytearray | memoryview) -> np.ndarray:
     if len(data) % 4:
         raise AudioError(f"float32 audio must be a multiple of 4 bytes, got {len(data)}")
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+def _g711_tables() -> dict[str, np.ndarray]:
+    """The 256 linear values of each G.711 law (ITU-T G.711, the tables sox and SpanDSP use)."""
+    codes = np.arange(256, dtype=np.int32)
+    u = ~codes & 0xFF
+    exponent, mantissa = (u >> 4) & 7, u & 0x0F
+    mu = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    mu = np.where(u & 0x80, -mu, mu)
+    a = codes ^ 0x55
+    exponent, mantissa = (a >> 4) & 7, a & 0x0F
+    linear = np.where(exponent == 0, (mantissa << 4) + 8,
+                      ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+    alaw = np.where(a & 0x80, linear, -linear)
+    return {"mulaw": (mu / 32768.0).astype(np.float32),
+            "alaw": (alaw / 32768.0).astype(np.float32)}
+
+
+_G711 = _g711_tables()
+
+
+def g711_to_float32(data: bytes | bytearray | memoryview, law: str) -> np.ndarray:
+    """G.711 bytes (``mulaw`` or ``alaw``, one byte a sample: telephony audio) -> float32."""
+    table = _G711.get(law)
+    if table is None:
+        raise AudioError(f"unknown G.711 law {law!r}; use mulaw or alaw")
+    return table[np.frombuffer(data, dtype=np.uint8)]
+
+
+def looks_like_audio_file(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` starts like an audio file (its container says rate and channels), not
+    like raw samples: WAV, FLAC, Ogg, MP3, AIFF, MP4/M4A, WebM/Matroska, AAC (ADTS), CAF.
+
+    Raw PCM could begin with these bytes only by accident; callers that are told the encoding
+    (a config field) should trust it instead of guessing.
+    """
+    head = bytes(data[:12])
+    if head[:4] in (b"RIFF", b"fLaC", b"OggS", b"FORM", b"caff", b"\x1aE\xdf\xa3"):
+        return True
+    if head[:3] == b"ID3" or head[4:8] == b"ftyp":
+        return True
+    # an MP3 (MPEG layer III) or ADTS AAC frame header: sync bits, then a bitrate and sample
+    # rate index that are not the reserved values (raw samples rarely pass all three checks)
+    if len(head) < 3 or head[0] != 0xFF:
+        return False
+    if head[1] in (0xFB, 0xFA, 0xF3, 0xF2, 0xE3, 0xE2):
+        return head[2] >> 4 not in (0x0, 0xF) and (head[2] >> 2) & 3 != 3
+    if head[1] in (0xF1, 0xF9):
+        return (head[2] >> 2) & 0xF < 13
+    return False
 
 
 def float32_to_pcm16(audio: np.ndarray) -> bytes:

@@ -12,13 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, StreamResampler, f32le_to_float32, pcm16_to_float32
+from .audio import (
+    SAMPLE_RATE,
+    StreamResampler,
+    f32le_to_float32,
+    g711_to_float32,
+    pcm16_to_float32,
+)
 from .config import Settings
 from .errors import AudioError, ConfigError, EngineError
 
 __all__ = ["ENCODINGS", "PcmInput", "StreamConfig", "StreamConfigError", "StreamLimitError"]
 
-ENCODINGS = ("pcm16", "f32")
+ENCODINGS = ("pcm16", "f32", "mulaw", "alaw")  # mulaw/alaw: G.711 telephony, 1 byte a sample
 
 
 class StreamConfigError(ConfigError):
@@ -117,9 +123,10 @@ class StreamConfig:
 class PcmInput:
     """Wire audio -> float32 mono 16 kHz, keeping resampler state across frames.
 
-    ``encoding`` is ``pcm16`` (little-endian signed 16-bit) or ``f32`` (little-endian float);
-    every frame must hold whole sample frames (all channels), so an odd-length PCM16 frame is
-    an :class:`~voxgate.errors.AudioError`, never a silently shifted stream.
+    ``encoding`` is ``pcm16`` (little-endian signed 16-bit), ``f32`` (little-endian float) or
+    G.711 ``mulaw`` / ``alaw`` (one byte a sample, as telephone systems send); every frame must
+    hold whole sample frames (all channels), so an odd-length PCM16 frame is an
+    :class:`~voxgate.errors.AudioError`, never a silently shifted stream.
     """
 
     def __init__(self, encoding: str = "pcm16", sample_rate: int = SAMPLE_RATE,
@@ -134,7 +141,7 @@ class PcmInput:
         if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 8:
             raise StreamConfigError("channels", f"must be 1..8, got {channels!r}")
         self.encoding, self.sample_rate, self.channels = encoding, sample_rate, channels
-        self._width = 2 if encoding == "pcm16" else 4
+        self._width = {"pcm16": 2, "f32": 4}.get(encoding, 1)
         self._resampler = StreamResampler(sample_rate, SAMPLE_RATE, channels)
 
     def convert(self, data: bytes | bytearray | memoryview) -> np.ndarray:
@@ -142,7 +149,12 @@ class PcmInput:
         if len(data) % frame:
             raise AudioError(f"{self.encoding} audio with {self.channels} channel(s) must come in "
                              f"multiples of {frame} bytes, got a frame of {len(data)} bytes")
-        samples = pcm16_to_float32(data) if self.encoding == "pcm16" else f32le_to_float32(data)
+        if self.encoding == "pcm16":
+            samples = pcm16_to_float32(data)
+        elif self.encoding == "f32":
+            samples = f32le_to_float32(data)
+        else:
+            samples = g711_to_float32(data, self.encoding)
         return self._resampler.process(samples)
 
     def flush(self) -> np.ndarray:

@@ -17,6 +17,7 @@ from .batch import BatchOptions, BatchUpdate, collect_transcript, iter_transcrib
 from .config import Settings
 from .engines.base import AsrOptions, VadOptions
 from .engines.manager import ModelManager
+from .engines.priority import Priority
 from .types import Transcript
 
 __all__ = ["TranscribeRequest", "FileTranscriber"]
@@ -38,12 +39,15 @@ class TranscribeRequest:
     initial_prompt: str | None = None
     hotwords: str | None = None
     temperature: float = 0.0
+    # who goes first on a shared model (engines.priority.Priority); file work by default, a
+    # spoken command someone is waiting for (Wyoming) as a live final
+    priority: int = Priority.FILE
 
     def asr_options(self) -> AsrOptions:
         return AsrOptions(language=self.language, task=self.task,  # type: ignore[arg-type]
                           beam_size=self.beam_size, word_timestamps=self.word_timestamps,
                           initial_prompt=self.initial_prompt, hotwords=self.hotwords,
-                          temperature=self.temperature)
+                          temperature=self.temperature, priority=self.priority)
 
 
 class FileTranscriber:

@@ -4,10 +4,13 @@ Existing Riva clients (``riva.client.ASRService``, NVIDIA's sample scripts) work
 unchanged. The protobuf/gRPC stubs are the ones shipped in PyPI ``nvidia-riva-client``; nothing is
 copied. The servicers only map protobuf <-> voxgate's sessions:
 
-* ``Recognize``: raw PCM16 (``LINEAR_PCM``) or a whole audio file (WAV/FLAC/Ogg bytes, as the
-  official file examples send) -> the file transcriber (VAD + batched Whisper) -> one result
-  per speech segment.
-* ``StreamingRecognize``: first request ``streaming_config``, then ``audio_content`` chunks ->
+* ``Recognize``: raw PCM16 (``LINEAR_PCM``), G.711 (``MULAW``/``ALAW``) or a whole audio file
+  (``FLAC``/``OGGOPUS``, or WAV/MP3/MP4/WebM bytes recognised by their header, as the official
+  file examples send) -> the file transcriber (VAD + batched Whisper) -> one result per speech
+  segment. The transcription slot is taken before decoding and held until the work has really
+  stopped, also when the client cancels or its deadline passes.
+* ``StreamingRecognize``: first request ``streaming_config``, then ``audio_content`` chunks
+  (``LINEAR_PCM``, ``MULAW`` or ``ALAW``) ->
   an :class:`~voxgate.streaming.AsrSession`; partials are ``is_final=false`` results with
   ``stability``, finals carry confidence and (on request) word offsets in ms.
 * ``GetRivaSpeechRecognitionConfig``: the models this server offers.
@@ -30,7 +33,7 @@ import riva.client.proto.riva_asr_pb2 as rasr
 import riva.client.proto.riva_asr_pb2_grpc as rasr_grpc
 import riva.client.proto.riva_audio_pb2 as raudio
 
-from ..audio import decode_audio
+from ..audio import decode_audio, looks_like_audio_file
 from ..config import Settings
 from ..errors import (
     AudioError,
@@ -56,7 +59,11 @@ __all__ = ["RIVA_ASR_SERVICE", "RivaAsrServicer", "RivaGrpcServer", "riva_langua
 
 logger = logging.getLogger(__name__)
 RIVA_ASR_SERVICE = "nvidia.riva.asr.RivaSpeechRecognition"
-_FILE_MAGIC = (b"RIFF", b"fLaC", b"OggS", b"ID3", b"\xff\xfb", b"\xff\xf3", b"FORM")
+# Riva encodings of raw samples -> PcmInput's names; FLAC/OGGOPUS are whole files (Recognize)
+_SAMPLE_ENCODINGS = {raudio.AudioEncoding.ENCODING_UNSPECIFIED: "pcm16",
+                     raudio.AudioEncoding.LINEAR_PCM: "pcm16",
+                     raudio.AudioEncoding.MULAW: "mulaw", raudio.AudioEncoding.ALAW: "alaw"}
+_FILE_ENCODINGS = (raudio.AudioEncoding.FLAC, raudio.AudioEncoding.OGGOPUS)
 _PUNCTUATION = str.maketrans("", "", "".join(c for c in string.punctuation if c not in "'-"))
 
 
@@ -84,14 +91,17 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
     async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         await authorize(self.settings, context)
 
-    def _options(self, config: rasr.RecognitionConfig) -> dict[str, Any]:
+    def _options(self, config: rasr.RecognitionConfig, streaming: bool = False
+                 ) -> dict[str, Any]:
         """RecognitionConfig -> StreamConfig overrides (raises naming the Riva field)."""
-        if config.encoding not in (raudio.AudioEncoding.ENCODING_UNSPECIFIED,
-                                   raudio.AudioEncoding.LINEAR_PCM):
-            name = raudio.AudioEncoding.Name(config.encoding)
+        if config.encoding not in _SAMPLE_ENCODINGS and (streaming or config.encoding
+                                                         not in _FILE_ENCODINGS):
+            name = raudio.AudioEncoding.Name(config.encoding) \
+                if config.encoding in raudio.AudioEncoding.values() else str(config.encoding)
             raise StreamConfigError("encoding", f"unsupported encoding {name}; voxgate streams "
-                                                "LINEAR_PCM (Recognize also takes WAV/FLAC/Ogg "
-                                                "file bytes)")
+                                                "LINEAR_PCM, MULAW or ALAW (Recognize also "
+                                                "takes FLAC, OGGOPUS and WAV/MP3/MP4 file "
+                                                "bytes)")
         if config.sample_rate_hertz < 0:
             raise StreamConfigError("sample_rate_hertz", "must be positive")
         if config.max_alternatives < 0:
@@ -165,22 +175,23 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         try:
             config = request.config
             stream_config = self._config(self._options(config))
-            audio = await asyncio.to_thread(self._decode, request.audio, config)
         except Exception as exc:  # mapped to a status code
             await self._fail(context, exc)
             raise
         slots = transcription_slots(self.state)
-        if not slots.try_acquire():
+        if not slots.try_acquire():  # decoding a file is work too: the slot comes first
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"server busy: {slots.limit} transcriptions running; retry in "
                                 f"{slots.retry_after()} s")
-        try:
-            transcript = await asyncio.to_thread(self._transcribe, audio, stream_config)
+
+        def work() -> Any:
+            return self._transcribe(self._decode(request.audio, config), stream_config)
+
+        try:  # the slot is given back when the thread ends, not when the client gives up
+            transcript = await slots.run_held(work)
         except Exception as exc:
             await self._fail(context, exc)
             raise
-        finally:
-            slots.release()
         response = rasr.RecognizeResponse()
         for segment in transcript.segments:
             result = response.results.add()
@@ -201,16 +212,18 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         max_s = self.settings.max_audio_s
         too_long = (f"audio: longer than the {max_s:g} s limit of Recognize "
                     "(VOXGATE_MAX_AUDIO_S); stream it with StreamingRecognize")
-        if data[:4] in _FILE_MAGIC or data[:3] in _FILE_MAGIC or data[:2] in _FILE_MAGIC:
+        if config.encoding in _FILE_ENCODINGS or looks_like_audio_file(data):
             try:  # a whole file: its header says rate and channels
                 return decode_audio(data, max_seconds=max_s)
             except AudioTooLongError:
                 raise AudioTooLongError(too_long, max_s) from None
         rate = config.sample_rate_hertz or 16_000
         channels = max(config.audio_channel_count, 1)
-        if len(data) / (2 * channels * rate) > max_s:
+        encoding = _SAMPLE_ENCODINGS[config.encoding]
+        width = 2 if encoding == "pcm16" else 1
+        if len(data) / (width * channels * rate) > max_s:
             raise AudioTooLongError(too_long, max_s)
-        pcm = PcmInput("pcm16", rate, channels)
+        pcm = PcmInput(encoding, rate, channels)
         audio = np.concatenate([pcm.convert(data), pcm.flush()])
         if audio.size == 0:
             raise AudioError("audio: no samples")
@@ -251,10 +264,11 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                 raise StreamConfigError("streaming_config", "the first request must carry "
                                                             "streaming_config (then audio_content)")
             riva_config = first.streaming_config.config
-            options = self._options(riva_config)
+            options = self._options(riva_config, streaming=True)
             options["interim_results"] = bool(first.streaming_config.interim_results)
             stream_config = self._config(options)
-            pcm = PcmInput("pcm16", riva_config.sample_rate_hertz or 16_000,
+            pcm = PcmInput(_SAMPLE_ENCODINGS[riva_config.encoding],
+                           riva_config.sample_rate_hertz or 16_000,
                            max(riva_config.audio_channel_count, 1))
             session = await service.open(stream_config)
         except Exception as exc:
@@ -386,11 +400,12 @@ class RivaGrpcServer:
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024)])
         rasr_grpc.add_RivaSpeechRecognitionServicer_to_server(RivaAsrServicer(state), server)
+        from .grpc_workflow import add_voice_workflow  # voice agent: voxgate.v1.VoiceWorkflow
         from .riva_nmt import add_riva_nmt  # translation: nvidia.riva.nmt.RivaTranslation
         from .riva_tts import add_riva_tts  # speech out: nvidia.riva.tts.RivaSpeechSynthesis
 
         services = ["", RIVA_ASR_SERVICE, add_riva_tts(server, state),
-                    add_riva_nmt(server, state)]
+                    add_riva_nmt(server, state), add_voice_workflow(server, state)]
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{self.settings.host}:{self.port}"

@@ -13,12 +13,15 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from .state import AppState
 
 __all__ = ["TranscriptionSlots", "transcription_slots"]
 
+T = TypeVar("T")
 _KEY = "transcription-slots"
 _DEFAULT_RETRY_S = 5
 _MAX_RETRY_S = 120
@@ -76,6 +79,21 @@ class TranscriptionSlots:
                 waiter.set_result(None)
                 return
         self.active = max(self.active - 1, 0)
+
+    async def run_held(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on a slot thread; the caller has taken the slot, this gives it back.
+
+        The slot is released when the thread finishes, not when the caller stops waiting: a
+        client that cancels (or a deadline that expires) cannot free a slot whose decoding is
+        still using the CPU, so the limit always counts the work that really runs.
+        """
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self.executor, work)
+        except BaseException:
+            self.release()
+            raise
+        future.add_done_callback(lambda _: self.release())
+        return await asyncio.shield(future)
 
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: a typical job's time spread over the slots."""

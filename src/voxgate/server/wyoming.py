@@ -42,6 +42,7 @@ from ..errors import (
     ProtocolError,
     VoxgateError,
 )
+from ..engines.priority import Priority
 from ..models import CATALOGUE, get_spec
 from ..transcriber import FileTranscriber, TranscribeRequest
 from .deps import is_loopback_host
@@ -165,26 +166,26 @@ class _WholeUtterance:
 
     async def finish(self) -> tuple[str, str | None]:
         """Transcribe on a worker thread once a server-wide slot is free."""
-        audio = np.concatenate(self.blocks) if self.blocks else np.zeros(0, np.float32)
-        self.blocks = []
-        if audio.size == 0:
+        blocks, self.blocks = self.blocks, []
+        if not any(block.size for block in blocks):
             return "", self.language
         slots = transcription_slots(self.state)
         if not await slots.acquire(_SLOT_WAIT_S):
             raise EngineError(f"server busy: no transcription slot within {_SLOT_WAIT_S:.0f} s",
                               retryable=True)
         settings = self.state.settings
+        # someone is waiting for a spoken command: live priority, not a file's
         request = TranscribeRequest(model=self.model, language=self.language,
                                     beam_size=settings.asr.beam_size,
-                                    batch_size=settings.asr.batch_size)
+                                    batch_size=settings.asr.batch_size,
+                                    priority=Priority.LIVE_FINAL)
 
         def work() -> tuple[str, str]:
+            audio = np.concatenate(blocks)  # joined off the event loop
             transcript = FileTranscriber(settings, request, self.state.manager).run_audio(audio)
             return transcript.text, transcript.language
 
-        future = asyncio.get_running_loop().run_in_executor(slots.executor, work)
-        future.add_done_callback(lambda _: slots.release())  # when the thread ends, not before
-        text, language = await asyncio.shield(future)
+        text, language = await slots.run_held(work)
         return text, language or self.language
 
     async def close(self) -> None:
@@ -272,7 +273,8 @@ class WyomingSttHandler:
                 await self.tts.handle(event)
             elif Describe.is_type(event.type):
                 await self.tts.warm()
-                await self.send(self.info().event())
+                info = await asyncio.to_thread(self.info)  # scans the model cache
+                await self.send(info.event())
             elif Transcribe.is_type(event.type):
                 await self._reset()
                 self._transcribe(Transcribe.from_event(event))
