@@ -1,0 +1,861 @@
+"""AgentSession: one conversation. User audio in; transcripts, reply text and reply audio out.
+
+See the package docstring (``voxgate.agent``) for the API every door uses. Inside, three
+things run concurrently:
+
+* the door's ``accept`` calls feed the :class:`~voxgate.streaming.AsrSession` and check the
+  silence-based rules (end of turn, barge-in duration, max turn) on the input's own clock;
+* a reader task turns ASR events into turn decisions (speculative reply, commit, barge-in);
+* at most one :class:`_Reply` at a time: an LLM task (text deltas -> sentences), a TTS task
+  (sentences -> audio into a :class:`~voxgate.agent.playout.Playout`) and, once the reply is
+  committed, the playout task that releases audio in real time. Cancelling a reply cancels
+  all three; the LLM stops at its next token, the TTS after the sentence in its thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..engines.base import ChatMessage, Llm
+from ..errors import EngineError, TextError
+from ..speech import SentenceSplitter, is_speakable
+from ..types import AsrEvent, TtsChunk
+from .events import (
+    AgentAudio,
+    AgentError,
+    AgentEvent,
+    AgentText,
+    AudioPaused,
+    AudioResumed,
+    Interruption,
+    ItemAdded,
+    TurnEnded,
+    TurnLatency,
+    TurnStarted,
+    UserSpeechStarted,
+    UserSpeechStopped,
+    UserTranscript,
+)
+from .history import Conversation, Item
+from .options import AgentConfig
+from .playout import Playout
+from .turns import count_words, looks_unfinished
+
+__all__ = ["AgentSession", "AsrStream", "Observer", "Voice"]
+
+logger = logging.getLogger(__name__)
+_MARKUP = re.compile(r"[*_#`~|<>\[\]]+")
+
+
+class AsrStream(Protocol):
+    """What the session needs of :class:`~voxgate.streaming.AsrSession`."""
+
+    id: str
+
+    @property
+    def position(self) -> float: ...
+
+    async def accept(self, samples: np.ndarray) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def finish(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def events(self) -> AsyncIterator[AsrEvent]: ...
+
+
+class Voice(Protocol):
+    """Sentence -> audio (see :class:`~voxgate.agent.service.SpeechVoice`)."""
+
+    sample_rate: int
+
+    def speak(self, sentence: str) -> AsyncIterator[TtsChunk]: ...
+
+
+Observer = Callable[[str, float], None]  # (measure name, seconds): Prometheus histograms
+
+
+@dataclass(eq=False)
+class _Reply:
+    turn_id: int
+    messages: list[ChatMessage]
+    playout: Playout
+    committed: bool = False
+    item: Item | None = None
+    held: list[AgentEvent] = field(default_factory=list)  # events before commit
+    text: str = ""
+    llm_task: asyncio.Task[None] | None = None
+    tts_task: asyncio.Task[None] | None = None
+    play_task: asyncio.Task[None] | None = None
+    main_task: asyncio.Task[None] | None = None
+    user_text: str = ""
+    llm_started: float = 0.0
+    first_token_at: float | None = None
+    first_sentence_at: float | None = None
+    first_audio_at: float | None = None
+    llm_failed: bool = False
+    tts_failed: bool = False
+    done: bool = False
+    speculative: bool = False  # started before the user's turn was committed
+    end_of_turn: float | None = None  # latency parts (seconds)
+    asr_final: float | None = None
+    tts_first: float | None = None
+    speech_end_wall: float | None = None
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [t for t in (self.llm_task, self.tts_task, self.play_task) if t is not None]
+
+
+@dataclass(slots=True)
+class _BargeIn:
+    reply: _Reply
+    started_at: float  # input seconds of the speech onset
+    utterance_id: int
+    played_s: float
+    timer: asyncio.TimerHandle | None = None
+    text: list[str] = field(default_factory=list)
+    utterances: set[int] = field(default_factory=set)
+    speech_end_at: float | None = None
+    speech_end_wall: float | None = None
+
+
+@dataclass(slots=True)
+class _UserTurn:
+    turn_id: int
+    started_at: float
+    texts: list[str] = field(default_factory=list)
+    speech_end_at: float | None = None  # input seconds
+    speech_end_wall: float | None = None
+    final_wall: float | None = None
+    cut: bool = False
+
+    @property
+    def text(self) -> str:
+        return " ".join(t.strip() for t in self.texts if t.strip())
+
+
+class AgentSession:
+    """One voice conversation; see ``voxgate.agent`` for the API. Build with
+    :meth:`AgentService.open` (real engines) or directly (any engines, e.g. fakes in tests)."""
+
+    def __init__(self, config: AgentConfig, asr: AsrStream, llm: Llm, voice: Voice, *,
+                 observers: Sequence[Observer] = (), on_close: Callable[[], None] | None = None,
+                 session_id: str | None = None) -> None:
+        self.id = session_id or uuid.uuid4().hex[:12]
+        self.config = config
+        self.asr, self.llm, self.voice = asr, llm, voice
+        self.output_sample_rate = config.output_sample_rate or voice.sample_rate
+        self.conversation = Conversation(config.system_prompt, config.history_tokens)
+        self._observers = list(observers)
+        self._on_close = on_close
+        self._llm_kwargs: dict[str, Any] = {}
+        if "cache_prompt" in inspect.signature(llm.stream).parameters:
+            self._llm_kwargs["cache_prompt"] = config.cache_prompt
+        self._out: asyncio.Queue[AgentEvent | None] = asyncio.Queue()
+        self._queued_audio = 0  # samples in _out not yet taken by the door
+        self._drained = asyncio.Event()
+        self._activity = asyncio.Event()
+        self._turn_counter = 0
+        self._turn: _UserTurn | None = None
+        self._reply: _Reply | None = None
+        self._barge: _BargeIn | None = None
+        self._speaking = False
+        self._utterance: int | None = None  # open ASR utterance
+        self._awaiting: set[int] = set()  # utterances ended, final not yet delivered
+        self._finals_settled = asyncio.Event()
+        self._finals_settled.set()
+        self._deaf: set[int] = set()  # utterances ignored (speech going on after a cut)
+        self._arrivals: deque[tuple[float, float]] = deque(maxlen=512)  # (input s, wall)
+        self._alignments: dict[str, Playout] = {}  # item id -> its reply's playout (truncate)
+        self._ending = False
+        self.closed = False
+        self.interruptions = 0
+        self.false_interruptions = 0
+        self.speculative_dropped = 0
+        self._reader = asyncio.create_task(self._read_asr(), name=f"agent-asr-{self.id}")
+        self._watchdog = asyncio.create_task(self._idle_watch(), name=f"agent-idle-{self.id}")
+
+    # =========================================================================== input
+    @property
+    def position(self) -> float:
+        """Seconds of user audio received."""
+        return self.asr.position
+
+    async def accept(self, samples: np.ndarray) -> None:
+        """Feed user audio: float32 mono 16 kHz (doors convert with ``PcmInput``)."""
+        self._check_open()
+        await self.asr.accept(samples)
+        self._arrivals.append((self.asr.position, time.monotonic()))
+        await self._on_audio_clock()
+
+    async def send_text(self, text: str, *, respond: bool | None = None) -> Item:
+        """A user turn typed instead of spoken: cuts a reply in progress (as a confirmed
+        barge-in does), is committed at once and answered (``respond``: default
+        ``auto_respond``). TextError for empty text."""
+        self._check_open()
+        if not isinstance(text, str) or not text.strip():
+            raise TextError("text input is empty")
+        self._activity.set()
+        await self._cut_reply("barge_in")
+        turn = self._turn or self._open_turn(self.position)
+        turn.texts.append(text.strip())
+        turn.speech_end_wall = time.monotonic()
+        item = await self._commit_turn(respond=self.config.auto_respond if respond is None
+                                       else respond)
+        assert item is not None  # the turn has text
+        return item
+
+    async def flush(self) -> None:
+        """The user's turn ends now (push-to-talk release): the open utterance is finalised
+        and the turn committed without waiting for silence."""
+        self._check_open()
+        await self.asr.flush()
+        await self._settle_finals()
+        if self._turn is not None:
+            await self._commit_turn(respond=self.config.auto_respond)
+
+    async def commit_input(self) -> Item | None:
+        """Manual turn control (Realtime ``input_audio_buffer.commit``): finalise what the user
+        said so far into a user item, without starting a reply. None when nothing was said."""
+        self._check_open()
+        await self.asr.flush()
+        await self._settle_finals()
+        if self._turn is None:
+            return None
+        return await self._commit_turn(respond=False)
+
+    def clear_input(self) -> None:
+        """Forget what the user said since the last committed turn (``input_audio_buffer.clear``)."""
+        self._check_open()
+        if self._turn is not None:
+            self._emit(TurnEnded(self._turn.turn_id, "user", "cleared", self._turn.text))
+            self._turn = None
+        self._drop_speculative()
+
+    # ======================================================================= replies
+    async def create_response(self, instructions: str | None = None) -> int:
+        """Start a reply to the conversation as it stands (``response.create``); a reply in
+        progress is cut first. Returns the reply's turn id."""
+        self._check_open()
+        await self._cut_reply("cancelled")
+        if self._turn is not None and self._turn.text:
+            await self._commit_turn(respond=False)
+        turn_id = self._turn_counter
+        reply = self._start_reply(turn_id, self.conversation.messages(instructions), "")
+        await self._commit_reply(reply)
+        return turn_id
+
+    async def cancel_response(self) -> Interruption | None:
+        """Stop the reply in progress (``response.cancel``); the history keeps what was played."""
+        self._check_open()
+        return await self._cut_reply("cancelled")
+
+    async def interrupt(self) -> Interruption | None:
+        """The door's ``interrupt`` control: as :meth:`cancel_response`."""
+        return await self.cancel_response()
+
+    # ================================================================== conversation
+    def add_item(self, role: str, text: str, *, after: str | None = None) -> Item:
+        """Add a message to the history (``conversation.item.create``); no reply starts."""
+        self._check_open()
+        item = self.conversation.add(role, text, self._turn_counter, after=after)
+        self._emit(ItemAdded(item.id, item.role, item.text, item.turn_id))
+        return item
+
+    def delete_item(self, item_id: str) -> Item:
+        """Remove an item (``conversation.item.delete``); ConfigError when unknown."""
+        self._check_open()
+        self._alignments.pop(item_id, None)
+        return self.conversation.delete(item_id)
+
+    async def truncate_item(self, item_id: str, audio_end_s: float) -> Item:
+        """Keep only the text an assistant item had spoken by ``audio_end_s`` of its audio
+        (``conversation.item.truncate``); a reply still running for it is stopped there."""
+        self._check_open()
+        item = self.conversation.get(item_id)
+        reply = self._reply
+        if reply is not None and reply.item is item:
+            await self._cut_reply("truncated", played_s=audio_end_s)
+            return item
+        playout = self._alignments.get(item_id)
+        if item.role != "assistant" or playout is None:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"item {item_id!r} has no audio to truncate")
+        item.audio_s = min(max(float(audio_end_s), 0.0), playout.audio_s)
+        item.text = playout.played_text(item.audio_s)
+        item.interrupted = True
+        return item
+
+    @property
+    def history(self) -> list[Item]:
+        return list(self.conversation.items)
+
+    # ============================================================== end and output
+    async def end(self) -> None:
+        """No more input: the last utterance is finalised, answered, and once the reply has
+        played :meth:`events` ends."""
+        if self._ending or self.closed:
+            return
+        self._ending = True
+        with contextlib.suppress(EngineError):
+            await self.asr.flush()
+        await self._settle_finals()
+        if self._turn is not None and self._turn.text:
+            await self._commit_turn(respond=self.config.auto_respond)
+        reply = self._reply
+        if reply is not None and reply.main_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(reply.main_task)
+        self._out.put_nowait(None)
+
+    async def close(self) -> None:
+        """Abandon the session (client gone, error): every task stops, models are released."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._barge is not None and self._barge.timer is not None:
+            self._barge.timer.cancel()
+        await self._cancel_reply(self._reply)
+        for task in (self._reader, self._watchdog):
+            task.cancel()
+        for task in (self._reader, self._watchdog):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.asr.close()
+        self._out.put_nowait(None)
+        self._drained.set()
+        if self._on_close is not None:
+            self._on_close()
+
+    async def events(self) -> AsyncIterator[AgentEvent]:
+        """Events in order until :meth:`end` has finished, :meth:`close`, or a fatal error."""
+        while True:
+            event = await self._out.get()
+            if event is None:
+                return
+            if isinstance(event, AgentAudio):
+                self._queued_audio -= event.audio.size
+                self._drained.set()
+            yield event
+            if isinstance(event, AgentError) and event.fatal:
+                return
+
+    # ============================================================ internals: output
+    def _emit(self, event: AgentEvent) -> None:
+        reply = self._reply
+        if (reply is not None and not reply.committed
+                and isinstance(event, (AgentText, AgentAudio)) and event.turn_id == reply.turn_id):
+            reply.held.append(event)
+            return
+        self._out.put_nowait(event)
+
+    def _fatal(self, code: str, message: str) -> None:
+        if self.closed:
+            return
+        logger.info("agent session %s ends: %s", self.id, message)
+        self._out.put_nowait(AgentError(code, message, fatal=True))
+
+    def _observe(self, name: str, seconds: float | None) -> None:
+        if seconds is None:
+            return
+        for observer in self._observers:
+            observer(name, seconds)
+
+    def _wall_of(self, at: float) -> float:
+        """Wall clock when input second ``at`` reached the server (a real-time client spoke
+        it then)."""
+        previous = None
+        for position, wall in self._arrivals:
+            if position >= at:
+                estimate = wall - (position - at)
+                return max(estimate, previous) if previous is not None else estimate
+            previous = wall
+        return time.monotonic()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise EngineError("agent session is closed")
+
+    # ============================================================= internals: turns
+    def _open_turn(self, at: float) -> _UserTurn:
+        self._turn_counter += 1
+        self._turn = _UserTurn(self._turn_counter, at)
+        self._emit(TurnStarted(self._turn_counter, "user"))
+        return self._turn
+
+    async def _on_audio_clock(self) -> None:
+        """Rules that depend on how much audio has arrived since an event."""
+        now = self.asr.position
+        barge = self._barge
+        if barge is not None and self._speaking \
+                and now - barge.started_at >= self.config.barge_in_min_ms / 1000:
+            await self._confirm_barge_in()
+        turn = self._turn
+        if turn is None:
+            return
+        if not turn.cut and now - turn.started_at >= self.config.max_turn_s:
+            turn.cut = True
+            if self._speaking and self._utterance is not None:
+                self._deaf.add(self._utterance + 1)  # the speech going on after the cut
+            await self.asr.flush()
+            return
+        await self._maybe_end_turn()
+
+    async def _maybe_end_turn(self) -> None:
+        turn = self._turn
+        cfg = self.config
+        if turn is None or self._speaking or self._awaiting or self._barge is not None:
+            return
+        if turn.cut:
+            await self._commit_turn(respond=cfg.auto_respond, reason="cut")
+            return
+        if not cfg.turn_detection or turn.speech_end_at is None:
+            return
+        text = turn.text
+        silence = self.asr.position - turn.speech_end_at
+        wait = cfg.end_of_turn_ms / 1000
+        if looks_unfinished(text, cfg.language):
+            wait = max(wait, cfg.unfinished_wait_ms / 1000)
+        if silence < wait:
+            return
+        if not text or count_words(text) < cfg.min_words:
+            self._drop_speculative()
+            self._emit(TurnEnded(turn.turn_id, "user", "dropped", text))
+            self._turn = None
+            return
+        await self._commit_turn(respond=cfg.auto_respond)
+
+    async def _commit_turn(self, *, respond: bool, reason: str = "completed") -> Item | None:
+        turn = self._turn
+        if turn is None:
+            return None
+        self._turn = None
+        text = turn.text
+        if not text:
+            self._emit(TurnEnded(turn.turn_id, "user", "dropped", ""))
+            return None
+        now = time.monotonic()
+        item = self.conversation.add("user", text, turn.turn_id)
+        self._emit(ItemAdded(item.id, "user", text, turn.turn_id))
+        self._emit(TurnEnded(turn.turn_id, "user", reason, text, item.id))
+        if not respond:
+            self._drop_speculative()
+            return item
+        reply = self._reply
+        if reply is not None and not reply.committed and reply.user_text == text \
+                and reply.turn_id == turn.turn_id:
+            reply.speculative = True  # the early reply answered exactly this: keep it
+        else:
+            self._drop_speculative()
+            if self._reply is not None:  # barge-in off: the previous reply finishes first
+                previous = self._reply.main_task
+                if previous is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(previous)
+            reply = self._start_reply(turn.turn_id, self.conversation.messages(), text)
+        reply.end_of_turn = None if turn.speech_end_wall is None else now - turn.speech_end_wall
+        reply.asr_final = (None if turn.speech_end_wall is None or turn.final_wall is None
+                           else turn.final_wall - turn.speech_end_wall)
+        reply.speech_end_wall = turn.speech_end_wall if turn.speech_end_wall is not None else now
+        await self._commit_reply(reply)
+        return item
+
+    def _drop_speculative(self) -> None:
+        reply = self._reply
+        if reply is not None and not reply.committed:
+            self._reply = None
+            self.speculative_dropped += 1
+            asyncio.ensure_future(self._cancel_reply(reply))
+
+    async def _settle_finals(self) -> None:
+        """After ``asr.flush()``: wait until the final of every ended utterance is handled."""
+        for _ in range(3):  # let the reader take the events the flush has just queued
+            await asyncio.sleep(0)
+        if self._speaking and self._utterance is not None:
+            self._awaiting.add(self._utterance)  # its end and final are on the way
+        while self._awaiting and not self.closed:
+            self._finals_settled.clear()
+            await self._finals_settled.wait()
+
+    # ============================================================== internals: ASR
+    async def _read_asr(self) -> None:
+        try:
+            async for event in self.asr.events():
+                await self._on_asr_event(event)
+        except asyncio.CancelledError:
+            raise
+        except EngineError as exc:
+            self._fatal("asr_error", f"speech recognition failed: {exc}")
+        except Exception:
+            logger.exception("agent session %s: ASR event handling failed", self.id)
+            self._fatal("internal", "internal error in the agent session")
+
+    async def _on_asr_event(self, event: AsrEvent) -> None:
+        if event.kind == "start_of_speech":
+            await self._on_speech_start(event)
+        elif event.kind == "end_of_speech":
+            self._on_speech_end(event)
+        elif event.kind == "partial":
+            await self._on_partial(event)
+        elif event.kind == "final":
+            await self._on_final(event)
+
+    async def _on_speech_start(self, event: AsrEvent) -> None:
+        self._speaking, self._utterance = True, event.utterance_id
+        if event.utterance_id in self._deaf:
+            return
+        self._activity.set()
+        reply = self._reply
+        if reply is not None and reply.committed and not reply.done:
+            if not self.config.barge_in:
+                turn = self._turn or self._open_turn(event.start)
+                self._emit(UserSpeechStarted(event.start, turn.turn_id))
+                return
+            if self._barge is None:
+                self._start_barge_in(reply, event)
+            self._barge.utterances.add(event.utterance_id)
+            self._emit(UserSpeechStarted(event.start, self._turn_counter + 1))
+            return
+        self._drop_speculative()  # the user goes on: the early reply is not wanted
+        turn = self._turn or self._open_turn(event.start)
+        self._emit(UserSpeechStarted(event.start, turn.turn_id))
+
+    def _on_speech_end(self, event: AsrEvent) -> None:
+        self._speaking = False
+        self._awaiting.add(event.utterance_id)
+        if event.utterance_id in self._deaf:
+            return
+        turn, barge = self._turn, self._barge
+        if barge is not None:
+            barge.speech_end_at, barge.speech_end_wall = event.end, self._wall_of(event.end)
+        elif turn is not None:
+            turn.speech_end_at = event.end
+            turn.speech_end_wall = self._wall_of(event.end)
+        self._emit(UserSpeechStopped(event.end, turn.turn_id if turn else self._turn_counter + 1))
+
+    async def _on_partial(self, event: AsrEvent) -> None:
+        if event.utterance_id in self._deaf:
+            return
+        barge = self._barge
+        if barge is not None:
+            self._emit(UserTranscript(self._turn_counter + 1, event.text, False,
+                                      stability=event.stability, start=event.start,
+                                      end=event.end))
+            if count_words(" ".join([*barge.text, event.text])) >= self.config.barge_in_min_words:
+                await self._confirm_barge_in()
+            return
+        turn = self._turn
+        if turn is not None:
+            self._emit(UserTranscript(turn.turn_id, event.text, False,
+                                      " ".join([turn.text, event.text]).strip(),
+                                      event.stability, event.start, event.end))
+
+    async def _on_final(self, event: AsrEvent) -> None:
+        self._awaiting.discard(event.utterance_id)
+        if not self._awaiting:
+            self._finals_settled.set()
+        if event.utterance_id in self._deaf:
+            self._deaf.discard(event.utterance_id)
+            return
+        text = event.text.strip()
+        barge = self._barge
+        if barge is not None:
+            if text:
+                barge.text.append(text)
+                self._emit(UserTranscript(self._turn_counter + 1, text, True, " ".join(barge.text),
+                                          1.0, event.start, event.end))
+            if count_words(" ".join(barge.text)) >= self.config.barge_in_min_words:
+                await self._confirm_barge_in()
+            elif not self._speaking and not self._awaiting:
+                self._resume_playback()  # a cough, "mm-hm": not a turn
+            return
+        turn = self._turn
+        if turn is None:
+            return
+        turn.final_wall = time.monotonic()
+        if text:
+            turn.texts.append(text)
+            self._emit(UserTranscript(turn.turn_id, text, True, turn.text, 1.0, event.start,
+                                      event.end))
+        cfg = self.config
+        if (cfg.turn_detection and cfg.auto_respond and not self._speaking and not self._awaiting
+                and not turn.cut and turn.text and count_words(turn.text) >= cfg.min_words
+                and not looks_unfinished(turn.text, cfg.language) and self._reply is None):
+            # speculative: answer now, speak once the silence confirms the end of the turn
+            self._start_reply(turn.turn_id, [*self.conversation.messages(),
+                                             ChatMessage("user", turn.text)], turn.text)
+        await self._maybe_end_turn()
+
+    # ========================================================== internals: barge-in
+    def _start_barge_in(self, reply: _Reply, event: AsrEvent) -> None:
+        played = reply.playout.pause()
+        self._observe("barge_in_stop", time.monotonic() - self._wall_of(event.start))
+        self._barge = _BargeIn(reply, event.start, event.utterance_id, played)
+        self._barge.timer = asyncio.get_running_loop().call_later(
+            self.config.resume_after_ms / 1000, self._resume_playback)
+        self._emit(AudioPaused(reply.turn_id, played, reply.item.id if reply.item else ""))
+
+    def _resume_playback(self) -> None:
+        barge, self._barge = self._barge, None
+        if barge is None:
+            return
+        if barge.timer is not None:
+            barge.timer.cancel()
+        self.false_interruptions += 1
+        self._deaf.update(barge.utterances)  # finals still to come are not a turn
+        if self._reply is barge.reply and not barge.reply.done:
+            offset = barge.reply.playout.resume()
+            self._emit(AudioResumed(barge.reply.turn_id, offset,
+                                    barge.reply.item.id if barge.reply.item else ""))
+        self._activity.set()
+
+    async def _confirm_barge_in(self) -> None:
+        barge, self._barge = self._barge, None
+        if barge is None:
+            return
+        if barge.timer is not None:
+            barge.timer.cancel()
+        self.interruptions += 1
+        if self._reply is barge.reply:
+            await self._cut_reply("barge_in", played_s=barge.played_s)
+        turn = self._open_turn(barge.started_at)
+        turn.texts.extend(barge.text)
+        turn.speech_end_at, turn.speech_end_wall = barge.speech_end_at, barge.speech_end_wall
+        if barge.text:
+            turn.final_wall = time.monotonic()
+        await self._maybe_end_turn()
+
+    async def _cut_reply(self, reason: str, played_s: float | None = None
+                         ) -> Interruption | None:
+        """Stop the current reply, keep in the history only what was heard."""
+        reply = self._reply
+        if reply is None:
+            return None
+        if not reply.committed:
+            self._drop_speculative()
+            return None
+        if self._barge is not None and self._barge.reply is reply:
+            if self._barge.timer is not None:
+                self._barge.timer.cancel()
+            played_s = self._barge.played_s if played_s is None else played_s
+            self._barge = None
+        playout = reply.playout
+        heard = playout.played_s if played_s is None else min(max(played_s, 0.0), playout.audio_s)
+        self._reply = None
+        await self._cancel_reply(reply)
+        played_text = playout.played_text(heard)
+        if reply.tts_failed:
+            played_text = reply.text  # no audio: the text was the reply
+        item = reply.item
+        if item is not None:
+            item.text, item.audio_s, item.interrupted = played_text, heard, True
+            self._alignments[item.id] = playout
+        event = Interruption(reply.turn_id, played_text, round(heard, 3), reason,
+                             item.id if item else "")
+        self._emit(event)
+        self._emit(TurnEnded(reply.turn_id, "agent", "interrupted" if reason == "barge_in"
+                             else "cancelled", played_text, item.id if item else "", heard))
+        return event
+
+    # ============================================================= internals: reply
+    def _start_reply(self, turn_id: int, messages: list[ChatMessage], user_text: str) -> _Reply:
+        cfg = self.config
+        playout = Playout(self.output_sample_rate, lead_s=cfg.playout_lead_ms / 1000)
+        reply = _Reply(turn_id, messages, playout, user_text=user_text)
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        reply.llm_task = asyncio.create_task(self._run_llm(reply, sentences),
+                                             name=f"agent-llm-{self.id}-{turn_id}")
+        reply.tts_task = asyncio.create_task(self._run_tts(reply, sentences),
+                                             name=f"agent-tts-{self.id}-{turn_id}")
+        self._reply = reply
+        self._activity.set()
+        return reply
+
+    async def _commit_reply(self, reply: _Reply) -> None:
+        reply.committed = True
+        item = self.conversation.add("assistant", reply.text, reply.turn_id)
+        reply.item = item
+        self._emit(ItemAdded(item.id, "assistant", "", reply.turn_id))
+        self._emit(TurnStarted(reply.turn_id, "agent", item.id, reply.user_text))
+        for event in reply.held:
+            if isinstance(event, (AgentText, AgentAudio)):
+                event.item_id = item.id
+            self._out.put_nowait(event)
+        reply.held.clear()
+        reply.play_task = asyncio.create_task(reply.playout.run(
+            lambda audio, offset, text: self._send_audio(reply, audio, offset, text)),
+            name=f"agent-play-{self.id}-{reply.turn_id}")
+        reply.main_task = asyncio.create_task(self._finish_reply(reply),
+                                              name=f"agent-reply-{self.id}-{reply.turn_id}")
+
+    async def _run_llm(self, reply: _Reply, sentences: asyncio.Queue[str | None]) -> None:
+        cfg = self.config
+        splitter = SentenceSplitter(300)
+
+        def sentence_out(pieces: list[str]) -> None:
+            for sentence in pieces:
+                spoken = " ".join(_MARKUP.sub(" ", sentence).split())
+                if is_speakable(spoken):
+                    if reply.first_sentence_at is None:
+                        reply.first_sentence_at = time.monotonic()
+                    sentences.put_nowait(spoken)
+
+        reply.llm_started = time.monotonic()
+        stream = self.llm.stream(reply.messages, max_tokens=cfg.max_reply_tokens,
+                                 temperature=cfg.temperature, **self._llm_kwargs)
+        try:
+            while True:
+                try:
+                    delta = await asyncio.wait_for(anext(stream), cfg.llm_timeout_s)
+                except StopAsyncIteration:
+                    break
+                if reply.first_token_at is None:
+                    reply.first_token_at = time.monotonic()
+                reply.text += delta
+                if reply.item is not None:
+                    reply.item.text = reply.text
+                self._emit(AgentText(reply.turn_id, delta, reply.item.id if reply.item else ""))
+                sentence_out(splitter.push(delta))
+            sentence_out(splitter.flush())
+        except (EngineError, TimeoutError, OSError, ValueError) as exc:
+            reason = ("did not answer within "
+                      f"{cfg.llm_timeout_s:g} s" if isinstance(exc, TimeoutError) else str(exc))
+            logger.warning("agent session %s: LLM failed: %s", self.id, reason)
+            reply.llm_failed = True
+            self._emit(AgentError("llm_error", f"the language model failed: {reason}",
+                                  turn_id=reply.turn_id))
+            sentence_out(splitter.flush())
+            if not reply.text.strip():
+                reply.text = cfg.apology
+                self._emit(AgentText(reply.turn_id, cfg.apology,
+                                     reply.item.id if reply.item else ""))
+                sentence_out([cfg.apology])
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+            sentences.put_nowait(None)
+
+    async def _run_tts(self, reply: _Reply, sentences: asyncio.Queue[str | None]) -> None:
+        try:
+            while (sentence := await sentences.get()) is not None:
+                if reply.tts_failed:
+                    continue  # the text still arrives; there is no voice to say it
+                started = time.monotonic()
+                try:
+                    async with contextlib.aclosing(self.voice.speak(sentence)) as chunks:
+                        async for chunk in chunks:
+                            if reply.first_audio_at is None:
+                                reply.first_audio_at = time.monotonic()
+                                reply.tts_first = reply.first_audio_at - started
+                            reply.playout.append(chunk.audio, chunk.sample_rate, sentence)
+                except TextError as exc:  # nothing this voice can say in it: skip the sentence
+                    logger.info("agent session %s: sentence not spoken: %s", self.id, exc)
+                except (EngineError, OSError, RuntimeError) as exc:
+                    reply.tts_failed = True
+                    logger.warning("agent session %s: TTS failed: %s", self.id, exc)
+                    self._emit(AgentError("tts_error", f"speech synthesis failed: {exc}; the "
+                                          "reply continues as text", turn_id=reply.turn_id))
+        finally:
+            reply.playout.finish_input()
+
+    async def _send_audio(self, reply: _Reply, audio: np.ndarray, offset: float,
+                          text: str) -> None:
+        """Playout -> the door, bounded: a door that stops taking audio ends the session."""
+        limit = int(self.config.max_out_buffer_s * self.output_sample_rate)
+        while self._queued_audio + audio.size > limit and not self.closed:
+            self._drained.clear()
+            try:
+                await asyncio.wait_for(self._drained.wait(), self.config.out_stall_timeout_s)
+            except TimeoutError:
+                self._fatal("client_not_reading",
+                            f"the client took no audio for {self.config.out_stall_timeout_s:g} s "
+                            f"with {self.config.max_out_buffer_s:g} s queued")
+                asyncio.ensure_future(self.close())
+                raise asyncio.CancelledError from None
+        self._queued_audio += audio.size
+        self._out.put_nowait(AgentAudio(reply.turn_id, audio, self.output_sample_rate, offset,
+                                        reply.item.id if reply.item else "", text))
+
+    async def _finish_reply(self, reply: _Reply) -> None:
+        """Wait for the reply's stages; then close the turn and report its latency."""
+        try:
+            await asyncio.gather(*reply.tasks)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            logger.exception("agent session %s: reply failed", self.id)
+            self._emit(AgentError("internal", "the reply failed", turn_id=reply.turn_id))
+        reply.done = True
+        if self._reply is not reply:
+            return
+        self._reply = None
+        if self._barge is not None and self._barge.reply is reply:
+            self._resume_playback()
+        item = reply.item
+        played = reply.playout.played_s
+        if item is not None:
+            item.text, item.audio_s = reply.text, played
+            self._alignments[item.id] = reply.playout
+            while len(self._alignments) > 16:
+                self._alignments.pop(next(iter(self._alignments)))
+        self._emit(TurnEnded(reply.turn_id, "agent", "error" if reply.llm_failed else "completed",
+                             reply.text, item.id if item else "", played))
+        self._report_latency(reply)
+        self._activity.set()
+
+    def _report_latency(self, reply: _Reply) -> None:
+        end_wall = reply.speech_end_wall
+        first_release = reply.playout.first_release_at
+        latency = TurnLatency(
+            reply.turn_id, end_of_turn_s=reply.end_of_turn, asr_final_s=reply.asr_final,
+            llm_ttft_s=(None if reply.first_token_at is None
+                        else reply.first_token_at - reply.llm_started),
+            tts_ttfa_s=reply.tts_first,
+            voice_to_voice_s=(None if first_release is None or end_wall is None
+                              else max(first_release - end_wall, 0.0)),
+            speculative=reply.speculative)
+        for name, value in latency.as_dict().items():
+            if name != "speculative":
+                self._observe(name, value)
+        self._emit(latency)
+
+    async def _cancel_reply(self, reply: _Reply | None) -> None:
+        if reply is None:
+            return
+        reply.done = True
+        tasks = [t for t in (*reply.tasks, reply.main_task) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # ================================================================ internals: idle
+    async def _idle_watch(self) -> None:
+        limit = self.config.idle_timeout_s
+        while not self.closed:
+            self._activity.clear()
+            try:
+                await asyncio.wait_for(self._activity.wait(), limit)
+            except TimeoutError:
+                if self._reply is not None or self._speaking or self._turn is not None:
+                    continue  # a reply plays, the user speaks: not idle
+                self._fatal("idle_timeout", f"no speech or text for {limit:g} s: idle session "
+                                            "closed")
+                return
