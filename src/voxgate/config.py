@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "AsrSettings", "StreamingSettings", "RivaSettings", "LlmSettings",
@@ -41,11 +41,24 @@ class AsrSettings(BaseModel):
     # once live streams were served, file work runs on a copy of the model at this OS nice
     # value (CPU, Linux), so live decoding gets the cores first; 0: one shared model (units)
     file_lane_nice: int = Field(19, ge=0, le=19)
+    # longest chunk the VAD packs for a file (Whisper's window is 30 s)
     max_chunk_s: float = Field(30.0, gt=1.0, le=30.0)
+    # Parakeet encodes an utterance up to this long whole (full attention: memory grows with
+    # the square of the length); longer ones in windows overlapping by the context below
+    parakeet_max_whole_s: float = Field(300.0, ge=30.0, le=3600.0)
+    parakeet_window_context_s: float = Field(10.0, ge=0.0, le=600.0)
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     min_silence_ms: int = Field(500, ge=0)
     # 400 ms as faster-whisper: less clips word onsets (200 ms cost Whisper words on real speech)
     speech_pad_ms: int = Field(400, ge=0)
+
+    @model_validator(mode="after")
+    def _parakeet_windows_keep_audio(self) -> AsrSettings:
+        if 3 * self.parakeet_window_context_s > self.parakeet_max_whole_s:
+            raise ValueError("parakeet_window_context_s must be at most a third of "
+                             "parakeet_max_whole_s (each window keeps what lies between its "
+                             "two contexts)")
+        return self
 
 
 class LlmSettings(BaseModel):
