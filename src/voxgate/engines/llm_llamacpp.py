@@ -126,14 +126,19 @@ class LlamaCppLlm:
 
     async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
-                     ) -> AsyncIterator[str]:
-        """Deltas as llama.cpp produces them; closing the iterator stops generation."""
+                     cache_prompt: bool = False) -> AsyncIterator[str]:
+        """Deltas as llama.cpp produces them; closing the iterator stops generation.
+
+        ``cache_prompt=True`` (the voice agent) reuses the KV cache of the prompt prefix the
+        previous request left in the slot: a conversation re-reads only its new turn, at the
+        cost of bit-exact reproducibility (see ``_NO_PROMPT_CACHE``); jobs keep it off.
+        """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         stop = False
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
                          seed=self.seed, json_schema=json_schema, stream=True)
-        body.update(_NO_PROMPT_CACHE)
+        body.update({"cache_prompt": True} if cache_prompt else _NO_PROMPT_CACHE)
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
             loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
