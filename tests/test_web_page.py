@@ -12,7 +12,6 @@ One screenshot per browser test is written under the test's tmp dir (its path is
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import wave
@@ -152,7 +151,12 @@ class RecordingDoor:
                         self.frames += 1
                         continue
                     self.texts.append(message["text"])
-                    await self._answer(ws)
+                    if message["text"] == "__flush__":
+                        await self._answer(ws)
+                    elif json.loads(message["text"]) == {"type": "end"}:
+                        await ws.send_json({"type": "end", "utterances": self.answered})
+                        await ws.close(1000)
+                        return
             except WebSocketDisconnect:
                 return
 
@@ -160,11 +164,16 @@ class RecordingDoor:
         return app
 
     async def _answer(self, ws: WebSocket) -> None:
+        """The door's order: the source transcript, then the result, then its WAV."""
         self.answered += 1
-        await ws.send_json({"src": "en", "tgt": "ru", "transcript": f"utterance {self.answered}",
-                            "text": f"высказывание {self.answered}"})
+        n = self.answered
+        await ws.send_json({"type": "partial", "utterance_id": n, "text": "utter"})
+        await ws.send_json({"type": "transcript", "utterance_id": n, "src": "en",
+                            "text": f"utterance {n}"})
+        await ws.send_json({"type": "result", "utterance_id": n, "src": "en", "tgt": "ru",
+                            "transcript": f"utterance {n}", "text": f"высказывание {n}",
+                            "audio": True})
         tone = 0.2 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16_000).astype(np.float32)
-        await asyncio.sleep(0)
         await ws.send_bytes(encode_wav(tone, 16_000))
 
 
@@ -179,16 +188,25 @@ def test_page_sends_48k_int16_frames_and_flush_and_plays_the_answer(browser, mic
         page.click("#translate-start")
         # the whole fake recording (speech + silence) reaches the door in real time
         seconds = 0.5 + mic_speech.size / 16_000 + TAIL_SILENCE_S
-        page.wait_for_function(f"window.voxgate.translate.stats.bytesSent >= {seconds * 0.9 * MIC_RATE * 2}",
+        sent = seconds * 0.9 * MIC_RATE * 2
+        page.wait_for_function(f"window.voxgate.translate.stats.bytesSent >= {sent}",
                                timeout=(seconds + 10) * 1000)
         page.click("#translate-stop")
         page.wait_for_selector("#translate-log li[data-audio=played]", timeout=20_000)
+        page.wait_for_function("document.getElementById('translate-status').textContent"
+                               ".includes('every translation has arrived')", timeout=10_000)
         _screenshot(page, tmp_path / "recording-door.png")
         stats = _stats(page)
+        entries = page.locator("#translate-log li")
+        assert entries.count() == 1  # the transcript and its result share one entry
+        assert entries.locator(".source .text").inner_text() == "utterance 1"
+        assert entries.locator(".translation .text").inner_text() == "высказывание 1"
+        assert entries.locator(".translation .text").get_attribute("lang") == "ru"
+        assert page.is_enabled("#translate-start") and page.is_hidden("#translate-error")
 
     assert door.config == {"mode": "en->ru", "src": "en", "tgt": "ru", "sample_rate": MIC_RATE,
                            "channels": 1}
-    assert door.texts == ["__flush__"]
+    assert door.texts == ["__flush__", '{"type":"end"}']
     assert door.frames == stats["framesSent"] and len(door.pcm) == stats["bytesSent"]
     assert len(door.pcm) % 2 == 0
     received = pcm16_to_float32(bytes(door.pcm))

@@ -1,10 +1,12 @@
 // Translate tab: microphone -> /ws/translate -> a log of source + translated text, and the
 // translated speech played as each utterance's WAV arrives.
 //
-// Wire (docs/protocol.md): first a JSON config {mode, src, tgt, sample_rate, channels}; then
-// binary Int16 PCM frames; "__flush__" ends the utterance now. Per utterance the server sends a
-// JSON result {src, tgt, text, transcript, tts_failed?} followed by one binary WAV (none when
-// tts_failed), and {type: "error", code, message} before any close that is not normal.
+// Wire (docs/protocol.md): first a JSON control {mode, src, tgt, sample_rate, channels}; then
+// binary Int16 PCM frames; "__flush__" ends the utterance now, {"type": "end"} ends the stream.
+// Per utterance the server sends a JSON result {src, tgt, text, transcript, audio, tts_failed?,
+// error?}, followed by one binary WAV when `audio` is true. Typed extras: `partial` and
+// `transcript` (the source text while / once spoken), `error` (with `close_code` right before
+// the server closes; without it, the stream goes on), `end` (every result has been sent).
 
 import { closeMessage, socketUrl } from "./console.js";
 import { MicCapture, MicError } from "./mic.js";
@@ -12,8 +14,7 @@ import { AudioQueue } from "./player.js";
 
 const LANG_NAMES = { en: "English", ru: "Russian" };
 const MAX_QUEUED_FRAMES = 250;  // ~10 s of audio held while the socket opens
-const QUIET_AFTER_RESULT_MS = 3000;  // after Stop: close once the last answer has settled
-const QUIET_WITHOUT_RESULT_MS = 45000;  // after Stop: longest wait for an utterance in flight
+const FINISH_TIMEOUT_MS = 120000;  // after Stop: longest wait for the server's "end"
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -53,7 +54,7 @@ function setRunning(running) {
   ui.mode.disabled = running;
 }
 
-function wireConfig(mode, sampleRate) {
+function wireControl(mode, sampleRate) {
   const [src, tgt] = mode === "auto" ? ["auto", null] : mode.split("->");
   return { mode, src, tgt, sample_rate: sampleRate, channels: 1 };
 }
@@ -62,7 +63,7 @@ function langLabel(code) {
   const span = document.createElement("span");
   span.className = "lang";
   span.textContent = code || "?";
-  span.title = LANG_NAMES[code] || code || "unknown";
+  span.title = LANG_NAMES[code] || code || "unknown language";
   return span;
 }
 
@@ -71,6 +72,7 @@ function line(className, lang, text) {
   p.className = className;
   p.append(langLabel(lang));
   const body = document.createElement("span");
+  body.className = "text";
   body.textContent = text;
   if (lang) body.lang = lang;
   p.append(body);
@@ -84,19 +86,34 @@ function note(text, bad = false) {
   return p;
 }
 
-/** One utterance in the log: what was said, its translation, and (later) its audio. */
-function addEntry(result) {
-  const li = document.createElement("li");
-  li.className = "utterance";
+/** The log entry of one utterance (created by its transcript or its result, whichever is first). */
+function entryFor(id) {
+  let li = id ? ui.log.querySelector(`li[data-utterance="${CSS.escape(String(id))}"]`) : null;
+  if (!li) {
+    li = document.createElement("li");
+    li.className = "utterance";
+    if (id) li.dataset.utterance = String(id);
+    ui.log.append(li);
+  }
+  return li;
+}
+
+function showSource(li, lang, text) {
+  const old = li.querySelector(".source");
+  const fresh = line("source", lang, text);
+  if (old) old.replaceWith(fresh);
+  else li.prepend(fresh);
+  li.scrollIntoView({ block: "nearest" });
+}
+
+function showResult(li, result) {
   li.dataset.src = result.src || "";
   li.dataset.tgt = result.tgt || "";
-  li.append(line("source", result.src, result.transcript || ""));
+  showSource(li, result.src, result.transcript || "");
   if (result.text) li.append(line("translation", result.tgt, result.text));
   if (result.error) li.append(note(`Not translated: ${result.error}`, true));
   if (result.tts_failed) li.append(note("Speech synthesis failed: text only.", true));
-  ui.log.append(li);
   li.scrollIntoView({ block: "nearest" });
-  return li;
 }
 
 function attachAudio(li, bytes) {
@@ -127,10 +144,8 @@ class TranslateSession {
     this.serverError = null;
     this.queued = [];
     this.awaitingAudio = [];
-    this.lastEntry = null;
     this.stopping = false;
-    this.resultsAfterStop = 0;
-    this.quietTimer = null;
+    this.finishTimer = null;
     this.mic = new MicCapture({ sampleRate: 48000, frameMs: 40, onFrame: (b) => this.send(b) });
   }
 
@@ -143,7 +158,7 @@ class TranslateSession {
     this.ws = ws;
     ws.onopen = () => {
       this.opened = true;
-      ws.send(JSON.stringify(wireConfig(this.mode, this.mic.sampleRate)));
+      ws.send(JSON.stringify(wireControl(this.mode, this.mic.sampleRate)));
       for (const frame of this.queued) this.sendNow(frame);
       this.queued = [];
       if (!this.stopping) setStatus(`Listening (${this.mic.sampleRate} Hz)… speak now.`);
@@ -164,9 +179,8 @@ class TranslateSession {
   }
 
   receive(data) {
-    if (this.stopping) this.armQuietTimer();
     if (typeof data !== "string") {
-      const li = this.awaitingAudio.shift() || this.lastEntry;
+      const li = this.awaitingAudio.shift();
       if (li) attachAudio(li, data);
       return;
     }
@@ -177,53 +191,71 @@ class TranslateSession {
       showError("The server sent a message this page cannot read.");
       return;
     }
-    if (message.type === "error") {
-      this.serverError = message;
-      if (message.close_code === undefined) showError(closeMessage({}, message, true));
-      return;  // a closing error is shown when the socket closes
-    }
-    if (message.type === "partial" || message.is_final === false) {
-      ui.partial.hidden = !message.transcript;
-      ui.partial.textContent = message.transcript || "";
-      return;
-    }
-    if ("tgt" in message && ("text" in message || "transcript" in message)) {
-      stats.results += 1;
-      ui.partial.hidden = true;
-      const li = addEntry(message);
-      this.lastEntry = li;
-      if (!message.tts_failed && message.text) this.awaitingAudio.push(li);
-      if (this.stopping) {
-        this.resultsAfterStop += 1;
-        this.armQuietTimer();
-      }
+    switch (message.type) {
+      case "partial":
+        ui.partial.textContent = message.text || "";
+        ui.partial.hidden = !message.text;
+        return;
+      case "transcript":
+        ui.partial.hidden = true;
+        showSource(entryFor(message.utterance_id), message.src, message.text || "");
+        return;
+      case "error":
+        this.error(message);
+        return;
+      case "end":
+        setStatus("Stopped: every translation has arrived.");
+        return;
+      case "ready":
+        return;
+      default:
+        if ("tgt" in message && ("text" in message || "transcript" in message)) {
+          this.result(message);
+        }
     }
   }
 
-  /** Stop: the last frame, then "__flush__", then wait for the answers still owed. */
+  result(message) {
+    stats.results += 1;
+    ui.partial.hidden = true;
+    const li = entryFor(message.utterance_id);
+    showResult(li, message);
+    const audioFollows = message.audio !== undefined
+      ? Boolean(message.audio) : Boolean(message.text) && !message.tts_failed;
+    if (audioFollows) this.awaitingAudio.push(li);
+  }
+
+  error(message) {
+    if (message.close_code !== undefined) {
+      this.serverError = message;  // shown when the socket closes, right after this
+      return;
+    }
+    if (message.code === "unsupported_language") {
+      const li = entryFor(message.utterance_id);
+      showSource(li, message.language, message.transcript || "");
+      const name = LANG_NAMES[message.language] || message.language || "another language";
+      li.append(note(`Heard ${name}: only English and Russian are translated.`, true));
+      return;
+    }
+    showError(closeMessage({}, message, true));
+  }
+
+  /** Stop: the last frame, "__flush__", then "end"; the server closes once all is sent. */
   async stop() {
     this.stopping = true;
     await this.mic.stop();
     if (this.ws && this.ws.readyState === WebSocket.OPEN) {
       this.ws.send("__flush__");
+      this.ws.send(JSON.stringify({ type: "end" }));
       setStatus("Stopped: waiting for the last translation…");
-      this.armQuietTimer();
+      this.finishTimer = setTimeout(() => this.ws.close(1000, "done"), FINISH_TIMEOUT_MS);
     } else if (this.ws && this.ws.readyState === WebSocket.CONNECTING) {
       this.ws.close();
     }
   }
 
-  armQuietTimer() {
-    clearTimeout(this.quietTimer);
-    const wait = this.resultsAfterStop > 0 && this.awaitingAudio.length === 0
-      ? QUIET_AFTER_RESULT_MS : QUIET_WITHOUT_RESULT_MS;
-    this.quietTimer = setTimeout(() => {
-      if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.close(1000, "done");
-    }, wait);
-  }
-
   closed(event) {
-    clearTimeout(this.quietTimer);
+    clearTimeout(this.finishTimer);
     this.mic.stop();
     const normal = event.code === 1000 && !this.serverError;
     if (!normal && !(this.stopping && event.code === 1005)) {
@@ -234,7 +266,8 @@ class TranslateSession {
       ui.partial.hidden = true;
       setRunning(false);
     }
-    if (!session) setStatus(normal ? "Idle." : "Stopped.");
+    if (!session && !normal) setStatus("Stopped.");
+    else if (!session && !this.stopping) setStatus("Idle.");
   }
 }
 
