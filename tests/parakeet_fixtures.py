@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 Kind = Literal["tdt", "rnnt", "ctc"]
 _STAMP = "built.json"
-_BUILDER_VERSION = 6  # bump when the modules below change, so cached builds are redone
+_BUILDER_VERSION = 7  # bump when the modules below change, so cached builds are redone
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,11 @@ class TinySpec:
     blank_bias: float = 0.0  # added to the calibrated blank logit (see _calibrate_blank)
     logit_scale: float = 4.0
     seed: int = 0
+    # True: the encoder standardises its output over each whole input (every frame depends on
+    # all audio, as with full attention). False: by constants measured at build time, so an
+    # encoder frame sees only ~15 feature frames around it (a model whose context a window's
+    # overlap covers: windowed decoding must then equal whole decoding exactly)
+    utterance_norm: bool = True
 
     @property
     def model_type(self) -> str:
@@ -56,6 +61,11 @@ TINY = {
     "tdt": TinySpec(kind="tdt"),
     "rnnt": TinySpec(kind="rnnt", durations=(), blank_bias=0.5),  # fewer symbol-cap runs
     "ctc": TinySpec(kind="ctc", durations=()),
+}
+# local-context variants for the windowed long-input path (see TinySpec.utterance_norm)
+LOCAL = {
+    "tdt": TinySpec(kind="tdt", utterance_norm=False),
+    "ctc": TinySpec(kind="ctc", durations=(), utterance_norm=False),
 }
 # A mid-size model (~25M parameters) for encoder scaling and GPU runs; vocabulary as Parakeet v2.
 MID = TinySpec(kind="tdt", n_mels=128, d_model=512, conv_channels=256, attention_layers=6,
@@ -192,6 +202,16 @@ def _encoder_module(spec: TinySpec):
             self.norm = nn.LayerNorm(spec.d_model)
             self.blocks = nn.ModuleList([Attention(spec.d_model)
                                          for _ in range(spec.attention_layers)])
+            self.register_buffer("mean", torch.zeros(spec.d_model))
+            self.register_buffer("std", torch.ones(spec.d_model))
+            if not spec.utterance_norm:  # fixed statistics of the projection on noise
+                with torch.no_grad():
+                    x = torch.randn(8, spec.n_mels, 400)
+                    for conv in self.convs:
+                        x = torch.relu(conv(x))
+                    x = self.norm(self.proj(x.transpose(1, 2))).reshape(-1, spec.d_model)
+                    self.mean.copy_(x.mean(dim=0))
+                    self.std.copy_(x.std(dim=0))
 
         def forward(self, audio_signal, length):
             x, lengths = audio_signal, length
@@ -205,9 +225,12 @@ def _encoder_module(spec: TinySpec):
             # standardise each dimension over the utterance's valid frames: random weights
             # otherwise leave one direction common to all frames and the argmax never moves
             keep = (~pad)[:, :, None].to(x.dtype)
-            count = keep.sum(dim=1, keepdim=True).clamp(min=1.0)
-            mean = (x * keep).sum(dim=1, keepdim=True) / count
-            std = ((((x - mean) * keep) ** 2).sum(dim=1, keepdim=True) / count).sqrt()
+            if spec.utterance_norm:
+                count = keep.sum(dim=1, keepdim=True).clamp(min=1.0)
+                mean = (x * keep).sum(dim=1, keepdim=True) / count
+                std = ((((x - mean) * keep) ** 2).sum(dim=1, keepdim=True) / count).sqrt()
+            else:
+                mean, std = self.mean, self.std
             x = torch.tanh((x - mean) / (std + 1e-3)) * keep
             for block in self.blocks:
                 x = block(x, pad)
@@ -288,13 +311,32 @@ def _calibrate_blank(weight, bias, hidden, spec: TinySpec) -> None:
     bias[v] = torch.quantile(best_token, 0.5) + spec.blank_bias
 
 
-def tiny_model(kind: Kind, tmp_path_factory: Any) -> Path:
-    """The tiny ``kind`` model for a test session (skips cleanly without torch)."""
+def tiny_model(kind: Kind, tmp_path_factory: Any, local: bool = False) -> Path:
+    """The tiny ``kind`` model for a test session (skips cleanly without torch);
+    ``local``: the local-context variant (:data:`LOCAL`)."""
     import pytest
 
     pytest.importorskip("torch", reason="building the tiny Parakeet test model needs torch "
                                         "(pip install torch==2.13.0)")
-    return build(TINY[kind], tmp_path_factory.getbasetemp() / "parakeet-models" / kind)
+    spec = LOCAL[kind] if local else TINY[kind]
+    name = f"{kind}-local" if local else kind
+    return build(spec, tmp_path_factory.getbasetemp() / "parakeet-models" / name)
+
+
+def long_speech() -> Any:
+    """~49 s of real read speech: the five LibriVox clips, then the same clips in reverse order
+    (an input well over Whisper's 30 s, decoded whole); skips without the clips."""
+    import numpy as np
+    import pytest
+
+    from voxgate.audio import decode_audio
+
+    clips = [decode_audio(p) for p in
+             sorted(Path("/usr/share/pocketsphinx/test/data/librivox").glob("*.wav"))]
+    if not clips:
+        pytest.skip("pocketsphinx-testdata clips are not installed "
+                    "(apt install pocketsphinx-testdata)")
+    return np.concatenate(clips + clips[::-1])
 
 
 def speech_inputs() -> list[Any]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from parakeet_fixtures import speech_inputs, tiny_model
+from parakeet_fixtures import long_speech, speech_inputs, tiny_model
 
+from voxgate.batch import BatchOptions, transcribe_audio
 from voxgate.engines.asr_parakeet import ParakeetAsr
 from voxgate.engines.base import AsrOptions
 
@@ -50,3 +51,25 @@ def test_batched_equals_one_at_a_time(inputs, tmp_path_factory):
     for audio, hyp in zip(inputs[:12], batched, strict=True):
         (alone,) = asr.recognize([audio])
         assert alone.tokens == hyp.tokens and alone.frames == hyp.frames
+
+
+@pytest.mark.parametrize("kind", ["tdt", "rnnt", "ctc"])
+def test_long_recording_decoded_whole_matches_onnx_asr(kind, tmp_path_factory):
+    """A 49 s recording decoded as one utterance (``voxgate transcribe --no-vad``): the same
+    tokens and frames as onnx-asr, which encodes any length whole. Before Parakeet had its own
+    limit, voxgate cut it into independent 30 s windows and differed from the first words."""
+    onnx_asr = pytest.importorskip("onnx_asr", reason="onnx-asr (dev extra) is the reference")
+    audio = long_speech()
+    assert audio.size > 45 * 16_000
+    directory = tiny_model(kind, tmp_path_factory)
+    asr = ParakeetAsr(directory)
+    reference = onnx_asr.load_model(f"nemo-conformer-{kind}", directory,
+                                    providers=["CPUExecutionProvider"]).with_timestamps()
+    ids = {piece.replace("\u2581", " "): i for i, piece in enumerate(asr.pieces)}
+    transcript = transcribe_audio(audio, asr, None, BatchOptions(use_vad=False))
+    (hyp,) = asr.recognize([audio])
+    ref = reference.recognize(audio)
+    assert hyp.tokens == [ids[token] for token in ref.tokens] and len(hyp.tokens) > 150
+    np.testing.assert_allclose(np.array(hyp.frames) * 0.08, ref.timestamps, atol=1e-6)
+    assert max(hyp.frames) * 0.08 > 45.0
+    assert transcript.text.replace(" ", "") == ref.text.replace(" ", "")

@@ -8,8 +8,12 @@ Model directory layout (as the public exports, e.g. ``istupakov/parakeet-tdt-0.6
 Pipeline: :mod:`.features` (NeMo log-mel) -> encoder, one call per batch of chunks ->
 :mod:`.decoding` (batched greedy TDT / RNN-T over the decoder-joint session, or vectorised
 CTC) -> tokens with 80 ms frame times -> words and segments. Every ONNX boundary is checked
-against the model contract (:mod:`.parakeet_contract`). Inputs longer than ``max_chunk_s`` are
-encoded in windows while the decoder state carries on, so the hypothesis never restarts.
+against the model contract (:mod:`.parakeet_contract`). An input up to ``max_whole_s`` (several
+minutes; a limit set by memory, not Whisper's 30 s) is encoded whole, as NeMo and onnx-asr do.
+A longer one is encoded in overlapping windows over features normalised once for the whole
+input: each window sees ``window_context_s`` of audio on either side of the encoder frames it
+owns, only owned frames are decoded, and one decoder state runs through them all, so a window
+boundary never cuts or repeats a word (see :meth:`ParakeetAsr.recognize`).
 Execution providers (CPU, CUDA, TensorRT with fp16 and an engine cache) and thread counts come
 from ``Settings.onnx``.
 """
@@ -19,13 +23,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import EngineError, ModelError
+from ..errors import ConfigError, EngineError, ModelError
 from ..types import Segment, Word
 from .base import AsrCapabilities, AsrOptions, AsrResult
 from .decoding import (
@@ -37,7 +41,7 @@ from .decoding import (
     group_words,
     token_spans,
 )
-from .features import LogMelFrontend
+from .features import LogMelFrontend, valid_frames
 from .parakeet_contract import (
     ParakeetContract,
     check_config,
@@ -270,14 +274,25 @@ def _probe_joint(session: Any, contract: ParakeetContract) -> bool:
     return windowed.shape == single.shape and bool(np.allclose(windowed, single, atol=1e-5))
 
 
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """One encoder call's input for one utterance: audio (encoded as is, features normalised
+    over it) or a slice of features normalised over the whole utterance, and the encoder
+    frames of that call the utterance keeps (the others are context owned by a neighbour)."""
+
+    audio: np.ndarray | None
+    features: np.ndarray | None  # [n_mels, frames]
+    size: int  # samples covered, for batching by cost
+    keep: tuple[int, int] | None = None  # encoder frames [start, stop); None: all valid
+
+
 @dataclass(slots=True)
 class _Progress:
     """One input's decoding so far, across its windows."""
 
-    windows: list[np.ndarray]
+    windows: list[_Window]
     state: TransducerState | None = None
-    ctc: Hypothesis = field(default_factory=Hypothesis)
-    frame_offset: int = 0
+    ctc: list[np.ndarray] = field(default_factory=list)  # owned CTC log-probs per window
 
 
 class ParakeetAsr:
@@ -289,7 +304,8 @@ class ParakeetAsr:
     def __init__(self, model_dir: str | Path, *, model_id: str = "", onnx: Any = None,
                  quantization: str | None = None, contract: ParakeetContract | None = None,
                  languages: Sequence[str] = (), batch_size: int = 8,
-                 max_chunk_s: float = 30.0, lookahead: int = 8) -> None:
+                 max_whole_s: float = 300.0, window_context_s: float = 10.0,
+                 lookahead: int = 8) -> None:
         from ..config import OnnxSettings
 
         directory = Path(model_dir)
@@ -301,9 +317,9 @@ class ParakeetAsr:
         files = model_files(directory, quantization)
         self.pieces = read_vocab(directory / "vocab.txt")
         n_mels = contract.mel.n_mels if contract else int(config.get("features_size", 80))
-        frames = int(max_chunk_s * 100) + 1
+        frames = int(max_whole_s * 100) + 1
         profile = {f"trt_profile_{k}_shapes": f"audio_signal:{b}x{n_mels}x{t},length:{b}"
-                   for k, b, t in (("min", 1, 5), ("opt", 1, min(frames, 2001)),
+                   for k, b, t in (("min", 1, 5), ("opt", 1, min(frames, 3001)),
                                    ("max", batch_size, frames))}
         # The decoder-joint runs one small step at a time: a thread pool costs more than it
         # gives there, so it gets one thread unless the settings name a count.
@@ -328,9 +344,14 @@ class ParakeetAsr:
         self.frontend = LogMelFrontend(self.contract.mel)
         self.batch_size = max(int(batch_size), 1)
         # windows of whole encoder frames, so frame offsets add up exactly
-        samples_per_frame = self.contract.mel.hop_length * self.contract.subsampling_factor
-        self._window = max(int(max_chunk_s * _SAMPLE_RATE) // samples_per_frame, 1) \
-            * samples_per_frame
+        self._frame = self.contract.mel.hop_length * self.contract.subsampling_factor
+        self.max_whole = max(int(max_whole_s * _SAMPLE_RATE) // self._frame, 1) * self._frame
+        self._context = max(int(window_context_s * _SAMPLE_RATE) // self._frame, 0) \
+            * self._frame
+        if 3 * self._context > self.max_whole:  # as AsrSettings checks
+            raise ConfigError(f"Parakeet window context {window_context_s} s on each side "
+                              f"leaves too little of a {max_whole_s} s window to keep: use "
+                              "at most a third of the whole-input limit")
         self._clamp_lengths = bool(onnx.trt_fp16) and any(
             "TensorrtExecutionProvider" in s.get_providers() for s in self._sessions.values())
         self.files = files
@@ -349,7 +370,8 @@ class ParakeetAsr:
         return cls(resolved.path, model_id=resolved.spec.id, onnx=settings.onnx,
                    quantization=options.get("quantization"), contract=contract,
                    languages=resolved.spec.languages, batch_size=settings.asr.batch_size,
-                   max_chunk_s=settings.asr.max_chunk_s)
+                   max_whole_s=settings.asr.parakeet_max_whole_s,
+                   window_context_s=settings.asr.parakeet_window_context_s)
 
     @staticmethod
     def _read_config(directory: Path) -> dict[str, Any]:
@@ -365,14 +387,18 @@ class ParakeetAsr:
 
     def encode(self, chunks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Encoder output ``[B, T, D]`` (CTC: log-probs ``[B, T, V+1]``) and valid frames."""
-        features, lengths = self.frontend.from_chunks(chunks)
+        return self.encode_features(*self.frontend.from_chunks(chunks))
+
+    def encode_features(self, features: np.ndarray, lengths: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`encode` from features ``[B, n_mels, T]`` with valid frame counts ``[B]``."""
         role = "ctc" if "ctc" in self._sessions else "encoder"
         feed = {"audio_signal": features, "length": lengths}
         if role == "ctc":
             (logprobs,) = self._sessions[role].run(["logprobs"], feed)
             expected = subsampled_lengths(lengths, self.contract.subsampling_factor)
-            want = (len(chunks), int(subsampled_lengths(np.array([features.shape[2]]),
-                                                        self.contract.subsampling_factor)[0]),
+            want = (len(lengths), int(subsampled_lengths(np.array([features.shape[2]]),
+                                                         self.contract.subsampling_factor)[0]),
                     self.contract.vocab_size + 1)
             if logprobs.shape != want:
                 raise self.contract.violation("CTC output shape", logprobs.shape, want,
@@ -382,6 +408,37 @@ class ParakeetAsr:
         encoded = check_encoder_output(self.contract, features.shape[2], lengths, outputs,
                                        encoded, clamp=self._clamp_lengths)
         return np.ascontiguousarray(outputs.transpose(0, 2, 1)), encoded
+
+    def whole_features(self, signal: np.ndarray, block_s: float = 60.0) -> np.ndarray:
+        """Features ``[n_mels, n // hop]`` of one signal normalised over all of it, computed
+        ``block_s`` at a time so a long input never holds its whole spectrum.
+
+        Equal to the valid frames of ``frontend(signal)``: each block is framed with
+        ``n_fft // 2 + 1`` samples of its neighbours (the centred STFT and pre-emphasis reach
+        that far), and the per-bin mean and unbiased std are those of every frame.
+        """
+        c = self.contract.mel
+        raw = LogMelFrontend(replace(c, normalize="none"))
+        total = signal.size // c.hop_length
+        features = np.empty((c.n_mels, total), np.float32)
+        margin = -(-(c.n_fft // 2 + 1) // c.hop_length) * c.hop_length  # whole hops, past
+        # the reach of a frame's window and of pre-emphasis
+        step = max(int(block_s * c.sample_rate) // c.hop_length, 1)
+        for first in range(0, total, step):
+            stop = min(first + step, total)
+            begin = max(first * c.hop_length - margin, 0)
+            end = min(stop * c.hop_length + margin, signal.size)
+            block, _ = raw(signal[begin:end])
+            skip = (first * c.hop_length - begin) // c.hop_length
+            features[:, first:stop] = block[0, :, skip:skip + stop - first]
+        if c.normalize == "per_feature" and total:
+            wide = features.astype(np.float64)
+            mean = wide.mean(axis=1, keepdims=True)
+            var = np.square(wide - mean).sum(axis=1, keepdims=True) / max(total - 1, 1)
+            del wide
+            features -= mean.astype(np.float32)
+            features /= (np.sqrt(var) + c.std_eps).astype(np.float32)
+        return features
 
     def decoder(self, rows: int) -> GreedyTransducer:
         """A greedy TDT / RNN-T decoder over this model for batches of up to ``rows``."""
@@ -395,31 +452,95 @@ class ParakeetAsr:
                                 TransducerConfig(c.blank_id, c.durations, c.max_symbols_per_step),
                                 (int(shape[0]), int(shape[1])), lookahead=self.lookahead)
 
+    def plan(self, signal: np.ndarray) -> list[_Window]:
+        """The encoder calls for one utterance: itself when it fits ``max_whole``, else
+        windows of at most ``max_whole`` that own consecutive encoder frames and see
+        ``context`` of audio on either side (frame-aligned, so every window's frame ``j`` is
+        the whole input's frame ``start / frame + j``)."""
+        if signal.size <= self.max_whole:
+            return [_Window(signal, None, signal.size)]
+        features = self.whole_features(signal)
+        mel_per_frame = self.contract.subsampling_factor
+        total = int(subsampled_lengths(np.array([features.shape[1]]), mel_per_frame)[0])
+        context = self._context // self._frame
+        owned = self.max_whole // self._frame - 2 * context
+        windows = []
+        for start in range(0, total, owned):
+            stop = min(start + owned, total)
+            first, last = max(start - context, 0), min(stop + context, total)
+            part = features[:, first * mel_per_frame:last * mel_per_frame]
+            windows.append(_Window(None, part, part.shape[1] * self.contract.mel.hop_length,
+                                   (start - first, stop - first)))
+        logger.debug("%.1f s input over the %.1f s whole-input limit: %d windows",
+                     signal.size / _SAMPLE_RATE, self.max_whole / _SAMPLE_RATE, len(windows))
+        return windows
+
     def recognize(self, chunks: Sequence[np.ndarray]) -> list[Hypothesis]:
-        """Token hypotheses for each chunk (any length), batched ``batch_size`` at a time."""
+        """Token hypotheses for each chunk (any length).
+
+        Encoder calls are batched up to ``batch_size`` rows and at most ``batch_size`` x 30 s
+        of audio (the memory of a full batch of VAD chunks), so a several-minute input is
+        encoded alone. Windows of a long input are decoded in order with one decoder state
+        (CTC: one best path over the owned frames of all windows).
+        """
         signals = [np.asarray(c, dtype=np.float32).reshape(-1) for c in chunks]
-        progress = [_Progress([s[i:i + self._window] for i in range(0, s.size, self._window)])
-                    for s in signals]
+        progress = [_Progress(self.plan(s)) for s in signals]
+        budget = self.batch_size * 30 * _SAMPLE_RATE
         for round_ in range(max((len(p.windows) for p in progress), default=0)):
             active = [p for p in progress if round_ < len(p.windows)
                       and p.windows[round_].size >= self.contract.mel.hop_length]
             active.sort(key=lambda p: p.windows[round_].size)
-            for first in range(0, len(active), self.batch_size):
-                self._decode_group(active[first:first + self.batch_size], round_)
-        return [p.state.hypothesis if p.state is not None else p.ctc for p in progress]
+            group: list[_Progress] = []
+            for p in active:
+                if group and (len(group) == self.batch_size
+                              or (len(group) + 1) * p.windows[round_].size > budget):
+                    self._decode_group(group, round_)
+                    group = []
+                group.append(p)
+            if group:
+                self._decode_group(group, round_)
+        return [p.state.hypothesis if p.state is not None else self._ctc_best(p)
+                for p in progress]
+
+    def _ctc_best(self, p: _Progress) -> Hypothesis:
+        if not p.ctc:
+            return Hypothesis()
+        logprobs = np.concatenate(p.ctc)[None] if len(p.ctc) > 1 else p.ctc[0][None]
+        return ctc_greedy(logprobs, np.array([logprobs.shape[1]]), self.contract.blank_id)[0]
+
+    def _features(self, windows: list[_Window]) -> tuple[np.ndarray, np.ndarray]:
+        if all(w.audio is not None for w in windows):
+            return self.frontend.from_chunks([w.audio for w in windows])  # type: ignore[misc]
+        parts = [w.features if w.features is not None
+                 else self.frontend(w.audio)[0][0] for w in windows]  # type: ignore[arg-type]
+        lengths = np.array([p.shape[1] if w.features is not None
+                            else valid_frames(w.audio.size, self.contract.mel.hop_length)
+                            for p, w in zip(parts, windows)], dtype=np.int64)
+        batch = np.zeros((len(parts), self.contract.mel.n_mels, int(lengths.max()) + 1),
+                         np.float32)
+        for row, (part, length) in enumerate(zip(parts, lengths)):
+            batch[row, :, :length] = part[:, :length]
+        return batch, lengths
 
     def _decode_group(self, group: list[_Progress], round_: int) -> None:
-        encoded, lengths = self.encode([p.windows[round_] for p in group])
+        windows = [p.windows[round_] for p in group]
+        encoded, lengths = self.encode_features(*self._features(windows))
+        starts = np.array([w.keep[0] if w.keep else 0 for w in windows], dtype=np.int64)
+        stops = np.array([min(w.keep[1], int(n)) if w.keep else int(n)
+                          for w, n in zip(windows, lengths)], dtype=np.int64)
         if "ctc" in self._sessions:
-            for p, hyp, length in zip(group, ctc_greedy(encoded, lengths,
-                                                         self.contract.blank_id), lengths):
-                hyp.frames = [f + p.frame_offset for f in hyp.frames]
-                p.ctc.extend(hyp)
-                p.frame_offset += int(length)
+            for p, rows, start, stop in zip(group, encoded, starts, stops):
+                p.ctc.append(rows[start:stop])
             return
+        if starts.any():  # owned frames only: shift each row to start at its first one
+            width = int((stops - starts).max())
+            owned = np.zeros((len(group), width, encoded.shape[2]), np.float32)
+            for row, (start, stop) in enumerate(zip(starts, stops)):
+                owned[row, :stop - start] = encoded[row, start:stop]
+            encoded = owned
         decoder = self.decoder(len(group))
         states = [p.state or decoder.initial_state() for p in group]
-        for p, state in zip(group, decoder.decode(encoded, lengths, states)):
+        for p, state in zip(group, decoder.decode(encoded, stops - starts, states)):
             p.state = state
 
     # -- Asr protocol --------------------------------------------------------------------
@@ -434,7 +555,7 @@ class ParakeetAsr:
                               f"(supports {', '.join(self.capabilities.languages)})")
 
     def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
-        """One utterance of any length (windows of ``max_chunk_s``, decoder state carried)."""
+        """One utterance of any length (whole up to ``max_whole``, then overlapping windows)."""
         return self.transcribe_batch([audio], options)[0]
 
     def transcribe_batch(self, chunks: Sequence[np.ndarray], options: AsrOptions
