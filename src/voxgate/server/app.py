@@ -37,6 +37,9 @@ def _components(settings: Settings) -> list[Component]:
     from .ws import StreamingComponent  # live ASR sessions shared by WebSocket, gRPC, Wyoming
 
     parts.append(StreamingComponent(settings))
+    from .agent_doors import AgentComponent  # voice agent sessions (/v1/agent, VoiceWorkflow)
+
+    parts.append(AgentComponent(settings))
     if settings.grpc_port and importlib.util.find_spec("riva") is not None:  # extra "grpc"
         from .grpc_riva import RivaGrpcServer
 
@@ -157,6 +160,9 @@ def _routers() -> list[Any]:
     from .openai_speech import router as speech_router  # /v1/audio/speech, /v1/audio/voices
 
     routers.append(speech_router)
+    from .ws_agent import router as agent_router  # WebSocket /v1/agent (voice agent)
+
+    routers.append(agent_router)
     from .jobs_api import router as jobs_router  # REST jobs: /v1/process, /v1/status, templates
     from .metrics import router as metrics_router  # Prometheus /metrics
 
