@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -244,7 +245,7 @@ def test_window_plan_owns_every_frame_once(tdt_dir, long_clip):
         owned.append((first + start, first + stop))
         at = first + stop
     assert owned[0][0] == 0 and owned[-1][1] == total == at
-    assert all(a[1] == b[0] for a, b in zip(owned, owned[1:]))  # no gap, no overlap
+    assert all(a[1] == b[0] for a, b in pairwise(owned))  # no gap, no overlap
     with pytest.raises(ConfigError, match="at most a third"):
         ParakeetAsr(tdt_dir, max_whole_s=8.0, window_context_s=3.0)
 
