@@ -6,7 +6,7 @@ Wyoming's ``info`` lists codes. One table serves both, and lets users send eithe
 
 from __future__ import annotations
 
-__all__ = ["WHISPER_LANGUAGES", "language_code", "language_name"]
+__all__ = ["WHISPER_LANGUAGES", "language_code", "language_name", "primary_language"]
 
 _TABLE = """
 en english|zh chinese|de german|es spanish|ru russian|ko korean|fr french|ja japanese|
@@ -39,3 +39,25 @@ def language_code(value: str) -> str:
     """Accept a code or an English name (any case): ``"English"`` -> ``"en"``."""
     lowered = value.strip().lower()
     return _BY_NAME.get(lowered, lowered)
+
+
+_DETECT = ("", "auto", "multi")
+
+
+def primary_language(value: str | None) -> str | None:
+    """Any form of a language a client sends -> voxgate's primary code; None means "detect".
+
+    The one rule every door uses: ``"en-US"``, ``"en_us"``, ``"EN"`` and ``"English"`` are
+    ``"en"``; ``""``, ``"auto"`` and ``"multi"`` (Riva) are None. Raises ValueError (the message
+    quotes the value) when it is neither a language name nor a 2-3 letter code.
+    """
+    text = (value or "").strip()
+    if text.lower() in _DETECT:
+        return None
+    by_name = _BY_NAME.get(text.lower())
+    if by_name:
+        return by_name
+    primary = text.replace("_", "-").split("-")[0].lower()
+    if not primary.isascii() or not primary.isalpha() or not 2 <= len(primary) <= 3:
+        raise ValueError(f"not a language code: {text[:40]!r}")
+    return primary

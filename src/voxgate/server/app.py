@@ -21,7 +21,8 @@ from fastapi.staticfiles import StaticFiles
 from ..config import Settings
 from ..engines.manager import ModelManager
 from ..errors import AudioError, ConfigError, EngineError, ModelError, VoxgateError
-from .deps import api_key_from_headers, key_is_valid, require_api_key
+from ..version import package_version
+from .deps import api_key_from_headers, is_loopback_host, key_is_valid, require_api_key
 from .redact import install as install_redaction
 from .state import AppState, Component
 
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        if not settings.api_keys and not is_loopback_host(settings.host):
             raise ConfigError("VOXGATE_API_KEYS is empty: refusing to serve without auth on "
                               f"{settings.host}; set keys or bind to 127.0.0.1")
         if not settings.api_keys:
@@ -104,7 +105,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
 
     state.ready_checks.append(_models_check(state))
     # the API description is served below, behind the API key like the API itself
-    app = FastAPI(title="voxgate", version=_version(), lifespan=lifespan, docs_url=None,
+    app = FastAPI(title="voxgate", version=package_version(), lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.state.voxgate = state
 
@@ -115,7 +116,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, Any]:
         """Liveness: the process serves requests."""
-        return {"status": "ok", "version": _version()}
+        return {"status": "ok", "version": package_version()}
 
     @app.get("/ready", tags=["ops"])
     async def ready(request: Request) -> JSONResponse:

@@ -43,6 +43,7 @@ from ..errors import (
     ModelError,
     VoxgateError,
 )
+from ..languages import primary_language
 from ..streaming import (
     PcmInput,
     StreamConfig,
@@ -69,15 +70,12 @@ _PUNCTUATION = str.maketrans("", "", "".join(c for c in string.punctuation if c 
 
 def riva_language(code: str, default: str = "en") -> str | None:
     """Riva ``language_code`` (``en-US``) -> voxgate's (``en``); ``multi`` -> detect (None)."""
-    code = (code or "").strip()
-    if not code:
+    if not (code or "").strip():
         return default
-    if code.lower() in ("multi", "auto"):
-        return None
-    primary = code.split("-")[0].split("_")[0].lower()
-    if not primary.isalpha() or not 2 <= len(primary) <= 3:
-        raise StreamConfigError("language_code", f"not a language code: {code!r}")
-    return primary
+    try:
+        return primary_language(code)
+    except ValueError as exc:
+        raise StreamConfigError("language_code", str(exc)) from None
 
 
 class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):

@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ..audio import SAMPLE_RATE, StreamResampler, pcm16_to_float32
+from ..engines.priority import Priority
 from ..errors import (
     AudioTooLongError,
     ConfigError,
@@ -42,9 +43,10 @@ from ..errors import (
     ProtocolError,
     VoxgateError,
 )
-from ..engines.priority import Priority
+from ..languages import primary_language
 from ..models import CATALOGUE, get_spec
 from ..transcriber import FileTranscriber, TranscribeRequest
+from ..version import package_version
 from .deps import is_loopback_host
 from .limits import transcription_slots
 from .model_cards import client_model_id, model_cards, model_languages
@@ -322,7 +324,6 @@ class WyomingSttHandler:
         """``info``: one ASR program whose models are the installed ASR models."""
         from wyoming.info import AsrModel, AsrProgram, Attribution, Info
 
-        from .app import _version  # the package version /health reports
 
         settings = self.state.settings
         cards = [c for c in model_cards(settings, self.state.manager)
@@ -338,18 +339,17 @@ class WyomingSttHandler:
         program = AsrProgram(
             name="voxgate", description="voxgate speech recognition",
             attribution=Attribution(name="voxgate", url=f"http://{settings.host}:{settings.port}/"),
-            installed=True, version=_version(), models=models,
+            installed=True, version=package_version(), models=models,
             supports_transcript_streaming=self.streaming is not None,
         )
-        return Info(asr=[program], tts=self.tts.programs(_version()))
+        return Info(asr=[program], tts=self.tts.programs(package_version()))
 
     def _transcribe(self, request: Any) -> None:
         self.failed = False
         self.model = self.state.settings.asr.model
         if request.name:
             self.model = client_model_id(self.state.settings, request.name, "asr")
-        language = (request.language or "").replace("_", "-").split("-")[0].lower()
-        self.language = language if language and language != "auto" else None
+        self.language = primary_language(request.language)  # ValueError: bad-request
 
     async def _start_audio(self, rate: int, width: int, channels: int) -> None:
         await self._reset()
