@@ -96,6 +96,9 @@ class AgentConfig:
         a = settings.agent
         base = cls(**{f.name: getattr(a, f.name) for f in dataclasses.fields(cls)
                       if hasattr(a, f.name)})
+        for name in ("voice", "asr_model", "partial_model", "llm_model"):
+            if not getattr(base, name):
+                setattr(base, name, None)  # an empty setting: the server's default engine
         names = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():
             if key not in names:
