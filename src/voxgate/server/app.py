@@ -194,12 +194,3 @@ async def _sweep_models(state: AppState) -> None:
     while True:
         await asyncio.sleep(interval)
         await asyncio.to_thread(state.manager.sweep)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("voxgate")
-    except PackageNotFoundError:
-        return "0+unknown"
