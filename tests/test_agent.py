@@ -529,3 +529,64 @@ async def test_a_client_that_stops_reading_ends_the_session():
         assert any(isinstance(e, AgentError) and e.code == "client_not_reading" for e in events)
     finally:
         await session.close()
+
+
+# ---------------------------------------------------------------- real end to end
+@pytest.fixture(scope="module")
+def real_parts(settings, manager):
+    """Real engines: Whisper (finals base, partials tiny.en) + Silero, Qwen GGUF, Piper joe."""
+    from conftest import require_pack
+
+    for model_id in ("whisper-base", "whisper-tiny.en", "qwen2.5-coder-1.5b-instruct-q4km",
+                     "en_US-joe-medium"):
+        require_pack(model_id, settings.cache_dir)
+    from voxgate.speech import SpeechService
+
+    speech = SpeechService(settings, manager)
+    question, rate = speech.synthesize("What is the capital city of France?")
+    from voxgate.audio import resample
+
+    return speech, resample(question, rate, RATE)
+
+
+@pytest.mark.slow
+async def test_real_voice_turn_is_answered_in_speech_that_says_the_reply(settings, manager,
+                                                                          real_parts):
+    from conftest import wer
+
+    from voxgate.agent import AgentService
+    from voxgate.audio import resample
+    from voxgate.engines.base import AsrOptions
+    from voxgate.streaming import StreamingService
+
+    speech, question = real_parts
+    streaming = StreamingService(settings, manager)
+    await streaming.start()
+    service = AgentService(settings, manager, streaming, speech)
+    session = await service.open(service.config(
+        max_reply_tokens=40, system_prompt="Answer in one short sentence."))
+    events = Events(session)
+    try:
+        audio = np.concatenate([np.zeros(RATE // 4, np.float32), question,
+                                np.zeros(RATE * 2, np.float32)])
+        step = RATE // 10
+        for i in range(0, audio.size, step):  # 2x real time: the input clock drives turns
+            await session.accept(audio[i:i + step])
+            await asyncio.sleep(0.05)
+        user = await events.wait(lambda e: isinstance(e, TurnEnded) and e.role == "user", 60)
+        assert wer("what is the capital city of france", user.text) <= 0.15, user.text
+        end = await events.wait(_agent_end, 120)
+        assert end.reason == "completed" and "paris" in end.text.lower(), end.text
+        reply_audio = np.concatenate([a.audio for a in events.of(AgentAudio)])
+        assert events.of(AgentAudio)[0].sample_rate == session.output_sample_rate
+        heard = manager.asr("whisper-base").transcribe(
+            resample(reply_audio, session.output_sample_rate, RATE),
+            AsrOptions(language="en")).text
+        assert wer(end.text, heard) <= 0.2, (end.text, heard)
+        latency = await events.wait(lambda e: isinstance(e, TurnLatency))
+        assert latency.voice_to_voice_s is not None and latency.llm_ttft_s is not None
+        assert [i.role for i in session.history] == ["user", "assistant"]
+    finally:
+        await session.close()
+        await streaming.stop()
+    assert not service.sessions and not streaming.sessions  # slots and models released
