@@ -26,6 +26,8 @@ class Segment:
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
     confidence: float = 1.0
+    tokens: list[int] = field(default_factory=list)  # the model's token ids of ``text``
+    temperature: float = 0.0  # Whisper: the temperature ``text`` was decoded at (fallback)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

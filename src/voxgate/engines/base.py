@@ -61,6 +61,10 @@ class AsrOptions:
     initial_prompt: str | None = None
     hotwords: str | None = None
     temperature: float = 0.0
+    # Whisper only: a chunk decoded at temperature 0 whose text loops (gzip compression ratio
+    # > 2.4) or is unsure (mean log-prob < -1, unless silent) is decoded again at 0.2, 0.4 ...
+    # 1.0 as Whisper does (OpenAI's temperature=0); sampling is seeded, so output repeats
+    temperature_fallback: bool = False
     # Whisper only, opt-in (live streams): encode a window of the longest chunk plus this
     # margin, rounded up to whole seconds, instead of Whisper's fixed 30 s. None: 30 s.
     window_margin_s: float | None = None
@@ -78,6 +82,7 @@ class AsrOptions:
             "initial_prompt": self.initial_prompt,
             "hotwords": self.hotwords,
             "temperature": self.temperature,
+            **({"temperature_fallback": True} if self.temperature_fallback else {}),
             **({"window_margin_s": self.window_margin_s}
                if self.window_margin_s is not None else {}),
         }
