@@ -128,7 +128,7 @@ def start_live_server(settings: Any, manager: Any) -> Iterator[LiveServer]:
     """The live-transcription server: streaming service + Riva gRPC on free ports."""
     from voxgate.server.app import create_app, uvicorn_options
     from voxgate.server.grpc_riva import RivaGrpcServer
-    from voxgate.server.ws import StreamingComponent
+    from voxgate.server.live_streams import StreamingComponent
 
     grpc_server = RivaGrpcServer(settings, port=0)
     app = create_app(settings, manager, components=[StreamingComponent(settings), grpc_server])

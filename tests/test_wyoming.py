@@ -168,7 +168,7 @@ def test_malformed_event_gets_an_error_then_hang_up(wyoming_server):
 @pytest.fixture(scope="module")
 def streaming_wyoming(settings, manager):
     """Wyoming beside the live-transcription service: the streaming variant is on."""
-    from voxgate.server.ws import StreamingComponent
+    from voxgate.server.live_streams import StreamingComponent
 
     component = WyomingServer("tcp://127.0.0.1:0")
     parts = [StreamingComponent(settings), component]

@@ -35,7 +35,7 @@ _WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 def _components(settings: Settings) -> list[Component]:
     """The server's long-lived parts, in start order (later issues add theirs here)."""
     parts: list[Component] = []
-    from .ws import StreamingComponent  # live ASR sessions shared by WebSocket, gRPC, Wyoming
+    from .live_streams import StreamingComponent  # live ASR shared by every live door
 
     parts.append(StreamingComponent(settings))
     from .agent_doors import AgentComponent  # voice agent sessions (/v1/agent, VoiceWorkflow)

@@ -119,7 +119,7 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         return options
 
     def _config(self, options: dict[str, Any]) -> StreamConfig:
-        from .ws import streaming_service
+        from .live_streams import streaming_service
 
         try:
             return streaming_service(self.state).config(**options)
@@ -246,7 +246,7 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                                  context: grpc.aio.ServicerContext
                                  ) -> AsyncIterator[rasr.StreamingRecognizeResponse]:
         await self._authorize(context)
-        from .ws import streaming_service
+        from .live_streams import streaming_service
 
         session = None
         idle_s = self.settings.streaming.idle_timeout_s

@@ -20,17 +20,15 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from ..errors import AudioError, ConfigError, EngineError, ModelError
+from ..errors import AudioError, EngineError
 from ..streaming import (
     AsrSession,
     PcmInput,
-    StreamConfig,
     StreamConfigError,
-    StreamingService,
     StreamLimitError,
 )
 from .deps import websocket_api_key_ok
-from .model_cards import client_model_id
+from .live_streams import StreamingComponent, streaming_service
 from .state import AppState
 from .wire import (
     CLOSE_INTERNAL,
@@ -49,74 +47,11 @@ from .wire import (
     parse_client_text,
 )
 
+# StreamingComponent and streaming_service live in live_streams; re-exported for old imports
 __all__ = ["StreamingComponent", "router", "streaming_service"]
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["live"])
-
-
-class StreamingComponent(StreamingService):
-    """The shared :class:`StreamingService` as a server component: adds /ready and /metrics."""
-
-    async def start(self, state: Any = None) -> None:
-        await super().start(state)
-        if state is None:
-            return
-        state.ready_checks.append(self._ready)
-        try:
-            from .metrics import metrics_of
-
-            metrics_of(state).add_source(self._metrics)
-        except ImportError:  # prometheus_client missing: /metrics is off anyway
-            logger.debug("prometheus_client not installed; no streaming metrics")
-
-    async def stop(self, state: Any = None) -> None:
-        if state is not None:
-            state.remove_ready_checks(self._ready)
-        await super().stop(state)
-
-    def config(self, **overrides: Any) -> StreamConfig:
-        """A network client's options: models only from what the server offers to clients."""
-        for name in ("final_model", "partial_model"):
-            if overrides.get(name) is not None:
-                try:
-                    overrides[name] = client_model_id(self.settings, overrides[name], "asr")
-                except (ModelError, ConfigError) as exc:
-                    raise StreamConfigError(name, str(exc)) from None
-        return super().config(**overrides)
-
-    async def _ready(self) -> tuple[str, bool, str]:
-        ok = self.scheduler.running
-        return "streaming", ok, (f"{self.active}/{self.max_streams} streams" if ok
-                                 else "decode scheduler not running")
-
-    def _metrics(self):  # -> Iterator[Metric]
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        stats = self.scheduler.stats
-        yield GaugeMetricFamily("voxgate_streams_active", "Live ASR streams open now",
-                                value=self.active)
-        yield CounterMetricFamily("voxgate_streams_opened", "Live ASR streams opened",
-                                  value=self.opened_total)
-        yield CounterMetricFamily("voxgate_stream_finals", "Final results decoded",
-                                  value=stats.finals)
-        yield CounterMetricFamily("voxgate_stream_final_batches", "Batched final decode calls",
-                                  value=stats.final_batches)
-        yield CounterMetricFamily("voxgate_stream_partials", "Partial results decoded",
-                                  value=stats.partials)
-        yield CounterMetricFamily("voxgate_stream_partials_dropped",
-                                  "Partials skipped because compute fell behind",
-                                  value=stats.dropped_partials)
-        yield GaugeMetricFamily("voxgate_stream_finals_queued", "Finals waiting to be decoded",
-                                value=self.scheduler.queued_finals)
-
-
-def streaming_service(state: AppState) -> StreamingService:
-    """The app's shared streaming service (a component started by the lifespan)."""
-    service = state.components.get("streaming")
-    if service is None:
-        raise EngineError("live streaming is not enabled in this server", retryable=False)
-    return service
 
 
 async def _send_error(ws: WebSocket, err: ErrorMessage) -> None:
