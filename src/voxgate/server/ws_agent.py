@@ -222,7 +222,6 @@ async def agent_socket(ws: WebSocket) -> None:
                                            CLOSE_POLICY, "unauthorized"))
         return
     limits = settings.streaming
-    idle_s = min(settings.agent.idle_timeout_s, max(limits.idle_timeout_s, 1.0) * 4)
     session: AgentSession | None = None
     writer: asyncio.Task[ErrorMessage | None] | None = None
     try:
@@ -243,7 +242,9 @@ async def agent_socket(ws: WebSocket) -> None:
             "barge_in": config.barge_in})
         writer = asyncio.create_task(_write_events(ws, session, start.output_encoding),
                                      name=f"agent-writer-{session.id}")
-        fatal = await _read_input(ws, session, pcm, idle_s, limits.max_frame_bytes, writer)
+        # after the config, idleness is the session's own rule (no speech, text or reply for
+        # VOXGATE_AGENT__IDLE_TIMEOUT_S): a client waiting for a long reply is not idle
+        fatal = await _read_input(ws, session, pcm, limits.max_frame_bytes, writer)
         if fatal is not None:
             await _send_error(ws, fatal)
             return
@@ -266,7 +267,7 @@ async def agent_socket(ws: WebSocket) -> None:
             await session.close()
 
 
-async def _receive(ws: WebSocket, idle_s: float) -> dict[str, Any]:
+async def _receive(ws: WebSocket, idle_s: float | None) -> dict[str, Any]:
     try:
         message = await asyncio.wait_for(ws.receive(), idle_s)
     except TimeoutError:
@@ -289,13 +290,12 @@ async def _receive_config(ws: WebSocket, idle_s: float, max_bytes: int) -> Agent
     return AgentStart.from_wire(text)
 
 
-async def _read_input(ws: WebSocket, session: AgentSession, pcm: PcmInput, idle_s: float,
-                      max_bytes: int, writer: asyncio.Task[ErrorMessage | None]
-                      ) -> ErrorMessage | None:
+async def _read_input(ws: WebSocket, session: AgentSession, pcm: PcmInput, max_bytes: int,
+                      writer: asyncio.Task[ErrorMessage | None]) -> ErrorMessage | None:
     """Client messages -> the session, until ``end`` (then the writer finishes) or a fatal
     session error (returned for the caller to send)."""
     while True:
-        receive = asyncio.ensure_future(_receive(ws, idle_s))
+        receive = asyncio.ensure_future(_receive(ws, None))
         done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
         if receive not in done:  # the session ended by itself (idle, not reading, ASR died)
             receive.cancel()
