@@ -67,17 +67,25 @@ def key_is_valid(settings: Settings, presented: str | None) -> bool:
     return ok
 
 
-def api_key_from_headers(headers: object) -> str | None:
-    """``X-API-Key: k`` or ``Authorization: Bearer k``."""
-    get = getattr(headers, "get")
-    key = get("x-api-key")
-    if key:
-        return key.strip()
-    auth = get("authorization") or ""
-    scheme, _, token = auth.partition(" ")
+def presented_key(x_api_key: str | None, authorization: str | None, *,
+                  bare_authorization: bool = False) -> str | None:
+    """The one rule for reading a key off a request, whatever the door: ``X-API-Key: k`` first,
+    else ``Authorization: Bearer k`` (gRPC also takes a bare ``authorization: k``, as Riva's
+    clients send it)."""
+    if x_api_key and x_api_key.strip():
+        return x_api_key.strip()
+    scheme, _, token = (authorization or "").strip().partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
+    if bare_authorization and scheme and not token:
+        return scheme
     return None
+
+
+def api_key_from_headers(headers: object) -> str | None:
+    """``X-API-Key: k`` or ``Authorization: Bearer k`` from HTTP / WebSocket headers."""
+    get = getattr(headers, "get")
+    return presented_key(get("x-api-key"), get("authorization"))
 
 
 async def require_api_key(request: Request) -> None:

@@ -10,20 +10,19 @@ from __future__ import annotations
 import grpc
 
 from ..config import Settings
-from .deps import key_is_valid
+from .deps import key_is_valid, presented_key
 
 __all__ = ["api_key", "authorize"]
 
 
 def api_key(context: grpc.aio.ServicerContext) -> str | None:
-    """The API key a call presents in its metadata, if any."""
+    """The API key a call presents in its metadata, if any (``deps.presented_key``'s rule)."""
+    first: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
-        if key == "x-api-key" and value:
-            return str(value).strip()
-        if key == "authorization" and value:
-            scheme, _, token = str(value).strip().partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token else str(value).strip()
-    return None
+        if key in ("x-api-key", "authorization") and value and key not in first:
+            first[key] = str(value)
+    return presented_key(first.get("x-api-key"), first.get("authorization"),
+                         bare_authorization=True)
 
 
 async def authorize(settings: Settings, context: grpc.aio.ServicerContext) -> None:
