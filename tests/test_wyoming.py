@@ -128,7 +128,9 @@ def test_errors_are_events_and_the_connection_survives(wyoming_server, librivox)
             answers = []
             for event in (Transcribe(name="no-such-model").event(),
                           Transcribe(name="silero-vad").event(),
-                          AudioStart(rate=16_000, width=3, channels=1).event()):
+                          AudioStart(rate=16_000, width=3, channels=1).event(),
+                          AudioStart(rate=4000, width=2, channels=1).event(),
+                          Transcribe(language="12-34").event()):
                 await client.write_event(event)
                 answers.append(Error.from_event(await client.read_event()))
             await client.write_event(AudioStop().event())  # ends the failed stream quietly
@@ -145,9 +147,9 @@ def test_errors_are_events_and_the_connection_survives(wyoming_server, librivox)
             return answers, pong, Transcript.from_event(await client.read_event())
 
     answers, pong, transcript = _run(go())
-    assert [a.code for a in answers] == ["model-error", "bad-request", "bad-request",
-                                         "bad-request"]
+    assert [a.code for a in answers] == ["model-error"] + ["bad-request"] * 5
     assert "no-such-model" in answers[0].text and "width" in answers[2].text
+    assert "rate=4000" in answers[3].text and "'12-34'" in answers[4].text
     assert pong.text == "still there?"
     assert wer(clip.text, transcript.text) <= 0.15
 

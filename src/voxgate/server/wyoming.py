@@ -32,7 +32,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, StreamResampler, pcm16_to_float32
 from ..engines.priority import Priority
 from ..errors import (
     AudioTooLongError,
@@ -45,6 +44,7 @@ from ..errors import (
 )
 from ..languages import primary_language
 from ..models import CATALOGUE, get_spec
+from ..stream_config import PcmInput, StreamConfigError
 from ..transcriber import FileTranscriber, TranscribeRequest
 from ..version import package_version
 from .deps import is_loopback_host
@@ -104,24 +104,26 @@ def parse_wyoming_uri(uri: str) -> WyomingAddress:
     raise ConfigError(f"Wyoming URI {uri!r}: use tcp://HOST:PORT or unix:///path/to.sock")
 
 
-def _pcm_to_float32(data: bytes, width: int) -> np.ndarray:
-    if width == 2:
-        return pcm16_to_float32(data)
-    raise ProtocolError(f"sample width {width} bytes is not supported; send 16-bit PCM (width 2)")
-
-
 class _AudioIn:
-    """One audio stream's converter: raw PCM in its own format -> float32 mono 16 kHz."""
+    """One audio stream's converter: raw PCM in its own format -> float32 mono 16 kHz.
+
+    The conversion is the one every live door uses (:class:`~voxgate.streaming.PcmInput`);
+    what Wyoming adds is that a sample frame may straddle two chunks, and the stream limits.
+    """
 
     def __init__(self, rate: int, width: int, channels: int, max_bytes: int,
                  received: int = 0, max_seconds: float | None = None,
                  seconds: float = 0.0) -> None:
-        if rate <= 0 or channels <= 0:
-            raise ProtocolError(f"invalid audio format: rate={rate} channels={channels}")
-        _pcm_to_float32(b"", width)  # rejects an unsupported width up front
+        if width != 2:
+            raise ProtocolError(f"sample width {width} bytes is not supported; send 16-bit PCM "
+                                "(width 2)")
+        try:
+            self.pcm = PcmInput("pcm16", rate, channels)
+        except StreamConfigError as exc:
+            raise ProtocolError(f"invalid audio format: rate={rate} channels={channels} "
+                                f"({exc})") from None
         self.format = (rate, width, channels)
         self.frame_bytes = width * channels
-        self.resampler = StreamResampler(rate, SAMPLE_RATE, channels)
         self.pending = b""  # a partial frame waiting for the rest of its bytes
         self.received = received
         self.max_bytes = max_bytes
@@ -143,14 +145,14 @@ class _AudioIn:
         self.pending = data[usable:]
         if not usable:
             return np.zeros(0, np.float32)
-        return self.resampler.process(_pcm_to_float32(data[:usable], self.format[1]))
+        return self.pcm.convert(data[:usable])
 
     def flush(self) -> np.ndarray:
         """End of the stream (or of this format): the samples still in the resampler."""
         if self.pending:
             logger.warning("dropping %d bytes of a partial audio frame", len(self.pending))
             self.pending = b""
-        return self.resampler.flush()
+        return self.pcm.flush()
 
 
 class _WholeUtterance:
