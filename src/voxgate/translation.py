@@ -162,11 +162,12 @@ class TranslationService:
 
     def __init__(self, settings: Settings, manager: Any | None = None,
                  streaming: StreamingService | None = None,
-                 speech: SpeechService | None = None) -> None:
+                 speech: SpeechService | None = None, mt: Mt | None = None) -> None:
         self.settings = settings
         self.manager = manager
         self.streaming = streaming
         self.speech = speech
+        self.mt = mt  # an engine to use instead of VOXGATE_TRANSLATION__MT (embedding, tests)
         self.max_sessions = settings.translation.max_sessions
         self.sessions: dict[str, TranslateSession | None] = {}
         self.opened_total = 0
@@ -213,8 +214,8 @@ class TranslationService:
         stack = contextlib.AsyncExitStack()
         try:
             voices = await asyncio.to_thread(self._voices, config)
-            mt = await asyncio.to_thread(stack.enter_context, open_mt(self.settings,
-                                                                      self.manager))
+            mt = self.mt or await asyncio.to_thread(stack.enter_context,
+                                                    open_mt(self.settings, self.manager))
             asr = await self.streaming.open(self._asr_config(config))
             stack.push_async_callback(asr.close)
         except ModelError as exc:

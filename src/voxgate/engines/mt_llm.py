@@ -88,7 +88,7 @@ def check_translation(source: str, output: str, target: str,
     if match and not _COMMENTARY.search(source):
         return f"commentary instead of a translation ({match.group(0).strip()!r})"
     for phrase in options.dnt:
-        if phrase and phrase.lower() in source.lower() and phrase not in output:
+        if phrase and phrase.lower() in source.lower() and phrase.lower() not in output.lower():
             return f"the do-not-translate phrase {phrase!r} was changed"
     for term, wanted in options.glossary:
         if term and term.lower() in source.lower() and wanted.lower() not in output.lower():

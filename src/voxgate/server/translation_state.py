@@ -1,0 +1,64 @@
+"""The app's one :class:`~voxgate.translation.TranslationService`, shared by every translation door
+(WebSocket ``/ws/translate``, Riva ``RivaTranslation`` streaming): one slot count, one set of
+loaded models. A server component (started after ``streaming``) that adds a /ready check and
+/metrics; :func:`translation_service` finds it, or creates it for apps built with an explicit
+component list (tests) that left it out.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import EngineError
+from ..translation import TranslationService
+from .state import AppState
+
+__all__ = ["TranslationComponent", "translation_service"]
+
+logger = logging.getLogger(__name__)
+
+
+class TranslationComponent(TranslationService):
+    """:class:`TranslationService` as a server component: /ready and /metrics."""
+
+    async def start(self, state: Any = None) -> None:
+        await super().start(state)
+        if state is None:
+            return
+        state.ready_checks.append(self._ready)
+        try:
+            from .metrics import metrics_of
+
+            metrics_of(state).add_source(self._metrics)
+        except ImportError:  # prometheus_client missing: /metrics is off anyway
+            logger.debug("prometheus_client not installed; no translation metrics")
+
+    async def stop(self, state: Any = None) -> None:
+        if state is not None:
+            state.remove_ready_checks(self._ready)
+        await super().stop(state)
+
+    async def _ready(self) -> tuple[str, bool, str]:
+        return "translation", True, f"{self.active}/{self.max_sessions} translation streams"
+
+    def _metrics(self):  # -> Iterator[Metric]
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily("voxgate_translation_streams_active",
+                                "Live translation streams open now", value=self.active)
+        yield CounterMetricFamily("voxgate_translation_streams_opened",
+                                  "Live translation streams opened", value=self.opened_total)
+
+
+async def translation_service(state: AppState) -> TranslationService:
+    """The app's translation service; started on first use when the app has none."""
+    service = state.components.get("translation")
+    if service is None:
+        if state.components.get("streaming") is None:
+            raise EngineError("live translation needs live streaming, which is not enabled in "
+                              "this server", retryable=False)
+        service = TranslationService(state.settings, state.manager)
+        await service.start(state)
+        service = state.components.setdefault("translation", service)
+    return service

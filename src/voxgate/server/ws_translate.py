@@ -1,0 +1,313 @@
+"""WebSocket ``/ws/translate``: live EN <-> RU speech-to-speech translation (seed 002's contract).
+
+First message: JSON ``WsControl`` ``{src, tgt, mode, sample_rate, channels}`` (unknown fields
+ignored); then binary Int16 PCM frames (48 kHz interleaved by default), ``__flush__`` or
+``{"type": "flush"}`` to end the utterance now, ``{"type": "end"}`` to end the stream. Per
+utterance the server sends JSON ``WsAstResult`` ``{src, tgt, text, transcript, timestamps,
+tts_failed?}`` followed by one binary WAV (PCM_16) of the translated speech (``"audio": true``
+says a WAV follows). Bonus messages carry a ``type`` (``ready``, ``partial``, ``transcript``,
+``error``). The protocol with examples is in ``docs/protocol.md``.
+
+The door is thin: it parses wire messages, converts audio (``PcmInput``), feeds a
+:class:`~voxgate.translation.TranslateSession` and writes its events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from ..audio import encode_audio
+from ..errors import AudioError, EngineError
+from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
+from ..translation import TranslateConfig, TranslateEvent, TranslateSession
+from .deps import websocket_api_key_ok
+from .state import AppState
+from .translation_state import translation_service
+from .wire import (
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNSUPPORTED,
+    ErrorMessage,
+    WireError,
+)
+
+__all__ = ["WsAstResult", "WsControl", "router"]
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["live"])
+
+FLUSH_TEXT = "__flush__"
+_MAX_GLOSSARY = 100
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = data.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and kind is int or not isinstance(value, kind):
+        raise WireError(f"{name}: wrong type {type(value).__name__}", field=name,
+                        code="bad_config")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WsControl:
+    """The first message. ``mode`` overrides ``src``/``tgt``; unknown fields are ignored.
+
+    Extras beyond the seed: ``partials`` (bool), ``glossary`` ({source term: target term}),
+    ``dnt`` (list of phrases kept as they are).
+    """
+
+    config: TranslateConfig
+    mode: str
+    sample_rate: int = 48_000
+    channels: int = 1
+
+    @classmethod
+    def from_wire(cls, text: str) -> WsControl:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise WireError(f"the control message is not valid JSON ({exc.msg} at char "
+                            f"{exc.pos}); send e.g. {{\"mode\": \"ru->en\"}} first",
+                            close_code=CLOSE_UNSUPPORTED, code="bad_json") from None
+        if not isinstance(data, dict):
+            raise WireError("the control message must be a JSON object", field="type",
+                            close_code=CLOSE_UNSUPPORTED, code="bad_json")
+        glossary = _field(data, "glossary", dict, {})
+        dnt = _field(data, "dnt", list, [])
+        if len(glossary) > _MAX_GLOSSARY or len(dnt) > _MAX_GLOSSARY:
+            raise WireError(f"glossary and dnt take at most {_MAX_GLOSSARY} entries each",
+                            field="glossary", code="bad_config")
+        if not all(isinstance(k, str) and isinstance(v, str) and k.strip() and v.strip()
+                   for k, v in glossary.items()):
+            raise WireError("glossary: must map source terms to target terms (strings)",
+                            field="glossary", code="bad_config")
+        if not all(isinstance(p, str) and p.strip() for p in dnt):
+            raise WireError("dnt: must be a list of phrases (strings)", field="dnt",
+                            code="bad_config")
+        try:
+            config = TranslateConfig.of(
+                _field(data, "src", str, "auto"), _field(data, "tgt", str, None),
+                _field(data, "mode", str, None), partials=_field(data, "partials", bool, True),
+                glossary=tuple(glossary.items()), dnt=tuple(dnt))
+        except StreamConfigError as exc:
+            raise WireError(str(exc), field=exc.field, code="bad_config") from None
+        mode = "auto" if config.src == "auto" else f"{config.src}->{config.target_for(config.src)}"
+        return cls(config, mode, _field(data, "sample_rate", int, 48_000),
+                   _field(data, "channels", int, 1))
+
+
+@dataclass(slots=True)
+class WsAstResult:
+    """One utterance's result; a binary WAV follows when ``audio`` is true."""
+
+    event: TranslateEvent
+    has_audio: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        e = self.event
+        out: dict[str, Any] = {"type": "result", "utterance_id": e.utterance_id, "src": e.src,
+                               "tgt": e.tgt, "text": e.text, "transcript": e.transcript,
+                               "timestamps": [{"start": w.start, "end": w.end,
+                                               "text": w.word.strip()} for w in e.words],
+                               "audio": self.has_audio}
+        if e.tts_failed:
+            out["tts_failed"] = True
+        if e.error:
+            out["error"] = e.error
+        return out
+
+
+def _wire_error(exc: BaseException) -> ErrorMessage:
+    if isinstance(exc, WireError):
+        return ErrorMessage(str(exc), exc.close_code, exc.code, exc.field)
+    if isinstance(exc, StreamConfigError):
+        return ErrorMessage(str(exc), CLOSE_POLICY, "bad_config", exc.field)
+    if isinstance(exc, StreamLimitError):
+        return ErrorMessage(str(exc), CLOSE_TRY_AGAIN, "busy")
+    if isinstance(exc, AudioError):
+        return ErrorMessage(str(exc), CLOSE_UNSUPPORTED, "bad_audio")
+    if isinstance(exc, EngineError):
+        return ErrorMessage(str(exc), CLOSE_INTERNAL, "engine_error")
+    return ErrorMessage("internal error", CLOSE_INTERNAL, "internal")
+
+
+async def _close_with(ws: WebSocket, err: ErrorMessage) -> None:
+    if ws.client_state != WebSocketState.CONNECTED:
+        return
+    with contextlib.suppress(Exception):  # the client may already be gone
+        await ws.send_json(err.to_wire())
+        await ws.close(err.close_code, err.message[:120])
+
+
+async def _receive(ws: WebSocket, idle_s: float, session: TranslateSession | None = None
+                   ) -> dict[str, Any]:
+    """Next client message; idle means silent for ``idle_s`` while owed no result."""
+    while True:
+        try:
+            message = await asyncio.wait_for(ws.receive(), idle_s)
+            break
+        except TimeoutError:
+            if session is not None and session.pending:
+                continue  # the client waits for translations (e.g. after a flush): not idle
+            raise WireError(f"no message for {idle_s:g} s: idle stream closed",
+                            code="idle_timeout") from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    return message
+
+
+@router.websocket("/ws/translate")
+async def live_translate(ws: WebSocket) -> None:
+    state: AppState = ws.app.state.voxgate
+    settings = state.settings
+    await ws.accept()
+    if not websocket_api_key_ok(ws, settings):
+        await _close_with(ws, ErrorMessage("invalid or missing API key (X-API-Key, "
+                                           "Authorization: Bearer, or ?api_key=)",
+                                           CLOSE_POLICY, "unauthorized"))
+        return
+    limits = settings.streaming
+    session: TranslateSession | None = None
+    writer: asyncio.Task[None] | None = None
+    try:
+        service = await translation_service(state)
+        service.check_capacity()  # answer a full server before reading anything
+        control = await _receive_control(ws, limits.idle_timeout_s, limits.max_frame_bytes)
+        pcm = PcmInput("pcm16", control.sample_rate, control.channels)
+        session = await service.open(control.config)
+        await ws.send_json({"type": "ready", "session_id": session.id, "mode": control.mode,
+                            "src": control.config.src, "tgt": control.config.tgt,
+                            "sample_rate": pcm.sample_rate, "channels": pcm.channels})
+        writer = asyncio.create_task(_write_events(ws, session), name=f"wst-writer-{session.id}")
+        await _read_audio(ws, session, pcm, limits.idle_timeout_s, limits.max_frame_bytes,
+                          writer)
+        await writer  # every utterance of the ended stream is sent
+        await ws.send_json({"type": "end", "audio_seconds": round(session.position, 3),
+                            "utterances": session.utterances_done})
+        await ws.close(CLOSE_NORMAL)
+    except WebSocketDisconnect:
+        logger.info("translation client went away%s",
+                    f" (stream {session.id})" if session else "")
+    except Exception as exc:  # every failure becomes an error message + close code
+        if not isinstance(exc, (WireError, StreamConfigError, StreamLimitError, AudioError)):
+            logger.exception("live translation stream failed")
+        if session is not None and writer is not None and not writer.done() \
+                and isinstance(exc, WireError):
+            await _finish_quietly(session, writer)  # deliver what was said before the error
+        await _close_with(ws, _wire_error(exc))
+    finally:
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+        if session is not None:
+            await session.close()
+
+
+async def _receive_control(ws: WebSocket, idle_s: float, max_bytes: int) -> WsControl:
+    message = await _receive(ws, idle_s)
+    if message.get("bytes") is not None:
+        raise WireError("audio arrived before the control message; send the JSON control "
+                        '(e.g. {"mode": "ru->en", "sample_rate": 48000}) first', field="type",
+                        code="config_expected")
+    text = message.get("text") or ""
+    if len(text.encode()) > max_bytes:
+        raise WireError(f"control message larger than {max_bytes} bytes",
+                        close_code=CLOSE_TOO_BIG, code="too_big")
+    if text.strip() == FLUSH_TEXT:
+        raise WireError("__flush__ arrived before the control message; send the JSON "
+                        "control first", field="type", code="config_expected")
+    return WsControl.from_wire(text)
+
+
+async def _read_audio(ws: WebSocket, session: TranslateSession, pcm: PcmInput, idle_s: float,
+                      max_bytes: int, writer: asyncio.Task[None]) -> None:
+    while True:
+        receive = asyncio.ensure_future(_receive(ws, idle_s, session))
+        done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if receive not in done:  # the writer failed (engine error): stop reading
+            receive.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receive
+            writer.result()
+            raise EngineError("translation stream ended unexpectedly")
+        message = receive.result()
+        data = message.get("bytes")
+        if data is not None:
+            if len(data) > max_bytes:
+                raise WireError(f"audio frame of {len(data)} bytes exceeds the {max_bytes}-byte "
+                                "limit; send smaller frames (e.g. 100 ms)",
+                                close_code=CLOSE_TOO_BIG, code="too_big")
+            try:
+                samples = pcm.convert(data)
+            except AudioError as exc:  # the seed's rule: drop the frame, say so, go on
+                logger.warning("translation %s: frame dropped: %s", session.id, exc)
+                await ws.send_json({"type": "error", "code": "bad_frame", "message":
+                                    f"{exc}; this frame was dropped, the stream goes on"})
+                continue
+            await session.accept(samples)
+            continue
+        text = (message.get("text") or "").strip()
+        kind = _control_kind(text)
+        if kind == "flush":
+            await session.accept(pcm.flush())
+            await session.flush()
+        elif kind == "end":
+            await session.accept(pcm.flush())
+            await session.finish()
+            return
+        else:
+            await ws.send_json({"type": "error", "code": "bad_message", "message":
+                                f"expected binary audio, {FLUSH_TEXT!r}, {{\"type\": \"flush\"}} "
+                                f"or {{\"type\": \"end\"}}; got {text[:60]!r} (ignored)"})
+
+
+def _control_kind(text: str) -> str:
+    if text == FLUSH_TEXT:
+        return "flush"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return ""
+    kind = data.get("type") if isinstance(data, dict) else None
+    return kind if kind in ("flush", "end") else ""
+
+
+async def _write_events(ws: WebSocket, session: TranslateSession) -> None:
+    async for event in session.events():
+        if event.kind == "partial":
+            await ws.send_json({"type": "partial", "utterance_id": event.utterance_id,
+                                "text": event.text})
+        elif event.kind == "transcript":
+            await ws.send_json({"type": "transcript", "utterance_id": event.utterance_id,
+                                "src": event.src, "text": event.text})
+        elif event.kind == "unsupported_language":
+            await ws.send_json({"type": "error", "code": "unsupported_language",
+                                "utterance_id": event.utterance_id, "language": event.src,
+                                "transcript": event.transcript, "message": event.error})
+        elif event.kind == "done":
+            wav = (encode_audio(event.audio, event.sample_rate, "wav")
+                   if event.audio is not None and event.audio.size else None)
+            await ws.send_json(WsAstResult(event, wav is not None).to_wire())
+            if wav is not None:
+                await ws.send_bytes(wav)
+
+
+async def _finish_quietly(session: TranslateSession, writer: asyncio.Task[None]) -> None:
+    """Finish the open utterance and let the writer send it (bounded wait)."""
+    with contextlib.suppress(Exception):
+        await session.finish()
+        await asyncio.wait_for(asyncio.shield(writer), 60.0)

@@ -1,0 +1,171 @@
+"""LLM translation (engines/mt_llm.py): the real offline Qwen both ways, and the guard on a fake
+LLM whose answers are scripted (commentary, wrong script, wrong count, lost names)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from conftest import require_pack
+from voxgate.engines.base import ChatMessage, LlmCapabilities, Mt, MtOptions
+from voxgate.engines.mt_llm import LlmMt, check_translation, split_for_translation
+from voxgate.errors import ConfigError, EngineError
+
+RU = ["Сегодня очень хорошая погода.", "Мы пойдём гулять в парк с друзьями.",
+      "Вечером я буду читать книгу."]
+
+
+class ScriptedLlm:
+    """Answers from a list, one per request; records every request."""
+
+    name = "scripted"
+
+    def __init__(self, answers: Sequence[str], *, json_schema: bool = True) -> None:
+        self.answers = list(answers)
+        self.requests: list[dict[str, Any]] = []
+        self.capabilities = LlmCapabilities(json_schema=json_schema)
+
+    async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
+                     temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
+                     ) -> AsyncIterator[str]:
+        self.requests.append({"messages": list(messages), "temperature": temperature,
+                              "json_schema": json_schema})
+        answer = self.answers.pop(0)
+        for i in range(0, len(answer), 7):
+            yield answer[i:i + 7]
+
+    async def complete(self, messages: Sequence[ChatMessage], **kwargs: Any) -> str:
+        return "".join([d async for d in self.stream(messages, **kwargs)])
+
+    def version_info(self) -> dict[str, Any]:
+        return {"engine": self.name}
+
+
+def _answer(*items: str) -> str:
+    return json.dumps({"translations": list(items)}, ensure_ascii=False)
+
+
+@pytest.fixture(scope="module")
+def qwen(manager, settings):
+    require_pack(settings.llm.model, settings.cache_dir)
+    with manager.use("llm", settings.llm.model) as llm:
+        yield LlmMt(llm)
+
+
+def test_real_ru_to_en_is_aligned_and_english(qwen: LlmMt) -> None:
+    out = asyncio.run(qwen.translate_sentences(RU, "ru", "en"))
+    assert len(out) == len(RU)
+    joined = " ".join(out).lower()
+    assert all(check_translation(s, o, "en") is None for s, o in zip(RU, out))
+    for concept in ("weather", "park", "friends", "book"):
+        assert concept in joined, (concept, out)
+
+
+def test_real_en_to_ru_is_russian_deterministic_and_keeps_dnt_and_glossary(qwen: LlmMt) -> None:
+    options = MtOptions(dnt=("voxgate",), glossary=(("server", "сервер"),))
+    text = "The weather is very nice today. The server of voxgate is running."
+    first = asyncio.run(qwen.translate(text, "en", "ru", options=options))
+    sentences = split_for_translation(first)
+    assert len(sentences) == 2, first
+    assert all(check_translation(s, o, "ru", options) is None
+               for s, o in zip(split_for_translation(text), sentences))
+    assert "погод" in first.lower()
+    assert "voxgate" in first and "сервер" in first.lower()
+    assert asyncio.run(qwen.translate(text, "en", "ru", options=options)) == first
+
+
+def test_engine_meets_the_mt_protocol() -> None:
+    assert isinstance(LlmMt(ScriptedLlm([])), Mt)
+
+
+def test_request_is_deterministic_schema_bound_and_carries_context() -> None:
+    llm = ScriptedLlm([_answer("Hello.", "How are you?")])
+    mt = LlmMt(llm)
+    out = asyncio.run(mt.translate("Привет. Как дела?", "ru", "en",
+                                   options=MtOptions(context="Иван пришёл.")))
+    assert out == "Hello. How are you?"
+    request = llm.requests[0]
+    assert request["temperature"] == 0.0
+    items = request["json_schema"]["properties"]["translations"]
+    assert items["minItems"] == items["maxItems"] == 2
+    user = request["messages"][-1].content
+    assert "Иван пришёл." in user and "Привет." in user
+
+
+@pytest.mark.parametrize("bad", [
+    "Here is the translation: Hello.",
+    "Привет.",  # still Russian
+    "Translation: Hello.",
+])
+def test_guard_rejects_then_retries_with_the_reason(bad: str) -> None:
+    llm = ScriptedLlm([_answer(bad), _answer("Hello.")])
+    out = asyncio.run(LlmMt(llm).translate("Привет.", "ru", "en"))
+    assert out == "Hello."
+    assert len(llm.requests) == 2
+    assert "rejected" in llm.requests[1]["messages"][0].content
+
+
+def test_guard_gives_a_clear_error_after_one_retry() -> None:
+    llm = ScriptedLlm([_answer("Hello there."), _answer("Sure! Hello.")])
+    with pytest.raises(EngineError, match=r"en->ru failed.*2 attempts"):
+        asyncio.run(LlmMt(llm).translate("Hello there.", "en", "ru"))
+    assert len(llm.requests) == 2
+
+
+def test_wrong_sentence_count_is_rejected() -> None:
+    llm = ScriptedLlm([_answer("Hello. How are you?"), _answer("Hello.", "How are you?")])
+    assert asyncio.run(LlmMt(llm).translate_sentences(["Привет.", "Как дела?"], "ru", "en")) \
+        == ["Hello.", "How are you?"]
+    assert "1 translations for 2 sentences" in llm.requests[1]["messages"][0].content
+
+
+def test_without_schema_support_json_in_prose_still_parses() -> None:
+    llm = ScriptedLlm(["```json\n" + _answer("Good morning.") + "\n```"], json_schema=False)
+    assert asyncio.run(LlmMt(llm).translate("Доброе утро.", "ru", "en")) == "Good morning."
+    assert llm.requests[0]["json_schema"] is None
+
+
+def test_dnt_phrases_travel_as_marks_and_come_back_verbatim() -> None:
+    llm = ScriptedLlm([_answer("Откройте <x1>, пожалуйста.")])
+    out = asyncio.run(LlmMt(llm).translate("Please open VoxGate.", "en", "ru",
+                                           options=MtOptions(dnt=("voxgate",))))
+    assert out == "Откройте VoxGate, пожалуйста."
+    assert "<x1>" in llm.requests[0]["messages"][-1].content
+    lost = ScriptedLlm([_answer("Откройте воронку."), _answer("Откройте воронку.")])
+    with pytest.raises(EngineError, match="do-not-translate"):
+        asyncio.run(LlmMt(lost).translate("Please open VoxGate.", "en", "ru",
+                                          options=MtOptions(dnt=("voxgate",))))
+
+
+def test_glossary_term_is_checked() -> None:
+    llm = ScriptedLlm([_answer("Узел работает."), _answer("Сервер работает.")])
+    out = asyncio.run(LlmMt(llm).translate("The server is running.", "en", "ru",
+                                           options=MtOptions(glossary=(("server", "сервер"),))))
+    assert out == "Сервер работает."
+    assert "glossary" in llm.requests[1]["messages"][0].content
+
+
+def test_unsupported_pair_is_a_config_error_before_any_request() -> None:
+    llm = ScriptedLlm([])
+    with pytest.raises(ConfigError, match="'de'"):
+        asyncio.run(LlmMt(llm).translate("Hallo.", "de", "en"))
+    with pytest.raises(ConfigError, match="both"):
+        asyncio.run(LlmMt(llm).translate("Hello.", "en", "en"))
+    assert not llm.requests
+
+
+def test_splitting_keeps_abbreviations_and_initials() -> None:
+    assert split_for_translation("I met Dr. Smith. J. K. Rowling wrote it! Он ушёл... Да?") == [
+        "I met Dr. Smith.", "J. K. Rowling wrote it!", "Он ушёл...", "Да?"]
+    assert split_for_translation("  ") == []
+
+
+def test_script_check_ignores_kept_phrases_and_numbers() -> None:
+    assert check_translation("Open voxgate.", "Откройте voxgate.", "ru",
+                             MtOptions(dnt=("voxgate",))) is None
+    assert check_translation("2024", "2024", "en") is None
+    assert check_translation("Привет.", "", "en") == "an empty translation"
