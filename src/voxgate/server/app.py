@@ -41,6 +41,9 @@ def _components(settings: Settings) -> list[Component]:
     from .agent_doors import AgentComponent  # voice agent sessions (/v1/agent, VoiceWorkflow)
 
     parts.append(AgentComponent(settings))
+    from .translation_state import TranslationComponent  # live translation (after streaming)
+
+    parts.append(TranslationComponent(settings))
     if settings.grpc_port and importlib.util.find_spec("riva") is not None:  # extra "grpc"
         from .grpc_riva import RivaGrpcServer
 
@@ -171,6 +174,9 @@ def _routers() -> list[Any]:
     from .ws import router as ws_router  # WebSocket /v1/asr (live transcription)
 
     routers.append(ws_router)
+    from .ws_translate import router as translate_router  # WebSocket /ws/translate
+
+    routers.append(translate_router)
     return routers
 
 
