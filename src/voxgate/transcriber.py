@@ -39,6 +39,9 @@ class TranscribeRequest:
     initial_prompt: str | None = None
     hotwords: str | None = None
     temperature: float = 0.0
+    # Whisper: re-decode a chunk that loops or is unsure at rising temperatures (OpenAI's
+    # temperature=0); see AsrOptions.temperature_fallback
+    temperature_fallback: bool = False
     # who goes first on a shared model (engines.priority.Priority); file work by default, a
     # spoken command someone is waiting for (Wyoming) as a live final
     priority: int = Priority.FILE
@@ -47,7 +50,9 @@ class TranscribeRequest:
         return AsrOptions(language=self.language, task=self.task,  # type: ignore[arg-type]
                           beam_size=self.beam_size, word_timestamps=self.word_timestamps,
                           initial_prompt=self.initial_prompt, hotwords=self.hotwords,
-                          temperature=self.temperature, priority=self.priority)
+                          temperature=self.temperature,
+                          temperature_fallback=self.temperature_fallback,
+                          priority=self.priority)
 
 
 class FileTranscriber:
