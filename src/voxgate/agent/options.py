@@ -36,14 +36,17 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_out_buffer_s": (0.5, 600.0),
     "out_stall_timeout_s": (0.1, 600.0),
     "output_sample_rate": (8000, 48_000),
+    "vad_threshold": (0.01, 0.99),
+    "speech_pad_ms": (0, 1000),
 }
+_OPTIONAL = frozenset({"output_sample_rate", "vad_threshold", "speech_pad_ms"})  # None: default
 
 # what a network client may set in its config message (the rest is the server's)
 CLIENT_FIELDS = frozenset({
     "system_prompt", "language", "voice", "speed", "asr_model", "partial_model", "llm_model",
     "turn_detection", "auto_respond", "barge_in", "end_of_turn_ms", "unfinished_wait_ms",
     "min_words", "barge_in_min_ms", "barge_in_min_words", "resume_after_ms", "max_reply_tokens",
-    "temperature", "output_sample_rate", "asr_endpointing_ms"})
+    "temperature", "output_sample_rate", "asr_endpointing_ms", "vad_threshold", "speech_pad_ms"})
 
 
 @dataclass(slots=True)
@@ -87,6 +90,8 @@ class AgentConfig:
     max_out_buffer_s: float = 10.0
     out_stall_timeout_s: float = 10.0
     output_sample_rate: int | None = None  # None: the voice's own rate
+    vad_threshold: float | None = None  # the ASR stream's VAD (None: VOXGATE_STREAMING__*)
+    speech_pad_ms: int | None = None  # audio kept before detected speech (None: the server's)
     apology: str = "Sorry, I can't answer that right now."
     max_prompt_chars: int = 8000
 
@@ -130,7 +135,7 @@ class AgentConfig:
                 raise StreamConfigError(name, "must be true or false")
         for name, (low, high) in _RANGES.items():
             value = getattr(self, name)
-            if value is None and name == "output_sample_rate":
+            if value is None and name in _OPTIONAL:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise StreamConfigError(name, f"must be a number, got {value!r}")
