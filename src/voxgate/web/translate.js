@@ -88,11 +88,12 @@ function note(text, bad = false) {
 
 /** The log entry of one utterance (created by its transcript or its result, whichever is first). */
 function entryFor(id) {
-  let li = id ? ui.log.querySelector(`li[data-utterance="${CSS.escape(String(id))}"]`) : null;
+  const known = id !== undefined && id !== null;  // ids may start at 0
+  let li = known ? ui.log.querySelector(`li[data-utterance="${CSS.escape(String(id))}"]`) : null;
   if (!li) {
     li = document.createElement("li");
     li.className = "utterance";
-    if (id) li.dataset.utterance = String(id);
+    if (known) li.dataset.utterance = String(id);
     ui.log.append(li);
   }
   return li;
