@@ -75,6 +75,14 @@ class LlmSettings(BaseModel):
     summary_retries: int = Field(2, ge=0, le=10)  # re-asks after a schema validation error
     summary_max_tokens: int = Field(768, ge=32)
     cleanup_max_edit_rate: float = Field(0.35, ge=0.0, le=1.0)  # above: keep the raw chunk
+    # Cleanup (issue 14, bench/cleanup.py): "edits" asks for a JSON list of {old, new} edits
+    # checked in code (output tokens ~ edits), "rewrite" for the whole text again (slow)
+    cleanup_method: Literal["edits", "rewrite"] = "edits"
+    cleanup_model: str = ""  # empty: `model`; e.g. qwen2.5-coder-0.5b-instruct-q4km
+    cleanup_keep_words: bool = True  # only punctuation/casing may change: WER stays the raw's
+    cleanup_skip_punctuated: bool = True  # chunks the ASR punctuated and cased skip the LLM
+    cleanup_skip_min_confidence: float = Field(0.6, ge=0.0, le=1.0)  # ...when ASR is this sure
+    cleanup_chunk_words: int = Field(200, ge=20, le=2000)
 
 
 class TtsSettings(BaseModel):
