@@ -110,8 +110,8 @@ def test_cleanup_keeps_words_and_rejects_invented_content(settings: Settings) ->
     fixed = lambda m: m[-1].content.split("Excerpt:\n", 1)[1].strip().capitalize() + "."  # noqa: E731
     invented = "Here is a summary: the team discussed many unrelated things at length today."
     llm = ScriptedLlm([fixed, invented])
-    result = PostProcessor(llm, settings).clean(raw, chunk_words=200)
-    assert result.chunks == 2 and result.chunks_kept_raw == 1
+    result = PostProcessor(llm, settings).clean(raw, chunk_words=200, method="rewrite")
+    assert result.chunks == 2 and result.chunks_kept_raw == 1 and result.method == "rewrite"
     assert result.text.startswith("So we will ship")
     assert 0 < result.edit_rate < 0.05  # only casing/punctuation of chunk 1 changed
     # summed per-chunk edits (no whole-transcript O(n^2) pass) equal the whole-text distance

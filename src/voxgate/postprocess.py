@@ -1,8 +1,11 @@
 """LLM post-processing of transcripts: cleanup that keeps the words, and schema-checked summaries.
 
-* Cleanup goes chunk by chunk (a few hundred words each) and measures the word-level edit rate of
-  every chunk; a chunk the LLM changed more than ``llm.cleanup_max_edit_rate`` is kept raw, so
-  the model can fix punctuation and casing but cannot invent content.
+* Cleanup goes chunk by chunk (a few hundred words each). A chunk the ASR already punctuated and
+  cased is kept as is (no LLM call). Otherwise the LLM is asked for a JSON list of edits (or, with
+  ``llm.cleanup_method = "rewrite"``, the whole chunk again); the answer is applied and checked in
+  code (``text_edits``): edits must match the source, and with ``llm.cleanup_keep_words`` only
+  punctuation and casing may change, so the WER stays the raw ASR's. A chunk the LLM changed more
+  than ``llm.cleanup_max_edit_rate`` is kept raw, so the model cannot invent content.
 * Summaries follow a template: a JSON Schema (``templates/<id>.json``) plus a Jinja2 prompt
   (``templates/prompts/<id>.j2``). Output is schema-constrained where the engine supports it,
   then always validated with ``jsonschema``; on failure the validation error is fed back and the
@@ -28,6 +31,7 @@ from typing import Any
 from .config import Settings
 from .engines.base import ChatMessage, Llm
 from .errors import ConfigError, EngineError
+from .text_edits import apply_edits, edits_schema, keep_source_words, looks_punctuated
 
 __all__ = [
     "Template",
@@ -194,10 +198,23 @@ def _strip_wrapping(text: str) -> str:
 
 @dataclass
 class CleanResult:
+    """A cleaned transcript and what cleanup did (``enhancement_metrics`` of a job)."""
+
     text: str
     edit_rate: float
     chunks: int
-    chunks_kept_raw: int
+    chunks_kept_raw: int  # the model's answer was rejected whole (too many changes, unparsable)
+    method: str = "rewrite"
+    chunks_skipped: int = 0  # already punctuated by the ASR: no LLM call
+    chunks_changed: int = 0
+    edits_applied: int = 0
+    edits_rejected: int = 0
+
+    def metrics(self) -> dict[str, Any]:
+        return {"method": self.method, "edit_rate": self.edit_rate, "chunks": self.chunks,
+                "chunks_changed": self.chunks_changed, "chunks_skipped": self.chunks_skipped,
+                "chunks_kept_raw": self.chunks_kept_raw, "edits_applied": self.edits_applied,
+                "edits_rejected": self.edits_rejected}
 
 
 @dataclass
@@ -241,31 +258,86 @@ class PostProcessor:
         return min(self.settings.llm.context_tokens, self.llm.capabilities.context_tokens)
 
     # --- cleanup --------------------------------------------------------------------------
-    def clean(self, text: str, chunk_words: int = 200) -> CleanResult:
-        """Punctuation/casing/obvious-error fixes, chunk by chunk, with an edit-rate guard."""
-        pieces = _split_words(text, chunk_words)
-        prompt = _prompt_file(self._dir, "clean_transcript_v1")
+    def clean(self, text: str, chunk_words: int | None = None, confidence: float | None = None,
+              method: str | None = None) -> CleanResult:
+        """Punctuation/casing fixes, chunk by chunk, every change checked in code.
+
+        ``confidence`` is the ASR's (0..1): with ``llm.cleanup_skip_punctuated`` a chunk the
+        ASR already punctuated and cased, at least ``cleanup_skip_min_confidence`` sure, is
+        kept as it is without asking the LLM. ``method`` overrides ``llm.cleanup_method``.
+        """
+        llm = self.settings.llm
+        method = method or llm.cleanup_method
+        if method not in ("edits", "rewrite"):
+            raise ConfigError(f"unknown cleanup method {method!r}; choose edits or rewrite")
+        pieces = _split_words(text, chunk_words or llm.cleanup_chunk_words)
+        result = CleanResult("", 0.0, len(pieces), 0, method=method)
+        skip_sure = llm.cleanup_skip_punctuated and (
+            confidence is None or confidence >= llm.cleanup_skip_min_confidence)
         cleaned: list[str] = []
-        kept_raw = 0
         edits = 0  # word edits summed over chunks: the chunks are aligned, so no whole-text
         # O(n^2) distance is needed (hours of transcript would take minutes of pure Python)
         for piece in pieces:
-            messages = [ChatMessage("user", _render(prompt, text=piece))]
-            answer = _strip_wrapping(self._ask(messages, max_tokens=len(piece) // 2 + 64))
+            if skip_sure and looks_punctuated(piece):
+                cleaned.append(piece)
+                result.chunks_skipped += 1
+                continue
+            answer = self._clean_edits(piece, result) if method == "edits" \
+                else self._clean_rewrite(piece, result)
             piece_words = _words(piece)
-            distance = _levenshtein(piece_words, _words(answer))
+            distance = _levenshtein(piece_words, _words(answer)) if answer else 0
             rate = distance / max(len(piece_words), 1)
-            if not answer or rate > self.settings.llm.cleanup_max_edit_rate:
+            if not answer or rate > llm.cleanup_max_edit_rate:
                 logger.info("cleanup changed %.0f%% of a chunk's words; keeping it raw", rate * 100)
                 cleaned.append(piece)
-                kept_raw += 1
-            else:
-                cleaned.append(answer)
-                edits += distance
-        result = " ".join(cleaned)
+                result.chunks_kept_raw += 1
+                continue
+            cleaned.append(answer)
+            edits += distance
+            result.chunks_changed += answer != piece
+        result.text = " ".join(cleaned)
         total_words = len(_words(text))
-        overall = edits / total_words if total_words else 0.0
-        return CleanResult(result, round(overall, 4), len(pieces), kept_raw)
+        result.edit_rate = round(edits / total_words, 4) if total_words else 0.0
+        return result
+
+    def _clean_rewrite(self, piece: str, result: CleanResult) -> str:
+        """The whole chunk written out again (generation-bound); '' when the answer is unusable."""
+        prompt = _prompt_file(self._dir, "clean_transcript_v1")
+        messages = [ChatMessage("user", _render(prompt, text=piece))]
+        answer = _strip_wrapping(self._ask(messages, max_tokens=len(piece) // 2 + 64))
+        if not answer:
+            return ""
+        piece_words = _words(piece)
+        if _levenshtein(piece_words, _words(answer)) / max(len(piece_words), 1) \
+                > self.settings.llm.cleanup_max_edit_rate:
+            return answer  # rejected whole by the caller's edit-rate guard
+        if self.settings.llm.cleanup_keep_words:
+            answer = keep_source_words(piece, answer)
+        return answer
+
+    def _clean_edits(self, piece: str, result: CleanResult) -> str:
+        """A JSON list of edits (output ~ the fixes, not the text), applied and checked here."""
+        prompt = _prompt_file(self._dir, "clean_edits_v1")
+        max_edits = min(32, max(4, len(_words(piece)) // 8))
+        schema = edits_schema(max_edits)
+        messages = [ChatMessage("user", _render(prompt, text=piece))]
+        answer = self._ask(messages, max_tokens=max_edits * 40 + 16,
+                           json_schema=schema if self.llm.capabilities.json_schema else None)
+        try:
+            value = json.loads(_strip_wrapping(answer))
+        except ValueError:
+            logger.info("cleanup edits are not valid JSON; keeping the chunk raw")
+            return ""
+        proposed = value.get("edits") if isinstance(value, dict) else None
+        if not isinstance(proposed, list):
+            logger.info("cleanup answer has no edit list; keeping the chunk raw")
+            return ""
+        outcome = apply_edits(piece, proposed[:max_edits], self.settings.llm.cleanup_keep_words)
+        result.edits_applied += outcome.applied
+        result.edits_rejected += outcome.rejected + max(len(proposed) - max_edits, 0)
+        if outcome.reasons:
+            logger.debug("cleanup edits rejected: %s", "; ".join(outcome.reasons[:5]))
+        return outcome.text
 
     # --- summaries ------------------------------------------------------------------------
     def _budget_chars(self) -> int:
