@@ -137,6 +137,22 @@ def start_live_server(settings: Any, manager: Any) -> Iterator[LiveServer]:
         yield live
 
 
+def start_agent_server(settings: Any, manager: Any) -> Iterator[LiveServer]:
+    """A live server with the voice agent: streaming service, agent service, gRPC (Riva +
+    VoiceWorkflow) and the HTTP/WebSocket doors, on free ports."""
+    from voxgate.server.agent_doors import AgentComponent
+    from voxgate.server.app import create_app, uvicorn_options
+    from voxgate.server.grpc_riva import RivaGrpcServer
+    from voxgate.server.live_streams import StreamingComponent
+
+    grpc_server = RivaGrpcServer(settings, port=0)
+    app = create_app(settings, manager, components=[
+        StreamingComponent(settings), AgentComponent(settings), grpc_server])
+    with serve_app(app, ws_max_size=uvicorn_options(settings)["ws_max_size"]) as live:
+        live.grpc_port = grpc_server.bound_port
+        yield live
+
+
 def call_with_a_mute_client(rpc: Callable[[Iterator[Any]], Any]) -> BaseException:
     """Open a client-streaming gRPC call whose client never sends a message; return the error
     the server ends it with (the call must fail: a mute client may hold nothing forever)."""
