@@ -179,3 +179,23 @@ def check_english_translation_of_spanish(text: str) -> None:
     assert spanish_share <= 0.05, text
     carried = [c for c in SPANISH_CONCEPTS if any(w.startswith(c) for w in words)]
     assert len(carried) >= 7, (carried, text)
+
+
+def festival_speech(text: str, path: Path) -> np.ndarray:
+    """``text`` read by Festival's US English voice cmu_us_slt_arctic_hts into ``path`` (WAV);
+    returns it as 16 kHz float32. A user voice that is not the agent's (Piper joe). Skips the
+    test when Festival or the voice is not installed."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from voxgate.audio import decode_audio
+
+    if shutil.which("text2wave") is None:
+        pytest.skip("Festival (text2wave) is not installed (scripts/setup.sh installs it)")
+    if not Path("/usr/share/festival/voices/us/cmu_us_slt_arctic_hts").is_dir():
+        pytest.skip("Festival voice cmu_us_slt_arctic_hts is not installed")
+    subprocess.run(["text2wave", "-eval", "(voice_cmu_us_slt_arctic_hts)", "-o", str(path)],
+                   input=text.encode(), check=True, capture_output=True)
+    return decode_audio(path)
