@@ -11,11 +11,8 @@ client, health.
 from __future__ import annotations
 
 import queue
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,9 +20,10 @@ import jiwer
 import numpy as np
 import pytest
 from conftest import normalise, require_pack, wer
-from live_server import API_KEY, call_with_a_mute_client, live_settings, serve_app
+from live_server import API_KEY, call_with_a_mute_client, live_settings, start_agent_server
+from media import festival_speech
 
-from voxgate.audio import SAMPLE_RATE, decode_audio, float32_to_pcm16, pcm16_to_float32, resample
+from voxgate.audio import SAMPLE_RATE, float32_to_pcm16, pcm16_to_float32, resample
 from voxgate.config import AgentSettings
 from voxgate.engines.base import AsrOptions
 from voxgate.proto import voice_workflow_pb2 as pb
@@ -38,21 +36,6 @@ SHORT_PROMPT = "You are a voice assistant. Answer in one short sentence of plain
 KEY = (("x-api-key", API_KEY),)
 AGENT_MODELS = ("whisper-base", "whisper-tiny.en", "qwen2.5-coder-1.5b-instruct-q4km",
                 "en_US-joe-medium")
-
-
-def start_agent_server(settings: Any, manager: Any) -> Iterator[Any]:
-    """A live server with the voice agent: streaming service, agent service, gRPC."""
-    from voxgate.server.agent_doors import AgentComponent
-    from voxgate.server.app import create_app, uvicorn_options
-    from voxgate.server.grpc_riva import RivaGrpcServer
-    from voxgate.server.ws import StreamingComponent
-
-    grpc_server = RivaGrpcServer(settings, port=0)
-    app = create_app(settings, manager, components=[
-        StreamingComponent(settings), AgentComponent(settings), grpc_server])
-    with serve_app(app, ws_max_size=uvicorn_options(settings)["ws_max_size"]) as live:
-        live.grpc_port = grpc_server.bound_port
-        yield live
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +51,6 @@ def server(manager, tmp_path_factory):
 @pytest.fixture(scope="module")
 def whisper(manager):
     return manager.get("asr", "whisper-base")
-
-
-def festival_speech(text: str, path: Path) -> np.ndarray:
-    """``text`` read by Festival's US English voice (the user; the agent speaks with Piper)."""
-    if shutil.which("text2wave") is None:
-        pytest.skip("Festival (text2wave) is not installed (scripts/setup.sh installs it)")
-    subprocess.run(["text2wave", "-eval", "(voice_cmu_us_slt_arctic_hts)", "-o", str(path)],
-                   input=text.encode(), check=True, capture_output=True)
-    return decode_audio(path)
 
 
 def _free(server) -> None:

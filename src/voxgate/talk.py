@@ -45,6 +45,7 @@ __all__ = [
     "TalkResult",
     "file_audio",
     "microphone_audio",
+    "read_input",
     "run_talk",
     "talk",
 ]
@@ -109,15 +110,20 @@ class TalkResult:
         return turn
 
 
-async def file_audio(path: Path, *, realtime: bool = True, chunk_ms: int = 100,
+def read_input(path: Path) -> np.ndarray:
+    """The user's side of a scripted conversation: any audio file -> float32 16 kHz mono.
+    Decoded before connecting, so a bad file is one clear error and no session is opened."""
+    return decode_audio(path, SAMPLE_RATE, _MAX_FILE_S)
+
+
+async def file_audio(audio: np.ndarray, *, realtime: bool = True, chunk_ms: int = 100,
                      tail_silence_s: float = 1.5) -> AsyncIterator[bytes]:
-    """PCM16 16 kHz chunks of an audio file, paced at the speed of speech when ``realtime``.
+    """PCM16 16 kHz chunks of ``audio``, paced at the speed of speech when ``realtime``.
 
     Pacing follows a monotonic schedule (chunk ``i`` leaves at ``i * chunk_ms``), so a slow
     consumer never makes the stream drift behind real time. ``tail_silence_s`` of silence
-    follows the file, as the pause after a spoken question would.
+    follows the audio, as the pause after a spoken question would.
     """
-    audio = await asyncio.to_thread(decode_audio, path, SAMPLE_RATE, _MAX_FILE_S)
     if tail_silence_s > 0:
         audio = np.concatenate([audio, np.zeros(int(tail_silence_s * SAMPLE_RATE), np.float32)])
     step = max(1, SAMPLE_RATE * chunk_ms // 1000)
@@ -348,7 +354,8 @@ def run_talk(options: TalkOptions, input_path: Path | None, output_path: Path | 
     fmt = _output_format(output_path) if output_path is not None else "wav"
     speaker: Speaker | None = None
     if input_path is not None:
-        source = file_audio(input_path, realtime=realtime, tail_silence_s=options.tail_silence_s)
+        source = file_audio(read_input(input_path), realtime=realtime,
+                            tail_silence_s=options.tail_silence_s)
     else:
         _sounddevice()  # a clear error before connecting, if there is no microphone support
         source = microphone_audio()
