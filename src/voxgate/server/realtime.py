@@ -1,0 +1,653 @@
+"""WebSocket ``/v1/realtime``: the OpenAI Realtime API (GA event names) over the voice agent.
+
+OpenAI's realtime clients (``client.realtime.connect(model=...)`` with ``base_url`` pointed
+here) talk to an :class:`~voxgate.agent.AgentSession`: ``input_audio_buffer.append`` feeds it
+(base64 PCM16 mono 24 kHz, converted by ``PcmInput``), ``session.update`` sets its options,
+``conversation.item.*`` and ``response.*`` use its manual controls (``add_item``,
+``delete_item``, ``truncate_item``, ``commit_input``, ``create_response``,
+``cancel_response``), and its events go out as Realtime server events (``_Translator``). The
+door is thin: no pipeline logic here. ``realtime_events.py`` holds the wire shapes;
+``docs/protocol.md`` ("/v1/realtime") says what is supported and what is not.
+
+The agent session opens on the first event that needs it (audio, an item, a response), so a
+``session.update`` sent first still chooses the language and VAD settings of its ASR stream.
+Auth, frame size and idle limits are those of the other live doors (``wire.py`` close codes):
+a bad key closes with 1008, a full server with 1013, a frame over the limit with 1009; a bad
+client event is answered with an ``error`` event (its ``event_id`` included) and the session
+goes on, as OpenAI's server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import copy
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from ..agent import (
+    AgentAudio,
+    AgentConfig,
+    AgentError,
+    AgentEvent,
+    AgentService,
+    AgentSession,
+    AgentText,
+    ItemAdded,
+    SpeechVoice,
+    TurnEnded,
+    UserSpeechStarted,
+    UserSpeechStopped,
+    UserTranscript,
+)
+from ..audio import float32_to_pcm16
+from ..errors import AudioError, ConfigError, EngineError, ModelError, TextError
+from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
+from .agent_doors import agent_service, client_agent_config
+from .deps import websocket_api_key_ok
+from .realtime_events import (
+    AUDIO_FORMAT,
+    RATE,
+    RealtimeError,
+    RealtimeOptions,
+    message_item,
+    new_id,
+    parse_item,
+    server_event,
+)
+from .state import AppState
+from .wire import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN
+
+__all__ = ["router"]
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["realtime"])
+MAX_ITEMS = 512  # conversation items a session may hold (items cost memory and prompt)
+
+# AgentConfig field -> the Realtime parameter a client set it with
+_PARAMS = {
+    "system_prompt": "session.instructions", "voice": "session.audio.output.voice",
+    "speed": "session.audio.output.speed", "max_reply_tokens": "session.max_output_tokens",
+    "language": "session.audio.input.transcription.language",
+    "end_of_turn_ms": "session.audio.input.turn_detection.silence_duration_ms",
+    "asr_endpointing_ms": "session.audio.input.turn_detection.silence_duration_ms",
+    "vad_threshold": "session.audio.input.turn_detection.threshold",
+    "speech_pad_ms": "session.audio.input.turn_detection.prefix_padding_ms"}
+# fixed once the ASR stream is open (the first audio, item or response)
+_STREAM_FIELDS = ("language", "vad_threshold", "speech_pad_ms", "asr_endpointing_ms")
+_FATAL_CLOSE = {"idle_timeout": CLOSE_POLICY, "client_not_reading": CLOSE_POLICY}
+
+
+def error_event(exc: RealtimeError, event_id: str | None = None) -> dict[str, Any]:
+    return server_event("error", error={"type": exc.kind, "code": exc.code,
+                                        "message": exc.message, "param": exc.param,
+                                        "event_id": event_id})
+
+
+def _as_realtime(exc: Exception) -> RealtimeError:
+    """Errors of the session and its options -> the Realtime error a client gets."""
+    if isinstance(exc, RealtimeError):
+        return exc
+    if isinstance(exc, StreamLimitError):
+        return RealtimeError(str(exc), code="session_limit", kind="server_error",
+                             close_code=CLOSE_TRY_AGAIN)
+    if isinstance(exc, StreamConfigError):
+        param = _PARAMS.get(exc.field, exc.field)
+        return RealtimeError(f"{param}: {str(exc).removeprefix(exc.field).lstrip(': ')}",
+                             param=param)
+    if isinstance(exc, AudioError):
+        return RealtimeError(str(exc), code="invalid_audio", param="audio")
+    if isinstance(exc, (ConfigError, TextError, ModelError)):
+        return RealtimeError(str(exc))
+    raise exc
+
+
+# ================================================================ session events -> wire
+@dataclass(slots=True)
+class _Response:
+    id: str
+    item_sid: str  # the session's id of the assistant item
+    item_id: str  # its wire id
+    metadata: Any = None
+    transcript: list[str] = field(default_factory=list)
+
+    def ref(self) -> dict[str, Any]:
+        return {"response_id": self.id, "item_id": self.item_id, "output_index": 0,
+                "content_index": 0}
+
+
+class _Translator:
+    """AgentSession events -> Realtime server events; owns the item id mapping (a client may
+    name its items; user speech items are announced at speech start, before they exist)."""
+
+    def __init__(self, door: RealtimeDoor) -> None:
+        self.door = door
+        self.wire: dict[str, str] = {}  # session item id -> wire id (when they differ)
+        self.sids: dict[str, str] = {}  # wire id -> session item id
+        self.typed: set[str] = set()  # session ids of items from conversation.item.create
+        self.pending: dict[int, str] = {}  # user turn -> the wire id announced for its item
+        self.speech: dict[int, list[float]] = {}  # user turn -> [start s, end s]
+        self.response: _Response | None = None
+        self.metadata: Any = None  # of the next response (response.create)
+        self.conversation_id = new_id("conv")
+
+    # ---- ids ------------------------------------------------------------------------------
+    def name(self, sid: str, wire_id: str) -> None:
+        if wire_id != sid:
+            self.wire[sid], self.sids[wire_id] = wire_id, sid
+
+    def wire_id(self, sid: str) -> str:
+        return self.wire.get(sid, sid)
+
+    def sid(self, wire_id: str) -> str:
+        return self.sids.get(wire_id, wire_id)
+
+    def forget(self, sid: str) -> None:
+        self.sids.pop(self.wire.pop(sid, sid), None)
+        self.typed.discard(sid)
+
+    def _previous(self, sid: str) -> str | None:
+        history = self.door.session.history if self.door.session else []
+        ids = [i.id for i in history]
+        if sid not in ids:
+            return None
+        at = ids.index(sid)
+        return self.wire_id(ids[at - 1]) if at else None
+
+    def _announced(self, turn_id: int) -> str:
+        return self.pending.setdefault(turn_id, new_id("item"))
+
+    # ---- events ---------------------------------------------------------------------------
+    def translate(self, event: AgentEvent) -> list[dict[str, Any]]:
+        vad = self.door.options.turn_detection is not None
+        if isinstance(event, UserSpeechStarted):
+            self.speech[event.turn_id] = [event.at, event.at]
+            if not vad:
+                return []
+            return [server_event("input_audio_buffer.speech_started",
+                                 audio_start_ms=int(event.at * 1000),
+                                 item_id=self._announced(event.turn_id))]
+        if isinstance(event, UserSpeechStopped):
+            self.speech.setdefault(event.turn_id, [event.at, event.at])[1] = event.at
+            if not vad:
+                return []
+            return [server_event("input_audio_buffer.speech_stopped",
+                                 audio_end_ms=int(event.at * 1000),
+                                 item_id=self._announced(event.turn_id))]
+        if isinstance(event, UserTranscript):
+            if not event.final or not event.text.strip():
+                return []  # partials replace each other: not Realtime deltas
+            return [server_event("conversation.item.input_audio_transcription.delta",
+                                 item_id=self._announced(event.turn_id), content_index=0,
+                                 delta=event.text.strip() + " ")]
+        if isinstance(event, ItemAdded):
+            return self._item_added(event)
+        response = self.response
+        if isinstance(event, AgentText):
+            if response is None or event.item_id != response.item_sid:
+                return []
+            response.transcript.append(event.delta)
+            return [server_event("response.output_audio_transcript.delta", **response.ref(),
+                                 delta=event.delta)]
+        if isinstance(event, AgentAudio):
+            if response is None or event.item_id != response.item_sid:
+                return []
+            pcm = float32_to_pcm16(event.audio)
+            return [server_event("response.output_audio.delta", **response.ref(),
+                                 delta=base64.b64encode(pcm).decode("ascii"))]
+        if isinstance(event, TurnEnded):
+            if event.role == "user" and event.reason in ("cleared", "dropped"):
+                self.pending.pop(event.turn_id, None)
+                self.speech.pop(event.turn_id, None)
+                return []
+            if event.role == "agent" and response is not None \
+                    and event.item_id == response.item_sid:
+                return self._response_done(response, event)
+            return []
+        if isinstance(event, AgentError) and not event.fatal:
+            return [server_event("error", error={"type": "server_error", "code": event.code,
+                                                 "message": event.message, "param": None,
+                                                 "event_id": None})]
+        return []  # turn starts, pauses/resumes, interruptions, latency: no Realtime event
+
+    def _item_added(self, event: ItemAdded) -> list[dict[str, Any]]:
+        sid = event.item_id
+        if event.role == "assistant" and sid not in self.typed:
+            return self._response_started(event)
+        previous = self._previous(sid)
+        if sid in self.typed:
+            item = message_item(self.wire_id(sid), event.role, event.text, audio=False)
+            return [server_event("conversation.item.added", previous_item_id=previous, item=item),
+                    server_event("conversation.item.done", previous_item_id=previous, item=item)]
+        wire_id = self.pending.pop(event.turn_id, sid)  # a spoken user turn, now committed
+        self.name(sid, wire_id)
+        start, end = self.speech.pop(event.turn_id, [0.0, 0.0])
+        heard = message_item(wire_id, "user", event.text, audio=True)
+        return [
+            server_event("input_audio_buffer.committed", previous_item_id=previous,
+                         item_id=wire_id),
+            server_event("conversation.item.added", previous_item_id=previous,
+                         item=message_item(wire_id, "user", None, audio=True)),
+            server_event("conversation.item.done", previous_item_id=previous, item=heard),
+            server_event("conversation.item.input_audio_transcription.completed",
+                         item_id=wire_id, content_index=0, transcript=event.text,
+                         usage={"type": "duration", "seconds": round(max(end - start, 0), 3)})]
+
+    def _response_started(self, event: ItemAdded) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if self.response is not None:  # never expected: the session runs one reply at a time
+            logger.warning("realtime: response %s had no end", self.response.id)
+        response = _Response(new_id("resp"), event.item_id, event.item_id, self.metadata)
+        self.response, self.metadata = response, None
+        item = message_item(response.item_id, "assistant", None, audio=True,
+                            status="in_progress")
+        out.append(server_event("response.created",
+                                response=self._response_object(response, "in_progress")))
+        out.append(server_event("response.output_item.added", response_id=response.id,
+                                output_index=0, item=item))
+        out.append(server_event("conversation.item.added",
+                                previous_item_id=self._previous(event.item_id), item=item))
+        out.append(server_event("response.content_part.added", **response.ref(),
+                                part={"type": "audio", "transcript": ""}))
+        return out
+
+    def _response_done(self, response: _Response, event: TurnEnded) -> list[dict[str, Any]]:
+        self.response = None
+        cancelled = event.reason in ("interrupted", "cancelled")
+        transcript = event.text  # as the history keeps it: what was heard, when cut
+        item = message_item(response.item_id, "assistant", transcript, audio=True,
+                            status="incomplete" if cancelled else "completed")
+        details = None
+        if cancelled:
+            details = {"type": "cancelled", "reason": "turn_detected"
+                       if event.reason == "interrupted" else "client_cancelled"}
+        done = self._response_object(response, "cancelled" if cancelled else "completed",
+                                     details, [item])
+        return [server_event("response.output_audio.done", **response.ref()),
+                server_event("response.output_audio_transcript.done", **response.ref(),
+                             transcript=transcript),
+                server_event("response.content_part.done", **response.ref(),
+                             part={"type": "audio", "transcript": transcript}),
+                server_event("response.output_item.done", response_id=response.id,
+                             output_index=0, item=item),
+                server_event("conversation.item.done",
+                             previous_item_id=self._previous(response.item_sid), item=item),
+                server_event("response.done", response=done)]
+
+    def _response_object(self, response: _Response, status: str, details: Any = None,
+                         output: list[Any] | None = None) -> dict[str, Any]:
+        session = self.door.session
+        config = session.config if session else None
+        return {"id": response.id, "object": "realtime.response", "status": status,
+                "status_details": details, "output": output or [],
+                "conversation_id": self.conversation_id, "output_modalities": ["audio"],
+                "max_output_tokens": config.max_reply_tokens if config else None,
+                "audio": {"output": {"format": dict(AUDIO_FORMAT),
+                                     "voice": self.door.voice_id()}},
+                "usage": None, "metadata": response.metadata}
+
+
+# ========================================================================== the door
+class RealtimeDoor:
+    """One ``/v1/realtime`` connection: client events in, server events out."""
+
+    def __init__(self, ws: WebSocket, state: AppState) -> None:
+        self.ws, self.state, self.settings = ws, state, state.settings
+        self.options = RealtimeOptions(model=ws.query_params.get("model", ""))
+        self.service: AgentService | None = None
+        self.session: AgentSession | None = None
+        self.config: AgentConfig | None = None  # before the session opens
+        self.pcm = PcmInput("pcm16", RATE, 1)
+        self.writer: asyncio.Task[RealtimeError | None] | None = None
+        self.translator = _Translator(self)
+        self.session_id = new_id("sess")
+        self._send_lock = asyncio.Lock()
+        self._handlers = {
+            "session.update": self._session_update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._commit,
+            "input_audio_buffer.clear": self._clear,
+            "conversation.item.create": self._item_create,
+            "conversation.item.delete": self._item_delete,
+            "conversation.item.truncate": self._item_truncate,
+            "conversation.item.retrieve": self._item_retrieve,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+        }
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def run(self) -> None:
+        if not websocket_api_key_ok(self.ws, self.settings):
+            await self._close(RealtimeError("invalid or missing API key (Authorization: Bearer, "
+                                            "X-API-Key, or ?api_key=)", code="invalid_api_key",
+                                            close_code=CLOSE_POLICY))
+            return
+        try:
+            self.service = agent_service(self.state)
+            self.service.check_capacity()  # a full server is told before anything else
+            self.config = await self._agent_config()
+            await self._send(server_event("session.created", session=self._session_wire()))
+            while True:
+                message = await self._receive()
+                if message is None:
+                    return
+                await self._dispatch(message)
+        except WebSocketDisconnect:
+            logger.info("realtime client went away%s",
+                        f" (session {self.session.id})" if self.session else "")
+        except RealtimeError as exc:
+            await self._close(exc)
+        except (StreamLimitError, StreamConfigError) as exc:
+            await self._close(_as_realtime(exc) if isinstance(exc, StreamLimitError) else
+                              RealtimeError(str(exc), close_code=CLOSE_POLICY))
+        except EngineError as exc:  # no agent in this server, models failed to load
+            logger.warning("realtime session failed: %s", exc)
+            await self._close(RealtimeError(str(exc), code="engine_error", kind="server_error",
+                                            close_code=CLOSE_INTERNAL))
+        except Exception:  # every failure is answered with an error and a close code
+            logger.exception("realtime session failed")
+            await self._close(RealtimeError("internal error", code="internal",
+                                            kind="server_error", close_code=CLOSE_INTERNAL))
+        finally:
+            if self.writer is not None and not self.writer.done():
+                self.writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self.writer
+            if self.session is not None:
+                await self.session.close()
+
+    async def _receive(self) -> dict[str, Any] | None:
+        """The next client message; RealtimeError (closing) when idle before the session
+        opens or when the session ended by itself (idle, not reading, ASR failed)."""
+        receive = asyncio.ensure_future(self.ws.receive())
+        waiting: set[asyncio.Future[Any]] = {receive}
+        if self.writer is not None:
+            waiting.add(self.writer)
+        idle = self.settings.streaming.idle_timeout_s if self.session is None else None
+        done, _ = await asyncio.wait(waiting, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+        if receive not in done:
+            receive.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receive
+            if not done:
+                raise RealtimeError(f"no event for {idle:g} s: idle session closed",
+                                    code="idle_timeout", close_code=CLOSE_POLICY)
+            assert self.writer is not None
+            raise self.writer.result() or RealtimeError(
+                "session ended", code="internal", kind="server_error", close_code=CLOSE_INTERNAL)
+        message = receive.result()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        return message
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        event_id = None
+        try:
+            if message.get("bytes") is not None:
+                raise RealtimeError("binary frames are not part of the Realtime API: send audio "
+                                    "as base64 in input_audio_buffer.append events",
+                                    code="invalid_event")
+            text = message.get("text") or ""
+            limit = self.settings.streaming.max_frame_bytes
+            if len(text.encode()) > limit:
+                raise RealtimeError(f"event larger than {limit} bytes; send audio in smaller "
+                                    "appends", code="too_big", close_code=CLOSE_TOO_BIG)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise RealtimeError(f"event is not valid JSON ({exc.msg} at char {exc.pos})",
+                                    code="invalid_json") from None
+            if not isinstance(data, dict):
+                raise RealtimeError("event must be a JSON object", code="invalid_json")
+            event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
+            kind = data.get("type")
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise RealtimeError(f"Invalid value: {kind!r}. Supported event types: "
+                                    f"{', '.join(self._handlers)}", code="invalid_value",
+                                    param="type")
+            await handler(data)
+        except Exception as exc:  # noqa: BLE001 - mapped; unknown ones are re-raised
+            error = _as_realtime(exc)
+            if error.close_code is not None:
+                raise error from None
+            await self._send(error_event(error, event_id))
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(json.dumps(event))
+
+    async def _close(self, exc: RealtimeError) -> None:
+        if self.ws.client_state != WebSocketState.CONNECTED:
+            return
+        with contextlib.suppress(Exception):  # the client may already be gone
+            await self._send(error_event(exc))
+            await self.ws.close(exc.close_code or CLOSE_POLICY, exc.message[:120])
+
+    # ---- the agent session ----------------------------------------------------------------
+    async def _agent_config(self) -> AgentConfig:
+        assert self.service is not None
+        base = self.session.config if self.session else None
+        endpointing = (base.asr_endpointing_ms if base else
+                       self.settings.agent.asr_endpointing_ms)
+        options = self.options.agent_options(self.settings.agent.max_reply_tokens, endpointing)
+        return await client_agent_config(self.state, self.service, options)
+
+    async def _open(self) -> AgentSession:
+        if self.session is None:
+            assert self.service is not None
+            self.config = await self._agent_config()
+            self.session = await self.service.open(self.config)
+            self.writer = asyncio.create_task(self._write_events(self.session),
+                                              name=f"realtime-writer-{self.session.id}")
+        return self.session
+
+    async def _write_events(self, session: AgentSession) -> RealtimeError | None:
+        """Session events -> the socket; a fatal session error is returned, not sent."""
+        async for event in session.events():
+            if isinstance(event, AgentError) and event.fatal:
+                return RealtimeError(event.message, code=event.code, kind="server_error",
+                                     close_code=_FATAL_CLOSE.get(event.code, CLOSE_INTERNAL))
+            for wire in self.translator.translate(event):
+                await self._send(wire)
+        return None
+
+    def voice_id(self) -> str:
+        session = self.session
+        ref = getattr(getattr(session, "voice", None), "ref", None)
+        if ref is not None:
+            return ref.id
+        config = self.config
+        return (config.voice if config and config.voice else None) or \
+            self.settings.agent.voice or self.settings.tts.voice
+
+    def _session_wire(self) -> dict[str, Any]:
+        config = self.session.config if self.session else self.config
+        asr = config.asr_model if config and config.asr_model else (
+            self.settings.agent.asr_model or self.settings.asr.model)
+        return self.options.to_wire(config, voice=self.voice_id(), asr_model=asr,
+                                    session_id=self.session_id)
+
+    def _item_sid(self, data: dict[str, Any], name: str = "item_id") -> str:
+        wire_id = data.get(name)
+        if not isinstance(wire_id, str) or not wire_id:
+            raise RealtimeError(f"Missing required parameter: '{name}'", code="missing_required",
+                                param=name)
+        sid = self.translator.sid(wire_id)
+        if self.session is None or not any(i.id == sid for i in self.session.history):
+            raise RealtimeError(f"Item with item_id not found: {wire_id}",
+                                code="item_not_found", param=name)
+        return sid
+
+    # ---- client events --------------------------------------------------------------------
+    async def _session_update(self, data: dict[str, Any]) -> None:
+        saved = copy.deepcopy(self.options)
+        try:
+            self.options.update(data.get("session"))
+            config = await self._agent_config()
+            if self.session is not None:
+                await self._apply_live(self.session, config)
+            else:
+                self.config = config
+        except BaseException:
+            self.options = saved
+            raise
+        await self._send(server_event("session.updated", session=self._session_wire()))
+
+    async def _apply_live(self, session: AgentSession, config: AgentConfig) -> None:
+        """A running session takes new turn-taking, prompt, voice and length options; what its
+        ASR stream was opened with stays (an error names it)."""
+        for name in _STREAM_FIELDS:
+            if getattr(config, name) != getattr(session.config, name):
+                param = _PARAMS[name]
+                raise RealtimeError(f"{param} can only be set before the first audio, item or "
+                                    "response of the session", code="unsupported_value",
+                                    param=param)
+        if (config.voice, config.speed) != (session.config.voice, session.config.speed):
+            if self.translator.response is not None:
+                raise RealtimeError("the voice cannot change while a response is in progress",
+                                    code="unsupported_value", param=_PARAMS["voice"])
+            assert self.service is not None
+            name = config.voice or self.settings.agent.voice or None
+            try:
+                session.voice = await asyncio.to_thread(SpeechVoice, self.service.speech, name,
+                                                        config.speed)
+            except (ConfigError, ModelError) as exc:
+                raise RealtimeError(str(exc), param=_PARAMS["voice"]) from None
+        session.config = config
+        session.conversation.system_prompt = config.system_prompt
+
+    async def _append(self, data: dict[str, Any]) -> None:
+        audio = data.get("audio")
+        if not isinstance(audio, str):
+            raise RealtimeError("Missing required parameter: 'audio' (base64 PCM16 24 kHz)",
+                                code="missing_required", param="audio")
+        try:
+            pcm = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise RealtimeError("Invalid 'audio': expected base64-encoded PCM16 mono 24 kHz "
+                                "audio", code="invalid_value", param="audio") from None
+        samples = self.pcm.convert(pcm)  # AudioError (odd length) before the session opens
+        session = await self._open()
+        await session.accept(samples)
+
+    async def _commit(self, data: dict[str, Any]) -> None:
+        session = await self._open()
+        await session.accept(self.pcm.flush())
+        self.pcm = PcmInput("pcm16", RATE, 1)  # a flushed resampler does not take more
+        if await session.commit_input() is None:
+            raise RealtimeError("Error committing input audio buffer: no speech was heard since "
+                                "the last commit", code="input_audio_buffer_commit_empty")
+
+    async def _clear(self, data: dict[str, Any]) -> None:
+        if self.session is not None:
+            self.session.clear_input()
+        self.pcm = PcmInput("pcm16", RATE, 1)  # the resampler's tail is dropped too
+        await self._send(server_event("input_audio_buffer.cleared"))
+
+    async def _item_create(self, data: dict[str, Any]) -> None:
+        role, text, client_id = parse_item(data.get("item"))
+        session = await self._open()
+        after = None
+        previous = data.get("previous_item_id")
+        if previous is not None:
+            after = self._item_sid(data, "previous_item_id")
+        if client_id is not None and (client_id in self.translator.sids or any(
+                i.id == client_id for i in session.history)):
+            raise RealtimeError(f"an item with id {client_id!r} already exists",
+                                param="item.id")
+        if len(session.history) >= MAX_ITEMS:
+            raise RealtimeError(f"the conversation holds {MAX_ITEMS} items, the most a session "
+                                "may; delete some first", code="conversation_full")
+        item = session.add_item(role, text, after=after)
+        self.translator.typed.add(item.id)
+        self.translator.name(item.id, client_id or item.id)
+
+    async def _item_delete(self, data: dict[str, Any]) -> None:
+        sid = self._item_sid(data)
+        wire_id = self.translator.wire_id(sid)
+        assert self.session is not None
+        self.session.delete_item(sid)
+        self.translator.forget(sid)
+        await self._send(server_event("conversation.item.deleted", item_id=wire_id))
+
+    async def _item_truncate(self, data: dict[str, Any]) -> None:
+        sid = self._item_sid(data)
+        index, end_ms = data.get("content_index", 0), data.get("audio_end_ms")
+        if index != 0 or isinstance(index, bool):
+            raise RealtimeError("content_index must be 0 (an item has one audio part)",
+                                param="content_index")
+        if isinstance(end_ms, bool) or not isinstance(end_ms, int) or end_ms < 0:
+            raise RealtimeError("audio_end_ms must be a non-negative integer",
+                                param="audio_end_ms")
+        assert self.session is not None
+        item = next(i for i in self.session.history if i.id == sid)
+        if item.role != "assistant":
+            raise RealtimeError("only assistant audio items can be truncated", param="item_id")
+        await self.session.truncate_item(sid, end_ms / 1000)
+        await self._send(server_event("conversation.item.truncated",
+                                      item_id=self.translator.wire_id(sid), content_index=0,
+                                      audio_end_ms=end_ms))
+
+    async def _item_retrieve(self, data: dict[str, Any]) -> None:
+        sid = self._item_sid(data)
+        assert self.session is not None
+        item = next(i for i in self.session.history if i.id == sid)
+        audio = item.role != "system" and sid not in self.translator.typed
+        await self._send(server_event("conversation.item.retrieved", item=message_item(
+            self.translator.wire_id(sid), item.role, item.text, audio=audio,
+            status="incomplete" if item.interrupted else "completed")))
+
+    async def _response_create(self, data: dict[str, Any]) -> None:
+        spec = data.get("response") or {}
+        if not isinstance(spec, dict):
+            raise RealtimeError("response must be an object", param="response")
+        allowed = {"instructions", "output_modalities", "conversation", "metadata", "audio",
+                   "tool_choice", "tools"}
+        for name in sorted(set(spec) - allowed):
+            raise RealtimeError(f"response.{name} is not supported by this server (set options "
+                                "with session.update)", code="unsupported_value",
+                                param=f"response.{name}")
+        if spec.get("output_modalities") not in (None, ["audio"]):
+            raise RealtimeError("response.output_modalities: only ['audio'] is supported",
+                                code="unsupported_value", param="response.output_modalities")
+        if spec.get("conversation") not in (None, "auto"):
+            raise RealtimeError("response.conversation: only 'auto' (the session's conversation)"
+                                " is supported", code="unsupported_value",
+                                param="response.conversation")
+        if spec.get("tools") or spec.get("audio") or spec.get("tool_choice") not in (
+                None, "auto", "none"):
+            raise RealtimeError("per-response tools and audio options are not supported",
+                                code="unsupported_value", param="response")
+        instructions = spec.get("instructions")
+        if instructions is not None and (not isinstance(instructions, str)
+                                         or len(instructions) > 8000):
+            raise RealtimeError("response.instructions must be text of at most 8000 characters",
+                                param="response.instructions")
+        session = await self._open()
+        self.translator.metadata = spec.get("metadata")
+        await session.create_response(instructions or None)
+
+    async def _response_cancel(self, data: dict[str, Any]) -> None:
+        wanted = data.get("response_id")
+        current = self.translator.response
+        if wanted is not None and (current is None or current.id != wanted):
+            raise RealtimeError(f"response {wanted!r} is not in progress",
+                                code="response_cancel_not_active", param="response_id")
+        if self.session is None or await self.session.cancel_response() is None:
+            raise RealtimeError("Cancellation failed: no active response found",
+                                code="response_cancel_not_active")
+
+
+@router.websocket("/v1/realtime")
+async def realtime_socket(ws: WebSocket) -> None:
+    state: AppState = ws.app.state.voxgate
+    await ws.accept()
+    await RealtimeDoor(ws, state).run()

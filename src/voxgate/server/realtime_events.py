@@ -1,0 +1,345 @@
+"""OpenAI Realtime (GA) wire format of ``/v1/realtime``: session options, items, server events.
+
+No transport and no pipeline here: :class:`RealtimeOptions` reads ``session.update`` (the GA
+shape: ``session.audio.input.turn_detection`` ...) into the agent options it stands for and
+writes the ``session`` object of ``session.created/updated``; the ``*_item`` helpers write
+conversation items; :func:`server_event` stamps an ``event_id``. Field names follow the
+``openai`` package's types (``openai/types/realtime/``). Unsupported choices raise
+:class:`RealtimeError` naming the parameter, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "AUDIO_FORMAT",
+    "RealtimeError",
+    "RealtimeOptions",
+    "TurnDetection",
+    "message_item",
+    "new_id",
+    "parse_item",
+    "server_event",
+]
+
+RATE = 24_000
+AUDIO_FORMAT = {"type": "audio/pcm", "rate": RATE}  # the only format, in and out
+_MAX_TEXT = 8192
+
+
+class RealtimeError(Exception):
+    """A client event the server refuses: sent back as an ``error`` event (the session goes
+    on) unless ``close_code`` is set (then the socket closes with it)."""
+
+    def __init__(self, message: str, *, code: str = "invalid_value", param: str | None = None,
+                 kind: str = "invalid_request_error", close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message, self.code, self.param, self.kind = message, code, param, kind
+        self.close_code = close_code
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def server_event(kind: str, **fields: Any) -> dict[str, Any]:
+    """A server event: ``{"type": kind, "event_id": ..., **fields}``."""
+    return {"type": kind, "event_id": new_id("event"), **fields}
+
+
+def _check(value: Any, kind: type | tuple[type, ...], param: str, *, allow_none: bool = False
+           ) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise RealtimeError(f"Invalid type for '{param}': expected a number, got a boolean",
+                            code="invalid_type", param=param)
+    if not isinstance(value, kind):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise RealtimeError(f"Invalid type for '{param}': expected {want}, got "
+                            f"{type(value).__name__}", code="invalid_type", param=param)
+    return value
+
+
+def _unknown(data: dict[str, Any], known: set[str], prefix: str) -> None:
+    extra = sorted(set(data) - known)
+    if extra:
+        hint = ""
+        if extra[0] in ("input_audio_format", "output_audio_format", "voice", "modalities",
+                        "turn_detection", "input_audio_transcription"):
+            hint = " (this server speaks the GA Realtime API: see session.audio.input/output)"
+        raise RealtimeError(f"Unknown parameter: '{prefix}{extra[0]}'{hint}",
+                            code="unknown_parameter", param=f"{prefix}{extra[0]}")
+
+
+def _format(value: Any, param: str) -> None:
+    if value is None:
+        return
+    _check(value, dict, param)
+    _unknown(value, {"type", "rate"}, f"{param}.")
+    kind, rate = value.get("type", "audio/pcm"), value.get("rate", RATE)
+    if kind != "audio/pcm" or rate != RATE:
+        raise RealtimeError(f"Unsupported audio format {value!r} for '{param}': this server "
+                            "takes and sends audio/pcm at 24000 Hz only",
+                            code="unsupported_value", param=param)
+
+
+@dataclass(slots=True)
+class TurnDetection:
+    """``server_vad`` settings (``None`` in :class:`RealtimeOptions`: manual turns)."""
+
+    create_response: bool = True
+    interrupt_response: bool = True
+    silence_duration_ms: int | None = None  # None: the server's end_of_turn_ms
+    threshold: float | None = None  # None: the server's VAD threshold
+    prefix_padding_ms: int | None = None  # None: the server's speech padding
+
+    @classmethod
+    def from_wire(cls, data: Any, current: TurnDetection | None) -> TurnDetection | None:
+        param = "session.audio.input.turn_detection"
+        if data is None:
+            return None
+        _check(data, dict, param)
+        _unknown(data, {"type", "create_response", "interrupt_response", "silence_duration_ms",
+                        "threshold", "prefix_padding_ms", "idle_timeout_ms", "eagerness"},
+                 f"{param}.")
+        kind = data.get("type", "server_vad")
+        if kind != "server_vad":
+            raise RealtimeError(f"Unsupported turn detection {kind!r}: use 'server_vad' or null "
+                                "(manual turns)", code="unsupported_value", param=f"{param}.type")
+        if data.get("idle_timeout_ms") is not None:
+            raise RealtimeError("idle_timeout_ms is not supported by this server",
+                                code="unsupported_value", param=f"{param}.idle_timeout_ms")
+        out = TurnDetection() if current is None else TurnDetection(**{
+            f: getattr(current, f) for f in cls.__slots__})  # type: ignore[attr-defined]
+        for name, kind_ in (("create_response", bool), ("interrupt_response", bool),
+                            ("silence_duration_ms", int), ("threshold", (int, float)),
+                            ("prefix_padding_ms", int)):
+            if name in data:
+                setattr(out, name, _check(data[name], kind_, f"{param}.{name}", allow_none=True))
+        if out.create_response is None:
+            out.create_response = True
+        if out.interrupt_response is None:
+            out.interrupt_response = True
+        return out
+
+
+@dataclass(slots=True)
+class RealtimeOptions:
+    """What the client chose through ``session.update`` (None: the server's default)."""
+
+    model: str = ""
+    instructions: str | None = None
+    voice: str | None = None
+    speed: float | None = None
+    turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
+    max_output_tokens: int | None = None  # None: "inf" (the server's limit)
+    language: str | None = None  # audio.input.transcription.language
+    transcription: bool = True
+
+    def update(self, session: Any) -> set[str]:
+        """Apply a ``session.update``'s ``session`` object; returns the agent options touched.
+        RealtimeError (param named) for a bad or unsupported value; nothing is changed then."""
+        _check(session, dict, "session")
+        _unknown(session, {"type", "model", "instructions", "audio", "output_modalities",
+                           "max_output_tokens", "tools", "tool_choice", "tracing", "truncation",
+                           "include", "prompt", "object", "id", "expires_at"}, "session.")
+        if session.get("type", "realtime") != "realtime":
+            raise RealtimeError("Only 'realtime' sessions are served here (type "
+                                f"{session.get('type')!r})", code="unsupported_value",
+                                param="session.type")
+        new = RealtimeOptions(self.model, self.instructions, self.voice, self.speed,
+                              self.turn_detection, self.max_output_tokens, self.language,
+                              self.transcription)
+        touched: set[str] = set()
+        if "model" in session:
+            new.model = _check(session["model"], str, "session.model")
+        if "instructions" in session:
+            text = _check(session["instructions"], str, "session.instructions", allow_none=True)
+            new.instructions, touched = text, touched | {"system_prompt"}
+        modalities = session.get("output_modalities")
+        if modalities is not None and list(modalities) != ["audio"]:
+            raise RealtimeError("output_modalities: only ['audio'] (audio plus its transcript) "
+                                "is supported", code="unsupported_value",
+                                param="session.output_modalities")
+        if "max_output_tokens" in session:
+            limit = session["max_output_tokens"]
+            if limit in (None, "inf"):
+                new.max_output_tokens = None
+            else:
+                new.max_output_tokens = _check(limit, int, "session.max_output_tokens")
+                if limit < 1:
+                    raise RealtimeError("max_output_tokens must be at least 1",
+                                        param="session.max_output_tokens")
+            touched.add("max_reply_tokens")
+        if session.get("tools"):
+            raise RealtimeError("tools (function calling, MCP) are not supported by this server",
+                                code="unsupported_value", param="session.tools")
+        if session.get("tool_choice") not in (None, "auto", "none"):
+            raise RealtimeError("tool_choice: no tools on this server", code="unsupported_value",
+                                param="session.tool_choice")
+        if session.get("prompt") is not None:
+            raise RealtimeError("stored prompts are not supported; send instructions",
+                                code="unsupported_value", param="session.prompt")
+        if session.get("tracing") not in (None, "auto"):
+            _check(session["tracing"], dict, "session.tracing")
+        audio = _check(session.get("audio") or {}, dict, "session.audio")
+        _unknown(audio, {"input", "output"}, "session.audio.")
+        touched |= new._audio_input(_check(audio.get("input") or {}, dict, "session.audio.input"))
+        touched |= new._audio_output(_check(audio.get("output") or {}, dict,
+                                            "session.audio.output"))
+        for name in RealtimeOptions.__slots__:  # type: ignore[attr-defined]
+            setattr(self, name, getattr(new, name))
+        return touched
+
+    def _audio_input(self, data: dict[str, Any]) -> set[str]:
+        prefix = "session.audio.input"
+        _unknown(data, {"format", "noise_reduction", "transcription", "turn_detection"},
+                 f"{prefix}.")
+        touched: set[str] = set()
+        _format(data.get("format"), f"{prefix}.format")
+        if data.get("noise_reduction") is not None:
+            raise RealtimeError("noise_reduction is not supported (set it to null)",
+                                code="unsupported_value", param=f"{prefix}.noise_reduction")
+        if "transcription" in data:
+            spec = data["transcription"]
+            if spec is None:
+                raise RealtimeError("input transcription cannot be turned off: the server "
+                                    "hears the user through it", code="unsupported_value",
+                                    param=f"{prefix}.transcription")
+            _check(spec, dict, f"{prefix}.transcription")
+            _unknown(spec, {"model", "language", "prompt"}, f"{prefix}.transcription.")
+            if spec.get("language") is not None:
+                self.language = _check(spec["language"], str,
+                                       f"{prefix}.transcription.language")
+                touched.add("language")
+        if "turn_detection" in data:
+            self.turn_detection = TurnDetection.from_wire(data["turn_detection"],
+                                                          self.turn_detection)
+            touched |= {"turn_detection", "auto_respond", "barge_in", "end_of_turn_ms",
+                        "vad_threshold", "speech_pad_ms"}
+        return touched
+
+    def _audio_output(self, data: dict[str, Any]) -> set[str]:
+        prefix = "session.audio.output"
+        _unknown(data, {"format", "voice", "speed"}, f"{prefix}.")
+        _format(data.get("format"), f"{prefix}.format")
+        touched: set[str] = set()
+        if "voice" in data:
+            voice = data["voice"]
+            if isinstance(voice, dict):
+                voice = voice.get("id")
+            self.voice = _check(voice, str, f"{prefix}.voice", allow_none=True)
+            touched.add("voice")
+        if "speed" in data:
+            self.speed = _check(data["speed"], (int, float), f"{prefix}.speed", allow_none=True)
+            touched.add("speed")
+        return touched
+
+    def agent_options(self, max_reply_tokens: int, asr_endpointing_ms: int) -> dict[str, Any]:
+        """The :class:`~voxgate.agent.AgentConfig` overrides these options stand for (output
+        always 24 kHz). ``asr_endpointing_ms``: the ASR's utterance end, lowered to a shorter
+        ``silence_duration_ms`` (the turn cannot end before the utterance does)."""
+        td = self.turn_detection
+        options: dict[str, Any] = {
+            "system_prompt": self.instructions, "voice": self.voice, "speed": self.speed,
+            "language": self.language, "output_sample_rate": RATE,
+            "turn_detection": td is not None,
+            "auto_respond": bool(td and td.create_response),
+            "barge_in": bool(td and td.interrupt_response),
+            "max_reply_tokens": (max_reply_tokens if self.max_output_tokens is None
+                                 else min(self.max_output_tokens, max_reply_tokens))}
+        if td is not None:
+            options["vad_threshold"] = td.threshold
+            options["speech_pad_ms"] = td.prefix_padding_ms
+            if td.silence_duration_ms is not None:
+                options["end_of_turn_ms"] = td.silence_duration_ms
+                options["asr_endpointing_ms"] = max(min(asr_endpointing_ms,
+                                                        td.silence_duration_ms), 100)
+        return options
+
+    def to_wire(self, config: Any, *, voice: str, asr_model: str, session_id: str
+                ) -> dict[str, Any]:
+        """The ``session`` object of ``session.created/updated``: the effective values
+        (``config``: the :class:`~voxgate.agent.AgentConfig` in force)."""
+        td = None
+        if self.turn_detection is not None:
+            td = {"type": "server_vad", "create_response": config.auto_respond,
+                  "interrupt_response": config.barge_in,
+                  "silence_duration_ms": config.end_of_turn_ms,
+                  "threshold": self.turn_detection.threshold,
+                  "prefix_padding_ms": self.turn_detection.prefix_padding_ms,
+                  "idle_timeout_ms": None}
+        return {
+            "type": "realtime", "object": "realtime.session", "id": session_id,
+            "model": self.model, "instructions": config.system_prompt,
+            "output_modalities": ["audio"], "max_output_tokens": config.max_reply_tokens,
+            "tools": [], "tool_choice": "auto", "tracing": None, "truncation": "auto",
+            "prompt": None, "include": None, "expires_at": 0,
+            "audio": {
+                "input": {"format": dict(AUDIO_FORMAT), "noise_reduction": None,
+                          "transcription": {"model": asr_model, "language": config.language},
+                          "turn_detection": td},
+                "output": {"format": dict(AUDIO_FORMAT), "voice": voice,
+                           "speed": config.speed}}}
+
+
+def message_item(item_id: str, role: str, text: str | None, *, audio: bool,
+                 status: str = "completed") -> dict[str, Any]:
+    """A ``message`` conversation item: a user's speech (``input_audio`` with its transcript)
+    or typed text (``input_text``), the assistant's speech (``output_audio`` + transcript) or
+    text (``output_text``), a system message (``input_text``)."""
+    if role == "assistant":
+        part = ({"type": "output_audio", "transcript": text} if audio
+                else {"type": "output_text", "text": text})
+    elif audio:
+        part = {"type": "input_audio", "transcript": text}
+    else:
+        part = {"type": "input_text", "text": text}
+    return {"id": item_id, "object": "realtime.item", "type": "message", "role": role,
+            "status": status, "content": [] if text is None else [part]}
+
+
+def parse_item(item: Any) -> tuple[str, str, str | None]:
+    """``conversation.item.create``'s item -> (role, text, the client's id or None).
+
+    Text messages only (``input_text`` / ``output_text`` / ``text`` parts, joined); audio
+    content, images and function calls are refused with the reason."""
+    _check(item, dict, "item")
+    kind = item.get("type", "message")
+    if kind != "message":
+        raise RealtimeError(f"item.type {kind!r} is not supported: only text messages "
+                            "(function calls need tools, which this server has none of)",
+                            code="unsupported_value", param="item.type")
+    role = item.get("role")
+    if role not in ("user", "assistant", "system"):
+        raise RealtimeError(f"item.role must be user, assistant or system, got {role!r}",
+                            param="item.role")
+    content = _check(item.get("content"), list, "item.content")
+    texts = []
+    for i, part in enumerate(content):
+        _check(part, dict, f"item.content[{i}]")
+        ptype = part.get("type")
+        if ptype in ("input_audio", "output_audio", "audio"):
+            raise RealtimeError("audio content in conversation.item.create is not supported: "
+                                "send audio with input_audio_buffer.append",
+                                code="unsupported_value", param=f"item.content[{i}].type")
+        if ptype not in ("input_text", "output_text", "text"):
+            raise RealtimeError(f"item.content[{i}].type {ptype!r} is not supported (text only)",
+                                code="unsupported_value", param=f"item.content[{i}].type")
+        texts.append(_check(part.get("text"), str, f"item.content[{i}].text"))
+    text = " ".join(t.strip() for t in texts if t.strip())
+    if not text:
+        raise RealtimeError("item has no text", param="item.content")
+    if len(text) > _MAX_TEXT:
+        raise RealtimeError(f"item text longer than {_MAX_TEXT} characters",
+                            param="item.content")
+    client_id = item.get("id")
+    if client_id is not None:
+        _check(client_id, str, "item.id")
+        if not 1 <= len(client_id) <= 64:
+            raise RealtimeError("item.id must be 1..64 characters", param="item.id")
+    return role, text, client_id
