@@ -167,6 +167,9 @@ def _routers() -> list[Any]:
     from .ws_agent import router as agent_router  # WebSocket /v1/agent (voice agent)
 
     routers.append(agent_router)
+    from .realtime import router as realtime_router  # WebSocket /v1/realtime (OpenAI Realtime)
+
+    routers.append(realtime_router)
     from .jobs_api import router as jobs_router  # REST jobs: /v1/process, /v1/status, templates
     from .metrics import router as metrics_router  # Prometheus /metrics
 
