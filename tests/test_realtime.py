@@ -1,0 +1,408 @@
+"""WebSocket /v1/realtime with the official `openai` client's realtime connection.
+
+Every server event is validated against the `openai` package's own types (`RealtimeServerEvent`),
+so a field the GA API defines but the door gets wrong fails here. Real engines (Whisper, Qwen
+GGUF, Piper) answer a spoken turn with server VAD and a manual turn cancelled mid-answer; a
+server whose agent runs deterministic fake engines tests the ordering of cancel, truncate and
+delete and the error answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+
+import numpy as np
+import pytest
+import websockets
+from conftest import require_pack, wer
+from live_server import API_KEY, live_settings, serve_app
+from openai import AsyncOpenAI
+from openai.types.realtime import RealtimeServerEvent
+from pydantic import TypeAdapter
+from test_agent import FakeAsr, FakeLlm, FakeVoice
+
+from voxgate.agent import AgentSession
+from voxgate.audio import float32_to_pcm16, pcm16_to_float32, resample
+
+ADAPTER = TypeAdapter(RealtimeServerEvent)
+RATE = 24_000
+SENTENCES = ("The first sentence is here.", "Then a second one follows it.",
+             "A third sentence comes after that.", "And the fourth one ends the reply.")
+
+
+def _client(live, api_key: str = API_KEY) -> AsyncOpenAI:
+    return AsyncOpenAI(api_key=api_key, base_url=f"{live.url}/v1", max_retries=0)
+
+
+async def _next(conn, timeout: float = 60.0) -> dict:
+    """The next server event as a dict, after checking it against the openai types."""
+    raw = await asyncio.wait_for(conn.recv_bytes(), timeout)
+    data = json.loads(raw)
+    ADAPTER.validate_python(data)  # every field as the openai package defines it
+    return data
+
+
+async def _until(conn, kind: str, seen: list[dict] | None = None, timeout: float = 120.0
+                 ) -> dict:
+    while True:
+        event = await _next(conn, timeout)
+        if seen is not None:
+            seen.append(event)
+        assert event["type"] != "error" or kind == "error", event
+        if event["type"] == kind:
+            return event
+
+
+def _b64(pcm: bytes) -> str:
+    return base64.b64encode(pcm).decode()
+
+
+async def _append_chunks(conn, pcm: bytes, *, pace: float = 0.0) -> None:
+    step = RATE // 10 * 2  # 100 ms of PCM16
+    for i in range(0, len(pcm), step):
+        await conn.input_audio_buffer.append(audio=_b64(pcm[i:i + step]))
+        if pace:
+            await asyncio.sleep(pace)
+
+
+def _deltas_audio(events: list[dict]) -> bytes:
+    return b"".join(base64.b64decode(e["delta"]) for e in events
+                    if e["type"] == "response.output_audio.delta")
+
+
+# ========================================================================= real engines
+@pytest.fixture(scope="module")
+def real_server(manager, tmp_path_factory):
+    for model_id in ("whisper-base", "whisper-tiny.en", "qwen2.5-coder-1.5b-instruct-q4km",
+                     "en_US-joe-medium"):
+        require_pack(model_id, manager.settings.cache_dir)
+    from voxgate.config import AgentSettings
+    from voxgate.server.agent_doors import AgentComponent
+    from voxgate.server.app import create_app, uvicorn_options
+    from voxgate.server.live_streams import StreamingComponent
+
+    settings = live_settings(tmp_path_factory.mktemp("realtime"), max_streams=2,
+                             agent=AgentSettings(max_sessions=1, max_reply_tokens=40))
+    app = create_app(settings, manager, components=[StreamingComponent(settings),
+                                                    AgentComponent(settings)])
+    with serve_app(app, ws_max_size=uvicorn_options(settings)["ws_max_size"]) as live:
+        yield live
+
+
+@pytest.mark.slow
+async def test_spoken_turn_with_server_vad(real_server, manager):
+    from voxgate.engines.base import AsrOptions
+    from voxgate.speech import SpeechService
+
+    question, rate = SpeechService(manager.settings, manager).synthesize(
+        "What is the capital city of France?")
+    pcm = float32_to_pcm16(np.concatenate([resample(question, rate, RATE),
+                                           np.zeros(RATE * 2, np.float32)]))
+    async with _client(real_server).realtime.connect(model="voxgate-agent") as conn:
+        created = await _next(conn)
+        assert created["type"] == "session.created"
+        assert created["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        await conn.session.update(session={
+            "type": "realtime", "instructions": "Answer in one short sentence.",
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": RATE},
+                                "turn_detection": {"type": "server_vad",
+                                                   "silence_duration_ms": 500}},
+                      "output": {"format": {"type": "audio/pcm", "rate": RATE}}}})
+        updated = await _until(conn, "session.updated")
+        assert updated["session"]["instructions"] == "Answer in one short sentence."
+        assert updated["session"]["audio"]["input"]["turn_detection"][
+            "silence_duration_ms"] == 500
+        await _append_chunks(conn, pcm, pace=0.03)
+        events: list[dict] = []
+        done = await _until(conn, "response.done", events)
+    kinds = [e["type"] for e in events]
+    started = events[kinds.index("input_audio_buffer.speech_started")]
+    stopped = events[kinds.index("input_audio_buffer.speech_stopped")]
+    committed = events[kinds.index("input_audio_buffer.committed")]
+    heard = events[kinds.index("conversation.item.input_audio_transcription.completed")]
+    assert started["item_id"] == stopped["item_id"] == committed["item_id"] == heard["item_id"]
+    assert 0 <= started["audio_start_ms"] < stopped["audio_end_ms"] <= len(pcm) // 48
+    assert "france" in heard["transcript"].lower()
+    assert kinds.index("response.created") < kinds.index("response.output_audio.delta") \
+        < kinds.index("response.output_audio.done") < kinds.index("response.done")
+    assert done["response"]["status"] == "completed"
+    transcript = events[kinds.index("response.output_audio_transcript.done")]["transcript"]
+    deltas = "".join(e["delta"] for e in events
+                     if e["type"] == "response.output_audio_transcript.delta")
+    assert deltas.strip() == transcript.strip() and "paris" in transcript.lower()
+    assert done["response"]["output"][0]["content"][0]["transcript"] == transcript
+    audio = pcm16_to_float32(_deltas_audio(events))
+    said = manager.asr("whisper-base").transcribe(resample(audio, RATE, 16_000),
+                                                  AsrOptions(language="en")).text
+    assert wer(transcript, said) <= 0.25, (transcript, said)
+
+
+@pytest.mark.slow
+async def test_manual_turn_cancelled_mid_answer(real_server, librivox):
+    clip = next(c for c in librivox if c.path.stem.endswith("0880"))  # "he was not an ill ..."
+    pcm = float32_to_pcm16(resample(clip.audio, 16_000, RATE))
+    async with _client(real_server).realtime.connect(model="voxgate-agent") as conn:
+        await _next(conn)
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None}}})
+        updated = await _until(conn, "session.updated")
+        assert updated["session"]["audio"]["input"]["turn_detection"] is None
+        await _append_chunks(conn, pcm)
+        await conn.input_audio_buffer.commit(event_id="commit-1")
+        events: list[dict] = []
+        heard = await _until(conn, "conversation.item.input_audio_transcription.completed",
+                             events)
+        assert not any(e["type"].startswith("input_audio_buffer.speech") for e in events)
+        assert wer(clip.text, heard["transcript"]) <= 0.2, heard["transcript"]
+        await conn.response.create(response={"instructions": "Retell it in three sentences."})
+        created = await _until(conn, "response.created")
+        await _until(conn, "response.output_audio.delta")
+        await conn.response.cancel()
+        after: list[dict] = []
+        done = await _until(conn, "response.done", after)
+        assert done["response"]["id"] == created["response"]["id"]
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "client_cancelled"
+        # nothing more of that response comes: the generation and the TTS have stopped
+        with pytest.raises(TimeoutError):
+            await _next(conn, timeout=1.5)
+
+
+# ============================================================== deterministic fake engines
+class _FakeAgent:
+    """Builds the AgentComponent whose sessions run fake ASR / LLM / TTS (orchestration)."""
+
+    def __init__(self) -> None:
+        self.llms: list[FakeLlm] = []
+        self.voices: list[FakeVoice] = []
+        self.reply = " ".join(SENTENCES)
+
+    def component(self, settings):
+        from voxgate.server.agent_doors import AgentComponent
+
+        fake = self
+
+        class FakeAgentComponent(AgentComponent):
+            async def open(self, config):
+                self.check_capacity()
+                config.validate()
+                sid = uuid.uuid4().hex[:12]
+                llm, voice = FakeLlm(fake.reply, delay=0.01), FakeVoice()
+                fake.llms.append(llm)
+                fake.voices.append(voice)
+                session = AgentSession(config, FakeAsr(), llm, voice, session_id=sid,
+                                       on_close=lambda: self.sessions.pop(sid, None))
+                self.sessions[sid] = session
+                return session
+
+        return FakeAgentComponent(settings)
+
+
+@pytest.fixture(scope="module")
+def fake_server(manager, tmp_path_factory):
+    from voxgate.config import AgentSettings
+    from voxgate.server.app import create_app
+    from voxgate.server.live_streams import StreamingComponent
+
+    settings = live_settings(tmp_path_factory.mktemp("realtime-fake"), max_streams=4,
+                             agent=AgentSettings(max_sessions=1))
+    fake = _FakeAgent()
+    app = create_app(settings, manager, components=[StreamingComponent(settings),
+                                                    fake.component(settings)])
+    with serve_app(app, ws_max_size=settings.streaming.max_frame_bytes) as live:
+        live.fake = fake
+        yield live
+
+
+async def _text_turn(conn, text: str, item_id: str | None = None) -> dict:
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    if item_id:
+        item["id"] = item_id
+    await conn.conversation.item.create(item=item)
+    return await _until(conn, "conversation.item.done")
+
+
+async def test_cancel_stops_generation_and_speech(fake_server):
+    fake = fake_server.fake
+    async with _client(fake_server).realtime.connect(model="any") as conn:
+        await _next(conn)
+        await _text_turn(conn, "Tell me four things.")
+        await conn.response.create()
+        await _until(conn, "response.output_audio.delta")
+        await conn.response.cancel()
+        events: list[dict] = []
+        done = await _until(conn, "response.done", events)
+        assert done["response"]["status"] == "cancelled"
+        with pytest.raises(TimeoutError):
+            await _next(conn, timeout=1.0)
+        kinds = [e["type"] for e in events]
+        assert kinds[-6:] == ["response.output_audio.done",
+                              "response.output_audio_transcript.done",
+                              "response.content_part.done", "response.output_item.done",
+                              "conversation.item.done", "response.done"]
+        llm, voice = fake.llms[-1], fake.voices[-1]
+        assert llm.finished == 0 and llm.cancelled == 1  # the generation was stopped
+        assert len(voice.sentences) < len(SENTENCES)  # and so was the speech
+        # the history keeps what was heard only: the cancelled item's transcript is short
+        item_id = done["response"]["output"][0]["id"]
+        await conn.conversation.item.retrieve(item_id=item_id)
+        kept = (await _until(conn, "conversation.item.retrieved"))["item"]
+        assert kept["status"] == "incomplete"
+        assert len(kept["content"][0]["transcript"]) < len(fake.reply)
+        # a second cancel has nothing to cancel
+        await conn.response.cancel(event_id="cancel-2")
+        error = await _until(conn, "error")
+        assert error["error"]["code"] == "response_cancel_not_active"
+        assert error["error"]["event_id"] == "cancel-2"
+
+
+async def test_truncate_keeps_only_the_heard_part(fake_server):
+    fake = fake_server.fake
+    async with _client(fake_server).realtime.connect(model="any") as conn:
+        await _next(conn)
+        await _text_turn(conn, "Say four sentences.", item_id="my-question")
+        await conn.response.create()
+        events: list[dict] = []
+        done = await _until(conn, "response.done", events)
+        assert done["response"]["status"] == "completed"
+        answer = done["response"]["output"][0]["id"]
+        first = SENTENCES[0]
+        # the client played the first sentence and a bit: FakeVoice speaks 10 ms a character
+        await conn.conversation.item.truncate(item_id=answer, content_index=0,
+                                              audio_end_ms=len(first) * 10 + 5)
+        truncated = await _until(conn, "conversation.item.truncated")
+        assert truncated["item_id"] == answer
+        await conn.conversation.item.retrieve(item_id=answer)
+        kept = (await _until(conn, "conversation.item.retrieved"))["item"]
+        assert kept["content"][0]["transcript"] == first
+        # the next response's context holds only the heard part of the answer
+        await _text_turn(conn, "And then?")
+        await conn.response.create()
+        await _until(conn, "response.done")
+        messages = fake.llms[-1].requests[-1]
+        assert [(m.role, m.content) for m in messages if m.role != "system"] == [
+            ("user", "Say four sentences."), ("assistant", first), ("user", "And then?")]
+        # truncating a response still playing cuts it there
+        await conn.response.create()
+        created = await _until(conn, "response.created")
+        item = created["response"]["id"]
+        added = await _until(conn, "response.output_item.added")
+        await _until(conn, "response.output_audio.delta")
+        await conn.conversation.item.truncate(item_id=added["item"]["id"], content_index=0,
+                                              audio_end_ms=0)
+        done = await _until(conn, "response.done")
+        assert done["response"]["id"] == item and done["response"]["status"] == "cancelled"
+        assert done["response"]["output"][0]["content"][0]["transcript"] == ""
+        # a user item has no audio to truncate; an unknown item is named in the error
+        await conn.conversation.item.truncate(item_id="my-question", content_index=0,
+                                              audio_end_ms=10, event_id="t-user")
+        error = await _until(conn, "error")
+        assert error["error"]["event_id"] == "t-user" and error["error"]["param"] == "item_id"
+        await conn.conversation.item.truncate(item_id="nope", content_index=0, audio_end_ms=10)
+        assert (await _until(conn, "error"))["error"]["code"] == "item_not_found"
+
+
+async def test_item_create_and_delete(fake_server):
+    fake = fake_server.fake
+    async with _client(fake_server).realtime.connect(model="any") as conn:
+        await _next(conn)
+        first = await _text_turn(conn, "Remember the word apple.", item_id="keep-me")
+        assert first["item"]["id"] == "keep-me" and first["previous_item_id"] is None
+        second = await _text_turn(conn, "Forget this one.")
+        assert second["previous_item_id"] == "keep-me"
+        await conn.conversation.item.delete(item_id=second["item"]["id"])
+        deleted = await _until(conn, "conversation.item.deleted")
+        assert deleted["item_id"] == second["item"]["id"]
+        await conn.conversation.item.create(previous_item_id="keep-me", item={
+            "type": "message", "role": "system",
+            "content": [{"type": "input_text", "text": "Be brief."}]})
+        inserted = await _until(conn, "conversation.item.done")
+        assert inserted["previous_item_id"] == "keep-me"
+        await conn.response.create()
+        await _until(conn, "response.done")
+        messages = fake.llms[-1].requests[-1]
+        assert [(m.role, m.content) for m in messages[1:]] == [
+            ("user", "Remember the word apple."), ("system", "Be brief.")]
+        await conn.conversation.item.delete(item_id=second["item"]["id"], event_id="again")
+        error = await _until(conn, "error")
+        assert error["error"]["code"] == "item_not_found"
+        assert error["error"]["event_id"] == "again"
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "id":
+                                                  "keep-me", "content": [
+                                                      {"type": "input_text", "text": "x"}]})
+        assert (await _until(conn, "error"))["error"]["param"] == "item.id"
+
+
+async def test_bad_events_are_answered_and_the_session_goes_on(fake_server):
+    async with _client(fake_server).realtime.connect(model="any") as conn:
+        await _next(conn)
+        await conn.send({"type": "no.such.event", "event_id": "e1"})  # type: ignore[typeddict-item]
+        error = await _until(conn, "error")
+        assert error["error"]["event_id"] == "e1" and error["error"]["param"] == "type"
+        await conn.input_audio_buffer.append(audio="not base64!!", event_id="e2")
+        error = await _until(conn, "error")
+        assert error["error"]["param"] == "audio" and error["error"]["event_id"] == "e2"
+        await conn.input_audio_buffer.append(audio=_b64(b"\x00\x01\x02"), event_id="e3")
+        error = await _until(conn, "error")
+        assert error["error"]["code"] == "invalid_audio" and error["error"]["event_id"] == "e3"
+        for bad, param in (
+                ({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+                 "session.audio.input.format"),
+                ({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}},
+                 "session.audio.input.turn_detection.type"),
+                ({"output_modalities": ["text"]}, "session.output_modalities"),
+                ({"input_audio_format": "pcm16"}, "session.input_audio_format"),
+                ({"audio": {"output": {"voice": "no-such-voice"}}},
+                 "session.audio.output.voice"),
+                ({"audio": {"input": {"turn_detection": {"type": "server_vad",
+                                                         "threshold": 2.0}}}},
+                 "session.audio.input.turn_detection.threshold")):
+            await conn.send({"type": "session.update", "session": {"type": "realtime", **bad},
+                             "event_id": "u"})
+            error = await _until(conn, "error")
+            assert error["error"]["param"] == param, (bad, error)
+        await conn.response.cancel(event_id="c")
+        assert (await _until(conn, "error"))["error"]["code"] == "response_cancel_not_active"
+        await conn.input_audio_buffer.commit()
+        assert (await _until(conn, "error"))["error"]["code"] == \
+            "input_audio_buffer_commit_empty"
+        # after all that the session still works, with its options unchanged
+        await conn.input_audio_buffer.clear()
+        await _until(conn, "input_audio_buffer.cleared")
+        await conn.session.update(session={"type": "realtime", "instructions": "Hi."})
+        updated = await _until(conn, "session.updated")
+        assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+
+
+async def test_auth_limits_and_raw_frames(fake_server):
+    from websockets.exceptions import ConnectionClosed
+
+    url = f"ws://127.0.0.1:{fake_server.port}/v1/realtime?model=x"
+    async with _client(fake_server, api_key="wrong-key").realtime.connect(model="x") as conn:
+        error = await _next(conn)
+        assert error["type"] == "error" and error["error"]["code"] == "invalid_api_key"
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(conn.recv_bytes(), 10)
+        assert closed.value.rcvd.code == 1008
+    for extra in ({"additional_headers": {"X-API-Key": API_KEY}}, {"query": API_KEY}):
+        target = url + (f"&api_key={extra.pop('query')}" if "query" in extra else "")
+        async with websockets.connect(target, **extra) as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
+            await ws.send(b"\x00\x00" * 100)  # raw audio instead of an append event
+            error = json.loads(await ws.recv())
+            assert error["type"] == "error" and "base64" in error["error"]["message"]
+            await ws.send("{not json")
+            assert json.loads(await ws.recv())["error"]["code"] == "invalid_json"
+    # the one agent session slot: a second client is told to come back later (1013)
+    async with _client(fake_server).realtime.connect(model="x") as conn:
+        await _next(conn)
+        await _text_turn(conn, "Hold the slot.")  # the session opens with its first item
+        async with _client(fake_server).realtime.connect(model="x") as second:
+            error = await _next(second)
+            assert error["type"] == "error" and error["error"]["code"] == "session_limit"
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(second.recv_bytes(), 10)
+            assert closed.value.rcvd.code == 1013
