@@ -34,8 +34,8 @@ pytestmark = pytest.mark.slow
 QUESTION = "What is the capital of France?"
 SHORT_PROMPT = "You are a voice assistant. Answer in one short sentence of plain text."
 KEY = (("x-api-key", API_KEY),)
-AGENT_MODELS = ("whisper-base", "whisper-tiny.en", "qwen2.5-coder-1.5b-instruct-q4km",
-                "en_US-joe-medium")
+LLM = "qwen2.5-coder-1.5b-instruct-q4km"
+AGENT_MODELS = ("whisper-base", "whisper-tiny.en", LLM, "en_US-joe-medium")
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +112,9 @@ def _config(**fields: Any) -> pb.SessionConfig:
     return pb.SessionConfig(**base)
 
 
-def test_a_spoken_question_is_answered_in_speech(server, whisper, tmp_path):
-    _free(server)
-    question = festival_speech(QUESTION, tmp_path / "question.wav")
+def spoken_turn(server, question: np.ndarray) -> list[pb.ServerMessage]:
+    """One spoken exchange over VoiceWorkflow: the question streamed in real time (with
+    silence around it), every server message until the agent's turn ends, then END."""
     user = np.concatenate([np.zeros(SAMPLE_RATE // 2, np.float32), question,
                            np.zeros(2 * SAMPLE_RATE, np.float32)])
     messages: list[pb.ServerMessage] = []
@@ -130,11 +130,17 @@ def test_a_spoken_question_is_answered_in_speech(server, whisper, tmp_path):
                 talk.send(control=pb.Control(action=pb.Control.END))
         assert sender is not None
         sender.join()
+    return messages
+
+
+def check_spoken_answer(messages: list[pb.ServerMessage], whisper: Any) -> pb.Ready:
+    """The question was heard, answered with Paris, and the agent audio says the agent text;
+    one completed agent turn with its latency breakdown; no error."""
     kinds = [_kind(m) for m in messages]
     assert kinds[0] == "ready"
     ready = messages[0].ready
-    assert ready.session_id and ready.asr_model == "whisper-base"
-    assert ready.input_sample_rate_hz == SAMPLE_RATE and ready.output_sample_rate_hz > 0
+    assert ready.session_id and ready.input_sample_rate_hz == SAMPLE_RATE
+    assert ready.output_sample_rate_hz > 0
     finals = [m.transcript.text for m in messages
               if _kind(m) == "transcript" and m.transcript.is_final]
     assert wer(QUESTION, " ".join(finals)) <= 0.2, finals
@@ -160,6 +166,46 @@ def test_a_spoken_question_is_answered_in_speech(server, whisper, tmp_path):
     assert latency[0].HasField("voice_to_voice_s") and latency[0].voice_to_voice_s > 0
     assert latency[0].HasField("llm_first_token_s")
     assert not [m for m in messages if _kind(m) == "error"]
+    return ready
+
+
+def test_a_spoken_question_is_answered_in_speech(server, whisper, tmp_path):
+    _free(server)
+    messages = spoken_turn(server, festival_speech(QUESTION, tmp_path / "question.wav"))
+    ready = check_spoken_answer(messages, whisper)
+    assert ready.asr_model == "whisper-base" and ready.voice == "en_US-joe-medium"
+    assert ready.llm_model == "qwen2.5-coder-1.5b-instruct-q4km"
+
+
+@pytest.fixture(scope="module")
+def riva_gateway(server, manager, tmp_path_factory):
+    """Seed 004's deployment: a gateway whose ASR and TTS are Riva servers and whose LLM is an
+    OpenAI-compatible server. Here the Riva server is the module's voxgate (it speaks Riva's
+    ASR and TTS protocols) and the LLM server is llama.cpp's own OpenAI-compatible listener on
+    loopback; the gateway has its own settings and model manager, as a separate host would."""
+    from voxgate.config import AsrSettings, LlmSettings, RivaSettings, TtsSettings
+    from voxgate.engines.manager import ModelManager
+
+    base_url, key = manager.get("llm", LLM).http_endpoint
+    settings = live_settings(
+        tmp_path_factory.mktemp("gateway"),
+        riva=RivaSettings(uri=server.grpc_uri, api_key=API_KEY),
+        llm=LlmSettings(base_url=base_url, api_key=key),
+        asr=AsrSettings(model="riva", partial_model="riva"), tts=TtsSettings(voice="riva-tts"))
+    gateway_manager = ModelManager(settings)
+    try:
+        yield from start_agent_server(settings, gateway_manager)
+    finally:
+        gateway_manager.close()
+
+
+def test_seed_004_deployment_riva_asr_riva_tts_openai_llm(riva_gateway, server, whisper,
+                                                          tmp_path):
+    _free(riva_gateway)
+    messages = spoken_turn(riva_gateway, festival_speech(QUESTION, tmp_path / "question.wav"))
+    ready = check_spoken_answer(messages, whisper)
+    assert ready.asr_model == "riva" and ready.voice.startswith("riva-tts")
+    assert ready.llm_model == "openai-compatible"
 
 
 def test_interrupt_control_cuts_the_reply_to_what_was_played(server):
