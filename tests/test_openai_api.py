@@ -123,6 +123,69 @@ def test_verbose_json_with_word_and_segment_timestamps(client, clip):
     assert only_words.words and only_words.segments is None
 
 
+def test_verbose_json_segments_carry_their_token_ids(client, clip, manager):
+    result = client.audio.transcriptions.create(model="whisper-base", file=clip.path,
+                                                response_format="verbose_json")
+    tokenizer = manager.asr("whisper-base").model.hf_tokenizer
+    assert result.segments
+    for segment in result.segments:
+        assert segment.tokens and all(t < 50257 for t in segment.tokens)  # text, no timestamps
+        assert tokenizer.decode(segment.tokens).strip() == segment.text
+        assert segment.temperature == 0.0
+
+
+@pytest.fixture
+def looping_first_batch(monkeypatch):
+    """The first batched Whisper decode after this comes back looping, as Whisper sometimes
+    does on real audio: its chunk's text becomes one phrase repeated (the real decode of the
+    other chunks, and every sequential decode, are untouched). Returns a list that records
+    the loops it made."""
+    from dataclasses import replace
+
+    from voxgate.engines import asr_whisper
+
+    real = asr_whisper._DetectingPipeline.transcribe
+    made: list[str] = []
+
+    def transcribe(self, *args, **kwargs):
+        segments, info = real(self, *args, **kwargs)
+        segments = list(segments)
+        if not made and segments:
+            loop = " and Mr. John Dashwood had" * 12
+            segments = [replace(segments[0], text=loop, end=segments[-1].end)]
+            made.append(loop)
+        return iter(segments), info
+
+    monkeypatch.setattr(asr_whisper._DetectingPipeline, "transcribe", transcribe)
+    return made
+
+
+def test_a_looping_chunk_is_decoded_again_with_temperature_fallback(
+        client, long_speech, looping_first_batch, caplog):
+    """temperature=0 (OpenAI's default): a chunk whose decode fails Whisper's compression
+    ratio check is decoded again by Whisper's fallback, and the loop never reaches the client.
+    Without the fallback the response holds the repeated phrase."""
+    path, reference, _ = long_speech
+    with caplog.at_level("INFO", logger="voxgate.engines.asr_whisper"):
+        result = client.audio.transcriptions.create(
+            model="whisper-base", file=path, response_format="verbose_json", language="en")
+    assert looping_first_batch, "the looping decode was not injected"
+    assert "looped or were unsure at temperature 0" in caplog.text
+    assert "dashwood had and mr" not in result.text.lower()
+    assert wer(reference, result.text) <= 0.15, result.text
+    assert all(s.compression_ratio <= 2.4 for s in result.segments)
+
+
+def test_temperature_above_zero_samples_at_that_temperature(client, clip, looping_first_batch):
+    """temperature=0.4: every chunk sampled at 0.4 (best of 5, Whisper's sequential decoder:
+    the batched pipeline cannot sample), no fallback; the text is still the speech."""
+    result = client.audio.transcriptions.create(
+        model="whisper-base", file=clip.path, response_format="verbose_json", temperature=0.4)
+    assert not looping_first_batch  # the batched pipeline was never used
+    assert result.segments and {s.temperature for s in result.segments} == {0.4}
+    assert wer(clip.text, result.text) <= 0.25, result.text
+
+
 def test_stream_sends_deltas_as_batches_finish(client, long_speech):
     path, reference, _ = long_speech
     events, arrivals = [], []

@@ -205,6 +205,15 @@ def test_transcribe_words_segments_and_options(tdt, clip):
         english.transcribe(clip, AsrOptions(language="de"))
 
 
+def test_segments_carry_their_token_ids(tdt, clip):
+    result = tdt.transcribe(clip, AsrOptions())
+    assert len(result.segments) >= 1
+    assert [t for s in result.segments for t in s.tokens] == result.extra["tokens"]
+    for segment in result.segments:
+        text = "".join(tdt.pieces[t] for t in segment.tokens).replace("\u2581", " ").strip()
+        assert text == segment.text
+
+
 def test_empty_tiny_and_mixed_inputs(tdt, clip):
     results = tdt.transcribe_batch([np.zeros(0, np.float32), clip[:100], clip[:160],
                                     clip[:1280], clip], AsrOptions())

@@ -597,7 +597,7 @@ class ParakeetAsr:
                 words=[Word(min(w.start, duration), min(w.end, duration), w.word, w.prob)
                        for w in current] if word_timestamps else [],
                 avg_logprob=float(np.log(np.maximum(probs, 1e-12)).mean()),
-                confidence=float(probs.mean())))
+                confidence=float(probs.mean()), tokens=list(hyp.tokens[first:stop])))
             current = []
         return AsrResult(segments=segments, language=language, duration=duration,
                          extra={"tokens": list(hyp.tokens)})

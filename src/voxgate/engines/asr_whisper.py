@@ -11,6 +11,16 @@ a second copy of the model whose compute threads were created at a low OS priori
 ``VOXGATE_ASR__FILE_LANE_NICE``): the kernel gives live decoding the cores whenever it wants
 them and file work everything left over, so neither waits for the other's call to finish.
 Same weights, compute type and thread count: the file lane's output is identical.
+
+Temperature as OpenAI's API and Whisper define it: with ``AsrOptions.temperature_fallback`` a
+chunk whose batched temperature-0 text loops (gzip compression ratio above 2.4) or is unsure
+(mean log-prob below -1, unless Whisper calls it silence) is decoded again alone by Whisper's
+own sequential algorithm at 0, 0.2, ... 1.0 until it passes; a temperature above 0 samples
+every chunk at that temperature. The batched pipeline cannot sample (it decodes greedily
+whatever the temperature), so sampled decodes run one chunk at a time. CTranslate2 keeps one
+random generator per compute thread, seeded once when the thread first samples: the seed is
+fixed before each model load, so a fresh process repeats its sampled output for the same
+sequence of requests, but two identical requests in one process may differ.
 """
 
 from __future__ import annotations
@@ -25,8 +35,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import ctranslate2
 import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper.transcribe import get_compression_ratio
 
 from ..errors import EngineError, ModelError
 from ..types import Segment, Word
@@ -47,6 +59,10 @@ _LOOP = re.compile(r"(.{2,6}?)\1{4,}")
 # Batched decoding with timestamp tokens has no seek loop: text after Whisper's last timestamp
 # pair is dropped. A chunk whose segments stop this far before its end gets its tail decoded.
 _TAIL_REDECODE_S = 1.0
+# Whisper's fallback schedule and the checks that trigger it (openai-whisper's defaults)
+_FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+_COMPRESSION_RATIO_MAX = 2.4
+_SAMPLING_SEED = 0
 
 
 def segment_confidence(avg_logprob: float, no_speech_prob: float) -> float:
@@ -93,6 +109,7 @@ class WhisperAsr:
         self._file_lane: _Lane | None = None
         self._file_lane_lock = threading.Lock()
         self.model_id = model_id or model_path
+        self._eot = int(self.model.hf_tokenizer.token_to_id("<|endoftext|>"))  # text ids below
         self.device = device
         self.compute_type = compute_type
         multilingual = bool(self.model.model.is_multilingual)
@@ -110,6 +127,7 @@ class WhisperAsr:
                    file_unit_chunks=asr.file_unit_chunks, file_lane_nice=asr.file_lane_nice)
 
     def _load_model(self) -> WhisperModel:
+        ctranslate2.set_random_seed(_SAMPLING_SEED)  # for the threads this load creates
         try:
             return WhisperModel(**self._load_args)
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError with details
@@ -173,14 +191,25 @@ class WhisperAsr:
         """One utterance, decoded whole with Whisper's sequential long-form algorithm."""
         language = self._check(options)
         lane = self._lane(options.priority)
-        with lane.gate.hold(options.priority):  # segments decode lazily: consumed inside
-            segments, info = lane.model.transcribe(
-                audio, language=language, task=options.task, beam_size=options.beam_size,
-                word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
-                hotwords=options.hotwords, temperature=options.temperature or 0.0,
-                condition_on_previous_text=False, vad_filter=False,
-            )
-            converted = [s for s in (_convert(i, seg) for i, seg in enumerate(segments)) if s]
+        with lane.gate.hold(options.priority):
+            return self._sequential(lane, audio, options, language)
+
+    def _sequential(self, lane: _Lane, audio: np.ndarray, options: AsrOptions,
+                    language: str | None) -> AsrResult:
+        """faster-whisper's sequential decoder on one utterance (the lane's gate held), with
+        Whisper's temperature fallback when asked for (see the module docstring on seeds)."""
+        temperatures = (_FALLBACK_TEMPERATURES if options.temperature_fallback
+                        and not options.temperature else (options.temperature or 0.0,))
+        segments, info = lane.model.transcribe(  # segments decode lazily: consumed here
+            audio, language=language, task=options.task, beam_size=options.beam_size,
+            word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
+            hotwords=options.hotwords, temperature=temperatures,
+            compression_ratio_threshold=_COMPRESSION_RATIO_MAX, log_prob_threshold=_LOGPROB_FLOOR,
+            no_speech_threshold=_NO_SPEECH_PROB,
+            condition_on_previous_text=False, vad_filter=False,
+        )
+        converted = [s for s in (_convert(i, seg, text_ids_below=self._eot)
+                                 for i, seg in enumerate(segments)) if s]
         return AsrResult(
             segments=converted,
             language=info.language, language_probability=float(info.language_probability),
@@ -220,6 +249,8 @@ class WhisperAsr:
             return [result for first in range(0, len(chunks), unit)
                     for result in self.transcribe_batch(chunks[first:first + unit], options)]
         if options.window_margin_s is None:
+            if options.temperature > 0:  # sampling: the batched pipeline cannot (see top)
+                return [self.transcribe(chunk, options) for chunk in chunks]
             return self._decode(chunks, options, language)
         longest = max(c.size for c in chunks) / _SAMPLE_RATE
         window = min(30, math.ceil(longest + max(options.window_margin_s, 0.0)))
@@ -274,32 +305,70 @@ class WhisperAsr:
             i = index_of.get(int(seg.seek))
             if i is None:  # fall back to the chunk whose span holds the segment start
                 i = max(k for k, off in enumerate(offsets) if off <= seg.start + 1e-3)
-            converted = _convert(len(results[i].segments), seg, shift=-offsets[i])
+            converted = _convert(len(results[i].segments), seg, shift=-offsets[i],
+                                 text_ids_below=self._eot)
             if converted:
                 results[i].segments.append(converted)
+        redone = self._fall_back(chunks, results, options, language) \
+            if options.temperature_fallback and not window_s else set()
         if complete_tails and options.word_timestamps and not window_s:
-            self._decode_dropped_tails(chunks, results, options, language)
+            self._decode_dropped_tails(chunks, results, options, language, skip=redone)
         return results
 
+    def _fall_back(self, chunks: Sequence[np.ndarray], results: list[AsrResult],
+                   options: AsrOptions, language: str | None) -> set[int]:
+        """Chunks whose batched decode fails Whisper's checks, decoded again alone by
+        :meth:`_sequential` with the fallback schedule; returns their indices."""
+        redo = [i for i, r in enumerate(results) if _needs_fallback(r)]
+        if not redo:
+            return set()
+        logger.info("%s: %d of %d chunk(s) looped or were unsure at temperature 0; decoding "
+                    "them again with temperature fallback", self.model_id, len(redo),
+                    len(chunks))
+        lane = self._lane(options.priority)
+        for i in redo:
+            with lane.gate.hold(options.priority):
+                result = self._sequential(lane, np.asarray(chunks[i], np.float32), options,
+                                          language or results[i].language)
+            results[i].segments = result.segments
+        return set(redo)
+
     def _decode_dropped_tails(self, chunks: Sequence[np.ndarray], results: list[AsrResult],
-                              options: AsrOptions, language: str | None) -> None:
+                              options: AsrOptions, language: str | None,
+                              skip: set[int] | frozenset[int] = frozenset()) -> None:
         """Do the one seek step batched decoding lacks: decode what follows the last segment.
 
         Whisper ends a window's output at its last complete timestamp pair; the sequential
         decoder then seeks there and decodes the rest, the batched one silently drops it.
         """
-        tails = [(i, r.segments[-1].end) for i, r in enumerate(results)
-                 if r.segments and r.duration - r.segments[-1].end >= _TAIL_REDECODE_S]
+        tails = [(i, r.segments[-1].end) for i, r in enumerate(results) if i not in skip
+                 and r.segments and r.duration - r.segments[-1].end >= _TAIL_REDECODE_S]
         if not tails:
             return
         logger.debug("decoding the dropped tail of %d chunk(s)", len(tails))
         for i, start in tails:
             # conditioned on the chunk's text so far, as the sequential decoder's next window is
-            tail_options = replace(options, initial_prompt=results[i].text[-800:])
+            tail_options = replace(options, initial_prompt=results[i].text[-800:],
+                                   temperature_fallback=False)
             extra = self._decode([chunks[i][int(start * _SAMPLE_RATE):]], tail_options,
                                  language or results[i].language, complete_tails=False)[0]
             for segment in extra.segments:
                 results[i].segments.append(_shifted(segment, start, len(results[i].segments)))
+
+
+def _needs_fallback(result: AsrResult) -> bool:
+    """Whisper's test of a temperature-0 decode: its text compresses too well (a loop), or its
+    mean log-prob is below -1 while it is not silence. A batched chunk's segments share one
+    decode, so its text is judged whole and its first segment carries the scores."""
+    if not result.segments:
+        return False
+    first = result.segments[0]
+    unsure = first.avg_logprob < _LOGPROB_FLOOR
+    if unsure and first.no_speech_prob > _NO_SPEECH_PROB:
+        return False  # silence: Whisper keeps it (and drops it as such)
+    looped = get_compression_ratio(" ".join(s.text for s in result.segments)) \
+        > _COMPRESSION_RATIO_MAX
+    return looped or unsure
 
 
 def _implausible(result: AsrResult) -> bool:
@@ -355,8 +424,10 @@ def _shifted(segment: Segment, offset: float, index: int) -> Segment:
                    words=words)
 
 
-def _convert(index: int, seg: Any, shift: float = 0.0) -> Segment | None:
-    """faster-whisper segment -> voxgate Segment; drops Whisper's "silence" windows."""
+def _convert(index: int, seg: Any, shift: float = 0.0, text_ids_below: int = 0
+             ) -> Segment | None:
+    """faster-whisper segment -> voxgate Segment; drops Whisper's "silence" windows. Token ids
+    below ``text_ids_below`` (end-of-text: timestamps and specials are above) are its text's."""
     text = seg.text.strip()
     if not any(ch.isalnum() for ch in text):  # "", "...", "♪": Whisper's filler, not speech
         return None
@@ -368,6 +439,8 @@ def _convert(index: int, seg: Any, shift: float = 0.0) -> Segment | None:
         id=index, start=max(0.0, seg.start + shift), end=max(0.0, seg.end + shift), text=text,
         words=words, avg_logprob=float(seg.avg_logprob), no_speech_prob=float(seg.no_speech_prob),
         confidence=segment_confidence(seg.avg_logprob, seg.no_speech_prob),
+        tokens=[int(t) for t in (seg.tokens or ()) if t < text_ids_below],
+        temperature=float(seg.temperature or 0.0),
     )
 
 

@@ -6,6 +6,11 @@ for ``stream=true``, and errors in OpenAI's shape ``{"error": {"message", "type"
 "code"}}``. That shape is produced by this router's own route class, so the rest of the server
 keeps its ``{"detail"}`` errors.
 
+``temperature`` as OpenAI documents it: 0 (the default) decodes at temperature 0 and lets a
+chunk that loops or is unsure fall back to rising temperatures, as Whisper does; a value above
+0 samples at that temperature. ``verbose_json`` segments carry the token ids of their text and
+the temperature each was decoded at.
+
 Work happens on worker threads (decode, model load, decoding); the event loop only moves bytes.
 A server-wide number of transcriptions run at once (``max_concurrent_transcriptions``); a request
 beyond it gets 429 with Retry-After rather than an unbounded queue.
@@ -351,6 +356,7 @@ def _prepare(state: AppState, upload: UploadFile,
         word_timestamps=job.words or job.response_format in ("srt", "vtt", "verbose_json"),
         beam_size=settings.asr.beam_size, batch_size=settings.asr.batch_size,
         initial_prompt=job.prompt, temperature=job.temperature,
+        temperature_fallback=job.temperature == 0.0,
     ), state.manager)
     caps = transcriber.asr.capabilities
     if job.language and caps.languages and job.language not in caps.languages:
@@ -446,15 +452,15 @@ def _compression_ratio(text: str) -> float:
     return round(len(data) / len(zlib.compress(data)), 3) if data else 0.0
 
 
-def _segment(segment: Segment, temperature: float) -> dict[str, Any]:
+def _segment(segment: Segment) -> dict[str, Any]:
     return {
         "id": segment.id,
         "seek": round(segment.start * 100),  # in 10 ms frames, like Whisper
         "start": float(segment.start),
         "end": float(segment.end),
         "text": segment.text,
-        "tokens": [],
-        "temperature": temperature,
+        "tokens": list(segment.tokens),
+        "temperature": float(segment.temperature),
         "avg_logprob": float(segment.avg_logprob),
         "compression_ratio": _compression_ratio(segment.text),
         "no_speech_prob": float(segment.no_speech_prob),
@@ -473,7 +479,7 @@ def _render(transcript: Transcript, job: AudioJob) -> Response:
         body = {"task": job.task, "language": language_name(transcript.language),
                 "duration": round(transcript.duration, 3), "text": transcript.text}
         if job.segments:
-            body["segments"] = [_segment(s, job.temperature) for s in transcript.segments]
+            body["segments"] = [_segment(s) for s in transcript.segments]
         if job.words:
             body["words"] = [{"word": w.word, "start": float(w.start), "end": float(w.end)}
                              for s in transcript.segments for w in s.words]
