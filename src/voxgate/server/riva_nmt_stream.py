@@ -47,11 +47,12 @@ import riva.client.proto.riva_nmt_pb2 as rnmt
 from ..audio import float32_to_pcm16, resample
 from ..errors import AudioError, VoxgateError
 from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
-from ..translation import TranslateConfig, TranslateEvent, TranslateSession, TranslationService
+from ..translation import TranslateConfig, TranslateEvent, TranslateSession
 from .riva_nmt import FieldError, check_model, fail, parse_dnt_phrases, riva_nmt_language
 from .state import AppState
+from .translation_state import translation_service
 
-__all__ = ["WireAudio", "speech_to_speech", "speech_to_text", "translation_service"]
+__all__ = ["WireAudio", "speech_to_speech", "speech_to_text"]
 
 logger = logging.getLogger(__name__)
 _MAX_WAV_HEADER = 64 * 1024
@@ -61,20 +62,6 @@ _EXTENSIBLE = 0xFFFE
 
 class IdleStream(VoxgateError):
     """The client sent nothing for the idle timeout while owed no result."""
-
-
-def translation_service(state: AppState) -> TranslationService:
-    """The app's TranslationService (the ``translation`` component, or one started here on
-    first use over the app's streaming and speech services)."""
-    service = state.components.get("translation")
-    if service is None:
-        from .speech_doors import speech_service
-        from .ws import streaming_service
-
-        service = TranslationService(state.settings, state.manager, streaming_service(state),
-                                     speech_service(state))
-        state.components["translation"] = service
-    return service
 
 
 def _wav_head(head: bytes) -> tuple[str, int, int, int] | None:
@@ -230,7 +217,7 @@ class _Stream:
         self.session: TranslateSession | None = None
 
     async def first(self) -> Any:
-        translation_service(self.state).check_capacity()
+        (await translation_service(self.state)).check_capacity()
         try:  # a client that opens the stream and says nothing holds nothing for long
             first = await asyncio.wait_for(anext(self.requests, None), self.idle_s)
         except TimeoutError:
@@ -241,7 +228,7 @@ class _Stream:
         return first
 
     async def open(self, config: TranslateConfig) -> TranslateSession:
-        self.session = await translation_service(self.state).open(config)
+        self.session = await (await translation_service(self.state)).open(config)
         return self.session
 
     async def _next(self) -> Any:
