@@ -14,7 +14,7 @@ import pytest
 from parakeet_fixtures import long_speech, quantize_int8, speech_inputs, tiny_model
 
 from voxgate.batch import BatchOptions, transcribe_audio
-from voxgate.config import OnnxSettings, Settings
+from voxgate.config import AsrSettings, OnnxSettings, Settings
 from voxgate.engines import load_engine_class
 from voxgate.engines.asr_parakeet import ParakeetAsr, model_files, onnx_providers, read_vocab
 from voxgate.engines.base import Asr, AsrOptions
@@ -64,11 +64,17 @@ def test_engine_is_registered_and_satisfies_the_protocol(tdt_dir, tdt):
 def test_local_directory_resolves_and_loads_through_settings(tdt_dir, tmp_path):
     resolved = resolve(str(tdt_dir), tmp_path)
     assert resolved.spec.engine == "parakeet"
-    settings = Settings(onnx=OnnxSettings(intra_op_threads=1))
+    settings = Settings(onnx=OnnxSettings(intra_op_threads=1),
+                        asr=AsrSettings(parakeet_max_whole_s=45, parakeet_window_context_s=5))
     asr = ParakeetAsr.load(resolved, settings)
     session = asr._sessions["encoder"]
     assert session.get_session_options().intra_op_num_threads == 1
     assert asr.model_id == str(tdt_dir)
+    # whole 80 ms encoder frames: 45 s -> 562 frames, 5 s -> 62; apart from Whisper's 30 s
+    assert asr.max_whole == 562 * 1280 and asr._context == 62 * 1280
+    assert Settings().asr.parakeet_max_whole_s == 300 and Settings().asr.max_chunk_s == 30
+    with pytest.raises(ValueError, match="at most a third"):
+        AsrSettings(parakeet_max_whole_s=45, parakeet_window_context_s=20)
 
 
 def test_catalogue_hub_source_up_to_the_network_call(monkeypatch, tdt_dir, tmp_path):
