@@ -15,9 +15,13 @@ Measured, each the median of ``--repeat`` runs after a warm-up:
    ``onnx_asr.load_model(...).recognize`` on the same list of inputs, as RTFx.
 3. encoder batch scaling: encoder ms per audio second for batch 1..16 of 5 s inputs.
 4. the loop's own Python/numpy overhead per step, with a zero-cost numpy joint.
+5. with ``--long``: peak memory and time of one long input on the mid-size model, each in a
+   fresh process: encoded whole (1, 3 and 5 minutes; full attention grows with the square of
+   the length) and in windows (5 minutes with a 60 s whole-input limit, 10 s context).
 
     python bench/parakeet.py                 # tiny models, ~1 min on 2 cores
     python bench/parakeet.py --mid           # also the mid-size model (encoder scaling)
+    python bench/parakeet.py --long          # only the long-input memory figures (mid model)
     python bench/parakeet.py --providers CUDAExecutionProvider   # on a GPU machine
 
 Needs torch (to build the models; ``pip install torch==2.13.0``), onnx and onnx-asr (dev extra).
@@ -209,7 +213,60 @@ def loop_overhead(repeat: int) -> dict[str, float]:
     return out
 
 
+def long_input_child(directory: Path, seconds: float, max_whole_s: float,
+                     providers: list[str]) -> dict[str, Any]:
+    """Run in a fresh process: peak RSS above the loaded, warmed-up model while one
+    ``seconds``-long input (the LibriVox clips tiled) is recognised."""
+    import resource
+
+    from parakeet_fixtures import long_speech
+
+    speech = long_speech()
+    audio = np.tile(speech, int(np.ceil(seconds * SAMPLE_RATE / speech.size)))
+    audio = audio[:int(seconds * SAMPLE_RATE)]
+    asr = ParakeetAsr(directory, onnx=OnnxSettings(providers=providers),
+                      max_whole_s=max_whole_s, window_context_s=min(10.0, max_whole_s / 3))
+    asr.recognize([speech[:5 * SAMPLE_RATE]])  # warm-up: sessions' first-run allocations
+
+    def rss_kb() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmRSS:")))
+
+    before = rss_kb()
+    start = time.perf_counter()
+    (hyp,) = asr.recognize([audio])
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"audio_s": seconds, "max_whole_s": max_whole_s, "windows": len(asr.plan(audio)),
+            "rss_loaded_mb": round(before / 1024, 1),
+            "peak_above_loaded_mb": round(max(peak - before, 0) / 1024, 1),
+            "input_mb": round(audio.nbytes / 2**20, 1), "seconds": round(elapsed, 2),
+            "rtfx": round(seconds / elapsed, 1), "tokens": len(hyp.tokens)}
+
+
+def long_inputs(directory: Path, providers: list[str]) -> list[dict[str, Any]]:
+    """:func:`long_input_child` for each case, each in its own process (clean peak RSS)."""
+    import subprocess
+
+    rows = []
+    for seconds, max_whole_s in ((10, 300), (30, 300), (60, 300), (180, 300), (300, 300),
+                                 (300, 60)):
+        done = subprocess.run(
+            [sys.executable, __file__, "--long-child", str(directory), str(seconds),
+             str(max_whole_s), "--providers", ",".join(providers)],
+            check=True, capture_output=True, text=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
+    if len(sys.argv) > 4 and sys.argv[1] == "--long-child":
+        providers = sys.argv[sys.argv.index("--providers") + 1].split(",")
+        print(json.dumps(long_input_child(Path(sys.argv[2]), float(sys.argv[3]),
+                                          float(sys.argv[4]), providers)))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--mid", action="store_true", help="also build/run the mid-size model")
@@ -218,8 +275,26 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=Path.home() / ".cache" / "voxgate"
                         / "bench-parakeet")
     parser.add_argument("--out", type=Path, default=RESULTS / "parakeet.json")
+    parser.add_argument("--long", action="store_true",
+                        help="only the long-input memory figures (mid model), to "
+                             "bench/results/parakeet_long.json")
     args = parser.parse_args()
     providers = args.providers.split(",")
+    if args.long:
+        rows = long_inputs(build(MID, args.models / "mid"), providers)
+        out = args.out.with_name("parakeet_long.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": {"platform": platform.platform(),
+                                               "providers": providers}, "rows": rows},
+                                  indent=2))
+        print("\n| input | whole-input limit | windows | peak above loaded model | "
+              "input itself | time | RTFx |\n|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['audio_s']:.0f} s | {r['max_whole_s']:.0f} s | {r['windows']} | "
+                  f"{r['peak_above_loaded_mb']:.0f} MB | {r['input_mb']:.0f} MB | "
+                  f"{r['seconds']:.1f} s | {r['rtfx']:.0f} |")
+        print(f"\nwrote {out}")
+        return
     sizes = [int(s) for s in args.batch_sizes.split(",")]
 
     inputs = load_speech_inputs()
