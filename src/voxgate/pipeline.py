@@ -19,7 +19,8 @@ from .audio import decode_audio
 from .config import Settings
 from .engines.manager import ModelManager
 from .errors import AudioTooLongError, ConfigError
-from .postprocess import PostProcessor, llm_model_id, load_template
+from .postprocess import (CleanResult, PostProcessor, cleanup_model_id, cleanup_plan,
+                          llm_model_id, load_template, unchanged_result)
 from .transcriber import FileTranscriber, TranscribeRequest
 from .types import Transcript
 
@@ -28,7 +29,7 @@ __all__ = ["FEATURES", "PIPELINE_VERSION", "JobSpec", "JobOutcome", "run_pipelin
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_VERSION = "1"  # bump when a stage changes what it outputs for the same input
+PIPELINE_VERSION = "2"  # bump when a stage changes what it outputs for the same input
 FEATURES = ("raw_transcript", "clean_transcript", "summary", "enhancement_metrics")
 StageFn = Callable[[str, float], None]  # (status, progress 0..1)
 CancelCheck = Callable[[], None]
@@ -177,31 +178,31 @@ def run_pipeline(settings: Settings, manager: ModelManager, audio_path: Path | s
     if spec.needs_llm and raw_text:
         cancel()
         report("PROCESSING_LLM", asr_end)
-        model_id = llm_model_id(settings)
-        with manager.use("llm", model_id) as llm:
-            post = PostProcessor(llm, settings, cancel)
-            versions["llm"] = {**_model_record(manager, "llm", model_id), **llm.version_info(),
-                               "decoding": post.decoding_params()}
-            text_for_summary = raw_text
-            if {"clean_transcript", "enhancement_metrics"} & set(spec.features):
-                cleaned = clock.run("cleanup", lambda: post.clean(raw_text))
-                clean_rate = cleaned.edit_rate
-                text_for_summary = cleaned.text
-                if "clean_transcript" in spec.features:
-                    results["clean_transcript"] = cleaned.text
-                if "enhancement_metrics" in spec.features:
-                    results["enhancement_metrics"] = {
-                        "edit_rate": cleaned.edit_rate, "chunks": cleaned.chunks,
-                        "chunks_kept_raw": cleaned.chunks_kept_raw}
-                report("PROCESSING_LLM", 0.8 if "summary" in spec.features else 0.95)
-            if "summary" in spec.features and spec.template_id:
+        text_for_summary = raw_text
+        if {"clean_transcript", "enhancement_metrics"} & set(spec.features):
+            cleaned = clock.run("cleanup", lambda: _clean(settings, manager, raw_text,
+                                                          transcript.confidence, cancel,
+                                                          versions))
+            clean_rate = cleaned.edit_rate
+            text_for_summary = cleaned.text
+            if "clean_transcript" in spec.features:
+                results["clean_transcript"] = cleaned.text
+            if "enhancement_metrics" in spec.features:
+                results["enhancement_metrics"] = cleaned.metrics()
+            report("PROCESSING_LLM", 0.8 if "summary" in spec.features else 0.95)
+        if "summary" in spec.features and spec.template_id:
+            model_id = llm_model_id(settings)
+            with manager.use("llm", model_id) as llm:
+                post = PostProcessor(llm, settings, cancel)
+                versions["llm"] = {**_model_record(manager, "llm", model_id),
+                                   **llm.version_info(), "decoding": post.decoding_params()}
                 template = load_template(settings, spec.template_id)
                 versions["template"] = {"id": template.id, "version": template.version,
                                         "sha256": template.sha256}
                 summary = clock.run("summary", lambda: post.summarize(text_for_summary, template))
-                results["summary"] = summary.summary
-                extra_metrics["summary_attempts"] = summary.attempts
-                extra_metrics["summary_map_reduce"] = summary.map_reduce
+            results["summary"] = summary.summary
+            extra_metrics["summary_attempts"] = summary.attempts
+            extra_metrics["summary_map_reduce"] = summary.map_reduce
     elif spec.needs_llm:  # no speech at all: nothing to clean or summarise
         if "clean_transcript" in spec.features:
             results["clean_transcript"] = ""
@@ -222,6 +223,21 @@ def run_pipeline(settings: Settings, manager: ModelManager, audio_path: Path | s
         **extra_metrics,
     }
     return JobOutcome(results=results, versions=versions, metrics=metrics, transcript=transcript)
+
+
+def _clean(settings: Settings, manager: ModelManager, text: str, confidence: float,
+           cancel: CancelCheck, versions: dict[str, Any]) -> CleanResult:
+    """Cleanup stage; the LLM is loaded only when some chunk needs it (``cleanup_plan``)."""
+    plan = cleanup_plan(settings, text, confidence)
+    if not any(needs_llm for _, needs_llm in plan):
+        versions["cleanup"] = {"llm": None, "skipped": "already punctuated by the ASR"}
+        return unchanged_result(plan, settings.llm.cleanup_method)
+    model_id = cleanup_model_id(settings)
+    with manager.use("llm", model_id) as llm:
+        post = PostProcessor(llm, settings, cancel)
+        versions["cleanup"] = {"llm": {**_model_record(manager, "llm", model_id),
+                                       **llm.version_info()}, "params": post.cleanup_params()}
+        return post.clean(text, confidence=confidence)
 
 
 def summarize_text(settings: Settings, manager: ModelManager, text: str, template_id: str,

@@ -43,6 +43,9 @@ __all__ = [
     "load_template",
     "edit_rate",
     "llm_model_id",
+    "cleanup_model_id",
+    "cleanup_plan",
+    "unchanged_result",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +61,34 @@ CancelCheck = Callable[[], None]
 def llm_model_id(settings: Settings) -> str:
     """The LLM to use: a configured OpenAI-compatible server, else the offline GGUF."""
     return "openai-compatible" if settings.llm.base_url else settings.llm.model
+
+
+def cleanup_model_id(settings: Settings) -> str:
+    """The LLM for cleanup: ``llm.cleanup_model`` when set (offline), else the summary's."""
+    if settings.llm.base_url:
+        return "openai-compatible"
+    return settings.llm.cleanup_model or settings.llm.model
+
+
+def cleanup_plan(settings: Settings, text: str, confidence: float | None = None,
+                 chunk_words: int | None = None) -> list[tuple[str, bool]]:
+    """The cleanup chunks of ``text``, each with whether it needs the LLM.
+
+    A chunk the ASR already punctuated and cased (``text_edits.looks_punctuated``), with the
+    ASR at least ``llm.cleanup_skip_min_confidence`` sure, is kept as it is: Whisper's output
+    usually is, and a small LLM asked to improve it mostly makes it worse (bench/cleanup.py).
+    """
+    llm = settings.llm
+    sure = llm.cleanup_skip_punctuated and (
+        confidence is None or confidence >= llm.cleanup_skip_min_confidence)
+    return [(piece, not (sure and looks_punctuated(piece)))
+            for piece in _split_words(text, chunk_words or llm.cleanup_chunk_words)]
+
+
+def unchanged_result(plan: Sequence[tuple[str, bool]], method: str) -> CleanResult:
+    """The result of a cleanup that asked the LLM nothing (every chunk skipped)."""
+    return CleanResult(" ".join(piece for piece, _ in plan), 0.0, len(plan), 0, method=method,
+                       chunks_skipped=sum(not need for _, need in plan))
 
 
 def templates_dir(settings: Settings) -> Path:
@@ -254,6 +285,15 @@ class PostProcessor:
                 "cleanup_max_edit_rate": llm.cleanup_max_edit_rate,
                 "context_tokens": self._context_tokens()}
 
+    def cleanup_params(self) -> dict[str, Any]:
+        """What decides the cleaned text besides the model (for ``versions``)."""
+        llm = self.settings.llm
+        return {"method": llm.cleanup_method, "keep_words": llm.cleanup_keep_words,
+                "skip_punctuated": llm.cleanup_skip_punctuated,
+                "skip_min_confidence": llm.cleanup_skip_min_confidence,
+                "chunk_words": llm.cleanup_chunk_words,
+                "max_edit_rate": llm.cleanup_max_edit_rate, "temperature": 0.0, "seed": llm.seed}
+
     def _context_tokens(self) -> int:
         return min(self.settings.llm.context_tokens, self.llm.capabilities.context_tokens)
 
@@ -270,17 +310,14 @@ class PostProcessor:
         method = method or llm.cleanup_method
         if method not in ("edits", "rewrite"):
             raise ConfigError(f"unknown cleanup method {method!r}; choose edits or rewrite")
-        pieces = _split_words(text, chunk_words or llm.cleanup_chunk_words)
-        result = CleanResult("", 0.0, len(pieces), 0, method=method)
-        skip_sure = llm.cleanup_skip_punctuated and (
-            confidence is None or confidence >= llm.cleanup_skip_min_confidence)
+        plan = cleanup_plan(self.settings, text, confidence, chunk_words)
+        result = unchanged_result(plan, method)
         cleaned: list[str] = []
         edits = 0  # word edits summed over chunks: the chunks are aligned, so no whole-text
         # O(n^2) distance is needed (hours of transcript would take minutes of pure Python)
-        for piece in pieces:
-            if skip_sure and looks_punctuated(piece):
+        for piece, needs_llm in plan:
+            if not needs_llm:
                 cleaned.append(piece)
-                result.chunks_skipped += 1
                 continue
             answer = self._clean_edits(piece, result) if method == "edits" \
                 else self._clean_rewrite(piece, result)

@@ -28,6 +28,7 @@ __all__ = ["EditOutcome", "apply_edits", "edits_schema", "keep_source_words", "l
            "norm_words"]
 
 _STRIP = re.compile(r"[^\w']+")
+_DOUBLED = re.compile(r"[.,;:?!]\s*[.,;:?!]")
 _SENTENCE_END = re.compile(r"[.?!][\"')\]]*$")
 
 
@@ -87,6 +88,10 @@ def apply_edits(source: str, edits: Sequence[Any], keep_words: bool = True) -> E
         if at < 0:
             outcome.rejected += 1
             outcome.reasons.append(f"not in the source: {old[:40]!r}")
+            continue
+        if _DOUBLED.search(new) and not _DOUBLED.search(old):
+            outcome.rejected += 1
+            outcome.reasons.append(f"doubled punctuation: {new[:40]!r}")
             continue
         if keep_words and norm_words(old) != norm_words(new):
             outcome.rejected += 1
