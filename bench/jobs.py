@@ -8,7 +8,10 @@ first ``--probe-words`` words of its transcript through the in-process llama.cpp
 llama.cpp's own timings: prompt-eval and generation tok/s per stage, the cost of the JSON-schema
 grammar (same summary unconstrained); a repeat of the summary shows the timing spread.
 
-    python bench/jobs.py [--minutes 10] [--jobs 10] [--summary meeting_notes_v1]
+    python bench/jobs.py [--minutes 10] [--jobs 10] [--summary meeting_notes_v1] [--before-after]
+
+``--before-after`` runs the long job first with the cleanup as it was before issue 14 (whole text
+rewritten, no skip), then with the defaults, on the same file (issue 14's side by side).
 
 Writes bench/results/jobs.json and prints a table.
 """
@@ -116,11 +119,42 @@ def llm_probe(settings: Settings, text: str, template_id: str) -> dict[str, dict
     return out
 
 
+# Cleanup as it was before issue 14: the whole text rewritten by the LLM, words free to change.
+BEFORE_CLEANUP = {"cleanup_method": "rewrite", "cleanup_keep_words": False,
+                  "cleanup_skip_punctuated": False}
+
+
+def long_job(base: str, path: Path, duration: float, features: list[str],
+             template_id: str) -> dict[str, object]:
+    """One long job: wall and process CPU seconds (all threads: ASR, llama.cpp), load average."""
+    import os
+    import resource
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    load, started, cpu_started = os.getloadavg()[0], time.perf_counter(), cpu()
+    task = submit(base, path, features=features, language="en",
+                  template_id=template_id or None).json()["task_id"]
+    final = wait_final(base, task, timeout=7200)
+    wall = time.perf_counter() - started
+    return {"status": final["status"], "wall_s": round(wall, 2),
+            "rtf_end_to_end": round(wall / duration, 4),
+            "cpu_s": round(cpu() - cpu_started, 2),
+            "rtf_cpu_per_core": round((cpu() - cpu_started) / (os.cpu_count() or 1) / duration, 4),
+            "load_avg_start": round(load, 2), "load_avg_end": round(os.getloadavg()[0], 2),
+            "metrics": final["metrics"],
+            "enhancement_metrics": final["results"].get("enhancement_metrics"), "final": final}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--summary", default="meeting_notes_v1", help="'' to skip the LLM")
+    parser.add_argument("--before-after", action="store_true",
+                        help="also run the long job with the cleanup as before issue 14")
     parser.add_argument("--probe-words", type=int, default=300,
                         help="words of the transcript the LLM probe uses (0: no probe)")
     args = parser.parse_args()
@@ -132,15 +166,16 @@ def main() -> None:
     settings = Settings(data_dir=work / "data", offline=True, api_keys=[KEY], grpc_port=0,
                         redis_url="", _env_file=None)
     out: dict[str, object] = {"audio_s": duration}
+    features = ["raw_transcript"] + (["clean_transcript", "enhancement_metrics", "summary"]
+                                     if args.summary else [])
+    if args.before_after and args.summary:  # issue 14: the cleanup before it, same audio
+        with serve_app(settings.model_copy(update={"llm": settings.llm.model_copy(
+                update=BEFORE_CLEANUP)}, deep=True)) as base:
+            out["long_before"] = long_job(base, long_path, duration, features, args.summary)
+            out["long_before"].pop("final")
     with serve_app(settings) as base:
-        features = ["raw_transcript"] + (["clean_transcript", "summary"] if args.summary else [])
-        started = time.perf_counter()
-        task = submit(base, long_path, features=features, language="en",
-                      template_id=args.summary or None).json()["task_id"]
-        final = wait_final(base, task, timeout=7200)
-        wall = time.perf_counter() - started
-        out["long"] = {"status": final["status"], "wall_s": round(wall, 2),
-                       "rtf_end_to_end": round(wall / duration, 4), "metrics": final["metrics"]}
+        out["long"] = final_run = long_job(base, long_path, duration, features, args.summary)
+        final = final_run.pop("final")
         started = time.perf_counter()
         ids = [submit(base, short_path, language="en").json()["task_id"] for _ in range(args.jobs)]
         finals = [wait_final(base, i, timeout=3600) for i in ids]
@@ -159,6 +194,12 @@ def main() -> None:
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "jobs.json").write_text(json.dumps(out, indent=2))
+    if "long_before" in out:
+        for name in ("long_before", "long"):
+            row = out[name]
+            print(f"| {name} | {row['wall_s']} s | RTF {row['rtf_end_to_end']} | CPU {row['cpu_s']} s"
+                  f" | load {row['load_avg_start']}->{row['load_avg_end']} | "
+                  f"{row['metrics']['stage_times_s']} |")
     stages = out["long"]["metrics"]["stage_times_s"]
     print(f"| audio | end-to-end | RTF | {' | '.join(stages)} | faster-whisper ASR | ratio |"
           " jobs/min (25 s) |")
