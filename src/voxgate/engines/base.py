@@ -48,6 +48,9 @@ class AsrCapabilities:
     translate: bool = False
     language_detection: bool = False
     languages: tuple[str, ...] = ()  # empty: any language the model knows
+    # longest continuous speech a file transcription hands over as one input (Parakeet: its
+    # whole-input limit, minutes); None: the chunk limit (Whisper's 30 s window) splits it
+    max_utterance_s: float | None = None
 
 
 @dataclass(slots=True)
