@@ -1,7 +1,9 @@
 """Long-form transcription of a whole recording.
 
 VAD finds speech; speech spans are packed into chunks of at most ``max_chunk_s`` (cut only in
-pauses, so no word is split); chunks are decoded ``batch_size`` at a time in one model call;
+pauses, so no word is split; one span of continuous speech stays whole up to the engine's
+``max_utterance_s`` when it has one, e.g. Parakeet's several minutes); chunks are decoded
+``batch_size`` at a time in one model call;
 segment and word times are shifted back into the original file's time base. Results stream out
 as a generator so callers can print and report progress while the rest decodes.
 """
@@ -36,6 +38,9 @@ class BatchOptions:
     use_vad: bool = True
     batch_size: int = 8
     max_chunk_s: float = 30.0
+    # longest continuous speech span decoded whole (AsrCapabilities.max_utterance_s); None:
+    # max_chunk_s (Whisper's 30 s window), longer spans are split
+    max_utterance_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -51,19 +56,25 @@ class BatchUpdate:
 
 
 def plan_chunks(spans: list[SpeechSpan], max_chunk_s: float,
-                sample_rate: int = SAMPLE_RATE) -> list[SpeechSpan]:
+                sample_rate: int = SAMPLE_RATE, max_span_s: float | None = None
+                ) -> list[SpeechSpan]:
     """Pack consecutive speech spans into chunks no longer than ``max_chunk_s``.
 
     A chunk runs from its first span's start to its last span's end (short pauses inside are
-    kept, so times map back by a plain offset). Spans longer than the limit are hard-split.
+    kept, so times map back by a plain offset). A span longer than the limit is a chunk of its
+    own up to ``max_span_s`` (default: the limit) and hard-split beyond.
     """
     limit = int(max_chunk_s * sample_rate)
+    span_limit = max(int((max_span_s or max_chunk_s) * sample_rate), limit)
     chunks: list[SpeechSpan] = []
     for span in spans:
         start, end = span.start, span.end
-        while end - start > limit:
-            chunks.append(SpeechSpan(start, start + limit))
-            start += limit
+        while end - start > span_limit:
+            chunks.append(SpeechSpan(start, start + span_limit))
+            start += span_limit
+        if end - start > limit:  # one long utterance, decoded whole
+            chunks.append(SpeechSpan(start, end))
+            continue
         if chunks and end - chunks[-1].start <= limit and start >= chunks[-1].end:
             chunks[-1] = SpeechSpan(chunks[-1].start, end)
         else:
@@ -90,9 +101,10 @@ def iter_transcribe(audio: np.ndarray, asr: Asr, vad: Vad | None,
     total = audio.size
     duration = total / SAMPLE_RATE
     if options.use_vad and vad is not None:
-        vad_opts = replace(options.vad, max_speech_s=options.max_chunk_s)
+        longest = max(options.max_utterance_s or 0.0, options.max_chunk_s)
+        vad_opts = replace(options.vad, max_speech_s=longest)
         spans = vad.speech_spans(audio, vad_opts)
-        chunks = plan_chunks(spans, options.max_chunk_s)
+        chunks = plan_chunks(spans, options.max_chunk_s, max_span_s=longest)
     else:
         chunks = [SpeechSpan(0, total)] if total else []
     speech = sum(c.end - c.start for c in chunks)

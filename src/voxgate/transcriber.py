@@ -76,6 +76,7 @@ class FileTranscriber:
             use_vad=self.request.use_vad,
             batch_size=self.request.batch_size,
             max_chunk_s=asr.max_chunk_s,
+            max_utterance_s=self.asr.capabilities.max_utterance_s,
         )
 
     def iter_audio(self, audio: np.ndarray) -> Iterator[BatchUpdate]:
