@@ -8,12 +8,13 @@ import shutil
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from parakeet_fixtures import long_speech, quantize_int8, speech_inputs, tiny_model
 
-from voxgate.batch import BatchOptions, transcribe_audio
+from voxgate.batch import BatchOptions, plan_chunks, transcribe_audio
 from voxgate.config import AsrSettings, OnnxSettings, Settings
 from voxgate.engines import load_engine_class
 from voxgate.engines.asr_parakeet import ParakeetAsr, model_files, onnx_providers, read_vocab
@@ -26,6 +27,7 @@ from voxgate.engines.parakeet_contract import (
 )
 from voxgate.errors import ConfigError, EngineError, ModelError
 from voxgate.models import get_spec, resolve
+from voxgate.types import SpeechSpan
 
 
 @pytest.fixture(scope="module")
@@ -309,6 +311,37 @@ def test_a_long_input_batched_with_short_ones(tdt_dir, long_clip, clip):
         (alone,) = asr.recognize([audio])
         assert alone.tokens == hyp.tokens and alone.frames == hyp.frames
     assert together[1].frames == sorted(together[1].frames)
+
+
+class _OneSpanVad:
+    """Hears the whole input as one span of continuous speech (deterministic: what is under
+    test is the chunk plan for a long utterance, not speech detection)."""
+
+    name = "one-span"
+
+    def __init__(self) -> None:
+        self.max_speech_s = 0.0
+
+    def speech_spans(self, audio: np.ndarray, options: Any) -> list[SpeechSpan]:
+        self.max_speech_s = options.max_speech_s
+        return [SpeechSpan(0, audio.size)]
+
+
+def test_vad_path_keeps_a_long_utterance_whole(tdt, long_clip):
+    """49 s of speech without a pause: Parakeet decodes it as one utterance (its own maximum),
+    where Whisper's 30 s chunk limit splits it."""
+    assert tdt.capabilities.max_utterance_s == pytest.approx(300.0, abs=0.08)
+    vad = _OneSpanVad()
+    options = BatchOptions(max_chunk_s=30.0, max_utterance_s=tdt.capabilities.max_utterance_s)
+    transcript = transcribe_audio(long_clip, tdt, vad, options)
+    assert vad.max_speech_s == tdt.capabilities.max_utterance_s
+    assert transcript.text == tdt.transcribe(long_clip, AsrOptions()).text
+    assert transcript.segments[-1].end > 45.0
+    split = plan_chunks([SpeechSpan(0, long_clip.size)], 30.0)  # no engine maximum
+    assert [(c.start, c.end) for c in split] == [(0, 480_000), (480_000, long_clip.size)]
+    spans = [SpeechSpan(0, 100_000), SpeechSpan(120_000, 900_000), SpeechSpan(910_000, 950_000)]
+    assert plan_chunks(spans, 30.0, max_span_s=40.0) == [
+        SpeechSpan(0, 100_000), SpeechSpan(120_000, 760_000), SpeechSpan(760_000, 950_000)]
 
 
 def test_stream_continues_the_hypothesis(tdt, clip):

@@ -357,7 +357,8 @@ class ParakeetAsr:
         self.files = files
         self.capabilities = AsrCapabilities(
             batch=True, streaming=True, word_timestamps=True, translate=False,
-            language_detection=False, languages=self.contract.languages or tuple(languages))
+            language_detection=False, languages=self.contract.languages or tuple(languages),
+            max_utterance_s=self.max_whole / _SAMPLE_RATE)
         logger.info("loaded Parakeet %s (%s, contract %s, providers %s)", self.model_id,
                     self.contract.model_type, self.contract.name,
                     next(iter(self._sessions.values())).get_providers())
