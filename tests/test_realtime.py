@@ -107,12 +107,16 @@ async def test_spoken_turn_with_server_vad(real_server, manager):
         assert created["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
         await conn.session.update(session={
             "type": "realtime", "instructions": "Answer in one short sentence.",
+            "max_output_tokens": 30,
             "audio": {"input": {"format": {"type": "audio/pcm", "rate": RATE},
                                 "turn_detection": {"type": "server_vad",
                                                    "silence_duration_ms": 500}},
-                      "output": {"format": {"type": "audio/pcm", "rate": RATE}}}})
+                      "output": {"format": {"type": "audio/pcm", "rate": RATE},
+                                 "voice": "alloy"}}})
         updated = await _until(conn, "session.updated")
         assert updated["session"]["instructions"] == "Answer in one short sentence."
+        assert updated["session"]["max_output_tokens"] == 30
+        assert updated["session"]["audio"]["output"]["voice"] == "en_US-joe-medium"
         assert updated["session"]["audio"]["input"]["turn_detection"][
             "silence_duration_ms"] == 500
         await _append_chunks(conn, pcm, pace=0.03)
@@ -176,6 +180,7 @@ class _FakeAgent:
     """Builds the AgentComponent whose sessions run fake ASR / LLM / TTS (orchestration)."""
 
     def __init__(self) -> None:
+        self.asrs: list[FakeAsr] = []
         self.llms: list[FakeLlm] = []
         self.voices: list[FakeVoice] = []
         self.reply = " ".join(SENTENCES)
@@ -190,10 +195,11 @@ class _FakeAgent:
                 self.check_capacity()
                 config.validate()
                 sid = uuid.uuid4().hex[:12]
-                llm, voice = FakeLlm(fake.reply, delay=0.01), FakeVoice()
+                asr, llm, voice = FakeAsr(), FakeLlm(fake.reply, delay=0.01), FakeVoice()
+                fake.asrs.append(asr)
                 fake.llms.append(llm)
                 fake.voices.append(voice)
-                session = AgentSession(config, FakeAsr(), llm, voice, session_id=sid,
+                session = AgentSession(config, asr, llm, voice, session_id=sid,
                                        on_close=lambda: self.sessions.pop(sid, None))
                 self.sessions[sid] = session
                 return session
@@ -230,8 +236,13 @@ async def test_cancel_stops_generation_and_speech(fake_server):
     async with _client(fake_server).realtime.connect(model="any") as conn:
         await _next(conn)
         await _text_turn(conn, "Tell me four things.")
-        await conn.response.create()
+        await conn.response.create(response={"metadata": {"topic": "four"}})
+        created = await _until(conn, "response.created")
+        assert created["response"]["metadata"] == {"topic": "four"}
         await _until(conn, "response.output_audio.delta")
+        await conn.response.create(event_id="twice")  # one response at a time
+        error = await _until(conn, "error")
+        assert error["error"]["code"] == "conversation_already_has_active_response"
         await conn.response.cancel()
         events: list[dict] = []
         done = await _until(conn, "response.done", events)
@@ -369,6 +380,11 @@ async def test_bad_events_are_answered_and_the_session_goes_on(fake_server):
         await conn.input_audio_buffer.commit()
         assert (await _until(conn, "error"))["error"]["code"] == \
             "input_audio_buffer_commit_empty"
+        # the commit opened the session's ASR stream: its language is fixed now
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "transcription": {"model": "whisper-1", "language": "de"}}}})
+        error = await _until(conn, "error")
+        assert error["error"]["param"] == "session.audio.input.transcription.language"
         # after all that the session still works, with its options unchanged
         await conn.input_audio_buffer.clear()
         await _until(conn, "input_audio_buffer.cleared")
@@ -396,6 +412,23 @@ async def test_auth_limits_and_raw_frames(fake_server):
             assert error["type"] == "error" and "base64" in error["error"]["message"]
             await ws.send("{not json")
             assert json.loads(await ws.recv())["error"]["code"] == "invalid_json"
+    # an event over the frame limit closes with 1009; a client that sends nothing, with 1008
+    async with websockets.connect(url, additional_headers={"X-API-Key": API_KEY}) as ws:
+        await ws.recv()
+        limit = fake_server.settings.streaming.max_frame_bytes
+        await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                  "audio": _b64(b"\x00" * limit)}))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd.code == 1009
+    async with websockets.connect(url, additional_headers={"X-API-Key": API_KEY}) as ws:
+        await ws.recv()
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert error["error"]["code"] == "idle_timeout"
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd.code == 1008
     # the one agent session slot: a second client is told to come back later (1013)
     async with _client(fake_server).realtime.connect(model="x") as conn:
         await _next(conn)
@@ -406,3 +439,83 @@ async def test_auth_limits_and_raw_frames(fake_server):
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(second.recv_bytes(), 10)
             assert closed.value.rcvd.code == 1013
+
+
+class _Events:
+    """Server events in order, with a backlog: waiting for the server to have taken the audio
+    (:meth:`silence`) must not lose the events that came meanwhile."""
+
+    def __init__(self, conn) -> None:
+        self.conn, self.backlog = conn, []
+
+    async def until(self, kind: str) -> dict:
+        while True:
+            event = self.backlog.pop(0) if self.backlog else await _next(self.conn, 30)
+            assert event["type"] != "error", event
+            if event["type"] == kind:
+                return event
+
+    async def silence(self, seconds: float) -> None:
+        """Append silence (the fake ASR's input clock), then wait until the server has taken
+        it: the reader handles events in order, and answers a bad retrieve at once."""
+        await _append_chunks(self.conn, b"\x00\x00" * int(RATE * seconds))
+        await self.conn.conversation.item.retrieve(item_id="sync")
+        while (event := await _next(self.conn, 30))["type"] != "error":
+            self.backlog.append(event)
+        assert event["error"]["code"] == "item_not_found"
+
+
+async def test_server_vad_turn_and_barge_in(fake_server):
+    """Speech events come from the (test-driven) ASR; the door turns them into VAD events,
+    commits the turn, answers it, and a confirmed barge-in cancels the answer (turn_detected)
+    with the history cut to what was played."""
+    fake = fake_server.fake
+    async with _client(fake_server).realtime.connect(model="any") as conn:
+        events = _Events(conn)
+        await events.until("session.created")
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 300}}}})
+        await events.until("session.updated")
+        await events.silence(0.2)
+        asr = fake.asrs[-1]
+
+        def on_server(action, *args) -> None:
+            fake_server.loop.call_soon_threadsafe(action, *args)
+
+        on_server(asr.start)
+        started = await events.until("input_audio_buffer.speech_started")
+        assert 160 <= started["audio_start_ms"] <= 200  # the resampler holds back a little
+        await events.silence(1.0)
+        on_server(asr.end)
+        on_server(asr.final, "What is the capital of France?")
+        stopped = await events.until("input_audio_buffer.speech_stopped")
+        assert stopped["item_id"] == started["item_id"]
+        assert abs(stopped["audio_end_ms"] - started["audio_start_ms"] - 1000) <= 30
+        await events.silence(0.4)  # more than silence_duration_ms: the turn ends
+        committed = await events.until("input_audio_buffer.committed")
+        assert committed["item_id"] == started["item_id"]
+        heard = await events.until("conversation.item.input_audio_transcription.completed")
+        assert heard["transcript"] == "What is the capital of France?"
+        assert heard["usage"] == {"type": "duration", "seconds": pytest.approx(1.0, abs=0.03)}
+        await events.until("response.created")
+        for _ in range(6):  # about 0.4 s of the answer has played
+            await events.until("response.output_audio.delta")
+        on_server(asr.start)  # the user talks over the answer
+        barge = await events.until("input_audio_buffer.speech_started")
+        assert barge["item_id"] != started["item_id"]
+        await _append_chunks(conn, b"\x00\x00" * int(RATE * 0.8))  # confirms the barge-in
+        done = await events.until("response.done")
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "turn_detected"
+        played = done["response"]["output"][0]["content"][0]["transcript"]
+        assert played and fake.reply.startswith(played) and len(played) < len(fake.reply)
+        on_server(asr.end)
+        on_server(asr.final, "No, stop.")
+        await events.silence(0.4)
+        committed = await events.until("input_audio_buffer.committed")
+        assert committed["item_id"] == barge["item_id"]
+        await events.until("response.done")
+        messages = fake.llms[-1].requests[-1]
+        assert [(m.role, m.content) for m in messages[1:]] == [
+            ("user", "What is the capital of France?"), ("assistant", played),
+            ("user", "No, stop.")]

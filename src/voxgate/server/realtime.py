@@ -335,10 +335,7 @@ class RealtimeDoor:
             self.config = await self._agent_config()
             await self._send(server_event("session.created", session=self._session_wire()))
             while True:
-                message = await self._receive()
-                if message is None:
-                    return
-                await self._dispatch(message)
+                await self._dispatch(await self._receive())
         except WebSocketDisconnect:
             logger.info("realtime client went away%s",
                         f" (session {self.session.id})" if self.session else "")
@@ -363,7 +360,7 @@ class RealtimeDoor:
             if self.session is not None:
                 await self.session.close()
 
-    async def _receive(self) -> dict[str, Any] | None:
+    async def _receive(self) -> dict[str, Any]:
         """The next client message; RealtimeError (closing) when idle before the session
         opens or when the session ended by itself (idle, not reading, ASR failed)."""
         receive = asyncio.ensure_future(self.ws.receive())
@@ -631,8 +628,18 @@ class RealtimeDoor:
                                          or len(instructions) > 8000):
             raise RealtimeError("response.instructions must be text of at most 8000 characters",
                                 param="response.instructions")
+        metadata = spec.get("metadata")
+        if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or any(
+                not isinstance(k, str) or not isinstance(v, str) or len(k) > 64 or len(v) > 512
+                for k, v in metadata.items())):
+            raise RealtimeError("response.metadata: at most 16 string keys (64 characters) and "
+                                "values (512 characters)", param="response.metadata")
+        if self.translator.response is not None:
+            raise RealtimeError("Conversation already has an active response in progress: "
+                                f"{self.translator.response.id}; cancel it first",
+                                code="conversation_already_has_active_response")
         session = await self._open()
-        self.translator.metadata = spec.get("metadata")
+        self.translator.metadata = metadata
         await session.create_response(instructions or None)
 
     async def _response_cancel(self, data: dict[str, Any]) -> None:
