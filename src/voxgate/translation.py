@@ -347,11 +347,17 @@ class TranslateSession:
         if self.closed:
             return
         self.closed = True
-        for task in (self._watchdog, self._asr_reader, self._worker):
+        tasks = (self._watchdog, self._asr_reader, self._worker)
+        for task in tasks:
             task.cancel()
-        for task in (self._watchdog, self._asr_reader, self._worker):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # a cancellation absorbed below the worker (a stage that waits for its thread to end)
+        # must not leave it waiting for the next utterance: the end mark stops it too
+        self._finals.put_nowait(None)
+        await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                logger.warning("translation %s: %s ended with %r", self.id, task.get_name(),
+                               task.exception())
         self._events.put_nowait(None)
         await self._resources.aclose()  # ASR stream closed, MT engine released
         self.service._release(self.id)
@@ -412,7 +418,7 @@ class TranslateSession:
             self._events.put_nowait(error)
 
     async def _work(self) -> None:
-        while (final := await self._finals.get()) is not None:
+        while not self.closed and (final := await self._finals.get()) is not None:
             try:
                 await self._utterance(final)
             finally:
