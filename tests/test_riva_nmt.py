@@ -69,9 +69,12 @@ def _nmt(server, metadata=(("x-api-key", API_KEY),)):
 
 @pytest.fixture(scope="module")
 def server(manager, tmp_path_factory):
-    """A live server translating with the real offline LLM."""
+    """A live server translating with the real offline LLM (a generous MT timeout: the LLM
+    shares 2 cores with whatever else runs)."""
     require_pack(LLM, manager.settings.cache_dir)
-    yield from start_live_server(live_settings(tmp_path_factory.mktemp("riva-nmt")), manager)
+    settings = live_settings(tmp_path_factory.mktemp("riva-nmt"),
+                             translation=TranslationSettings(mt_timeout_s=600))
+    yield from start_live_server(settings, manager)
 
 
 def manager_with_mt(manager, name: str, engine):

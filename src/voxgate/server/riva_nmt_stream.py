@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -295,10 +295,14 @@ def _result(text: str, language: str, final: bool) -> rasr.StreamingRecognitionR
     return result
 
 
-async def speech_to_text(state: AppState, requests: AsyncIterator[Any],
-                         context: grpc.aio.ServicerContext
-                         ) -> AsyncIterator[rnmt.StreamingTranslateSpeechToTextResponse]:
-    """``StreamingTranslateSpeechToText`` (see the module doc)."""
+Respond = Callable[[TranslateEvent], Any]  # an event -> a response message, or None
+
+
+async def _serve(state: AppState, requests: AsyncIterator[Any],
+                 context: grpc.aio.ServicerContext, what: str,
+                 responder: Callable[[Any, TranslateConfig], Respond]) -> AsyncIterator[Any]:
+    """Both streaming RPCs: config, session, then ``responder(first, config)``'s responses
+    (each carrying the first request's ``id``) while the audio is fed."""
     stream = _Stream(state, context, requests)
     try:
         first = await stream.first()
@@ -306,11 +310,22 @@ async def speech_to_text(state: AppState, requests: AsyncIterator[Any],
         audio = _wire_audio(config.asr_config.config)
         translate_config = _translate_config(config.asr_config, config.translation_config,
                                              state)
+        respond = responder(config, translate_config)
         await stream.open(translate_config)
     except Exception as exc:  # mapped to a status code
-        await _abort(context, exc, "StreamingTranslateSpeechToText")
+        await _abort(context, exc, what)
         raise
-    request_id = first.id if first.HasField("id") else None
+    try:
+        async for response in stream.run(audio, respond):
+            if first.HasField("id"):
+                response.id.CopyFrom(first.id)
+            yield response
+    except Exception as exc:
+        await _abort(context, exc, what)
+        raise
+
+
+def _text_responder(config: Any, translate_config: TranslateConfig) -> Respond:
     interim = translate_config.partials
 
     def respond(event: TranslateEvent) -> rnmt.StreamingTranslateSpeechToTextResponse | None:
@@ -323,36 +338,13 @@ async def speech_to_text(state: AppState, requests: AsyncIterator[Any],
         else:
             return None
         result.audio_processed = float(event.end)
-        response = rnmt.StreamingTranslateSpeechToTextResponse(results=[result])
-        if request_id is not None:
-            response.id.CopyFrom(request_id)
-        return response
+        return rnmt.StreamingTranslateSpeechToTextResponse(results=[result])
 
-    try:
-        async for response in stream.run(audio, respond):
-            yield response
-    except Exception as exc:
-        await _abort(context, exc, "StreamingTranslateSpeechToText")
-        raise
+    return respond
 
 
-async def speech_to_speech(state: AppState, requests: AsyncIterator[Any],
-                           context: grpc.aio.ServicerContext
-                           ) -> AsyncIterator[rnmt.StreamingTranslateSpeechToSpeechResponse]:
-    """``StreamingTranslateSpeechToSpeech`` (see the module doc)."""
-    stream = _Stream(state, context, requests)
-    try:
-        first = await stream.first()
-        config = first.config
-        audio = _wire_audio(config.asr_config.config)
-        rate = _output_rate(config.tts_config)
-        translate_config = _translate_config(config.asr_config, config.translation_config,
-                                             state)
-        await stream.open(translate_config)
-    except Exception as exc:  # mapped to a status code
-        await _abort(context, exc, "StreamingTranslateSpeechToSpeech")
-        raise
-    request_id = first.id if first.HasField("id") else None
+def _speech_responder(config: Any, translate_config: TranslateConfig) -> Respond:
+    rate = _output_rate(config.tts_config)
 
     def respond(event: TranslateEvent) -> rnmt.StreamingTranslateSpeechToSpeechResponse | None:
         if event.kind != "audio" or event.audio is None or not event.audio.size:
@@ -363,13 +355,21 @@ async def speech_to_speech(state: AppState, requests: AsyncIterator[Any],
         response = rnmt.StreamingTranslateSpeechToSpeechResponse()
         response.speech.audio = float32_to_pcm16(samples)
         response.speech.meta.text = event.text
-        if request_id is not None:
-            response.id.CopyFrom(request_id)
         return response
 
-    try:
-        async for response in stream.run(audio, respond):
-            yield response
-    except Exception as exc:
-        await _abort(context, exc, "StreamingTranslateSpeechToSpeech")
-        raise
+    return respond
+
+
+def speech_to_text(state: AppState, requests: AsyncIterator[Any],
+                   context: grpc.aio.ServicerContext
+                   ) -> AsyncIterator[rnmt.StreamingTranslateSpeechToTextResponse]:
+    """``StreamingTranslateSpeechToText`` (see the module doc)."""
+    return _serve(state, requests, context, "StreamingTranslateSpeechToText", _text_responder)
+
+
+def speech_to_speech(state: AppState, requests: AsyncIterator[Any],
+                     context: grpc.aio.ServicerContext
+                     ) -> AsyncIterator[rnmt.StreamingTranslateSpeechToSpeechResponse]:
+    """``StreamingTranslateSpeechToSpeech`` (see the module doc)."""
+    return _serve(state, requests, context, "StreamingTranslateSpeechToSpeech",
+                  _speech_responder)
