@@ -212,12 +212,13 @@ class _Stream:
                  requests: AsyncIterator[Any]) -> None:
         self.state, self.context = state, context
         self.settings = state.settings
-        self.requests = aiter(requests)
+        self.requests: AsyncIterator[Any] = requests  # iterated only once admitted (first())
         self.idle_s = self.settings.streaming.idle_timeout_s
         self.session: TranslateSession | None = None
 
     async def first(self) -> Any:
         (await translation_service(self.state)).check_capacity()
+        self.requests = aiter(self.requests)  # not before: a refused call reads nothing
         try:  # a client that opens the stream and says nothing holds nothing for long
             first = await asyncio.wait_for(anext(self.requests, None), self.idle_s)
         except TimeoutError:
