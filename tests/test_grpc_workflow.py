@@ -335,3 +335,21 @@ def test_health_reports_the_service(server):
         status = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="voxgate.v1.VoiceWorkflow")).status
     assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_an_idle_session_gets_a_fatal_error_then_deadline_exceeded(manager, tmp_path):
+    """After the config, idleness is the session's rule (VOXGATE_AGENT__IDLE_TIMEOUT_S): the
+    call gets the agent's fatal error as a message, then ends with DEADLINE_EXCEEDED."""
+    for model_id in AGENT_MODELS:
+        require_pack(model_id, manager.settings.cache_dir)
+    settings = live_settings(tmp_path, agent=AgentSettings(idle_timeout_s=1.0))
+    for idle in start_agent_server(settings, manager):
+        received: list[pb.ServerMessage] = []
+        with Conversation(idle) as talk:
+            talk.send(config=_config())
+            with pytest.raises(grpc.RpcError) as info:
+                received.extend(talk.responses)  # keeps what came before the status
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert [_kind(m) for m in received] == ["ready", "error"]
+        assert received[1].error.fatal and received[1].error.code == "idle_timeout"
+        _free(idle)
