@@ -500,3 +500,28 @@ def test_wire_audio_refuses_what_it_cannot_read():
     with pytest.raises(AudioError, match="longer than 65536 bytes"):
         WireAudio(16000, 1).convert(b"RIFF\0\0\0\0WAVE" + b"JUNK" + b"\xff\xff\x00\x00"
                                     + b"\0" * 70000)
+
+
+def test_a_client_gone_mid_translation_frees_its_slots(fake_server, english_wav):
+    from voxgate.server.riva_nmt import nmt_slots
+
+    fake = fake_server.fake
+    components = fake_server.state.components
+    client = _nmt(fake_server)
+    for start in (
+            lambda: client.translate(["slow"], "", "en", "ru", future=True),
+            lambda: client.stub.StreamingTranslateSpeechToText(
+                iter(_s2t_requests(_s2t_config("en", "ru"), *_file_chunks(english_wav))),
+                metadata=client.auth.get_auth_metadata())):
+        fake.gate.clear()
+        fake.entered.clear()
+        call = start()
+        try:  # the translator is held at work: only the cancellation can free the slots
+            assert fake.entered.wait(30)
+            call.cancel()
+            assert fake_server.wait_for(lambda: nmt_slots(fake_server.state).active == 0)
+            assert fake_server.wait_for(lambda: components.get("translation") is None
+                                        or components["translation"].active == 0)
+        finally:
+            fake.gate.set()
+    assert client.translate(["next"], "", "en", "ru").translations[0].text == "[ru] next"
