@@ -176,6 +176,31 @@ def test_a_looping_chunk_is_decoded_again_with_temperature_fallback(
     assert all(s.compression_ratio <= 2.4 for s in result.segments)
 
 
+def test_fallback_on_a_real_whisper_loop(manager, clip):
+    """A real loop: Whisper tiny.en on a recording slowed to half speed (14 s) repeats one
+    phrase at temperature 0 ('let me cook my dish, let me cook my dish, ...'). With fallback
+    (what temperature=0 asks for) the chunk is decoded again at rising temperatures until the
+    text passes Whisper's checks; the segments say which temperature that was."""
+    from voxgate.engines.base import AsrOptions
+
+    asr = manager.asr("whisper-tiny.en")
+    slowed = np.ascontiguousarray(np.repeat(clip.audio, 2), np.float32)
+    (looped,) = asr.transcribe_batch([slowed], AsrOptions(language="en"))
+    assert _compression_ratio(looped.text) > 2.4, looped.text
+    (fixed,) = asr.transcribe_batch([slowed], AsrOptions(language="en",
+                                                         temperature_fallback=True))
+    assert fixed.segments and all(s.temperature > 0 for s in fixed.segments), fixed.segments
+    assert _compression_ratio(fixed.text) <= 2.4, fixed.text
+    assert all(s.tokens for s in fixed.segments)
+
+
+def _compression_ratio(text: str) -> float:
+    import zlib
+
+    data = text.encode()
+    return len(data) / len(zlib.compress(data))
+
+
 def test_temperature_above_zero_samples_at_that_temperature(client, clip, looping_first_batch):
     """temperature=0.4: every chunk sampled at 0.4 (best of 5, Whisper's sequential decoder:
     the batched pipeline cannot sample), no fallback; the text is still the speech."""
