@@ -244,6 +244,34 @@ def test_interrupt_control_cuts_the_reply_to_what_was_played(server):
     assert len(end.text) < len(generated)
 
 
+def test_push_to_talk_flush_at_48_khz(server, tmp_path):
+    """turn_detection off: only FLUSH ends the user's turn (push-to-talk release). The audio is
+    48 kHz F32, sent faster than real time; the turn is heard and answered."""
+    _free(server)
+    question = festival_speech(QUESTION, tmp_path / "question.wav")
+    audio48 = resample(np.concatenate([question, np.zeros(SAMPLE_RATE, np.float32)]),
+                       SAMPLE_RATE, 48_000)
+    messages: list[pb.ServerMessage] = []
+    with Conversation(server) as talk:
+        talk.send(config=_config(sample_rate_hz=48_000, encoding=pb.F32, turn_detection=False))
+        step = 4800  # 100 ms
+        for offset in range(0, audio48.size, step):
+            talk.send(audio=pb.UserAudio(data=audio48[offset:offset + step].tobytes()))
+        talk.send(control=pb.Control(action=pb.Control.FLUSH))
+        for message in talk.responses:
+            messages.append(message)
+            if _kind(message) == "turn" and message.turn.speaker == pb.Turn.AGENT \
+                    and message.turn.kind == pb.Turn.END:
+                talk.send(control=pb.Control(action=pb.Control.END))
+    assert messages[0].ready.input_sample_rate_hz == 48_000
+    user_end = next(m.turn for m in messages if _kind(m) == "turn"
+                    and m.turn.speaker == pb.Turn.USER and m.turn.kind == pb.Turn.END)
+    assert wer(QUESTION, user_end.text) <= 0.2, user_end.text
+    reply = "".join(m.agent_text.delta for m in messages if _kind(m) == "agent_text")
+    assert "paris" in reply.lower(), reply
+    assert any(_kind(m) == "audio" for m in messages)
+
+
 def _status(server, messages: list[pb.ClientMessage], metadata=KEY) -> grpc.RpcError:
     with grpc.insecure_channel(server.grpc_uri) as channel:
         stub = pb_grpc.VoiceWorkflowStub(channel)

@@ -121,6 +121,8 @@ class VoiceWorkflowServicer(pb_grpc.VoiceWorkflowServicer):
                     yield message
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
+        except grpc.aio.AbortError:
+            raise  # the status is already set (a fatal agent error)
         except Exception as exc:
             await self._fail(context, exc)
             raise
@@ -167,8 +169,7 @@ class VoiceWorkflowServicer(pb_grpc.VoiceWorkflowServicer):
                     action = request.control.action
                     if action == pb.Control.INTERRUPT:
                         await session.interrupt()
-                    elif action == pb.Control.FLUSH:
-                        await session.accept(pcm.flush())
+                    elif action == pb.Control.FLUSH:  # the resampler goes on: more audio follows
                         await session.flush()
                     elif action == pb.Control.END:
                         break
