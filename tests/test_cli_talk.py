@@ -9,6 +9,7 @@ a wrong key, a server that is not there, no microphone.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import re
@@ -110,3 +111,17 @@ def test_talk_help_names_the_options():
     assert done.returncode == 0
     for option in ("--input", "--output", "--fast", "--server", "--api-key"):
         assert option in done.stdout
+
+
+def test_an_audio_source_error_is_reported_as_itself(server):
+    """A microphone that fails mid-conversation is that error, not gRPC's CANCELLED."""
+    from voxgate.errors import AudioError
+    from voxgate.talk import TalkOptions, talk
+
+    async def failing_microphone():
+        yield bytes(3200)
+        raise AudioError("microphone vanished")
+
+    with pytest.raises(AudioError, match="microphone vanished"):
+        asyncio.run(talk(TalkOptions(target=server.grpc_uri, api_key=API_KEY),
+                         failing_microphone()))

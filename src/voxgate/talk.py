@@ -224,10 +224,16 @@ async def talk(options: TalkOptions, audio: AsyncIterator[bytes],
     result = TalkResult() if result is None else result
     ended = asyncio.Event()
 
+    failed: list[BaseException] = []  # the audio source's error (gRPC would only say CANCELLED)
+
     async def requests() -> AsyncIterator[Any]:
         yield pb.ClientMessage(config=config)
-        async for chunk in audio:
-            yield pb.ClientMessage(audio=pb.UserAudio(data=chunk))
+        try:
+            async for chunk in audio:
+                yield pb.ClientMessage(audio=pb.UserAudio(data=chunk))
+        except Exception as exc:
+            failed.append(exc)
+            raise
         yield pb.ClientMessage(control=pb.Control(action=pb.Control.END))
         ended.set()
 
@@ -250,11 +256,15 @@ async def talk(options: TalkOptions, audio: AsyncIterator[bytes],
                 if on_event is not None:
                     on_event(kind, getattr(message, kind))
         except asyncio.CancelledError:
+            if failed:  # grpc cancels the call when the request iterator fails
+                raise failed[0] from None
             if not guard.done():
                 raise
             raise EngineError(f"{options.target}: the conversation did not end within "
                               f"{options.end_timeout_s:g} s of the client's END") from None
         except grpc.aio.AioRpcError as exc:
+            if failed:
+                raise failed[0] from None
             raise EngineError(f"{options.target}: {exc.code().name}: {exc.details()}",
                               retryable=exc.code() in (grpc.StatusCode.UNAVAILABLE,
                                                        grpc.StatusCode.RESOURCE_EXHAUSTED)
