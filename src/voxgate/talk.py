@@ -140,7 +140,8 @@ def _sounddevice() -> Any:
     try:
         import sounddevice  # optional: needs PortAudio
     except (ImportError, OSError) as exc:
-        raise ConfigError(f"no microphone support ({exc}); pip install sounddevice, or give "
+        raise ConfigError(f"no microphone support ({exc}); pip install 'voxgate[mic]' "
+                          "(sounddevice), or give "
                           "--input FILE") from None
     return sounddevice
 
