@@ -5,19 +5,39 @@ shape: ``session.audio.input.turn_detection`` ...) into the agent options it sta
 writes the ``session`` object of ``session.created/updated``; the ``*_item`` helpers write
 conversation items; :func:`server_event` stamps an ``event_id``. Field names follow the
 ``openai`` package's types (``openai/types/realtime/``). Unsupported choices raise
-:class:`RealtimeError` naming the parameter, never silently ignored.
+:class:`RealtimeError` naming the parameter, never silently ignored. :class:`EventTranslator`
+turns :class:`~voxgate.agent.AgentSession` events into Realtime server events.
 """
 
 from __future__ import annotations
 
+import base64
+import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from ..agent import (
+    AgentAudio,
+    AgentError,
+    AgentEvent,
+    AgentSession,
+    AgentText,
+    ItemAdded,
+    TurnEnded,
+    UserSpeechStarted,
+    UserSpeechStopped,
+    UserTranscript,
+)
+from ..audio import float32_to_pcm16
 
 __all__ = [
     "AUDIO_FORMAT",
+    "DoorView",
+    "EventTranslator",
     "RealtimeError",
     "RealtimeOptions",
+    "Response",
     "TurnDetection",
     "message_item",
     "new_id",
@@ -25,6 +45,7 @@ __all__ = [
     "server_event",
 ]
 
+logger = logging.getLogger(__name__)
 RATE = 24_000
 AUDIO_FORMAT = {"type": "audio/pcm", "rate": RATE}  # the only format, in and out
 _MAX_TEXT = 8192
@@ -343,3 +364,197 @@ def parse_item(item: Any) -> tuple[str, str, str | None]:
         if not 1 <= len(client_id) <= 64:
             raise RealtimeError("item.id must be 1..64 characters", param="item.id")
     return role, text, client_id
+
+
+class DoorView(Protocol):
+    """What :class:`EventTranslator` reads of its door."""
+
+    session: AgentSession | None
+    options: RealtimeOptions
+
+    def voice_id(self) -> str: ...
+
+
+# ================================================================ session events -> wire
+@dataclass(slots=True)
+class Response:
+    id: str
+    item_sid: str  # the session's id of the assistant item
+    item_id: str  # its wire id
+    metadata: Any = None
+    transcript: list[str] = field(default_factory=list)
+
+    def ref(self) -> dict[str, Any]:
+        return {"response_id": self.id, "item_id": self.item_id, "output_index": 0,
+                "content_index": 0}
+
+
+class EventTranslator:
+    """AgentSession events -> Realtime server events; owns the item id mapping (a client may
+    name its items; user speech items are announced at speech start, before they exist)."""
+
+    def __init__(self, door: DoorView) -> None:
+        self.door = door
+        self.wire: dict[str, str] = {}  # session item id -> wire id (when they differ)
+        self.sids: dict[str, str] = {}  # wire id -> session item id
+        self.typed: set[str] = set()  # session ids of items from conversation.item.create
+        self.pending: dict[int, str] = {}  # user turn -> the wire id announced for its item
+        self.speech: dict[int, list[float]] = {}  # user turn -> [start s, end s]
+        self.response: Response | None = None
+        self.metadata: Any = None  # of the next response (response.create)
+        self.conversation_id = new_id("conv")
+
+    # ---- ids ------------------------------------------------------------------------------
+    def name(self, sid: str, wire_id: str) -> None:
+        if wire_id != sid:
+            self.wire[sid], self.sids[wire_id] = wire_id, sid
+
+    def wire_id(self, sid: str) -> str:
+        return self.wire.get(sid, sid)
+
+    def sid(self, wire_id: str) -> str:
+        return self.sids.get(wire_id, wire_id)
+
+    def forget(self, sid: str) -> None:
+        self.sids.pop(self.wire.pop(sid, sid), None)
+        self.typed.discard(sid)
+
+    def _previous(self, sid: str) -> str | None:
+        history = self.door.session.history if self.door.session else []
+        ids = [i.id for i in history]
+        if sid not in ids:
+            return None
+        at = ids.index(sid)
+        return self.wire_id(ids[at - 1]) if at else None
+
+    def _announced(self, turn_id: int) -> str:
+        return self.pending.setdefault(turn_id, new_id("item"))
+
+    # ---- events ---------------------------------------------------------------------------
+    def translate(self, event: AgentEvent) -> list[dict[str, Any]]:
+        vad = self.door.options.turn_detection is not None
+        if isinstance(event, UserSpeechStarted):
+            self.speech[event.turn_id] = [event.at, event.at]
+            if not vad:
+                return []
+            return [server_event("input_audio_buffer.speech_started",
+                                 audio_start_ms=int(event.at * 1000),
+                                 item_id=self._announced(event.turn_id))]
+        if isinstance(event, UserSpeechStopped):
+            self.speech.setdefault(event.turn_id, [event.at, event.at])[1] = event.at
+            if not vad:
+                return []
+            return [server_event("input_audio_buffer.speech_stopped",
+                                 audio_end_ms=int(event.at * 1000),
+                                 item_id=self._announced(event.turn_id))]
+        if isinstance(event, UserTranscript):
+            if not event.final or not event.text.strip():
+                return []  # partials replace each other: not Realtime deltas
+            return [server_event("conversation.item.input_audio_transcription.delta",
+                                 item_id=self._announced(event.turn_id), content_index=0,
+                                 delta=event.text.strip() + " ")]
+        if isinstance(event, ItemAdded):
+            return self._item_added(event)
+        response = self.response
+        if isinstance(event, AgentText):
+            if response is None or event.item_id != response.item_sid:
+                return []
+            response.transcript.append(event.delta)
+            return [server_event("response.output_audio_transcript.delta", **response.ref(),
+                                 delta=event.delta)]
+        if isinstance(event, AgentAudio):
+            if response is None or event.item_id != response.item_sid:
+                return []
+            pcm = float32_to_pcm16(event.audio)
+            return [server_event("response.output_audio.delta", **response.ref(),
+                                 delta=base64.b64encode(pcm).decode("ascii"))]
+        if isinstance(event, TurnEnded):
+            if event.role == "user" and event.reason in ("cleared", "dropped"):
+                self.pending.pop(event.turn_id, None)
+                self.speech.pop(event.turn_id, None)
+                return []
+            if event.role == "agent" and response is not None \
+                    and event.item_id == response.item_sid:
+                return self._response_done(response, event)
+            return []
+        if isinstance(event, AgentError) and not event.fatal:
+            return [server_event("error", error={"type": "server_error", "code": event.code,
+                                                 "message": event.message, "param": None,
+                                                 "event_id": None})]
+        return []  # turn starts, pauses/resumes, interruptions, latency: no Realtime event
+
+    def _item_added(self, event: ItemAdded) -> list[dict[str, Any]]:
+        sid = event.item_id
+        if event.role == "assistant" and sid not in self.typed:
+            return self._response_started(event)
+        previous = self._previous(sid)
+        if sid in self.typed:
+            item = message_item(self.wire_id(sid), event.role, event.text, audio=False)
+            return [server_event("conversation.item.added", previous_item_id=previous, item=item),
+                    server_event("conversation.item.done", previous_item_id=previous, item=item)]
+        wire_id = self.pending.pop(event.turn_id, sid)  # a spoken user turn, now committed
+        self.name(sid, wire_id)
+        start, end = self.speech.pop(event.turn_id, [0.0, 0.0])
+        heard = message_item(wire_id, "user", event.text, audio=True)
+        return [
+            server_event("input_audio_buffer.committed", previous_item_id=previous,
+                         item_id=wire_id),
+            server_event("conversation.item.added", previous_item_id=previous,
+                         item=message_item(wire_id, "user", None, audio=True)),
+            server_event("conversation.item.done", previous_item_id=previous, item=heard),
+            server_event("conversation.item.input_audio_transcription.completed",
+                         item_id=wire_id, content_index=0, transcript=event.text,
+                         usage={"type": "duration", "seconds": round(max(end - start, 0), 3)})]
+
+    def _response_started(self, event: ItemAdded) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if self.response is not None:  # never expected: the session runs one reply at a time
+            logger.warning("realtime: response %s had no end", self.response.id)
+        response = Response(new_id("resp"), event.item_id, event.item_id, self.metadata)
+        self.response, self.metadata = response, None
+        item = message_item(response.item_id, "assistant", None, audio=True,
+                            status="in_progress")
+        out.append(server_event("response.created",
+                                response=self._response_object(response, "in_progress")))
+        out.append(server_event("response.output_item.added", response_id=response.id,
+                                output_index=0, item=item))
+        out.append(server_event("conversation.item.added",
+                                previous_item_id=self._previous(event.item_id), item=item))
+        out.append(server_event("response.content_part.added", **response.ref(),
+                                part={"type": "audio", "transcript": ""}))
+        return out
+
+    def _response_done(self, response: Response, event: TurnEnded) -> list[dict[str, Any]]:
+        self.response = None
+        cancelled = event.reason in ("interrupted", "cancelled")
+        transcript = event.text  # as the history keeps it: what was heard, when cut
+        item = message_item(response.item_id, "assistant", transcript, audio=True,
+                            status="incomplete" if cancelled else "completed")
+        details = None
+        if cancelled:
+            details = {"type": "cancelled", "reason": "turn_detected"
+                       if event.reason == "interrupted" else "client_cancelled"}
+        done = self._response_object(response, "cancelled" if cancelled else "completed",
+                                     details, [item])
+        return [server_event("response.output_audio.done", **response.ref()),
+                server_event("response.output_audio_transcript.done", **response.ref(),
+                             transcript=transcript),
+                server_event("response.content_part.done", **response.ref(),
+                             part={"type": "audio", "transcript": transcript}),
+                server_event("response.output_item.done", response_id=response.id,
+                             output_index=0, item=item),
+                server_event("conversation.item.done",
+                             previous_item_id=self._previous(response.item_sid), item=item),
+                server_event("response.done", response=done)]
+
+    def _response_object(self, response: Response, status: str, details: Any = None,
+                         output: list[Any] | None = None) -> dict[str, Any]:
+        session = self.door.session
+        config = session.config if session else None
+        return {"id": response.id, "object": "realtime.response", "status": status,
+                "status_details": details, "output": output or [],
+                "conversation_id": self.conversation_id, "output_modalities": ["audio"],
+                "max_output_tokens": config.max_reply_tokens if config else None,
+                "audio": {"output": {"format": dict(AUDIO_FORMAT),
+                                     "voice": self.door.voice_id()}},
+                "usage": None, "metadata": response.metadata}
