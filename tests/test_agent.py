@@ -439,6 +439,43 @@ async def test_interrupt_control_cancels_llm_and_tts():
         assert session.history[-1].text == cut.played_text
 
 
+async def test_tts_stays_only_a_few_seconds_ahead_and_stops_with_the_reply():
+    reply = " ".join(f"This is sentence number {i} of a very long answer here." for i in range(30))
+    async with _running(llm=FakeLlm(reply, delay=0.001)) as (session, asr, llm, voice, events):
+        await session.send_text("Talk.")
+        await events.wait(lambda e: isinstance(e, AgentAudio) and e.offset_s >= 0.5)
+        assert len(voice.sentences) <= 8  # ~0.55 s a sentence, 3 s ahead: not all 30
+        await session.interrupt()
+        said = len(voice.sentences)
+        await asyncio.sleep(0.3)
+        assert len(voice.sentences) == said and llm.finished + llm.cancelled == 1
+
+
+async def test_interruptions_in_quick_succession():
+    reply = "First part of the answer. Second part of the answer. Third part of it."
+    async with _running(llm=FakeLlm(reply)) as (session, asr, llm, voice, events):
+        await session.send_text("Start.")
+        for round_ in range(3):
+            await events.wait(lambda e: isinstance(e, AgentAudio) and e.turn_id == round_ + 1)
+            asr.start()
+            asr.partial("no wait")
+            cut = await events.wait(lambda e: isinstance(e, Interruption)
+                                    and e.turn_id == round_ + 1)
+            assert reply.startswith(cut.played_text)
+            await _silence(session, 0.1)
+            asr.end()
+            asr.final(f"No wait, question {round_}.")
+            await _silence(session, 0.7)
+        await events.wait(lambda e: _agent_end(e) and e.turn_id == 4)
+        roles = [i.role for i in session.history]
+        assert roles == ["user", "assistant"] * 4
+        assert [i.interrupted for i in session.history if i.role == "assistant"] == \
+            [True, True, True, False]
+        assert session.interruptions == 3
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("agent-")]
+    assert not leftovers, leftovers  # nothing keeps running for a closed session
+
+
 # ------------------------------------------------------------------- manual control
 async def test_manual_turns_commit_create_cancel_truncate_delete():
     async with _running(turn_detection=False) as (session, asr, llm, voice, events):

@@ -22,9 +22,28 @@ import numpy as np
 from ..audio import resample
 from .history import cut_words
 
-__all__ = ["Playout"]
+__all__ = ["Playout", "wait_event"]
 
 Emit = Callable[[np.ndarray, float, str], Awaitable[None]]  # (audio, offset_s, sentence text)
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set or ``timeout`` passes (None: no limit); True when set.
+
+    Unlike ``asyncio.wait_for`` on Python 3.11, a cancellation that arrives just as the event
+    is set is never swallowed: a cancelled reply really stops.
+    """
+    if event.is_set():
+        return True
+    if timeout is None:
+        await event.wait()
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return event.is_set()
 
 
 @dataclass(slots=True)
@@ -112,6 +131,18 @@ class Playout:
     def text(self) -> str:
         return " ".join(s.text.strip() for s in self.segments if s.text.strip())
 
+    async def wait_for_room(self, ahead_s: float) -> None:
+        """Return once less than ``ahead_s`` of appended audio is still unplayed: the TTS
+        stays that far ahead of the listener, so a cut reply wastes little synthesis."""
+        while True:
+            self._advance()
+            ahead = (self.total - self._played) / self.rate
+            if ahead < ahead_s:
+                return
+            self._changed.clear()
+            timeout = None if self.paused or self._last is None else ahead - ahead_s + 1e-3
+            await wait_event(self._changed, timeout)  # set, or played on meanwhile: look again
+
     # ---- control -------------------------------------------------------------------------
     def pause(self) -> float:
         """Freeze at the played position; audio released beyond it is taken back. Returns the
@@ -153,13 +184,7 @@ class Playout:
                     return
                 wait = (self.total - self._played) / self.rate + 1e-3
             self._changed.clear()
-            if wait is None:
-                await self._changed.wait()
-            else:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), wait)
-                except TimeoutError:
-                    pass  # the pacing deadline: release the next frame
+            await wait_event(self._changed, wait)  # a change, or the next frame's pacing time
 
     async def _release(self, emit: Emit) -> None:
         start = self.released

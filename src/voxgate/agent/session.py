@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..engines.base import ChatMessage, Llm
+from ..engines.priority import live_llm_kwargs
 from ..errors import EngineError, TextError
 from ..speech import SentenceSplitter, is_speakable
 from ..types import AsrEvent, TtsChunk
@@ -50,13 +51,14 @@ from .events import (
 )
 from .history import Conversation, Item
 from .options import AgentConfig
-from .playout import Playout
+from .playout import Playout, wait_event
 from .turns import count_words, looks_unfinished
 
 __all__ = ["AgentSession", "AsrStream", "Observer", "Voice"]
 
 logger = logging.getLogger(__name__)
 _MARKUP = re.compile(r"[*_#`~|<>\[\]]+")
+_TTS_AHEAD_S = 3.0  # synthesize the next sentence once less than this is left to play
 
 
 class AsrStream(Protocol):
@@ -166,6 +168,7 @@ class AgentSession:
         self._llm_kwargs: dict[str, Any] = {}
         if "cache_prompt" in inspect.signature(llm.stream).parameters:
             self._llm_kwargs["cache_prompt"] = config.cache_prompt
+        self._llm_kwargs.update(live_llm_kwargs(llm))  # a reply is live work, not a job's
         self._out: asyncio.Queue[AgentEvent | None] = asyncio.Queue()
         self._queued_audio = 0  # samples in _out not yet taken by the door
         self._drained = asyncio.Event()
@@ -183,6 +186,7 @@ class AgentSession:
         self._arrivals: deque[tuple[float, float]] = deque(maxlen=512)  # (input s, wall)
         self._alignments: dict[str, Playout] = {}  # item id -> its reply's playout (truncate)
         self._ending = False
+        self._tasks: set[asyncio.Future[Any]] = set()  # background cancellations
         self.closed = False
         self.interruptions = 0
         self.false_interruptions = 0
@@ -320,8 +324,7 @@ class AgentSession:
             await self._commit_turn(respond=self.config.auto_respond)
         reply = self._reply
         if reply is not None and reply.main_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(reply.main_task)
+            await asyncio.wait({reply.main_task})  # the reply plays out (or is cut)
         self._out.put_nowait(None)
 
     async def close(self) -> None:
@@ -334,9 +337,9 @@ class AgentSession:
         await self._cancel_reply(self._reply)
         for task in (self._reader, self._watchdog):
             task.cancel()
-        for task in (self._reader, self._watchdog):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        current = asyncio.current_task()
+        await asyncio.wait({t for t in (self._reader, self._watchdog, *self._tasks)
+                            if t is not current})
         await self.asr.close()
         self._out.put_nowait(None)
         self._drained.set()
@@ -364,6 +367,12 @@ class AgentSession:
             reply.held.append(event)
             return
         self._out.put_nowait(event)
+
+    def _background(self, coro: Any) -> None:
+        """Run ``coro`` on its own, keeping a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _fatal(self, code: str, message: str) -> None:
         if self.closed:
@@ -466,8 +475,7 @@ class AgentSession:
             if self._reply is not None:  # barge-in off: the previous reply finishes first
                 previous = self._reply.main_task
                 if previous is not None:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.shield(previous)
+                    await asyncio.wait({previous})
             reply = self._start_reply(turn.turn_id, self.conversation.messages(), text)
         reply.end_of_turn = None if turn.speech_end_wall is None else now - turn.speech_end_wall
         reply.asr_final = (None if turn.speech_end_wall is None or turn.final_wall is None
@@ -481,7 +489,7 @@ class AgentSession:
         if reply is not None and not reply.committed:
             self._reply = None
             self.speculative_dropped += 1
-            asyncio.ensure_future(self._cancel_reply(reply))
+            self._background(self._cancel_reply(reply))
 
     async def _settle_finals(self) -> None:
         """After ``asr.flush()``: wait until the final of every ended utterance is handled."""
@@ -722,7 +730,8 @@ class AgentSession:
         try:
             while True:
                 try:
-                    delta = await asyncio.wait_for(anext(stream), cfg.llm_timeout_s)
+                    async with asyncio.timeout(cfg.llm_timeout_s):
+                        delta = await anext(stream)
                 except StopAsyncIteration:
                     break
                 if reply.first_token_at is None:
@@ -756,6 +765,7 @@ class AgentSession:
             while (sentence := await sentences.get()) is not None:
                 if reply.tts_failed:
                     continue  # the text still arrives; there is no voice to say it
+                await reply.playout.wait_for_room(_TTS_AHEAD_S)
                 started = time.monotonic()
                 try:
                     async with contextlib.aclosing(self.voice.speak(sentence)) as chunks:
@@ -780,14 +790,12 @@ class AgentSession:
         limit = int(self.config.max_out_buffer_s * self.output_sample_rate)
         while self._queued_audio + audio.size > limit and not self.closed:
             self._drained.clear()
-            try:
-                await asyncio.wait_for(self._drained.wait(), self.config.out_stall_timeout_s)
-            except TimeoutError:
+            if not await wait_event(self._drained, self.config.out_stall_timeout_s):
                 self._fatal("client_not_reading",
                             f"the client took no audio for {self.config.out_stall_timeout_s:g} s "
                             f"with {self.config.max_out_buffer_s:g} s queued")
-                asyncio.ensure_future(self.close())
-                raise asyncio.CancelledError from None
+                self._background(self.close())
+                raise asyncio.CancelledError from None  # this playout stops here
         self._queued_audio += audio.size
         self._out.put_nowait(AgentAudio(reply.turn_id, audio, self.output_sample_rate, offset,
                                         reply.item.id if reply.item else "", text))
@@ -842,18 +850,17 @@ class AgentSession:
         tasks = [t for t in (*reply.tasks, reply.main_task) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        current = asyncio.current_task()
+        tasks = [t for t in tasks if t is not current]
+        if tasks:
+            await asyncio.wait(tasks)  # each stage has really stopped (no swallowed cancel)
 
     # ================================================================ internals: idle
     async def _idle_watch(self) -> None:
         limit = self.config.idle_timeout_s
         while not self.closed:
             self._activity.clear()
-            try:
-                await asyncio.wait_for(self._activity.wait(), limit)
-            except TimeoutError:
+            if not await wait_event(self._activity, limit):
                 if self._reply is not None or self._speaking or self._turn is not None:
                     continue  # a reply plays, the user speaks: not idle
                 self._fatal("idle_timeout", f"no speech or text for {limit:g} s: idle session "
