@@ -432,18 +432,16 @@ class TranslateSession:
             return  # the endpointer heard something that was no speech (noise, a cough)
         src = self.config.src if self.config.src != "auto" else final.language
         base = dict(utterance_id=final.utterance_id, transcript=text, start=final.start,
-                    end=final.end, language=final.language)
+                    end=final.end, language=final.language, words=final.words)
         if src not in LANGUAGES:
-            self._emit(TranslateEvent("transcript", src=src, text=text, words=final.words,
-                                      **base))
+            self._emit(TranslateEvent("transcript", src=src, text=text, **base))
             self._emit(TranslateEvent(
                 "unsupported_language", src=src,
                 error=f"speech in {src or 'an unknown language'!r} is not translated: this "
                       f"stream translates {' and '.join(LANGUAGES)}", **base))
             return
         tgt = self.config.target_for(src)
-        self._emit(TranslateEvent("transcript", src=src, tgt=tgt, text=text, words=final.words,
-                                  **base))
+        self._emit(TranslateEvent("transcript", src=src, tgt=tgt, text=text, **base))
         try:
             translation = await self._translate(text, src, tgt)
         except (EngineError, ConfigError, TimeoutError) as exc:

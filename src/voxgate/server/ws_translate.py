@@ -262,8 +262,7 @@ async def _read_audio(ws: WebSocket, session: TranslateSession, pcm: PcmInput, i
             continue
         text = (message.get("text") or "").strip()
         kind = _control_kind(text)
-        if kind == "flush":
-            await session.accept(pcm.flush())
+        if kind == "flush":  # the resampler keeps its few ms: the stream goes on
             await session.flush()
         elif kind == "end":
             await session.accept(pcm.flush())
