@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
+import threading
+import time
 
 import pytest
 from conftest import require_pack
@@ -118,3 +122,55 @@ def test_same_request_gives_the_same_answer_whatever_came_before(llm, librivox) 
         "user", f"Write meeting notes as JSON with title, summary, key_points for:\n{text}")]
     answers = [llm.complete_sync(ask, max_tokens=60) for _ in range(3)]
     assert answers[0] and answers.count(answers[0]) == 3, answers
+
+
+def _nice_19_threads() -> int:
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/stat") as stat:
+            count += int(stat.read().rsplit(")", 1)[1].split()[16]) == 19
+    return count
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux-only")
+def test_file_work_moves_to_a_low_priority_server_once_live_work_was_served(manager) -> None:
+    """Jobs use the one llama.cpp server until a live request (agent, translation) comes; then
+    a second server whose threads run at nice 19 takes file work, gives the same output, and a
+    live request no longer queues behind a long file generation."""
+    from voxgate.engines.llm_llamacpp import LlamaCppLlm
+    from voxgate.engines.priority import Priority
+    from voxgate.models import resolve
+
+    model = "qwen2.5-coder-1.5b-instruct-q4km"
+    require_pack(model, manager.settings.cache_dir)
+    resolved = resolve(model, manager.settings.cache_dir, offline=True)
+    llm = LlamaCppLlm.load(resolved, manager.settings)
+    try:
+        ask = [ChatMessage("user", "Name three colours, comma-separated.")]
+        before = llm.complete_sync(ask, max_tokens=16)
+        assert not llm.file_lane_loaded
+        niced = _nice_19_threads()
+        live = asyncio.run(llm.complete(ASK, max_tokens=4, priority=Priority.LIVE_FINAL))
+        assert live.strip()
+        assert llm.complete_sync(ask, max_tokens=16) == before  # identical on the file lane
+        assert llm.file_lane_loaded and _nice_19_threads() > niced
+
+        order: list[str] = []
+        started = threading.Event()
+
+        def long_file_generation() -> None:
+            started.set()
+            llm.complete_sync([ChatMessage("user", "Count from one to two hundred in words.")],
+                              max_tokens=300)
+            order.append("file")
+
+        worker = threading.Thread(target=long_file_generation)
+        worker.start()
+        started.wait(10)
+        time.sleep(0.5)  # the file generation is under way
+        asyncio.run(llm.complete(ASK, max_tokens=4, priority=Priority.LIVE_FINAL))
+        order.append("live")
+        worker.join(300)
+        assert order == ["live", "file"]
+    finally:
+        llm.close()

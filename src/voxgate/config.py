@@ -75,6 +75,9 @@ class LlmSettings(BaseModel):
     summary_retries: int = Field(2, ge=0, le=10)  # re-asks after a schema validation error
     summary_max_tokens: int = Field(768, ge=32)
     cleanup_max_edit_rate: float = Field(0.35, ge=0.0, le=1.0)  # above: keep the raw chunk
+    # once live work (agent, translation) was served, file work (jobs) runs on a second
+    # llama.cpp server at this OS nice value (CPU, Linux); 0: one shared server
+    file_lane_nice: int = Field(19, ge=0, le=19)
     # Cleanup (issue 14, bench/cleanup.py): "edits" asks for a JSON list of {old, new} edits
     # checked in code (output tokens ~ edits), "rewrite" for the whole text again (slow)
     cleanup_method: Literal["edits", "rewrite"] = "edits"

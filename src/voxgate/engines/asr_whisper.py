@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import sys
 import threading
@@ -43,7 +42,7 @@ from faster_whisper.transcribe import get_compression_ratio
 from ..errors import EngineError, ModelError
 from ..types import Segment, Word
 from .base import AsrCapabilities, AsrOptions, AsrResult
-from .priority import Priority, PriorityGate
+from .priority import Priority, PriorityGate, run_at_nice
 
 __all__ = ["WhisperAsr", "segment_confidence"]
 
@@ -153,24 +152,9 @@ class WhisperAsr:
             return self._file_lane
 
     def _load_at_nice(self, nice: int) -> WhisperModel:
-        """Load a copy of the model from a thread running at ``nice``: CTranslate2 creates its
-        compute threads during the load and Linux threads inherit their creator's nice value,
-        so every decode on this copy runs at that priority, whoever calls it."""
-        box: dict[str, Any] = {}
-
-        def load() -> None:
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-                box["model"] = self._load_model()
-            except BaseException as exc:  # handed to the caller below
-                box["error"] = exc
-
-        loader = threading.Thread(target=load, name="whisper-file-lane-load")
-        loader.start()
-        loader.join()
-        if "error" in box:
-            raise box["error"]
-        return box["model"]
+        """A copy of the model whose CTranslate2 compute threads (created during the load)
+        run at ``nice``, so every decode on it does (see ``priority.run_at_nice``)."""
+        return run_at_nice(self._load_model, nice)
 
     def _check(self, options: AsrOptions) -> str | None:
         language = options.language

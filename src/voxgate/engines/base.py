@@ -247,12 +247,17 @@ class Llm(Protocol):
 
     def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
-               ) -> AsyncIterator[str]:
-        """Text deltas; ``json_schema`` asks for schema-constrained output where supported."""
+               priority: int = 2) -> AsyncIterator[str]:
+        """Text deltas; ``json_schema`` asks for schema-constrained output where supported.
+
+        ``priority`` (``engines.priority.Priority``): below 2 is live work (an agent's reply, a
+        live translation) that an in-process engine serves before file work (jobs).
+        """
         ...
 
     async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
-                       temperature: float = 0.0, json_schema: dict[str, Any] | None = None) -> str:
+                       temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
+                       priority: int = 2) -> str:
         ...
 
     def version_info(self) -> dict[str, Any]:

@@ -22,7 +22,9 @@ import asyncio
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Sequence
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from ..errors import EngineError, ModelError
 from ..models import ResolvedModel
 from .base import ChatMessage, LlmCapabilities
 from .llm_openai import chat_body, content_of
+from .priority import Priority, run_at_nice
 
 __all__ = ["LlamaCppLlm", "find_gguf", "native_log_verbosity"]
 
@@ -61,17 +64,33 @@ def find_gguf(path: Path) -> Path:
 
 
 class LlamaCppLlm:
-    """One loaded GGUF model; concurrent requests queue inside llama.cpp (one slot)."""
+    """One loaded GGUF model; concurrent requests queue inside llama.cpp (one slot).
+
+    Live and file work: a generation cannot be paused, so a voice agent's or a translation's
+    request (``priority`` below ``Priority.FILE``) would wait behind a job's cleanup of a long
+    chunk. Once the engine has served live work, file work therefore runs on a second llama.cpp
+    server over the same (memory-mapped, so shared) weights whose compute threads were created
+    at a low OS priority (``VOXGATE_LLM__FILE_LANE_NICE``), as the Whisper engine does: the
+    kernel gives live generation the cores when it wants them, and each lane keeps its own KV
+    cache (the agent's conversation prefix is not evicted by a job). Same model, same
+    parameters, no prompt cache for file work: the file lane's output is identical.
+    """
 
     name = "llamacpp"
 
-    def __init__(self, server: Any, model_path: Path, settings: Settings) -> None:
+    def __init__(self, server: Any, model_path: Path, settings: Settings,
+                 make_server: Callable[[], Any] | None = None) -> None:
         self._server = server
         self.model_path = model_path
         self.seed = settings.llm.seed
         self.capabilities = LlmCapabilities(json_schema=True, streaming=True,
                                             context_tokens=settings.llm.context_tokens)
         self._http_key = ""
+        self._make_server = make_server
+        self.file_lane_nice = settings.llm.file_lane_nice if sys.platform == "linux" else 0
+        self._file_server: Any = None
+        self._file_lane_lock = threading.Lock()
+        self._served_live = False
 
     @classmethod
     def load(cls, resolved: ResolvedModel, settings: Settings) -> LlamaCppLlm:
@@ -87,11 +106,15 @@ class LlamaCppLlm:
         params.verbosity = native_log_verbosity()
         key = secrets.token_urlsafe(24)
         params.api_keys = [key]  # the embedded HTTP listener is loopback-only and locked
-        try:
-            server = xllamacpp.Server(params)
-        except Exception as exc:  # llama.cpp reports load failures as generic exceptions
-            raise ModelError(f"{resolved.spec.id}: llama.cpp could not load {path}: {exc}") from exc
-        engine = cls(server, path, settings)
+
+        def make_server() -> Any:
+            try:
+                return xllamacpp.Server(params)
+            except Exception as exc:  # llama.cpp reports load failures as generic exceptions
+                raise ModelError(f"{resolved.spec.id}: llama.cpp could not load {path}: "
+                                 f"{exc}") from exc
+
+        engine = cls(make_server(), path, settings, make_server)
         engine._http_key = key
         logger.info("llama.cpp loaded %s (%d threads, n_ctx=%d)", path.name, threads,
                     settings.llm.context_tokens)
@@ -102,36 +125,63 @@ class LlamaCppLlm:
         """(base URL, API key) of llama.cpp's own OpenAI-compatible listener on loopback."""
         return f"{self._server.listening_address}/v1", self._http_key
 
+    @property
+    def file_lane_loaded(self) -> bool:
+        """Whether file work has its own low-priority llama.cpp server now."""
+        return self._file_server is not None
+
+    def _server_for(self, priority: int) -> Any:
+        """Live work on the live server; file work there too until live work was served,
+        then on the low-priority copy (started on first need)."""
+        if priority < Priority.FILE:
+            self._served_live = True
+            return self._server
+        if not self._served_live or not self.file_lane_nice or self._make_server is None:
+            return self._server
+        with self._file_lane_lock:
+            if self._file_server is None:
+                self._file_server = run_at_nice(self._make_server, self.file_lane_nice)
+                logger.info("llama.cpp: file work moved to a second server at nice %d, so live "
+                            "requests never wait for it", self.file_lane_nice)
+            return self._file_server
+
     def version_info(self) -> dict[str, Any]:
         return {"engine": self.name, "runtime": f"xllamacpp {xllamacpp.__version__}",
                 "file": self.model_path.name, "seed": self.seed}
 
     def complete_raw(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
-                     ) -> dict[str, Any]:
+                     priority: int = Priority.FILE) -> dict[str, Any]:
         """The whole chat-completion response, with llama.cpp's ``timings`` (tokens, tok/s)."""
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
                          seed=self.seed, json_schema=json_schema)
-        return self._server.handle_chat_completions({**body, **_NO_PROMPT_CACHE})
+        server = self._server_for(priority)
+        return server.handle_chat_completions({**body, **_NO_PROMPT_CACHE})
 
     def complete_sync(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
-                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None) -> str:
+                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
+                      priority: int = Priority.FILE) -> str:
         return content_of(self.complete_raw(messages, max_tokens=max_tokens,
-                                            temperature=temperature, json_schema=json_schema))
+                                            temperature=temperature, json_schema=json_schema,
+                                            priority=priority))
 
     async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
-                       temperature: float = 0.0, json_schema: dict[str, Any] | None = None) -> str:
+                       temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
+                       priority: int = Priority.FILE) -> str:
         return await asyncio.to_thread(self.complete_sync, messages, max_tokens=max_tokens,
-                                       temperature=temperature, json_schema=json_schema)
+                                       temperature=temperature, json_schema=json_schema,
+                                       priority=priority)
 
     async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
-                     cache_prompt: bool = False) -> AsyncIterator[str]:
+                     cache_prompt: bool = False, priority: int = Priority.FILE,
+                     ) -> AsyncIterator[str]:
         """Deltas as llama.cpp produces them; closing the iterator stops generation.
 
         ``cache_prompt=True`` (the voice agent) reuses the KV cache of the prompt prefix the
         previous request left in the slot: a conversation re-reads only its new turn, at the
         cost of bit-exact reproducibility (see ``_NO_PROMPT_CACHE``); jobs keep it off.
+        ``priority`` below ``Priority.FILE`` marks live work (see the class docstring).
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -139,6 +189,7 @@ class LlamaCppLlm:
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
                          seed=self.seed, json_schema=json_schema, stream=True)
         body.update({"cache_prompt": True} if cache_prompt else _NO_PROMPT_CACHE)
+        server = self._server_for(priority)
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
             loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
@@ -146,7 +197,7 @@ class LlamaCppLlm:
 
         def run() -> None:
             try:
-                self._server.handle_chat_completions(body, on_chunk)
+                server.handle_chat_completions(body, on_chunk)
                 loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
             except Exception as exc:  # surfaced to the consumer below
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
@@ -170,4 +221,4 @@ class LlamaCppLlm:
             await asyncio.shield(worker)
 
     def close(self) -> None:
-        self._server = None
+        self._server = self._file_server = None

@@ -110,7 +110,10 @@ class OpenAiLlm:
         await asyncio.sleep(delay)
 
     async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
-                       temperature: float = 0.0, json_schema: dict[str, Any] | None = None) -> str:
+                       temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
+                       priority: int = 2) -> str:
+        # ``priority`` (engines.priority.Priority) is the remote server's business: accepted so
+        # that callers treat every Llm alike, not sent
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
                          seed=self.seed, json_schema=json_schema, model=self.model)
         async with self._client() as client:
@@ -135,7 +138,7 @@ class OpenAiLlm:
 
     async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
-                     ) -> AsyncIterator[str]:
+                     priority: int = 2) -> AsyncIterator[str]:
         """Server-sent deltas; connection failures before the first byte are retried."""
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
                          seed=self.seed, json_schema=json_schema, stream=True, model=self.model)

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import ConfigError, EngineError
 from .base import ChatMessage, Llm, MtOptions
+from .priority import live_llm_kwargs
 
 __all__ = ["LANGUAGE_NAMES", "LlmMt", "check_translation", "split_for_translation"]
 
@@ -189,7 +190,7 @@ class LlmMt:
         which stops the generation itself, not just the wait for it."""
         parts: list[str] = []
         stream = self.llm.stream(messages, max_tokens=max_tokens, temperature=0.0,
-                                 json_schema=schema)
+                                 json_schema=schema, **live_llm_kwargs(self.llm))
         try:
             async for delta in stream:
                 parts.append(delta)

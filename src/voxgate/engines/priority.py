@@ -11,14 +11,19 @@ units while live streams are active (a live final then waits for at most one sma
 from __future__ import annotations
 
 import heapq
+import inspect
 import itertools
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import IntEnum
+from typing import Any, TypeVar
 
-__all__ = ["Priority", "PriorityGate"]
+__all__ = ["Priority", "PriorityGate", "live_llm_kwargs", "run_at_nice"]
+
+T = TypeVar("T")
 
 
 class Priority(IntEnum):
@@ -75,3 +80,39 @@ class PriorityGate:
     def queued(self) -> int:
         with self._cond:
             return len(self._waiting)
+
+
+def run_at_nice(build: Callable[[], T], nice: int) -> T:
+    """``build()`` on a new thread running at OS priority ``nice`` (Linux: per thread).
+
+    Threads inherit their creator's nice value, so the worker threads an engine starts while it
+    loads (CTranslate2's compute threads, llama.cpp's server and compute threads) keep running
+    at that priority for every call made later, whoever makes it: that is how file work gets
+    its own low-priority copy of a model. Exceptions from ``build`` reach the caller.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+            box["value"] = build()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"load-at-nice-{nice}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def live_llm_kwargs(llm: Any) -> dict[str, Any]:
+    """``{"priority": Priority.LIVE_FINAL}`` for an Llm whose ``stream`` takes a priority (the
+    built-in engines), nothing for one that does not (a user's own engine, a test double), so
+    live sessions mark their requests without requiring every Llm to know about priorities."""
+    try:
+        parameters = inspect.signature(llm.stream).parameters
+    except (TypeError, ValueError, AttributeError):
+        return {}
+    return {"priority": Priority.LIVE_FINAL} if "priority" in parameters else {}
