@@ -181,6 +181,8 @@ def test_fallback_on_a_real_whisper_loop(manager, clip):
     phrase at temperature 0 ('let me cook my dish, let me cook my dish, ...'). With fallback
     (what temperature=0 asks for) the chunk is decoded again at rising temperatures until the
     text passes Whisper's checks; the segments say which temperature that was."""
+    from faster_whisper.transcribe import get_compression_ratio as _compression_ratio
+
     from voxgate.engines.base import AsrOptions
 
     asr = manager.asr("whisper-tiny.en")
@@ -192,13 +194,6 @@ def test_fallback_on_a_real_whisper_loop(manager, clip):
     assert fixed.segments and all(s.temperature > 0 for s in fixed.segments), fixed.segments
     assert _compression_ratio(fixed.text) <= 2.4, fixed.text
     assert all(s.tokens for s in fixed.segments)
-
-
-def _compression_ratio(text: str) -> float:
-    import zlib
-
-    data = text.encode()
-    return len(data) / len(zlib.compress(data))
 
 
 def test_temperature_above_zero_samples_at_that_temperature(client, clip, looping_first_batch):
