@@ -33,6 +33,17 @@ SENTENCES = ("The first sentence is here.", "Then a second one follows it.",
              "A third sentence comes after that.", "And the fourth one ends the reply.")
 
 
+@pytest.fixture(autouse=True)
+def _slot_given_back(request):
+    """Each server has one agent session slot: a test ends once its session has closed."""
+    yield
+    for name in ("fake_server", "real_server"):
+        if name in request.fixturenames:
+            live = request.getfixturevalue(name)
+            agent = live.state.components["agent"]
+            assert live.wait_for(lambda a=agent: not a.sessions), "a session was left open"
+
+
 def _client(live, api_key: str = API_KEY) -> AsyncOpenAI:
     return AsyncOpenAI(api_key=api_key, base_url=f"{live.url}/v1", max_retries=0)
 
@@ -412,6 +423,14 @@ async def test_auth_limits_and_raw_frames(fake_server):
             assert error["type"] == "error" and "base64" in error["error"]["message"]
             await ws.send("{not json")
             assert json.loads(await ws.recv())["error"]["code"] == "invalid_json"
+            # audio before any session.update is fine (the defaults apply, as with OpenAI):
+            # the next answer is the one to the retrieve, not an error about the append
+            await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                      "audio": _b64(b"\x00\x00" * 2400)}))
+            await ws.send(json.dumps({"type": "conversation.item.retrieve", "item_id": "x"}))
+            assert json.loads(await ws.recv())["error"]["code"] == "item_not_found"
+        agent = fake_server.state.components["agent"]
+        assert fake_server.wait_for(lambda a=agent: not a.sessions)  # the slot is given back
     # an event over the frame limit closes with 1009; a client that sends nothing, with 1008
     async with websockets.connect(url, additional_headers={"X-API-Key": API_KEY}) as ws:
         await ws.recv()
