@@ -112,6 +112,11 @@ async def test_spoken_turn_is_answered_in_speech(agent_server, manager):
         assert "paris" in heard.lower(), heard
         latency = await _recv(ws)
         assert latency["type"] == "latency" and latency["voice_to_voice_s"] > 0
+        import httpx
+
+        metrics = httpx.get(f"{agent_server.url}/metrics", headers=HEADERS, timeout=10).text
+        assert "voxgate_agent_voice_to_voice_seconds_count 1.0" in metrics
+        assert "voxgate_agent_sessions_active 1.0" in metrics
         await ws.send(json.dumps({"type": "end"}))
         while (message := await _recv(ws)) and not (isinstance(message, dict)
                                                     and message["type"] == "end"):
@@ -168,3 +173,24 @@ async def test_auth_order_and_bad_options_are_refused(agent_server):
         assert (await _recv(ws))["type"] == "ready"
         await ws.send(b"\x00\x00\x00")  # odd-length PCM16
         await _expect_error(ws, 1003)
+
+
+async def test_many_sessions_at_once_the_limit_answers_and_nothing_crashes(agent_server):
+    async def one() -> str:
+        async with await _connect(agent_server) as ws:
+            await ws.send(json.dumps({"type": "config"}))
+            first = await _recv(ws)
+            if first["type"] == "ready":
+                await ws.send(json.dumps({"type": "end"}))
+                while (m := await _recv(ws)) and not (isinstance(m, dict) and m["type"] == "end"):
+                    pass
+            return first["type"] if first["type"] == "ready" else str(first["close_code"])
+
+    results = await asyncio.gather(*(one() for _ in range(30)))
+    assert results.count("ready") >= 1 and set(results) <= {"ready", "1013"}, results
+    assert results.count("1013") >= 20
+    agent = agent_server.state.components["agent"]
+    assert agent_server.wait_for(lambda: agent.active == 0)
+    async with await _connect(agent_server) as ws:  # the server still serves
+        await ws.send(json.dumps({"type": "config"}))
+        assert (await _recv(ws))["type"] == "ready"
