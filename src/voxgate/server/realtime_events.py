@@ -493,6 +493,9 @@ class EventTranslator:
             return [server_event("conversation.item.added", previous_item_id=previous, item=item),
                     server_event("conversation.item.done", previous_item_id=previous, item=item)]
         wire_id = self.pending.pop(event.turn_id, sid)  # a spoken user turn, now committed
+        for old in [t for t in self.pending if t < event.turn_id]:  # never committed (a cough)
+            self.pending.pop(old, None)
+            self.speech.pop(old, None)
         self.name(sid, wire_id)
         start, end = self.speech.pop(event.turn_id, [0.0, 0.0])
         heard = message_item(wire_id, "user", event.text, audio=True)
