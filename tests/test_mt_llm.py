@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-
 from conftest import require_pack
+
 from voxgate.engines.base import ChatMessage, LlmCapabilities, Mt, MtOptions
 from voxgate.engines.mt_llm import LlmMt, check_translation, split_for_translation
 from voxgate.errors import ConfigError, EngineError

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import require_pack
 from translation_support import (
     english_speech,
@@ -20,6 +19,7 @@ from translation_support import (
     spanish_speech_16k,
     trim_silence,
 )
+
 from voxgate.engines.base import MtOptions
 from voxgate.errors import EngineError
 from voxgate.speech import SpeechRequest, SpeechService
@@ -233,12 +233,11 @@ def test_client_gone_cancels_the_work_and_frees_the_slot(manager, settings) -> N
 def test_previous_utterance_is_the_next_ones_context(manager, settings) -> None:
     mt = FakeMt()
     ru = russian_speech()
-    events, _, _ = asyncio.run(_run(manager, settings,
-                                    TranslateConfig.of(mode="ru->en", partials=False,
-                                                       dnt=("Москва",)),
-                                    [ru, silence(1.0), ru, silence(1.0)], mt=mt))
+    asyncio.run(_run(manager, settings,
+                     TranslateConfig.of(mode="ru->en", partials=False, dnt=("Москва",)),
+                     [ru, silence(1.0), ru, silence(1.0)], mt=mt))
     assert len(mt.calls) == 2
-    (first_text, *_ , first_options), (_, _, _, second_options) = mt.calls
+    (first_text, _, _, first_options), (_, _, _, second_options) = mt.calls
     assert first_options.context == "" and second_options.context == first_text
     assert second_options.dnt == ("Москва",)
 

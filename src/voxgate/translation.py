@@ -431,8 +431,9 @@ class TranslateSession:
         if not text:
             return  # the endpointer heard something that was no speech (noise, a cough)
         src = self.config.src if self.config.src != "auto" else final.language
-        base = dict(utterance_id=final.utterance_id, transcript=text, start=final.start,
-                    end=final.end, language=final.language, words=final.words)
+        base: dict[str, Any] = {"utterance_id": final.utterance_id, "transcript": text,
+                                "start": final.start, "end": final.end,
+                                "language": final.language, "words": final.words}
         if src not in LANGUAGES:
             self._emit(TranslateEvent("transcript", src=src, text=text, **base))
             self._emit(TranslateEvent(

@@ -239,8 +239,8 @@ class LlmMt:
         src, dst = LANGUAGE_NAMES[source], LANGUAGE_NAMES[target]
         rules = [f"You are a professional {src}-to-{dst} translator.",
                  f"Translate each {src} sentence of the input into natural, fluent {dst}.",
-                 f'Answer with a JSON object {{"translations": [...]}}: exactly '
-                 f"{len(sentences)} {dst} strings, one per input sentence, in the same order.",
+                 (f'Answer with a JSON object {{"translations": [...]}}: exactly '
+                  f"{len(sentences)} {dst} strings, one per input sentence, in the same order."),
                  "Translate only: no notes, no explanations, no quotes around the text.",
                  "Copy marks like <x1> unchanged into the translation."]
         if options.glossary:
