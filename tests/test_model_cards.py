@@ -67,3 +67,4 @@ def test_configured_local_directory_and_wrong_kind(settings, tmp_path):
 def test_allowed_models_setting_from_the_environment(monkeypatch):
     monkeypatch.setenv("VOXGATE_ALLOWED_MODELS", "whisper-large-v3, parakeet")
     assert Settings(_env_file=None).allowed_models == ["whisper-large-v3", "parakeet"]
+

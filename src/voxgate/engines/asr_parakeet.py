@@ -355,13 +355,25 @@ class ParakeetAsr:
         self._clamp_lengths = bool(onnx.trt_fp16) and any(
             "TensorrtExecutionProvider" in s.get_providers() for s in self._sessions.values())
         self.files = files
-        self.capabilities = AsrCapabilities(
-            batch=True, streaming=True, word_timestamps=True, translate=False,
-            language_detection=False, languages=self.contract.languages or tuple(languages),
-            max_utterance_s=self.max_whole / _SAMPLE_RATE)
+        self.capabilities = self.declared_capabilities(
+            self.contract.languages or tuple(languages), self.max_whole / _SAMPLE_RATE)
         logger.info("loaded Parakeet %s (%s, contract %s, providers %s)", self.model_id,
                     self.contract.model_type, self.contract.name,
                     next(iter(self._sessions.values())).get_providers())
+
+    @staticmethod
+    def declared_capabilities(languages: Sequence[str] = (),
+                              max_utterance_s: float | None = None) -> AsrCapabilities:
+        """What a Parakeet TDT model can do, known before loading it: its own chunked streaming
+        (:class:`ParakeetStream`), word times, no translation or language detection."""
+        return AsrCapabilities(batch=True, streaming=True, word_timestamps=True, translate=False,
+                               language_detection=False, languages=tuple(languages),
+                               max_utterance_s=max_utterance_s)
+
+    @classmethod
+    def capabilities_of(cls, spec: Any) -> AsrCapabilities:
+        """Capabilities of a catalogue model of this engine, without loading it."""
+        return cls.declared_capabilities(spec.languages)
 
     @classmethod
     def load(cls, resolved: Any, settings: Any) -> ParakeetAsr:

@@ -48,8 +48,13 @@ class RivaAsr:
         self._service = riva.client.ASRService(self._auth)
         self._with_retries = self._channel.with_retries
         self.model_id = f"riva:{options.uri}" + (f"/{options.model}" if options.model else "")
-        self.capabilities = AsrCapabilities(batch=True, streaming=True, word_timestamps=True,
-                                            translate=False, language_detection=False)
+        self.capabilities = self.capabilities_of(None)
+
+    @classmethod
+    def capabilities_of(cls, spec: Any) -> AsrCapabilities:
+        """What recognition through a Riva server offers, known without connecting to one."""
+        return AsrCapabilities(batch=True, streaming=True, word_timestamps=True,
+                               translate=False, language_detection=False)
 
     @property
     def calls(self) -> int:

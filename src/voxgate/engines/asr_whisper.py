@@ -112,11 +112,24 @@ class WhisperAsr:
         self.device = device
         self.compute_type = compute_type
         multilingual = bool(self.model.model.is_multilingual)
-        self.capabilities = AsrCapabilities(
-            batch=True, streaming=False, word_timestamps=True, translate=multilingual,
-            language_detection=multilingual,
-            languages=tuple(self.model.supported_languages) if multilingual else ("en",),
-        )
+        self.capabilities = self.declared_capabilities(
+            multilingual, tuple(self.model.supported_languages) if multilingual else ("en",))
+
+    @staticmethod
+    def declared_capabilities(multilingual: bool, languages: tuple[str, ...] = ()
+                              ) -> AsrCapabilities:
+        """What a Whisper model can do, known before loading it (``GET /v1/models`` asks this
+        for models not loaded yet): translation and detection only when multilingual; live
+        streams are served by VAD-cut utterances, not by the model itself (streaming False)."""
+        return AsrCapabilities(batch=True, streaming=False, word_timestamps=True,
+                               translate=multilingual, language_detection=multilingual,
+                               languages=languages)
+
+    @classmethod
+    def capabilities_of(cls, spec: Any) -> AsrCapabilities:
+        """Capabilities of a catalogue model of this engine, without loading it."""
+        multilingual = "multilingual" in spec.languages
+        return cls.declared_capabilities(multilingual, () if multilingual else ("en",))
 
     @classmethod
     def load(cls, resolved: Any, settings: Any) -> "WhisperAsr":

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from ..engines import load_engine_class
 from ..engines.manager import ModelManager
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, VoxgateError
 from ..languages import WHISPER_LANGUAGES
 from ..models import CATALOGUE, HubSource, ModelSpec, get_spec, installed_packs, list_specs
 
@@ -24,16 +25,7 @@ __all__ = ["OPENAI_ALIASES", "canonical_model_id", "client_model_id", "model_car
 # OpenAI's model names that map to the server's default model of that kind.
 OPENAI_ALIASES: dict[str, str] = {"whisper-1": "asr"}
 
-# What an engine can do when it is not loaded yet (a loaded engine reports its own).
-_ENGINE_CAPABILITIES: dict[tuple[str, str], dict[str, Any]] = {
-    ("asr", "whisper"): {"batch": True, "streaming": False, "word_timestamps": True,
-                         "translate": True, "language_detection": True},
-    ("asr", "parakeet"): {"batch": True, "streaming": False, "word_timestamps": True,
-                          "translate": False, "language_detection": False},
-    ("asr", "riva"): {"batch": True, "streaming": True, "word_timestamps": True,
-                      "translate": False, "language_detection": False},
-    ("vad", "silero"): {"speech_spans": True, "stream": True},
-}
+# What a kind of model offers when its engine declares nothing more specific.
 _KIND_CAPABILITIES: dict[str, dict[str, Any]] = {
     "tts": {"synthesize": True, "streaming": True},
     "llm": {"chat": True, "streaming": True, "json_schema": True},
@@ -141,11 +133,14 @@ def _capabilities(spec: ModelSpec, manager: ModelManager) -> dict[str, Any]:
     declared = spec.options.get("capabilities")
     if isinstance(declared, dict):
         return dict(declared)
-    result = dict(_ENGINE_CAPABILITIES.get((spec.kind, spec.engine),
-                                           _KIND_CAPABILITIES.get(spec.kind, {})))
-    if spec.kind == "asr" and spec.engine == "whisper" and not _multilingual(spec):
-        result.update(translate=False, language_detection=False)
-    return result
+    try:  # ask the engine (imports its module, loads nothing)
+        of = getattr(load_engine_class(spec.kind, spec.engine), "capabilities_of", None)
+    except VoxgateError:  # the engine's extra is not installed here
+        of = None
+    if of is not None:
+        caps = of(spec)
+        return {f.name: getattr(caps, f.name) for f in fields(caps) if f.name != "languages"}
+    return dict(_KIND_CAPABILITIES.get(spec.kind, {}))
 
 
 def _loaded_engine(spec: ModelSpec, manager: ModelManager) -> Any:
