@@ -260,3 +260,48 @@ def test_mode_overrides_src_and_tgt() -> None:
     auto = TranslateConfig.of(src="ru", mode="auto")
     assert auto.src == "auto" and auto.target_for("ru") == "en" and auto.target_for("en") == "ru"
     assert TranslateConfig.of(src="en").target_for("en") == "ru"
+
+
+def test_monologue_without_pauses_is_cut_and_memory_stays_bounded(manager, settings,
+                                                                   librivox) -> None:
+    """Speech with no pause long enough to end an utterance: the ASR cuts it every
+    ``max_utterance_s``, each piece is translated, and the stream holds at most one piece of
+    audio at a time."""
+    monologue = np.concatenate([trim_silence(c.audio[int(0.3 * 16_000):])
+                                for c in librivox])  # ~18 s of read speech, clips joined
+    short = settings.model_copy(update={"streaming": settings.streaming.model_copy(
+        update={"max_utterance_s": 5.0})})
+    mt = FakeMt()
+    held: list[int] = []
+
+    async def scenario() -> list[TranslateEvent]:
+        streaming = StreamingService(short, manager)
+        await streaming.start()
+        service = TranslationService(short, manager, streaming,
+                                     BrokenSpeech(short, manager), mt=mt)
+        await service.start()
+        session = await service.open(TranslateConfig.of(mode="en->ru", partials=False))
+        events: list[TranslateEvent] = []
+
+        async def read() -> None:
+            async for event in session.events():
+                events.append(event)
+
+        reader = asyncio.create_task(read())
+        try:
+            for i in range(0, monologue.size, FEED):
+                await session.accept(monologue[i:i + FEED])
+                held.append(session._asr._buffer.size)
+            await session.finish()
+            await asyncio.wait_for(reader, 300)
+        finally:
+            await session.close()
+            await streaming.stop()
+        return events
+
+    events = asyncio.run(scenario())
+    done = [e for e in events if e.kind == "done"]
+    assert len(done) >= 3, [e.transcript for e in done]
+    assert all(e.end - e.start <= 5.5 for e in done)
+    assert max(held) <= 6 * 16_000  # one utterance (5 s) + padding, never the whole monologue
+    assert len(mt.calls) == len(done)
