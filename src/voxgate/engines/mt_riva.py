@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigError, EngineError
+from ..languages import primary_language
 from .base import MtOptions
 from .riva_channel import RivaChannel, RivaOptions
 
@@ -50,7 +51,11 @@ def dnt_field(options: MtOptions | None) -> str:
 
 
 def _primary(code: str) -> str:
-    return code.strip().replace("_", "-").split("-")[0].lower()
+    """A code's primary language (``ru-RU`` -> ``ru``); one that is none stays as it is."""
+    try:
+        return primary_language(code) or code
+    except ValueError:
+        return code
 
 
 class RivaMt:

@@ -33,6 +33,7 @@ import riva.client.proto.riva_nmt_pb2_grpc as rnmt_grpc
 from ..config import Settings
 from ..engines.base import Mt, MtOptions
 from ..errors import ConfigError, EngineError, ModelError, VoxgateError
+from ..languages import primary_language
 from ..translation import open_mt
 from .grpc_auth import authorize
 from .limits import TranscriptionSlots
@@ -55,13 +56,14 @@ class FieldError(ConfigError):
 
 
 def riva_nmt_language(code: str, field: str) -> str:
-    """A Riva language code (``ru-RU``, ``en_US``, ``ru``) -> voxgate's (``ru``)."""
-    code = (code or "").strip()
-    if not code:
-        raise FieldError(field, "required (e.g. 'en' or 'ru-RU')")
-    primary = code.replace("_", "-").split("-")[0].lower()
-    if not primary.isalpha() or not 2 <= len(primary) <= 3:
-        raise FieldError(field, f"not a language code: {code[:40]!r}")
+    """A Riva language code (``ru-RU``, ``en_US``, ``ru``, ``Russian``) -> voxgate's (``ru``);
+    FieldError when it is missing or is not one (``multi`` is no language to translate)."""
+    try:
+        primary = primary_language(code)
+    except ValueError as exc:
+        raise FieldError(field, str(exc)) from None
+    if primary is None:
+        raise FieldError(field, f"required (e.g. 'en' or 'ru-RU'), got {code.strip()[:40]!r}")
     return primary
 
 

@@ -46,6 +46,7 @@ import riva.client.proto.riva_nmt_pb2 as rnmt
 
 from ..audio import float32_to_pcm16, resample
 from ..errors import AudioError, VoxgateError
+from ..languages import primary_language
 from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
 from ..translation import TranslateConfig, TranslateEvent, TranslateSession
 from .riva_nmt import FieldError, check_model, fail, parse_dnt_phrases, riva_nmt_language
@@ -160,10 +161,10 @@ def _translate_config(asr: rasr.StreamingRecognitionConfig, translation: rnmt.Tr
                       state: AppState) -> TranslateConfig:
     """Riva configs -> TranslateConfig (FieldError names the Riva field)."""
     source = translation.source_language_code or asr.config.language_code
-    if source.strip().lower() in ("", "multi", "auto"):
-        src = "auto"
-    else:
-        src = riva_nmt_language(source, "translation_config.source_language_code")
+    try:
+        src = primary_language(source) or "auto"  # "", "multi", "auto": detected per utterance
+    except ValueError as exc:
+        raise FieldError("translation_config.source_language_code", str(exc)) from None
     tgt = (riva_nmt_language(translation.target_language_code,
                              "translation_config.target_language_code")
            if translation.target_language_code.strip() else None)
