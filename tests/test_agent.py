@@ -627,3 +627,49 @@ async def test_real_voice_turn_is_answered_in_speech_that_says_the_reply(setting
         await session.close()
         await streaming.stop()
     assert not service.sessions and not streaming.sessions  # slots and models released
+
+
+@pytest.mark.slow
+async def test_seed_deployment_riva_asr_riva_tts_and_an_openai_compatible_llm(
+        live, manager, real_parts, tmp_path):
+    """Seed 004's deployment shape (Riva ASR + Riva TTS + an LLM NIM), here against voxgate's own
+    Riva-compatible gRPC server and llama.cpp's loopback OpenAI-compatible listener."""
+    from conftest import wer
+    from live_server import API_KEY
+
+    from voxgate.agent import AgentService
+    from voxgate.config import AgentSettings, LlmSettings, RivaSettings, Settings
+    from voxgate.engines.manager import ModelManager
+    from voxgate.speech import SpeechService
+    from voxgate.streaming import StreamingService
+
+    base_url, key = manager.get("llm", "qwen2.5-coder-1.5b-instruct-q4km").http_endpoint
+    remote = Settings(
+        _env_file=None, offline=True, data_dir=tmp_path,
+        riva=RivaSettings(uri=live.grpc_uri, api_key=API_KEY, timeout_s=60),
+        llm=LlmSettings(base_url=base_url, api_key=key, model="qwen", max_retries=0),
+        asr={"model": "riva", "partial_model": "riva"},
+        agent=AgentSettings(voice="riva-tts", max_reply_tokens=40,
+                            system_prompt="Answer in one short sentence."))
+    remote_manager = ModelManager(remote)
+    streaming = StreamingService(remote, remote_manager)
+    await streaming.start()
+    service = AgentService(remote, remote_manager, streaming, SpeechService(remote, remote_manager))
+    session = await service.open(service.config())
+    events = Events(session)
+    try:
+        _, question = real_parts
+        audio = np.concatenate([question, np.zeros(RATE * 2, np.float32)])
+        for i in range(0, audio.size, RATE // 10):
+            await session.accept(audio[i:i + RATE // 10])
+            await asyncio.sleep(0.05)
+        user = await events.wait(lambda e: isinstance(e, TurnEnded) and e.role == "user", 60)
+        assert wer("what is the capital city of france", user.text) <= 0.15, user.text
+        end = await events.wait(_agent_end, 120)
+        assert end.reason == "completed" and "paris" in end.text.lower(), end.text
+        assert events.of(AgentAudio) and not events.of(AgentError)
+        assert session.llm.name == "openai" and session.voice.ref.model == "riva-tts"
+    finally:
+        await session.close()
+        await streaming.stop()
+        remote_manager.close()
