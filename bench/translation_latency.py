@@ -48,8 +48,8 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -131,24 +131,28 @@ def add_seed_door(app: Any) -> None:
     """``/bench/seed-translate``: the seed's handle_utterance on voxgate's engines (see doc)."""
     from voxgate.audio import encode_wav, pcm16_to_float32, resample
     from voxgate.engines.base import AsrOptions
-    from voxgate.engines.mt_llm import LlmMt
     from voxgate.speech import SpeechService
+    from voxgate.translation import open_mt
 
     state = app.state.voxgate
     settings = state.settings
     speech = SpeechService(settings, state.manager)
     voices = settings.translation.voices
 
-    async def handle_utterance(ws: WebSocket, pcm: bytes, src: str, tgt: str) -> None:
+    async def handle_utterance(ws: WebSocket, pcm: bytes, src: str, tgt: str, mt: Any) -> None:
         audio = resample(pcm16_to_float32(pcm), WIRE_RATE, SR)
         options = AsrOptions(language=src, beam_size=settings.streaming.final_beam_size)
-        asr = state.manager.asr(settings.asr.model)
+        asr = await asyncio.to_thread(state.manager.asr, settings.asr.model)
         transcript = (await asyncio.to_thread(asr.transcribe, audio, options)).text.strip()
-        mt = LlmMt(state.manager.get("llm", settings.llm.model))
         text = await mt.translate(transcript, src, tgt)
         out, rate = await asyncio.to_thread(speech.synthesize, text, voices[tgt])
         await ws.send_json({"src": src, "tgt": tgt, "text": text, "transcript": transcript})
         await ws.send_bytes(encode_wav(out, rate))
+
+    async def in_order(before: asyncio.Task[None] | None, step: Any) -> None:
+        if before is not None:
+            await asyncio.gather(before, return_exceptions=True)
+        await step
 
     @app.websocket("/bench/seed-translate")
     async def seed_translate(ws: WebSocket) -> None:
@@ -157,6 +161,10 @@ def add_seed_door(app: Any) -> None:
         src, tgt = config["mode"].split("->")
         buffer = bytearray()
         last_voiced: float | None = None
+        # the MT engine TranslateSession uses (VOXGATE_TRANSLATION__MT), held for the stream
+        held = open_mt(settings, state.manager)
+        mt = await asyncio.to_thread(held.__enter__)
+        work: asyncio.Task[None] | None = None
         try:
             while True:
                 wait = None if last_voiced is None else \
@@ -164,7 +172,10 @@ def add_seed_door(app: Any) -> None:
                 try:
                     message = await asyncio.wait_for(ws.receive(), wait)
                 except TimeoutError:
-                    await handle_utterance(ws, bytes(buffer), src, tgt)
+                    # processed beside the reading (in order, one at a time), so the socket
+                    # keeps being read (pongs included) while the utterance is translated
+                    work = asyncio.create_task(in_order(
+                        work, handle_utterance(ws, bytes(buffer), src, tgt, mt)))
                     buffer.clear()
                     last_voiced = None
                     continue
@@ -179,47 +190,74 @@ def add_seed_door(app: Any) -> None:
                     last_voiced = time.monotonic()
         except WebSocketDisconnect:
             return
+        finally:
+            if work is not None:
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+            await asyncio.to_thread(held.__exit__, None, None, None)
 
     # before the page's catch-all mount at "/", which would otherwise answer this path
     app.router.routes.insert(0, app.router.routes.pop())
 
 
 # ---- the server ------------------------------------------------------------------------------
+def bench_settings(data_dir: Path) -> Any:
+    from voxgate.config import Settings
+
+    return Settings(offline=True, data_dir=data_dir, api_keys=[API_KEY], grpc_port=0,
+                    _env_file=None)
+
+
+def serve(data_dir: Path) -> None:
+    """The server process: voxgate's app with live ASR + translation (the jobs queue is not
+    measured) and the seed door, on a free loopback port printed once startup is over."""
+    import uvicorn
+
+    from voxgate.server.app import create_app, uvicorn_options
+    from voxgate.server.translation_state import TranslationComponent
+    from voxgate.server.ws import StreamingComponent
+
+    settings = bench_settings(data_dir)
+    app = create_app(settings, components=[StreamingComponent(settings),
+                                           TranslationComponent(settings)])
+    add_seed_door(app)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+
+    class Announcing(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            print(f"PORT {port}", flush=True)
+
+    config = uvicorn.Config(app, log_level="warning",
+                            ws_max_size=uvicorn_options(settings)["ws_max_size"])
+    Announcing(config).run(sockets=[sock])
+
+
 class Server:
-    """voxgate's app (default components) + the seed door, served by uvicorn on loopback in a
-    background thread; both doors share the app's ModelManager."""
+    """``serve`` in a child process, so the client's timing never waits on the server's GIL
+    (LLM, TTS and ASR threads); both doors share that process's ModelManager."""
 
     def __init__(self, data_dir: Path) -> None:
-        import uvicorn
-
-        from voxgate.config import Settings
-        from voxgate.server.app import create_app, uvicorn_options
-
-        settings = Settings(offline=True, data_dir=data_dir, api_keys=[API_KEY], grpc_port=0,
-                            _env_file=None)
-        self.app = create_app(settings)
-        add_seed_door(self.app)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        options = uvicorn_options(settings)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning",
-                                                    ws_max_size=options["ws_max_size"]))
-        self.thread = threading.Thread(target=lambda: asyncio.run(
-            self.server.serve(sockets=[self.sock])), daemon=True)
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
 
     def __enter__(self) -> Self:
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                sys.exit("the server did not start (see the log above)")
-            time.sleep(0.05)
-        return self
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(self.data_dir)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # ends when the child exits
+            if line.startswith("PORT "):
+                self.port = int(line.split()[1])
+                return self
+        sys.exit("the server did not start (see its log above)")
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
 
     def url(self, side: str) -> str:
         path = "/ws/translate" if side == "voxgate" else "/bench/seed-translate"
@@ -240,7 +278,8 @@ class Measure:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-async def run_one(url: str, side: str, utt: Utterance) -> Measure:
+async def run_one(url: str, side: str, utt: Utterance,
+                  timeout_s: float = ANSWER_TIMEOUT_S) -> Measure:
     """Stream one utterance in real time; time the answer from the end of speech."""
     import websockets
 
@@ -257,7 +296,8 @@ async def run_one(url: str, side: str, utt: Utterance) -> Measure:
     speech_end: list[float] = []
     got_audio = asyncio.Event()
 
-    async with websockets.connect(url, max_size=None, open_timeout=30) as ws:
+    async with websockets.connect(url, max_size=None, open_timeout=30,
+                                  ping_interval=None) as ws:
         await ws.send(json.dumps({"mode": utt.mode, "src": src, "tgt": tgt,
                                   "sample_rate": WIRE_RATE, "channels": 1}))
 
@@ -300,7 +340,7 @@ async def run_one(url: str, side: str, utt: Utterance) -> Measure:
             await ws.send(data)
             if frames == end_frame:
                 speech_end.append(time.monotonic())
-                deadline = speech_end[0] + ANSWER_TIMEOUT_S
+                deadline = speech_end[0] + timeout_s
             frames += 1
             if deadline is not None and time.monotonic() > deadline:
                 measure.error = measure.error or "no answer within the timeout"
@@ -371,30 +411,40 @@ def main() -> None:
                         choices=["en->ru", "ru->en"])
     parser.add_argument("--sides", nargs="+", default=["voxgate", "seed"],
                         choices=["voxgate", "seed"])
+    parser.add_argument("--limit", type=int, default=0,
+                        help="only the first N utterances of each direction (quick checks)")
     parser.add_argument("--output", type=Path, default=RESULTS / "translation_latency.json")
+    parser.add_argument("--serve", type=Path, metavar="DATA_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
 
     import logging
     import tempfile
 
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="voxgate-bench-") as tmp, Server(Path(tmp)) as srv:
+        from voxgate.engines.manager import ModelManager
         from voxgate.speech import SpeechService
 
-        state = srv.app.state.voxgate
-        speech = SpeechService(state.settings, state.manager)
+        settings = bench_settings(Path(tmp))  # what the server process runs with
+        speech = SpeechService(settings, ModelManager(settings))  # the RU input voice
         inputs: list[Utterance] = []
         if "en->ru" in args.directions:
             inputs += english_clips()
         if "ru->en" in args.directions:
             inputs += russian_sentences(speech)
+        if args.limit:
+            inputs = [u for mode in args.directions
+                      for u in [v for v in inputs if v.mode == mode][:args.limit]]
         measures: list[Measure] = []
         load0 = os.getloadavg()[0]
         began = time.monotonic()
         for mode in args.directions:  # warm-up: loads every model of the direction, not counted
             first = next(u for u in inputs if u.mode == mode)
             for side in args.sides:
-                warm = asyncio.run(run_one(srv.url(side), side, first))
+                warm = asyncio.run(run_one(srv.url(side), side, first, timeout_s=300))
                 print(f"warm-up {side} {mode}: {warm.error or 'ok'} "
                       f"({warm.transcript!r} -> {warm.translation!r})", flush=True)
         for round_ in range(args.rounds):
@@ -410,7 +460,6 @@ def main() -> None:
                           f"{m.text_s if m.text_s is None else round(m.text_s, 2)} s, audio "
                           f"{m.audio_s if m.audio_s is None else round(m.audio_s, 2)} s "
                           f"{m.error} | {m.transcript!r} -> {m.translation!r}", flush=True)
-        settings = state.settings
     summary = summarise(measures)
     report = {
         "bench": "translation_latency",
