@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from starlette.websockets import WebSocketState
 
 from ..errors import AudioError, EngineError
 from ..streaming import (
@@ -31,21 +29,18 @@ from .deps import websocket_api_key_ok
 from .live_streams import StreamingComponent, streaming_service
 from .state import AppState
 from .wire import (
-    CLOSE_INTERNAL,
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
-    CLOSE_TRY_AGAIN,
-    CLOSE_UNSUPPORTED,
     Ended,
     ErrorMessage,
     EventMessage,
     Ready,
     StreamStart,
     WireError,
-    config_error,
     parse_client_text,
 )
+from .ws_common import error_message, receive_message, send_error
 
 # StreamingComponent and streaming_service live in live_streams; re-exported for old imports
 __all__ = ["StreamingComponent", "router", "streaming_service"]
@@ -54,35 +49,13 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["live"])
 
 
-async def _send_error(ws: WebSocket, err: ErrorMessage) -> None:
-    if ws.client_state != WebSocketState.CONNECTED:
-        return
-    with contextlib.suppress(Exception):  # the client may already be gone
-        await ws.send_json(err.to_wire())
-        await ws.close(err.close_code, err.message[:120])
-
-
-def _as_error(exc: BaseException) -> ErrorMessage:
-    if isinstance(exc, WireError):
-        return ErrorMessage(str(exc), exc.close_code, exc.code, exc.field)
-    if isinstance(exc, StreamConfigError):
-        return _as_error(config_error(exc))
-    if isinstance(exc, StreamLimitError):
-        return ErrorMessage(str(exc), CLOSE_TRY_AGAIN, "busy")
-    if isinstance(exc, AudioError):
-        return ErrorMessage(str(exc), CLOSE_UNSUPPORTED, "bad_audio")
-    if isinstance(exc, EngineError):
-        return ErrorMessage(str(exc), CLOSE_INTERNAL, "engine_error")
-    return ErrorMessage("internal error", CLOSE_INTERNAL, "internal")
-
-
 @router.websocket("/v1/asr")
 async def live_asr(ws: WebSocket) -> None:
     state: AppState = ws.app.state.voxgate
     settings = state.settings
     await ws.accept()
     if not websocket_api_key_ok(ws, settings):
-        await _send_error(ws, ErrorMessage("invalid or missing API key (X-API-Key, "
+        await send_error(ws, ErrorMessage("invalid or missing API key (X-API-Key, "
                                            "Authorization: Bearer, or ?api_key=)",
                                            CLOSE_POLICY, "unauthorized"))
         return
@@ -114,7 +87,7 @@ async def live_asr(ws: WebSocket) -> None:
         if session is not None and writer is not None and not writer.done() \
                 and isinstance(exc, (WireError, AudioError)):
             await _finish_quietly(session, writer)  # deliver what was said before the bad frame
-        await _send_error(ws, _as_error(exc))
+        await send_error(ws, error_message(exc))
     finally:
         if writer is not None and not writer.done():
             writer.cancel()
@@ -125,7 +98,7 @@ async def live_asr(ws: WebSocket) -> None:
 
 
 async def _receive_config(ws: WebSocket, idle_s: float, max_bytes: int) -> StreamStart:
-    message = await _receive(ws, idle_s)
+    message = await receive_message(ws, idle_s)
     if message.get("bytes") is not None:
         raise WireError("audio arrived before the config message; send the JSON config first",
                         field="type", code="config_expected")
@@ -136,27 +109,11 @@ async def _receive_config(ws: WebSocket, idle_s: float, max_bytes: int) -> Strea
     return StreamStart.from_wire(text)
 
 
-async def _receive(ws: WebSocket, idle_s: float, session: AsrSession | None = None
-                   ) -> dict[str, Any]:
-    """Next client message; idle means silent for ``idle_s`` while owed no result."""
-    while True:
-        try:
-            message = await asyncio.wait_for(ws.receive(), idle_s)
-            break
-        except TimeoutError:
-            if session is not None and session.pending_finals:
-                continue  # the client is waiting for finals (e.g. after a flush): not idle
-            raise WireError(f"no message for {idle_s:g} s: idle stream closed",
-                            code="idle_timeout") from None
-    if message["type"] == "websocket.disconnect":
-        raise WebSocketDisconnect(message.get("code", 1000))
-    return message
-
-
 async def _read_audio(ws: WebSocket, session: AsrSession, pcm: PcmInput, idle_s: float,
                       max_bytes: int, writer: asyncio.Task[None]) -> None:
     while True:
-        receive = asyncio.ensure_future(_receive(ws, idle_s, session))
+        receive = asyncio.ensure_future(receive_message(
+            ws, idle_s, lambda: session.pending_finals > 0))  # owed finals: not idle
         done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
         if receive not in done:  # the writer failed (engine error): stop reading
             receive.cancel()

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from starlette.websockets import WebSocketState
 
 from ..audio import encode_audio
 from ..errors import AudioError, EngineError
@@ -32,15 +31,14 @@ from .deps import websocket_api_key_ok
 from .state import AppState
 from .translation_state import translation_service
 from .wire import (
-    CLOSE_INTERNAL,
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
-    CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
     ErrorMessage,
     WireError,
 )
+from .ws_common import error_message, receive_message, send_error
 
 __all__ = ["WsAstResult", "WsControl", "router"]
 
@@ -130,52 +128,13 @@ class WsAstResult:
         return out
 
 
-def _wire_error(exc: BaseException) -> ErrorMessage:
-    if isinstance(exc, WireError):
-        return ErrorMessage(str(exc), exc.close_code, exc.code, exc.field)
-    if isinstance(exc, StreamConfigError):
-        return ErrorMessage(str(exc), CLOSE_POLICY, "bad_config", exc.field)
-    if isinstance(exc, StreamLimitError):
-        return ErrorMessage(str(exc), CLOSE_TRY_AGAIN, "busy")
-    if isinstance(exc, AudioError):
-        return ErrorMessage(str(exc), CLOSE_UNSUPPORTED, "bad_audio")
-    if isinstance(exc, EngineError):
-        return ErrorMessage(str(exc), CLOSE_INTERNAL, "engine_error")
-    return ErrorMessage("internal error", CLOSE_INTERNAL, "internal")
-
-
-async def _close_with(ws: WebSocket, err: ErrorMessage) -> None:
-    if ws.client_state != WebSocketState.CONNECTED:
-        return
-    with contextlib.suppress(Exception):  # the client may already be gone
-        await ws.send_json(err.to_wire())
-        await ws.close(err.close_code, err.message[:120])
-
-
-async def _receive(ws: WebSocket, idle_s: float, session: TranslateSession | None = None
-                   ) -> dict[str, Any]:
-    """Next client message; idle means silent for ``idle_s`` while owed no result."""
-    while True:
-        try:
-            message = await asyncio.wait_for(ws.receive(), idle_s)
-            break
-        except TimeoutError:
-            if session is not None and session.pending:
-                continue  # the client waits for translations (e.g. after a flush): not idle
-            raise WireError(f"no message for {idle_s:g} s: idle stream closed",
-                            code="idle_timeout") from None
-    if message["type"] == "websocket.disconnect":
-        raise WebSocketDisconnect(message.get("code", 1000))
-    return message
-
-
 @router.websocket("/ws/translate")
 async def live_translate(ws: WebSocket) -> None:
     state: AppState = ws.app.state.voxgate
     settings = state.settings
     await ws.accept()
     if not websocket_api_key_ok(ws, settings):
-        await _close_with(ws, ErrorMessage("invalid or missing API key (X-API-Key, "
+        await send_error(ws, ErrorMessage("invalid or missing API key (X-API-Key, "
                                            "Authorization: Bearer, or ?api_key=)",
                                            CLOSE_POLICY, "unauthorized"))
         return
@@ -207,7 +166,7 @@ async def live_translate(ws: WebSocket) -> None:
         if session is not None and writer is not None and not writer.done() \
                 and isinstance(exc, WireError):
             await _finish_quietly(session, writer)  # deliver what was said before the error
-        await _close_with(ws, _wire_error(exc))
+        await send_error(ws, error_message(exc))
     finally:
         if writer is not None and not writer.done():
             writer.cancel()
@@ -218,7 +177,7 @@ async def live_translate(ws: WebSocket) -> None:
 
 
 async def _receive_control(ws: WebSocket, idle_s: float, max_bytes: int) -> WsControl:
-    message = await _receive(ws, idle_s)
+    message = await receive_message(ws, idle_s)
     if message.get("bytes") is not None:
         raise WireError("audio arrived before the control message; send the JSON control "
                         '(e.g. {"mode": "ru->en", "sample_rate": 48000}) first', field="type",
@@ -236,7 +195,7 @@ async def _receive_control(ws: WebSocket, idle_s: float, max_bytes: int) -> WsCo
 async def _read_audio(ws: WebSocket, session: TranslateSession, pcm: PcmInput, idle_s: float,
                       max_bytes: int, writer: asyncio.Task[None]) -> None:
     while True:
-        receive = asyncio.ensure_future(_receive(ws, idle_s, session))
+        receive = asyncio.ensure_future(receive_message(ws, idle_s, lambda: session.pending > 0))
         done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
         if receive not in done:  # the writer failed (engine error): stop reading
             receive.cancel()

@@ -1,0 +1,68 @@
+"""What the live WebSocket doors (``/v1/asr``, ``/ws/translate``) do alike: map an exception to
+the error message and close code the protocol promises, send it before closing, and read the
+next client message under the idle rule (silent for ``idle_s`` while owed no result)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from ..errors import AudioError, EngineError
+from ..stream_config import StreamConfigError, StreamLimitError
+from .wire import (
+    CLOSE_INTERNAL,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNSUPPORTED,
+    ErrorMessage,
+    WireError,
+    config_error,
+)
+
+__all__ = ["error_message", "receive_message", "send_error"]
+
+
+def error_message(exc: BaseException) -> ErrorMessage:
+    """The error message (code, close code, field) a client gets for ``exc``."""
+    if isinstance(exc, WireError):
+        return ErrorMessage(str(exc), exc.close_code, exc.code, exc.field)
+    if isinstance(exc, StreamConfigError):
+        return error_message(config_error(exc))
+    if isinstance(exc, StreamLimitError):
+        return ErrorMessage(str(exc), CLOSE_TRY_AGAIN, "busy")
+    if isinstance(exc, AudioError):
+        return ErrorMessage(str(exc), CLOSE_UNSUPPORTED, "bad_audio")
+    if isinstance(exc, EngineError):
+        return ErrorMessage(str(exc), CLOSE_INTERNAL, "engine_error")
+    return ErrorMessage("internal error", CLOSE_INTERNAL, "internal")
+
+
+async def send_error(ws: WebSocket, err: ErrorMessage) -> None:
+    """Send ``err`` and close with its code (nothing when the client is already gone)."""
+    if ws.client_state != WebSocketState.CONNECTED:
+        return
+    with contextlib.suppress(Exception):  # the client may already be gone
+        await ws.send_json(err.to_wire())
+        await ws.close(err.close_code, err.message[:120])
+
+
+async def receive_message(ws: WebSocket, idle_s: float,
+                          owed: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """The next client message. Silence for ``idle_s`` is an ``idle_timeout`` WireError,
+    unless ``owed()`` says the client is waiting for results (e.g. after a flush)."""
+    while True:
+        try:
+            message = await asyncio.wait_for(ws.receive(), idle_s)
+            break
+        except TimeoutError:
+            if owed is not None and owed():
+                continue
+            raise WireError(f"no message for {idle_s:g} s: idle stream closed",
+                            code="idle_timeout") from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    return message
