@@ -538,3 +538,34 @@ async def test_server_vad_turn_and_barge_in(fake_server):
         assert [(m.role, m.content) for m in messages[1:]] == [
             ("user", "What is the capital of France?"), ("assistant", played),
             ("user", "No, stop.")]
+
+
+async def test_voice_changes_between_responses(fake_server, manager):
+    """A running session takes a new voice (a real Piper voice here) between responses, never
+    during one; the next response speaks with it."""
+    require_pack("en_US-joe-medium", manager.settings.cache_dir)
+    fake = fake_server.fake
+    async with _client(fake_server).realtime.connect(model="any") as conn:
+        await _next(conn)
+        await _text_turn(conn, "Hello.")  # opens the session with the fake voice
+        await conn.response.create()
+        await _until(conn, "response.output_audio.delta")
+        await conn.session.update(session={"type": "realtime", "audio": {"output": {
+            "voice": "en_US-joe-medium", "speed": 1.2}}}, event_id="mid")
+        error = await _until(conn, "error")
+        assert error["error"]["param"] == "session.audio.output.voice"
+        await _until(conn, "response.done")
+        await conn.session.update(session={"type": "realtime", "audio": {"output": {
+            "voice": "en_US-joe-medium", "speed": 1.2}}})
+        updated = await _until(conn, "session.updated")
+        assert updated["session"]["audio"]["output"] == {
+            "format": {"type": "audio/pcm", "rate": RATE}, "voice": "en_US-joe-medium",
+            "speed": 1.2}
+        spoken = len(fake.voices[-1].sentences)
+        fake.llms[-1].reply = "Hi."
+        await conn.response.create()
+        events: list[dict] = []
+        await _until(conn, "response.done", events)
+        audio = pcm16_to_float32(_deltas_audio(events))
+        assert audio.size > RATE // 10 and np.abs(audio).max() > 0.05  # Piper said "Hi."
+        assert len(fake.voices[-1].sentences) == spoken  # the fake voice was not used
