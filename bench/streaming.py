@@ -22,6 +22,9 @@ seconds the whole uncommitted buffer is re-decoded with plain ``faster_whisper.W
     python bench/streaming.py                    # N = 1, 2, 4, 6, 8 for voxgate; 1, 2 peer
     python bench/streaming.py --streams 1 4 --peer-streams 1
     python bench/streaming.py --final-beam 5     # accuracy over latency
+    python bench/streaming.py --streams 1 2 --peer-streams --doors inprocess ws grpc
+        # the same streams through the WebSocket and Riva gRPC doors of a server on loopback
+        # (real clients: websockets, nvidia-riva-client), beside the in-process figures
     python bench/streaming.py --streams 1 2 --peer-streams --with-job 600
         # mixed load: each N runs twice, quiet and while a 10-minute file is transcribed on the
         # same model (the jobs/OpenAI file path); reports final latency with/without the job
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -188,9 +192,6 @@ async def run_voxgate(inputs: list[StreamInput], settings, manager) -> RunResult
     await service.start()
     result = RunResult("voxgate", len(inputs))
     batches_before = len(service.scheduler.stats.batch_sizes)
-    seen = total = 0
-    finals_text: list[str] = []
-    references: list[str] = []
 
     async def one(inp: StreamInput) -> tuple[list[Hypothesis], dict, float]:
         session = await service.open(service.config())
@@ -230,6 +231,21 @@ async def run_voxgate(inputs: list[StreamInput], settings, manager) -> RunResult
         return hyps, {"finals": finals, "endpoints": endpoints}, behind
 
     outputs = await asyncio.gather(*(one(inp) for inp in inputs))
+    score_streams(result, inputs, outputs)
+    result.batches = service.scheduler.stats.batch_sizes[batches_before:]
+    await service.stop()
+    return result
+
+
+StreamOutput = tuple[list[Hypothesis], dict, float]  # hypotheses, finals/endpoints, behind
+
+
+def score_streams(result: RunResult, inputs: list[StreamInput],
+                  outputs: list[StreamOutput]) -> None:
+    """Pool the per-stream observations of any door into ``result``."""
+    seen = total = 0
+    finals_text: list[str] = []
+    references: list[str] = []
     for inp, (hyps, events, behind) in zip(inputs, outputs):
         result.behind_at_end = max(result.behind_at_end, behind)
         # map each final to the reference utterance its time span overlaps
@@ -249,8 +265,113 @@ async def run_voxgate(inputs: list[StreamInput], settings, manager) -> RunResult
         references += [u.text for u in inp.utterances]
     result.partial_coverage = seen / max(total, 1)
     result.wer = _wer(" ".join(references), " ".join(finals_text))
-    result.batches = service.scheduler.stats.batch_sizes[batches_before:]
-    await service.stop()
+
+
+# ---- voxgate through its doors: WebSocket /v1/asr and Riva gRPC StreamingRecognize --------
+async def _ws_stream(url: str, inp: StreamInput) -> StreamOutput:
+    """One stream through ``/v1/asr`` with the ``websockets`` client, float32 frames paced in
+    real time; events as the in-process run sees them, timed on arrival at the client."""
+    import websockets
+
+    hyps: list[Hypothesis] = []
+    finals: dict[int, tuple[float, str, float, float]] = {}
+    endpoints: dict[int, float] = {}
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"sample_rate": SR, "encoding": "f32"}))
+        if json.loads(await ws.recv()).get("type") != "ready":
+            raise RuntimeError("the WebSocket door refused the stream")
+        started = time.monotonic()
+
+        async def read() -> None:
+            async for raw in ws:
+                message = json.loads(raw)
+                now, kind = time.monotonic() - started, message.get("type")
+                if kind == "partial":
+                    hyps.append(Hypothesis(now, _norm_words(message["text"]),
+                                           _utterance_at(inp, message["start"] + 0.2), False))
+                elif kind == "end_of_speech":
+                    endpoints[message["utterance_id"]] = now
+                elif kind == "final":
+                    start, end = message["start"], message["end"]
+                    finals[message["utterance_id"]] = (now, message["text"], start, end)
+                    hyps.append(Hypothesis(now, _norm_words(message["text"]),
+                                           _utterance_at(inp, (start + end) / 2), True))
+                elif kind in ("end", "error"):
+                    return
+
+        reader = asyncio.create_task(read())
+        step = int(CHUNK_S * SR)
+        for i in range(0, inp.audio.size, step):
+            await ws.send(inp.audio[i:i + step].astype("<f4").tobytes())
+            delay = started + (i + step) / SR - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await ws.send(json.dumps({"type": "end"}))
+        await reader
+        behind = time.monotonic() - started - inp.audio.size / SR
+    return hyps, {"finals": finals, "endpoints": endpoints}, behind
+
+
+def _grpc_stream(uri: str, inp: StreamInput) -> StreamOutput:
+    """One stream through Riva ``StreamingRecognize`` with NVIDIA's own client, PCM16 paced in
+    real time. Riva results carry no utterance times: a final's span comes from its word
+    offsets, a partial is attributed to the utterance being spoken 0.5 s before it arrived,
+    and there is no end-of-speech event (no decode-latency figure for this door)."""
+    import riva.client
+
+    from voxgate.audio import float32_to_pcm16
+
+    config = riva.client.StreamingRecognitionConfig(
+        config=riva.client.RecognitionConfig(
+            encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=SR,
+            language_code="en-US", max_alternatives=1, enable_automatic_punctuation=True,
+            enable_word_time_offsets=True),
+        interim_results=True)
+    service = riva.client.ASRService(riva.client.Auth(uri=uri))
+    pcm = float32_to_pcm16(inp.audio)
+    clock: dict[str, float] = {}
+
+    def chunks():
+        clock["started"] = started = time.monotonic()
+        step = int(CHUNK_S * SR) * 2
+        for i in range(0, len(pcm), step):
+            yield pcm[i:i + step]
+            delay = started + (i + step) / 2 / SR - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+    hyps: list[Hypothesis] = []
+    finals: dict[int, tuple[float, str, float, float]] = {}
+    for response in service.streaming_response_generator(chunks(), config):
+        now = time.monotonic() - clock["started"]
+        for res in response.results:
+            alt = res.alternatives[0]
+            if res.is_final and alt.words:
+                start, end = alt.words[0].start_time / 1000, alt.words[-1].end_time / 1000
+                finals[len(finals)] = (now, alt.transcript, start, end)
+                hyps.append(Hypothesis(now, _norm_words(alt.transcript),
+                                       _utterance_at(inp, (start + end) / 2), True))
+            elif not res.is_final:
+                hyps.append(Hypothesis(now, _norm_words(alt.transcript),
+                                       _utterance_at(inp, max(now - 0.5, 0.0)), False))
+    behind = time.monotonic() - clock["started"] - inp.audio.size / SR
+    return hyps, {"finals": finals, "endpoints": {}}, behind
+
+
+async def run_door(inputs: list[StreamInput], live, door: str) -> RunResult:
+    """N concurrent streams through a running server's ``door`` (``ws`` or ``grpc``)."""
+    result = RunResult(f"voxgate-{door}", len(inputs))
+    streaming = live.streaming
+    batches_before = len(streaming.scheduler.stats.batch_sizes)
+    dropped = streaming.scheduler.stats.dropped_partials
+    if door == "ws":
+        outputs = await asyncio.gather(*(_ws_stream(live.ws_url, inp) for inp in inputs))
+    else:
+        outputs = await asyncio.gather(*(asyncio.to_thread(_grpc_stream, live.grpc_uri, inp)
+                                         for inp in inputs))
+    score_streams(result, inputs, list(outputs))
+    result.batches = streaming.scheduler.stats.batch_sizes[batches_before:]
+    result.dropped_partials = streaming.scheduler.stats.dropped_partials - dropped
     return result
 
 
@@ -404,6 +525,11 @@ def main() -> None:
     parser.add_argument("--with-job", type=float, default=0.0, metavar="SECONDS",
                         help="also run each N while a file of this many seconds of real speech "
                         "is transcribed on the same model (mixed load)")
+    parser.add_argument("--doors", nargs="+", default=["inprocess"],
+                        choices=["inprocess", "ws", "grpc"],
+                        help="where voxgate's streams go: the session API in-process, the "
+                        "WebSocket /v1/asr or Riva gRPC StreamingRecognize of a server on "
+                        "loopback (same process, real clients)")
     parser.add_argument("--rt-limit", type=float, default=2.0,
                         help="p95 final latency (s) under which a run counts as real time")
     args = parser.parse_args()
@@ -435,7 +561,22 @@ def main() -> None:
     mixed: list[dict] = []
     job_audio = build_job_audio(args.with_job) if args.with_job else None
     job_alone = run_job(job_audio, settings, manager) if job_audio is not None else None
+    server = contextlib.ExitStack()
+    live = None
+    if set(args.doors) - {"inprocess"}:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from live_server import start_live_server  # the one way to serve the app
+
+        live = server.enter_context(contextlib.contextmanager(start_live_server)(settings,
+                                                                                 manager))
     for n in args.streams:
+        for door in (d for d in args.doors if d != "inprocess"):
+            print(f"voxgate through {door}, {n} stream(s) ...", file=sys.stderr)
+            res = asyncio.run(run_door(all_inputs[:n], live, door))
+            rows.append(res.summary(args.rt_limit))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+        if "inprocess" not in args.doors:
+            continue
         print(f"voxgate, {n} stream(s) ...", file=sys.stderr)
         res = asyncio.run(run_voxgate(all_inputs[:n], settings, manager))
         rows.append(res.summary(args.rt_limit))
@@ -454,6 +595,7 @@ def main() -> None:
             rows.append(res.summary(args.rt_limit))
             mixed.append(_mixed_row(n, quiet, rows[-1], job, job_alone))
             print(json.dumps(mixed[-1]), file=sys.stderr)
+    server.close()
     for n in args.peer_streams:
         print(f"faster-whisper re-decode, {n} stream(s) ...", file=sys.stderr)
         res = run_peer(all_inputs[:n], base.model, args.min_chunk,
@@ -468,7 +610,8 @@ def main() -> None:
         return max(ok) if ok else 0
 
     one_vox = next((r for r in rows if r["system"] == "voxgate" and r["streams"] == 1), None)
-    one_peer = next((r for r in rows if r["system"] != "voxgate" and r["streams"] == 1), None)
+    one_peer = next((r for r in rows if r["system"].startswith("faster-whisper")
+                     and r["streams"] == 1), None)
     ratios = {}
     if one_vox and one_peer:
         for key in ("partial_lag_p50", "final_latency_p50", "final_latency_p95", "wer"):
@@ -503,6 +646,12 @@ def main() -> None:
               f"{m['final_p50_with_job']} s, p95 {m['final_p95_quiet']} -> "
               f"{m['final_p95_with_job']} s (x{m['final_p95_ratio']}); job {m['job_alone_s']} "
               f"-> {m['job_with_streams_s']} s (x{m['job_time_ratio']})")
+    for door in ("ws", "grpc"):
+        through = next((r for r in rows if r["system"] == f"voxgate-{door}"
+                        and r["streams"] == 1), None)
+        if through and one_vox and one_vox["final_latency_p50"]:
+            print(f"{door} door / in-process, 1 stream: final p50 x"
+                  f"{through['final_latency_p50'] / one_vox['final_latency_p50']:.2f}")
     print(f"largest real-time N: voxgate {report['max_real_time_streams']['voxgate']}, "
           f"peer {report['max_real_time_streams']['peer']}; ratios (1 stream, peer/voxgate): "
           f"{ratios}")
