@@ -196,6 +196,33 @@ def test_fallback_on_a_real_whisper_loop(manager, clip):
     assert all(s.tokens for s in fixed.segments)
 
 
+_SAMPLE_ONCE = """
+import sys
+from voxgate.audio import decode_audio
+from voxgate.engines.asr_whisper import WhisperAsr
+from voxgate.engines.base import AsrOptions
+
+asr = WhisperAsr(sys.argv[1], device="cpu")
+print(asr.transcribe_batch([decode_audio(sys.argv[2])], AsrOptions(language="en",
+                                                                  temperature=1.0))[0].text)
+"""
+
+
+def test_sampling_repeats_in_a_fresh_process(manager, librivox):
+    """CTranslate2 seeds each compute thread's generator once, from a process-wide seed that is
+    random unless set (a later set_random_seed does not reseed it), so voxgate sets it before
+    loading a model: two fresh servers give the same sampled text for the same request."""
+    import subprocess
+    import sys
+
+    clip = min(librivox, key=lambda c: c.path.stat().st_size)  # the shortest, ~3 s
+    path = str(manager.resolved("asr", "whisper-tiny.en").path)
+    texts = [subprocess.run([sys.executable, "-c", _SAMPLE_ONCE, path, str(clip.path)],
+                            check=True, capture_output=True, text=True, timeout=300).stdout
+             for _ in range(2)]
+    assert texts[0] == texts[1] and wer(clip.text, texts[0]) <= 0.5, texts
+
+
 def test_temperature_above_zero_samples_at_that_temperature(client, clip, looping_first_batch):
     """temperature=0.4: every chunk sampled at 0.4 (best of 5, Whisper's sequential decoder:
     the batched pipeline cannot sample), no fallback; the text is still the speech."""
