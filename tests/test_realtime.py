@@ -292,6 +292,9 @@ async def test_truncate_keeps_only_the_heard_part(fake_server):
         assert done["response"]["status"] == "completed"
         answer = done["response"]["output"][0]["id"]
         first = SENTENCES[0]
+        await conn.conversation.item.truncate(item_id=answer, content_index=0,
+                                              audio_end_ms=60_000)  # longer than the answer
+        assert (await _until(conn, "error"))["error"]["param"] == "audio_end_ms"
         # the client played the first sentence and a bit: FakeVoice speaks 10 ms a character
         await conn.conversation.item.truncate(item_id=answer, content_index=0,
                                               audio_end_ms=len(first) * 10 + 5)

@@ -393,6 +393,10 @@ class RealtimeDoor:
         item = next(i for i in self.session.history if i.id == sid)
         if item.role != "assistant":
             raise RealtimeError("only assistant audio items can be truncated", param="item_id")
+        current = self.translator.response
+        if (current is None or current.item_sid != sid) and end_ms > item.audio_s * 1000 + 1:
+            raise RealtimeError(f"audio_end_ms {end_ms} is beyond the item's audio "
+                                f"({item.audio_s * 1000:.0f} ms)", param="audio_end_ms")
         await self.session.truncate_item(sid, end_ms / 1000)
         await self._send(server_event("conversation.item.truncated",
                                       item_id=self.translator.wire_id(sid), content_index=0,
