@@ -23,6 +23,8 @@ Measured (client side, wall clock):
 Baseline, side by side on the same engines and the same user audio: the sequential pipeline
 (wait for the end of the turn, transcribe the whole question, wait for the LLM's full reply,
 synthesize it whole, then send): its voice-to-voice is end-of-turn silence + ASR + LLM + TTS.
+It runs after each one-session conversation on that conversation's questions, so both sides
+see the same machine.
 
     python bench/agent.py                   # 1 session, then 2 at once, then the baseline
     python bench/agent.py --sessions 1 3 --conversations 2
@@ -406,10 +408,11 @@ def summarise(results: list[ConversationResult]) -> dict[str, Any]:
 
 
 async def run_sessions(target: str, n: int, conversations: int,
-                       audio_of: Callable[[str], np.ndarray]) -> list[ConversationResult]:
-    """``conversations`` scripted conversations, ``n`` at a time."""
+                       audio_of: Callable[[str], np.ndarray], first: int = 0,
+                       ) -> list[ConversationResult]:
+    """``conversations`` scripted conversations (from script ``first`` on), ``n`` at a time."""
     total = -(-conversations // n) * n  # whole batches: every batch runs n at once
-    scripts = [CONVERSATIONS[i % len(CONVERSATIONS)] for i in range(total)]
+    scripts = [CONVERSATIONS[i % len(CONVERSATIONS)] for i in range(first, first + total)]
     results: list[ConversationResult] = []
     for start in range(0, len(scripts), n):
         batch = scripts[start:start + n]
@@ -454,21 +457,39 @@ def main() -> None:
                                            "barge_in_min_ms": settings.agent.barge_in_min_ms,
                                            "playout_lead_ms": settings.agent.playout_lead_ms},
                               "sessions": {}}
+    rows: list[dict[str, float]] = []
+    loads: list[float] = []
     try:
         # warm-up: every model loaded and the LLM's first call paid before measuring
         asyncio.run(converse(server.target, [("What is two plus two?", False)], audio_of))
         for n in args.sessions:
-            results = asyncio.run(run_sessions(server.target, n, args.conversations, audio_of))
-            report["sessions"][str(n)] = {"summary": summarise(results),
+            load = os.getloadavg()[0]
+            if n == 1 and not args.no_baseline:
+                # side by side: each conversation, then the baseline on its questions, so
+                # both see the same machine (others' load changes by the minute)
+                results = []
+                for i in range(args.conversations):
+                    results += asyncio.run(run_sessions(server.target, 1, 1, audio_of, first=i))
+                    loads.append(os.getloadavg()[0])
+                    script = CONVERSATIONS[i % len(CONVERSATIONS)]
+                    rows += baseline(settings, manager, [q for q, cut in script if not cut],
+                                     audio_of)
+            else:
+                results = asyncio.run(run_sessions(server.target, n, args.conversations,
+                                                   audio_of))
+            report["sessions"][str(n)] = {"summary": summarise(results), "load_1min": load,
                                           "conversations": [asdict(r) for r in results]}
             print(f"{n} session(s): {json.dumps(report['sessions'][str(n)]['summary'])}",
                   flush=True)
+        if not args.no_baseline and not rows:
+            loads.append(os.getloadavg()[0])
+            rows = baseline(settings, manager,
+                            [q for script in CONVERSATIONS for q, cut in script if not cut],
+                            audio_of)
     finally:
         server.close()
-    if not args.no_baseline:
-        questions = [q for script in CONVERSATIONS for q, interrupt in script if not interrupt]
-        rows = baseline(settings, manager, questions, audio_of)
-        report["baseline"] = {"rows": rows,
+    if rows:
+        report["baseline"] = {"rows": rows, "load_1min": loads,
                               "voice_to_voice_p50_s": pct([r["voice_to_voice_s"] for r in rows],
                                                           50),
                               "voice_to_voice_p95_s": pct([r["voice_to_voice_s"] for r in rows],
