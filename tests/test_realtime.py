@@ -550,6 +550,10 @@ async def test_voice_changes_between_responses(fake_server, manager):
     fake = fake_server.fake
     async with _client(fake_server).realtime.connect(model="any") as conn:
         await _next(conn)
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 200,
+                               "threshold": 0.6}}}})
+        await _until(conn, "session.updated")
         await _text_turn(conn, "Hello.")  # opens the session with the fake voice
         await conn.response.create()
         await _until(conn, "response.output_audio.delta")
@@ -572,3 +576,8 @@ async def test_voice_changes_between_responses(fake_server, manager):
         audio = pcm16_to_float32(_deltas_audio(events))
         assert audio.size > RATE // 10 and np.abs(audio).max() > 0.05  # Piper said "Hi."
         assert len(fake.voices[-1].sentences) == spoken  # the fake voice was not used
+        # switching to manual turns keeps what the open stream was set up with
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None}}})
+        updated = await _until(conn, "session.updated")
+        assert updated["session"]["audio"]["input"]["turn_detection"] is None

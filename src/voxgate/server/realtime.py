@@ -240,6 +240,10 @@ class RealtimeDoor:
         endpointing = (base.asr_endpointing_ms if base else
                        self.settings.agent.asr_endpointing_ms)
         options = self.options.agent_options(self.settings.agent.max_reply_tokens, endpointing)
+        if base is not None:  # what the open stream uses stays unless the client names it
+            for name in _STREAM_FIELDS:
+                if options.get(name) is None:
+                    options[name] = getattr(base, name)
         return await client_agent_config(self.state, self.service, options)
 
     async def _open(self) -> AgentSession:
