@@ -186,6 +186,9 @@ class AgentSettings(BaseModel):
     asr_model: str = ""  # empty: VOXGATE_ASR__MODEL (finals)
     partial_model: str = ""  # empty: VOXGATE_ASR__PARTIAL_MODEL
     asr_endpointing_ms: int = Field(250, ge=100, le=5000)  # ASR final: the reply starts early
+    # speech this long starts a turn or pauses the agent (the barge-in detection time; blips
+    # shorter than this are ignored; a false start is undone by the resume rule)
+    min_speech_ms: int = Field(160, ge=0, le=5000)
     end_of_turn_ms: int = Field(600, ge=100, le=10_000)  # silence that ends the user's turn
     unfinished_wait_ms: int = Field(1500, ge=0, le=10_000)  # ... when the text is unfinished
     min_words: int = Field(1, ge=0, le=50)

@@ -38,15 +38,17 @@ _RANGES: dict[str, tuple[float, float]] = {
     "output_sample_rate": (8000, 48_000),
     "vad_threshold": (0.01, 0.99),
     "speech_pad_ms": (0, 1000),
+    "min_speech_ms": (0, 5000),
 }
-_OPTIONAL = frozenset({"output_sample_rate", "vad_threshold", "speech_pad_ms"})  # None: default
+_OPTIONAL = frozenset({"output_sample_rate", "vad_threshold", "speech_pad_ms", "min_speech_ms"})  # None: default
 
 # what a network client may set in its config message (the rest is the server's)
 CLIENT_FIELDS = frozenset({
     "system_prompt", "language", "voice", "speed", "asr_model", "partial_model", "llm_model",
     "turn_detection", "auto_respond", "barge_in", "end_of_turn_ms", "unfinished_wait_ms",
     "min_words", "barge_in_min_ms", "barge_in_min_words", "resume_after_ms", "max_reply_tokens",
-    "temperature", "output_sample_rate", "asr_endpointing_ms", "vad_threshold", "speech_pad_ms"})
+    "temperature", "output_sample_rate", "asr_endpointing_ms", "vad_threshold", "speech_pad_ms",
+    "min_speech_ms"})
 
 
 @dataclass(slots=True)
@@ -92,6 +94,9 @@ class AgentConfig:
     output_sample_rate: int | None = None  # None: the voice's own rate
     vad_threshold: float | None = None  # the ASR stream's VAD (None: VOXGATE_STREAMING__*)
     speech_pad_ms: int | None = None  # audio kept before detected speech (None: the server's)
+    # speech this long starts a turn / pauses the agent (barge-in detection time; None: the
+    # server's live-stream default)
+    min_speech_ms: int | None = None
     apology: str = "Sorry, I can't answer that right now."
     max_prompt_chars: int = 8000
 

@@ -90,7 +90,8 @@ class AgentStart:
         "turn_detection": bool, "auto_respond": bool, "barge_in": bool, "end_of_turn_ms": int,
         "unfinished_wait_ms": int, "min_words": int, "barge_in_min_ms": int,
         "barge_in_min_words": int, "resume_after_ms": int, "max_reply_tokens": int,
-        "temperature": (int, float), "output_sample_rate": int, "asr_endpointing_ms": int}
+        "temperature": (int, float), "output_sample_rate": int, "asr_endpointing_ms": int,
+        "min_speech_ms": int, "vad_threshold": (int, float), "speech_pad_ms": int}
     _MODELS: ClassVar[dict[str, str]] = {"asr": "asr_model", "partial": "partial_model",
                                          "llm": "llm_model"}
     KNOWN: ClassVar[frozenset[str]] = frozenset(
