@@ -115,7 +115,9 @@ async def test_spoken_turn_with_server_vad(real_server, manager):
     async with _client(real_server).realtime.connect(model="voxgate-agent") as conn:
         created = await _next(conn)
         assert created["type"] == "session.created"
-        assert created["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        vad = created["session"]["audio"]["input"]["turn_detection"]
+        assert vad["type"] == "server_vad" and vad["threshold"] == \
+            real_server.settings.streaming.vad_threshold
         await conn.session.update(session={
             "type": "realtime", "instructions": "Answer in one short sentence.",
             "max_output_tokens": 30,
@@ -404,7 +406,9 @@ async def test_bad_events_are_answered_and_the_session_goes_on(fake_server):
         await _until(conn, "input_audio_buffer.cleared")
         await conn.session.update(session={"type": "realtime", "instructions": "Hi."})
         updated = await _until(conn, "session.updated")
-        assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        vad = updated["session"]["audio"]["input"]["turn_detection"]
+        assert vad["type"] == "server_vad" and vad["prefix_padding_ms"] == \
+            fake_server.settings.streaming.speech_pad_ms
 
 
 async def test_auth_limits_and_raw_frames(fake_server):

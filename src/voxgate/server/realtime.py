@@ -278,8 +278,10 @@ class RealtimeDoor:
         config = self.session.config if self.session else self.config
         asr = config.asr_model if config and config.asr_model else (
             self.settings.agent.asr_model or self.settings.asr.model)
+        stream = self.settings.streaming
         return self.options.to_wire(config, voice=self.voice_id(), asr_model=asr,
-                                    session_id=self.session_id)
+                                    session_id=self.session_id,
+                                    vad=(stream.vad_threshold, stream.speech_pad_ms))
 
     def _item_sid(self, data: dict[str, Any], name: str = "item_id") -> str:
         wire_id = data.get(name)

@@ -282,17 +282,19 @@ class RealtimeOptions:
                                                         td.silence_duration_ms), 100)
         return options
 
-    def to_wire(self, config: Any, *, voice: str, asr_model: str, session_id: str
-                ) -> dict[str, Any]:
+    def to_wire(self, config: Any, *, voice: str, asr_model: str, session_id: str,
+                vad: tuple[float, int]) -> dict[str, Any]:
         """The ``session`` object of ``session.created/updated``: the effective values
-        (``config``: the :class:`~voxgate.agent.AgentConfig` in force)."""
+        (``config``: the :class:`~voxgate.agent.AgentConfig` in force; ``vad``: the server's
+        VAD threshold and speech padding, for what the config leaves to the server)."""
         td = None
         if self.turn_detection is not None:
             td = {"type": "server_vad", "create_response": config.auto_respond,
                   "interrupt_response": config.barge_in,
                   "silence_duration_ms": config.end_of_turn_ms,
-                  "threshold": self.turn_detection.threshold,
-                  "prefix_padding_ms": self.turn_detection.prefix_padding_ms,
+                  "threshold": vad[0] if config.vad_threshold is None else config.vad_threshold,
+                  "prefix_padding_ms": (vad[1] if config.speech_pad_ms is None
+                                        else config.speech_pad_ms),
                   "idle_timeout_ms": None}
         return {
             "type": "realtime", "object": "realtime.session", "id": session_id,
