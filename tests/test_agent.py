@@ -610,9 +610,9 @@ async def test_real_voice_turn_is_answered_in_speech_that_says_the_reply(setting
         for i in range(0, audio.size, step):  # 2x real time: the input clock drives turns
             await session.accept(audio[i:i + step])
             await asyncio.sleep(0.05)
-        user = await events.wait(lambda e: isinstance(e, TurnEnded) and e.role == "user", 60)
+        user = await events.wait(lambda e: isinstance(e, TurnEnded) and e.role == "user", 180)
         assert wer("what is the capital city of france", user.text) <= 0.15, user.text
-        end = await events.wait(_agent_end, 120)
+        end = await events.wait(_agent_end, 180)
         assert end.reason == "completed" and "paris" in end.text.lower(), end.text
         reply_audio = np.concatenate([a.audio for a in events.of(AgentAudio)])
         assert events.of(AgentAudio)[0].sample_rate == session.output_sample_rate
@@ -663,9 +663,9 @@ async def test_seed_deployment_riva_asr_riva_tts_and_an_openai_compatible_llm(
         for i in range(0, audio.size, RATE // 10):
             await session.accept(audio[i:i + RATE // 10])
             await asyncio.sleep(0.05)
-        user = await events.wait(lambda e: isinstance(e, TurnEnded) and e.role == "user", 60)
+        user = await events.wait(lambda e: isinstance(e, TurnEnded) and e.role == "user", 180)
         assert wer("what is the capital city of france", user.text) <= 0.15, user.text
-        end = await events.wait(_agent_end, 120)
+        end = await events.wait(_agent_end, 180)
         assert end.reason == "completed" and "paris" in end.text.lower(), end.text
         assert events.of(AgentAudio) and not events.of(AgentError)
         assert session.llm.name == "openai" and session.voice.ref.model == "riva-tts"

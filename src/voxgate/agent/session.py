@@ -215,7 +215,7 @@ class AgentSession:
         if not isinstance(text, str) or not text.strip():
             raise TextError("text input is empty")
         self._activity.set()
-        await self._cut_reply("barge_in")
+        await self._cut_reply("cancelled")
         turn = self._turn or self._open_turn(self.position)
         turn.texts.append(text.strip())
         turn.speech_end_wall = time.monotonic()
@@ -363,7 +363,8 @@ class AgentSession:
     def _emit(self, event: AgentEvent) -> None:
         reply = self._reply
         if (reply is not None and not reply.committed
-                and isinstance(event, (AgentText, AgentAudio)) and event.turn_id == reply.turn_id):
+                and isinstance(event, (AgentText, AgentAudio, AgentError))
+                and event.turn_id == reply.turn_id):
             reply.held.append(event)
             return
         self._out.put_nowait(event)
