@@ -105,7 +105,7 @@ class RealtimeDoor:
 
     def __init__(self, ws: WebSocket, state: AppState) -> None:
         self.ws, self.state, self.settings = ws, state, state.settings
-        self.options = RealtimeOptions(model=ws.query_params.get("model", ""))
+        self.options = RealtimeOptions(model=ws.query_params.get("model", "")[:256])
         self.service: AgentService | None = None
         self.session: AgentSession | None = None
         self.config: AgentConfig | None = None  # before the session opens

@@ -178,6 +178,9 @@ class RealtimeOptions:
         touched: set[str] = set()
         if "model" in session:
             new.model = _check(session["model"], str, "session.model")
+            if len(new.model) > 256:
+                raise RealtimeError("session.model: at most 256 characters",
+                                    param="session.model")
         if "instructions" in session:
             text = _check(session["instructions"], str, "session.instructions", allow_none=True)
             new.instructions, touched = text, touched | {"system_prompt"}
