@@ -40,7 +40,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "speech_pad_ms": (0, 1000),
     "min_speech_ms": (0, 5000),
 }
-_OPTIONAL = frozenset({"output_sample_rate", "vad_threshold", "speech_pad_ms", "min_speech_ms"})  # None: default
+# None: the server's default
+_OPTIONAL = frozenset({"output_sample_rate", "vad_threshold", "speech_pad_ms", "min_speech_ms"})
 
 # what a network client may set in its config message (the rest is the server's)
 CLIENT_FIELDS = frozenset({

@@ -18,12 +18,10 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import re
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,8 +29,7 @@ import numpy as np
 from ..engines.base import ChatMessage, Llm
 from ..engines.priority import live_llm_kwargs
 from ..errors import EngineError, TextError
-from ..speech import SentenceSplitter, is_speakable
-from ..types import AsrEvent, TtsChunk
+from ..types import AsrEvent
 from .events import (
     AgentAudio,
     AgentError,
@@ -43,7 +40,6 @@ from .events import (
     Interruption,
     ItemAdded,
     TurnEnded,
-    TurnLatency,
     TurnStarted,
     UserSpeechStarted,
     UserSpeechStopped,
@@ -52,13 +48,15 @@ from .events import (
 from .history import Conversation, Item
 from .options import AgentConfig
 from .playout import Playout, wait_event
+from .reply import Reply as _Reply
+from .reply import Voice, run_llm, run_tts
+from .turns import BargeIn as _BargeIn
+from .turns import UserTurn as _UserTurn
 from .turns import count_words, looks_unfinished
 
 __all__ = ["AgentSession", "AsrStream", "Observer", "Voice"]
 
 logger = logging.getLogger(__name__)
-_MARKUP = re.compile(r"[*_#`~|<>\[\]]+")
-_TTS_AHEAD_S = 3.0  # synthesize the next sentence once less than this is left to play
 
 
 class AsrStream(Protocol):
@@ -80,75 +78,7 @@ class AsrStream(Protocol):
     def events(self) -> AsyncIterator[AsrEvent]: ...
 
 
-class Voice(Protocol):
-    """Sentence -> audio (see :class:`~voxgate.agent.service.SpeechVoice`)."""
-
-    sample_rate: int
-
-    def speak(self, sentence: str) -> AsyncIterator[TtsChunk]: ...
-
-
 Observer = Callable[[str, float], None]  # (measure name, seconds): Prometheus histograms
-
-
-@dataclass(eq=False)
-class _Reply:
-    turn_id: int
-    messages: list[ChatMessage]
-    playout: Playout
-    committed: bool = False
-    item: Item | None = None
-    held: list[AgentEvent] = field(default_factory=list)  # events before commit
-    text: str = ""
-    llm_task: asyncio.Task[None] | None = None
-    tts_task: asyncio.Task[None] | None = None
-    play_task: asyncio.Task[None] | None = None
-    main_task: asyncio.Task[None] | None = None
-    user_text: str = ""
-    llm_started: float = 0.0
-    first_token_at: float | None = None
-    first_sentence_at: float | None = None
-    first_audio_at: float | None = None
-    llm_failed: bool = False
-    tts_failed: bool = False
-    done: bool = False
-    speculative: bool = False  # started before the user's turn was committed
-    end_of_turn: float | None = None  # latency parts (seconds)
-    asr_final: float | None = None
-    tts_first: float | None = None
-    speech_end_wall: float | None = None
-
-    @property
-    def tasks(self) -> list[asyncio.Task[None]]:
-        return [t for t in (self.llm_task, self.tts_task, self.play_task) if t is not None]
-
-
-@dataclass(slots=True)
-class _BargeIn:
-    reply: _Reply
-    started_at: float  # input seconds of the speech onset
-    utterance_id: int
-    played_s: float
-    timer: asyncio.TimerHandle | None = None
-    text: list[str] = field(default_factory=list)
-    utterances: set[int] = field(default_factory=set)
-    speech_end_at: float | None = None
-    speech_end_wall: float | None = None
-
-
-@dataclass(slots=True)
-class _UserTurn:
-    turn_id: int
-    started_at: float
-    texts: list[str] = field(default_factory=list)
-    speech_end_at: float | None = None  # input seconds
-    speech_end_wall: float | None = None
-    final_wall: float | None = None
-    cut: bool = False
-
-    @property
-    def text(self) -> str:
-        return " ".join(t.strip() for t in self.texts if t.strip())
 
 
 class AgentSession:
@@ -244,7 +174,8 @@ class AgentSession:
         return await self._commit_turn(respond=False)
 
     def clear_input(self) -> None:
-        """Forget what the user said since the last committed turn (``input_audio_buffer.clear``)."""
+        """Forget what the user said since the last committed turn
+        (``input_audio_buffer.clear``)."""
         self._check_open()
         if self._turn is not None:
             self._emit(TurnEnded(self._turn.turn_id, "user", "cleared", self._turn.text))
@@ -688,9 +619,11 @@ class AgentSession:
         playout = Playout(self.output_sample_rate, lead_s=cfg.playout_lead_ms / 1000)
         reply = _Reply(turn_id, messages, playout, user_text=user_text)
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
-        reply.llm_task = asyncio.create_task(self._run_llm(reply, sentences),
-                                             name=f"agent-llm-{self.id}-{turn_id}")
-        reply.tts_task = asyncio.create_task(self._run_tts(reply, sentences),
+        reply.llm_task = asyncio.create_task(
+            run_llm(reply, self.llm, self._llm_kwargs, cfg, sentences, self._emit, self.id),
+            name=f"agent-llm-{self.id}-{turn_id}")
+        reply.tts_task = asyncio.create_task(run_tts(reply, self.voice, sentences, self._emit,
+                                                     self.id),
                                              name=f"agent-tts-{self.id}-{turn_id}")
         self._reply = reply
         self._activity.set()
@@ -712,78 +645,6 @@ class AgentSession:
             name=f"agent-play-{self.id}-{reply.turn_id}")
         reply.main_task = asyncio.create_task(self._finish_reply(reply),
                                               name=f"agent-reply-{self.id}-{reply.turn_id}")
-
-    async def _run_llm(self, reply: _Reply, sentences: asyncio.Queue[str | None]) -> None:
-        cfg = self.config
-        splitter = SentenceSplitter(300)
-
-        def sentence_out(pieces: list[str]) -> None:
-            for sentence in pieces:
-                spoken = " ".join(_MARKUP.sub(" ", sentence).split())
-                if is_speakable(spoken):
-                    if reply.first_sentence_at is None:
-                        reply.first_sentence_at = time.monotonic()
-                    sentences.put_nowait(spoken)
-
-        reply.llm_started = time.monotonic()
-        stream = self.llm.stream(reply.messages, max_tokens=cfg.max_reply_tokens,
-                                 temperature=cfg.temperature, **self._llm_kwargs)
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(cfg.llm_timeout_s):
-                        delta = await anext(stream)
-                except StopAsyncIteration:
-                    break
-                if reply.first_token_at is None:
-                    reply.first_token_at = time.monotonic()
-                reply.text += delta
-                if reply.item is not None:
-                    reply.item.text = reply.text
-                self._emit(AgentText(reply.turn_id, delta, reply.item.id if reply.item else ""))
-                sentence_out(splitter.push(delta))
-            sentence_out(splitter.flush())
-        except (EngineError, TimeoutError, OSError, ValueError) as exc:
-            reason = ("did not answer within "
-                      f"{cfg.llm_timeout_s:g} s" if isinstance(exc, TimeoutError) else str(exc))
-            logger.warning("agent session %s: LLM failed: %s", self.id, reason)
-            reply.llm_failed = True
-            self._emit(AgentError("llm_error", f"the language model failed: {reason}",
-                                  turn_id=reply.turn_id))
-            sentence_out(splitter.flush())
-            if not reply.text.strip():
-                reply.text = cfg.apology
-                self._emit(AgentText(reply.turn_id, cfg.apology,
-                                     reply.item.id if reply.item else ""))
-                sentence_out([cfg.apology])
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.aclose()  # type: ignore[attr-defined]
-            sentences.put_nowait(None)
-
-    async def _run_tts(self, reply: _Reply, sentences: asyncio.Queue[str | None]) -> None:
-        try:
-            while (sentence := await sentences.get()) is not None:
-                if reply.tts_failed:
-                    continue  # the text still arrives; there is no voice to say it
-                await reply.playout.wait_for_room(_TTS_AHEAD_S)
-                started = time.monotonic()
-                try:
-                    async with contextlib.aclosing(self.voice.speak(sentence)) as chunks:
-                        async for chunk in chunks:
-                            if reply.first_audio_at is None:
-                                reply.first_audio_at = time.monotonic()
-                                reply.tts_first = reply.first_audio_at - started
-                            reply.playout.append(chunk.audio, chunk.sample_rate, sentence)
-                except TextError as exc:  # nothing this voice can say in it: skip the sentence
-                    logger.info("agent session %s: sentence not spoken: %s", self.id, exc)
-                except (EngineError, OSError, RuntimeError) as exc:
-                    reply.tts_failed = True
-                    logger.warning("agent session %s: TTS failed: %s", self.id, exc)
-                    self._emit(AgentError("tts_error", f"speech synthesis failed: {exc}; the "
-                                          "reply continues as text", turn_id=reply.turn_id))
-        finally:
-            reply.playout.finish_input()
 
     async def _send_audio(self, reply: _Reply, audio: np.ndarray, offset: float,
                           text: str) -> None:
@@ -829,32 +690,16 @@ class AgentSession:
         self._activity.set()
 
     def _report_latency(self, reply: _Reply) -> None:
-        end_wall = reply.speech_end_wall
-        first_release = reply.playout.first_release_at
-        latency = TurnLatency(
-            reply.turn_id, end_of_turn_s=reply.end_of_turn, asr_final_s=reply.asr_final,
-            llm_ttft_s=(None if reply.first_token_at is None
-                        else reply.first_token_at - reply.llm_started),
-            tts_ttfa_s=reply.tts_first,
-            voice_to_voice_s=(None if first_release is None or end_wall is None
-                              else max(first_release - end_wall, 0.0)),
-            speculative=reply.speculative)
+        latency = reply.latency()
         for name, value in latency.as_dict().items():
             if name != "speculative":
                 self._observe(name, value)
         self._emit(latency)
 
-    async def _cancel_reply(self, reply: _Reply | None) -> None:
-        if reply is None:
-            return
-        reply.done = True
-        tasks = [t for t in (*reply.tasks, reply.main_task) if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
-        current = asyncio.current_task()
-        tasks = [t for t in tasks if t is not current]
-        if tasks:
-            await asyncio.wait(tasks)  # each stage has really stopped (no swallowed cancel)
+    @staticmethod
+    async def _cancel_reply(reply: _Reply | None) -> None:
+        if reply is not None:
+            await reply.cancel()
 
     # ================================================================ internals: idle
     async def _idle_watch(self) -> None:

@@ -8,9 +8,13 @@ an article, a preposition or a comma: "I'd like to book a table for", "and then,
 
 from __future__ import annotations
 
+import asyncio
 import re
+from dataclasses import dataclass, field
 
-__all__ = ["count_words", "looks_unfinished"]
+from .reply import Reply
+
+__all__ = ["BargeIn", "UserTurn", "count_words", "looks_unfinished"]
 
 # words a finished English sentence practically never ends with
 _DANGLING = frozenset("""
@@ -40,3 +44,35 @@ def looks_unfinished(text: str, language: str | None = "en") -> bool:
         return False  # a question asked
     words = _WORD.findall(stripped.lower())
     return bool(words) and words[-1] in _DANGLING
+
+
+@dataclass(slots=True)
+class BargeIn:
+    """User speech over the agent, not yet confirmed as a turn (the reply is paused)."""
+
+    reply: Reply
+    started_at: float  # input seconds of the speech onset
+    utterance_id: int
+    played_s: float
+    timer: asyncio.TimerHandle | None = None
+    text: list[str] = field(default_factory=list)
+    utterances: set[int] = field(default_factory=set)
+    speech_end_at: float | None = None
+    speech_end_wall: float | None = None
+
+
+@dataclass(slots=True)
+class UserTurn:
+    """The user's turn in progress: its finals so far and when the speech stopped."""
+
+    turn_id: int
+    started_at: float
+    texts: list[str] = field(default_factory=list)
+    speech_end_at: float | None = None  # input seconds
+    speech_end_wall: float | None = None
+    final_wall: float | None = None
+    cut: bool = False
+
+    @property
+    def text(self) -> str:
+        return " ".join(t.strip() for t in self.texts if t.strip())
