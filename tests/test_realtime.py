@@ -378,7 +378,16 @@ async def test_bad_events_are_answered_and_the_session_goes_on(fake_server):
         for bad, param in (
                 ({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
                  "session.audio.input.format"),
-                ({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}},
+                ({"audio": {"input": {"turn_detection": {"type": "semantic_vad",
+                                                         "silence_duration_ms": 500}}}},
+                 "session.audio.input.turn_detection.silence_duration_ms"),
+                ({"audio": {"input": {"turn_detection": {"type": "semantic_vad",
+                                                         "eagerness": "fast"}}}},
+                 "session.audio.input.turn_detection.eagerness"),
+                ({"audio": {"input": {"turn_detection": {"type": "server_vad",
+                                                         "eagerness": "low"}}}},
+                 "session.audio.input.turn_detection.eagerness"),
+                ({"audio": {"input": {"turn_detection": {"type": "push_to_talk"}}}},
                  "session.audio.input.turn_detection.type"),
                 ({"output_modalities": ["text"]}, "session.output_modalities"),
                 ({"input_audio_format": "pcm16"}, "session.input_audio_format"),
@@ -401,6 +410,18 @@ async def test_bad_events_are_answered_and_the_session_goes_on(fake_server):
             "transcription": {"model": "whisper-1", "language": "de"}}}})
         error = await _until(conn, "error")
         assert error["error"]["param"] == "session.audio.input.transcription.language"
+        # semantic_vad: the agent's text-aware end of turn, its waits set by the eagerness
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "semantic_vad", "eagerness": "low"}}}})
+        vad = (await _until(conn, "session.updated"))["session"]["audio"]["input"][
+            "turn_detection"]
+        assert vad == {"type": "semantic_vad", "create_response": True,
+                       "interrupt_response": True, "eagerness": "low"}
+        session = next(iter(fake_server.state.components["agent"].sessions.values()))
+        assert (session.config.end_of_turn_ms, session.config.unfinished_wait_ms) == (1000, 3000)
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "server_vad"}}}})
+        await _until(conn, "session.updated")
         # after all that the session still works, with its options unchanged
         await conn.input_audio_buffer.clear()
         await _until(conn, "input_audio_buffer.cleared")

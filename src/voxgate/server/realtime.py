@@ -67,6 +67,7 @@ _PARAMS = {
     "speed": "session.audio.output.speed", "max_reply_tokens": "session.max_output_tokens",
     "language": "session.audio.input.transcription.language",
     "end_of_turn_ms": "session.audio.input.turn_detection.silence_duration_ms",
+    "unfinished_wait_ms": "session.audio.input.turn_detection.eagerness",
     "asr_endpointing_ms": "session.audio.input.turn_detection.silence_duration_ms",
     "vad_threshold": "session.audio.input.turn_detection.threshold",
     "speech_pad_ms": "session.audio.input.turn_detection.prefix_padding_ms"}

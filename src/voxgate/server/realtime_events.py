@@ -108,15 +108,25 @@ def _format(value: Any, param: str) -> None:
                             code="unsupported_value", param=param)
 
 
+# semantic_vad eagerness -> (end_of_turn_ms, unfinished_wait_ms); None: the server's own
+_EAGERNESS: dict[str, tuple[int | None, int | None]] = {
+    "high": (400, 1000), "medium": (None, None), "auto": (None, None), "low": (1000, 3000)}
+_VAD_ONLY = ("silence_duration_ms", "threshold", "prefix_padding_ms", "idle_timeout_ms")
+
+
 @dataclass(slots=True)
 class TurnDetection:
-    """``server_vad`` settings (``None`` in :class:`RealtimeOptions`: manual turns)."""
+    """``server_vad`` / ``semantic_vad`` settings (``None`` in :class:`RealtimeOptions`: manual
+    turns). Both end the turn on the agent's rules (silence, and a longer wait when the text
+    stops mid-sentence); ``semantic_vad``'s ``eagerness`` sets those waits."""
 
     create_response: bool = True
     interrupt_response: bool = True
     silence_duration_ms: int | None = None  # None: the server's end_of_turn_ms
     threshold: float | None = None  # None: the server's VAD threshold
     prefix_padding_ms: int | None = None  # None: the server's speech padding
+    semantic: bool = False
+    eagerness: str = "auto"
 
     @classmethod
     def from_wire(cls, data: Any, current: TurnDetection | None) -> TurnDetection | None:
@@ -124,28 +134,57 @@ class TurnDetection:
         if data is None:
             return None
         _check(data, dict, param)
-        _unknown(data, {"type", "create_response", "interrupt_response", "silence_duration_ms",
-                        "threshold", "prefix_padding_ms", "idle_timeout_ms", "eagerness"},
-                 f"{param}.")
+        _unknown(data, {"type", "create_response", "interrupt_response", "eagerness",
+                        *_VAD_ONLY}, f"{param}.")
         kind = data.get("type", "server_vad")
-        if kind != "server_vad":
-            raise RealtimeError(f"Unsupported turn detection {kind!r}: use 'server_vad' or null "
-                                "(manual turns)", code="unsupported_value", param=f"{param}.type")
+        if kind not in ("server_vad", "semantic_vad"):
+            raise RealtimeError(f"Unsupported turn detection {kind!r}: use 'server_vad', "
+                                "'semantic_vad' or null (manual turns)",
+                                code="unsupported_value", param=f"{param}.type")
+        semantic = kind == "semantic_vad"
+        for name in (_VAD_ONLY if semantic else ("eagerness",)):
+            if data.get(name) is not None:
+                raise RealtimeError(f"{name} is not a {kind} setting", code="unknown_parameter",
+                                    param=f"{param}.{name}")
         if data.get("idle_timeout_ms") is not None:
             raise RealtimeError("idle_timeout_ms is not supported by this server",
                                 code="unsupported_value", param=f"{param}.idle_timeout_ms")
-        out = TurnDetection() if current is None else TurnDetection(**{
-            f: getattr(current, f) for f in cls.__slots__})  # type: ignore[attr-defined]
+        out = TurnDetection(semantic=semantic) if current is None or \
+            current.semantic != semantic else TurnDetection(**{
+                f: getattr(current, f) for f in cls.__slots__})  # type: ignore[attr-defined]
         for name, kind_ in (("create_response", bool), ("interrupt_response", bool),
                             ("silence_duration_ms", int), ("threshold", (int, float)),
-                            ("prefix_padding_ms", int)):
+                            ("prefix_padding_ms", int), ("eagerness", str)):
             if name in data:
                 setattr(out, name, _check(data[name], kind_, f"{param}.{name}", allow_none=True))
+        if out.eagerness is None:
+            out.eagerness = "auto"
+        if out.eagerness not in _EAGERNESS:
+            raise RealtimeError(f"eagerness must be one of {', '.join(_EAGERNESS)}",
+                                param=f"{param}.eagerness")
         if out.create_response is None:
             out.create_response = True
         if out.interrupt_response is None:
             out.interrupt_response = True
         return out
+
+    def waits(self) -> tuple[int | None, int | None]:
+        """(end_of_turn_ms, unfinished_wait_ms) it asks for (None: the server's)."""
+        if self.semantic:
+            return _EAGERNESS[self.eagerness]
+        return self.silence_duration_ms, None
+
+    def to_wire(self, config: Any, vad: tuple[float, int]) -> dict[str, Any]:
+        if self.semantic:
+            return {"type": "semantic_vad", "create_response": config.auto_respond,
+                    "interrupt_response": config.barge_in, "eagerness": self.eagerness}
+        return {"type": "server_vad", "create_response": config.auto_respond,
+                "interrupt_response": config.barge_in,
+                "silence_duration_ms": config.end_of_turn_ms,
+                "threshold": vad[0] if config.vad_threshold is None else config.vad_threshold,
+                "prefix_padding_ms": (vad[1] if config.speech_pad_ms is None
+                                      else config.speech_pad_ms),
+                "idle_timeout_ms": None}
 
 
 @dataclass(slots=True)
@@ -244,7 +283,7 @@ class RealtimeOptions:
             self.turn_detection = TurnDetection.from_wire(data["turn_detection"],
                                                           self.turn_detection)
             touched |= {"turn_detection", "auto_respond", "barge_in", "end_of_turn_ms",
-                        "vad_threshold", "speech_pad_ms"}
+                        "unfinished_wait_ms", "vad_threshold", "speech_pad_ms"}
         return touched
 
     def _audio_output(self, data: dict[str, Any]) -> set[str]:
@@ -279,10 +318,11 @@ class RealtimeOptions:
         if td is not None:
             options["vad_threshold"] = td.threshold
             options["speech_pad_ms"] = td.prefix_padding_ms
-            if td.silence_duration_ms is not None:
-                options["end_of_turn_ms"] = td.silence_duration_ms
-                options["asr_endpointing_ms"] = max(min(asr_endpointing_ms,
-                                                        td.silence_duration_ms), 100)
+            end_of_turn, unfinished = td.waits()
+            options["unfinished_wait_ms"] = unfinished
+            if end_of_turn is not None:
+                options["end_of_turn_ms"] = end_of_turn
+                options["asr_endpointing_ms"] = max(min(asr_endpointing_ms, end_of_turn), 100)
         return options
 
     def to_wire(self, config: Any, *, voice: str, asr_model: str, session_id: str,
@@ -290,15 +330,7 @@ class RealtimeOptions:
         """The ``session`` object of ``session.created/updated``: the effective values
         (``config``: the :class:`~voxgate.agent.AgentConfig` in force; ``vad``: the server's
         VAD threshold and speech padding, for what the config leaves to the server)."""
-        td = None
-        if self.turn_detection is not None:
-            td = {"type": "server_vad", "create_response": config.auto_respond,
-                  "interrupt_response": config.barge_in,
-                  "silence_duration_ms": config.end_of_turn_ms,
-                  "threshold": vad[0] if config.vad_threshold is None else config.vad_threshold,
-                  "prefix_padding_ms": (vad[1] if config.speech_pad_ms is None
-                                        else config.speech_pad_ms),
-                  "idle_timeout_ms": None}
+        td = None if self.turn_detection is None else self.turn_detection.to_wire(config, vad)
         return {
             "type": "realtime", "object": "realtime.session", "id": session_id,
             "model": self.model, "instructions": config.system_prompt,
