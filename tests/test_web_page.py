@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import wer
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.staticfiles import StaticFiles
-from live_server import API_KEY, serve_app
+from live_server import API_KEY, live_settings, serve_app
 
 from voxgate.audio import encode_wav, float32_to_pcm16, pcm16_to_float32, resample
 
@@ -109,6 +110,59 @@ def _stats(page: Any) -> dict[str, int]:
     return page.evaluate("() => ({...window.voxgate.translate.stats})")
 
 
+# --- the real door, the real models -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def translate_server(manager, tmp_path_factory) -> Iterator[Any]:
+    """voxgate's app with live ASR + translation (the session's models) on loopback."""
+    from voxgate.config import StreamingSettings, TranslationSettings
+    from voxgate.server.app import create_app, uvicorn_options
+    from voxgate.server.translation_state import TranslationComponent
+    from voxgate.server.ws import StreamingComponent
+
+    # the page is under test, not the LLM's speed: a slow shared CPU must not time MT out
+    # (and the streams the busy test holds open without audio stay open for a minute)
+    settings = live_settings(tmp_path_factory.mktemp("translate"),
+                             translation=TranslationSettings(mt_timeout_s=600),
+                             streaming=StreamingSettings(idle_timeout_s=60.0,
+                                                         max_frame_bytes=64 * 1024))
+    app = create_app(settings, manager, components=[StreamingComponent(settings),
+                                                     TranslationComponent(settings)])
+    with serve_app(app, ws_max_size=uvicorn_options(settings)["ws_max_size"]) as live:
+        yield live
+
+
+def test_spoken_english_is_translated_and_played(browser, translate_server, librivox,
+                                                 tmp_path) -> None:
+    """Auto mode (the page's default): the fake microphone says 'he was not an ill disposed
+    young man'; its transcript and a Russian translation appear, and the translated WAV plays."""
+    reference = next(c for c in librivox if c.path.stem.endswith("0880")).text
+    page = browser.page(translate_server.url + "/")
+    assert page.input_value("#translate-mode") == "auto"
+    page.click("#translate-start")
+    page.wait_for_selector("#translate-log li[data-tgt]", timeout=600_000)  # the result
+    entries = page.locator("#translate-log li")
+    assert entries.count() == 1, page.inner_html("#translate-log")  # transcript + result: one
+    entry = entries.first
+    assert entry.locator(".note").count() == 0, entry.inner_text()  # no MT / TTS failure
+    page.wait_for_selector("#translate-log li[data-audio=played]", timeout=120_000)
+    transcript = entry.locator(".source .text").inner_text()
+    translation = entry.locator(".translation .text").inner_text()
+    print(f"heard {transcript!r} -> {translation!r}")
+    _screenshot(page, tmp_path / "translated.png")
+    page.click("#translate-stop")
+    page.wait_for_function("document.getElementById('translate-status').textContent"
+                           ".includes('every translation has arrived')", timeout=60_000)
+    assert (entry.get_attribute("data-src"), entry.get_attribute("data-tgt")) == ("en", "ru")
+    assert wer(reference, transcript) <= 0.4, transcript  # 'ill' is often heard as 'old'
+    cyrillic = sum("\u0400" <= ch <= "\u04ff" for ch in translation)
+    assert cyrillic >= 0.6 * sum(ch.isalpha() for ch in translation) > 0, translation
+    stats = _stats(page)
+    assert stats["audioPlayed"] >= 1 and stats["errors"] == 0, stats
+    assert page.is_hidden("#translate-error")
+
+
 # --- the page's side of the wire, against a door that records what it gets ----------------
 
 
@@ -165,8 +219,8 @@ class RecordingDoor:
 
     async def _answer(self, ws: WebSocket) -> None:
         """The door's order: the source transcript, then the result, then its WAV."""
+        n = self.answered  # utterance ids start at 0, as the real door's do
         self.answered += 1
-        n = self.answered
         await ws.send_json({"type": "partial", "utterance_id": n, "text": "utter"})
         await ws.send_json({"type": "transcript", "utterance_id": n, "src": "en",
                             "text": f"utterance {n}"})
@@ -199,8 +253,8 @@ def test_page_sends_48k_int16_frames_and_flush_and_plays_the_answer(browser, mic
         stats = _stats(page)
         entries = page.locator("#translate-log li")
         assert entries.count() == 1  # the transcript and its result share one entry
-        assert entries.locator(".source .text").inner_text() == "utterance 1"
-        assert entries.locator(".translation .text").inner_text() == "высказывание 1"
+        assert entries.locator(".source .text").inner_text() == "utterance 0"
+        assert entries.locator(".translation .text").inner_text() == "высказывание 0"
         assert entries.locator(".translation .text").get_attribute("lang") == "ru"
         assert page.is_enabled("#translate-start") and page.is_hidden("#translate-error")
 
@@ -220,21 +274,32 @@ def test_page_sends_48k_int16_frames_and_flush_and_plays_the_answer(browser, mic
     assert stats["results"] == 1 and stats["audioReceived"] == 1 and stats["audioPlayed"] == 1
 
 
-def test_refused_key_and_busy_server_are_shown(browser, tmp_path) -> None:
-    door = RecordingDoor(API_KEY)
-    with serve_app(door.app()) as server:
-        page = browser.page(server.url + "/", api_key="wrong-key")
+def test_refused_key_and_busy_server_are_shown(browser, translate_server, tmp_path) -> None:
+    """The real door's refusals, in words: a wrong key, then every stream slot taken."""
+    from websockets.sync.client import connect
+
+    page = browser.page(translate_server.url + "/", api_key="wrong-key")
+    page.click("#translate-start")
+    error = page.wait_for_selector("#translate-error:not([hidden])", timeout=60_000)
+    assert "refused the API key" in error.inner_text()
+    assert page.is_enabled("#translate-start") and page.is_disabled("#translate-stop")
+    _screenshot(page, tmp_path / "refused-key.png")
+
+    url = f"ws://127.0.0.1:{translate_server.port}/ws/translate?api_key={API_KEY}"
+    slots = translate_server.settings.max_streams  # each translation holds a live ASR stream
+    holders = [connect(url, open_timeout=30) for _ in range(slots)]
+    try:
+        for ws in holders:
+            ws.send(json.dumps({"mode": "en->ru"}))
+            assert json.loads(ws.recv(timeout=120))["type"] == "ready"
+        page = browser.page(translate_server.url + "/")
         page.click("#translate-start")
-        error = page.wait_for_selector("#translate-error:not([hidden])", timeout=15_000)
-        assert "refused the API key" in error.inner_text()
-        assert page.is_enabled("#translate-start") and page.is_disabled("#translate-stop")
-        _screenshot(page, tmp_path / "refused-key.png")
-    with serve_app(door.app(busy=True)) as server:
-        page = browser.page(server.url + "/")
-        page.click("#translate-start")
-        error = page.wait_for_selector("#translate-error:not([hidden])", timeout=15_000)
-        assert "busy" in error.inner_text()
-    assert door.config is None  # nothing was streamed to a door that refused
+        error = page.wait_for_selector("#translate-error:not([hidden])", timeout=60_000)
+        assert "busy" in error.inner_text(), error.inner_text()
+        assert page.is_enabled("#translate-start")
+    finally:
+        for ws in holders:
+            ws.close()
 
 
 def test_denied_microphone_is_shown_and_nothing_connects(browser) -> None:
@@ -242,7 +307,7 @@ def test_denied_microphone_is_shown_and_nothing_connects(browser) -> None:
     with serve_app(door.app()) as server:
         page = browser.page(server.url + "/", microphone=False)
         page.click("#translate-start")
-        error = page.wait_for_selector("#translate-error:not([hidden])", timeout=15_000)
+        error = page.wait_for_selector("#translate-error:not([hidden])", timeout=60_000)
         assert "Microphone access was denied" in error.inner_text()
         assert page.is_enabled("#translate-start")
     assert door.config is None
