@@ -5,7 +5,8 @@ with the system browser (no browser download), with a fake microphone fed from a
   the log and its WAV is played (the page's ``voxgate:played`` event after the audio ``ended``);
 - the page's side of the wire, against a recording door: config first, 48 kHz Int16 frames that
   carry the fake microphone's speech, ``__flush__`` on Stop, each returned WAV played in order;
-- what a person sees when the key is refused, the server is busy, the microphone is denied.
+- what a person sees when the real door refuses the key or is busy (every slot held), and when
+  the microphone is denied.
 
 One screenshot per browser test is written under the test's tmp dir (its path is printed).
 """
