@@ -12,6 +12,7 @@ turns :class:`~voxgate.agent.AgentSession` events into Realtime server events.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -198,10 +199,9 @@ class RealtimeOptions:
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     max_output_tokens: int | None = None  # None: "inf" (the server's limit)
     language: str | None = None  # audio.input.transcription.language
-    transcription: bool = True
 
-    def update(self, session: Any) -> set[str]:
-        """Apply a ``session.update``'s ``session`` object; returns the agent options touched.
+    def update(self, session: Any) -> None:
+        """Apply a ``session.update``'s ``session`` object (fields left out keep their value).
         RealtimeError (param named) for a bad or unsupported value; nothing is changed then."""
         _check(session, dict, "session")
         _unknown(session, {"type", "model", "instructions", "audio", "output_modalities",
@@ -211,10 +211,7 @@ class RealtimeOptions:
             raise RealtimeError("Only 'realtime' sessions are served here (type "
                                 f"{session.get('type')!r})", code="unsupported_value",
                                 param="session.type")
-        new = RealtimeOptions(self.model, self.instructions, self.voice, self.speed,
-                              self.turn_detection, self.max_output_tokens, self.language,
-                              self.transcription)
-        touched: set[str] = set()
+        new = dataclasses.replace(self)
         if "model" in session:
             new.model = _check(session["model"], str, "session.model")
             if len(new.model) > 256:
@@ -222,7 +219,7 @@ class RealtimeOptions:
                                     param="session.model")
         if "instructions" in session:
             text = _check(session["instructions"], str, "session.instructions", allow_none=True)
-            new.instructions, touched = text, touched | {"system_prompt"}
+            new.instructions = text
         modalities = session.get("output_modalities")
         if modalities is not None and list(modalities) != ["audio"]:
             raise RealtimeError("output_modalities: only ['audio'] (audio plus its transcript) "
@@ -237,7 +234,6 @@ class RealtimeOptions:
                 if limit < 1:
                     raise RealtimeError("max_output_tokens must be at least 1",
                                         param="session.max_output_tokens")
-            touched.add("max_reply_tokens")
         if session.get("tools"):
             raise RealtimeError("tools (function calling, MCP) are not supported by this server",
                                 code="unsupported_value", param="session.tools")
@@ -251,18 +247,15 @@ class RealtimeOptions:
             _check(session["tracing"], dict, "session.tracing")
         audio = _check(session.get("audio") or {}, dict, "session.audio")
         _unknown(audio, {"input", "output"}, "session.audio.")
-        touched |= new._audio_input(_check(audio.get("input") or {}, dict, "session.audio.input"))
-        touched |= new._audio_output(_check(audio.get("output") or {}, dict,
-                                            "session.audio.output"))
+        new._audio_input(_check(audio.get("input") or {}, dict, "session.audio.input"))
+        new._audio_output(_check(audio.get("output") or {}, dict, "session.audio.output"))
         for name in RealtimeOptions.__slots__:  # type: ignore[attr-defined]
             setattr(self, name, getattr(new, name))
-        return touched
 
-    def _audio_input(self, data: dict[str, Any]) -> set[str]:
+    def _audio_input(self, data: dict[str, Any]) -> None:
         prefix = "session.audio.input"
         _unknown(data, {"format", "noise_reduction", "transcription", "turn_detection"},
                  f"{prefix}.")
-        touched: set[str] = set()
         _format(data.get("format"), f"{prefix}.format")
         if data.get("noise_reduction") is not None:
             raise RealtimeError("noise_reduction is not supported (set it to null)",
@@ -278,29 +271,21 @@ class RealtimeOptions:
             if spec.get("language") is not None:
                 self.language = _check(spec["language"], str,
                                        f"{prefix}.transcription.language")
-                touched.add("language")
         if "turn_detection" in data:
             self.turn_detection = TurnDetection.from_wire(data["turn_detection"],
                                                           self.turn_detection)
-            touched |= {"turn_detection", "auto_respond", "barge_in", "end_of_turn_ms",
-                        "unfinished_wait_ms", "vad_threshold", "speech_pad_ms"}
-        return touched
 
-    def _audio_output(self, data: dict[str, Any]) -> set[str]:
+    def _audio_output(self, data: dict[str, Any]) -> None:
         prefix = "session.audio.output"
         _unknown(data, {"format", "voice", "speed"}, f"{prefix}.")
         _format(data.get("format"), f"{prefix}.format")
-        touched: set[str] = set()
         if "voice" in data:
             voice = data["voice"]
             if isinstance(voice, dict):
                 voice = voice.get("id")
             self.voice = _check(voice, str, f"{prefix}.voice", allow_none=True)
-            touched.add("voice")
         if "speed" in data:
             self.speed = _check(data["speed"], (int, float), f"{prefix}.speed", allow_none=True)
-            touched.add("speed")
-        return touched
 
     def agent_options(self, max_reply_tokens: int, asr_endpointing_ms: int) -> dict[str, Any]:
         """The :class:`~voxgate.agent.AgentConfig` overrides these options stand for (output
