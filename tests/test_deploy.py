@@ -459,3 +459,10 @@ def test_setup_script_halves(tmp_path: Path, mode: str | None, apt: bool, pip: b
     assert ("apt-get install" in calls) is apt, calls
     assert ("espeak-ng" in calls) is apt, calls
     assert ("pip install -q -e .[server,tts]" in calls) is pip, calls
+
+
+def test_build_context_leaves_out_secrets_and_local_state() -> None:
+    ignored = {line.strip() for line in
+               (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".env", "deploy/voxgate.env", ".venv", ".cache", "data", ".git"} <= ignored
