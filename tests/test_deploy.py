@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel
+from redis import Redis
+from rq import Queue
 
 from voxgate.config import Settings, load_settings
 from voxgate.jobs import QUEUE_NAME
@@ -297,8 +299,9 @@ def test_scaled_out_values(helm: Path) -> None:
     assert scaled["spec"]["scaleTargetRef"]["name"] == "vg-voxgate-worker"
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "redis"
-    # the list RQ keeps the queued job ids in, for voxgate's queue name
-    assert trigger["metadata"]["listName"] == f"rq:queue:{QUEUE_NAME}"
+    # the list RQ itself keeps voxgate's queued job ids in (no server needed to name it)
+    assert trigger["metadata"]["listName"] == Queue(QUEUE_NAME, connection=Redis()).key
+    assert trigger["metadata"]["databaseIndex"] == "0"
     assert trigger["metadata"]["address"] == "redis.prod:6379"
     assert trigger["authenticationRef"] == {"name": "redis-auth"}
 
