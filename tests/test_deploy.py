@@ -372,7 +372,7 @@ def test_compose_structure() -> None:
         assert service["volumes"] == ["voxgate-data:/var/lib/voxgate"]
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
         # secrets only from the git-ignored env file, never inline
-        assert service["env_file"] == [{"path": "./voxgate.env", "required": True}]
+        assert service["env_file"] == ["./voxgate.env"]
         env = service["environment"]
         assert env["VOXGATE_REDIS_URL"] == "redis://redis:6379/0"
         assert env["VOXGATE_DATA_DIR"] == "/var/lib/voxgate"
