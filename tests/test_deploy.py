@@ -282,6 +282,9 @@ def test_scaled_out_values(helm: Path) -> None:
     deployments = objects(docs, "Deployment")
     api, worker = deployments["vg-voxgate-api"], deployments["vg-voxgate-worker"]
     assert api["spec"]["replicas"] == 3
+    pdb = objects(docs, "PodDisruptionBudget")["vg-voxgate-api"]
+    assert pdb["spec"]["selector"]["matchLabels"] == api["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["minAvailable"] == 1
     for deployment in (api, worker):
         env = {e["name"]: e for e in container(deployment)["env"]}
         assert env["VOXGATE_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
