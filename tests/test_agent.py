@@ -350,9 +350,12 @@ async def test_confirmed_barge_in_cancels_the_reply_and_keeps_only_what_was_play
         await _say(session, asr, "Tell me a story.")
         await _silence(session, 0.7)
         await events.wait(lambda e: isinstance(e, AgentAudio) and e.offset_s >= 0.6)
+        turn_id, item_id, heard = session.playback()
+        assert turn_id == 1 and item_id and 0.3 <= heard <= 0.8  # lead 0.1 s behind sending
         asr.start()
         paused = await events.wait(lambda e: isinstance(e, AudioPaused), timeout=1)
         assert 0.4 <= paused.played_s <= 1.2
+        assert session.playback()[2] == pytest.approx(paused.played_s)  # frozen while paused
         asr.partial("wait a second")
         cut = await events.wait(lambda e: isinstance(e, Interruption))
         assert cut.played_text and reply.startswith(cut.played_text)

@@ -18,7 +18,8 @@ Manual turn control (Realtime; set ``turn_detection=False`` and/or ``auto_respon
 ``commit_input() -> Item | None``, ``clear_input()``, ``create_response(instructions) ->
 turn_id``, ``cancel_response() -> Interruption | None``, ``add_item(role, text, after=)``,
 ``delete_item(item_id)``, ``truncate_item(item_id, audio_end_s)``, ``history`` (items),
-``output_sample_rate`` (reply audio rate: ``config.output_sample_rate`` or the voice's own).
+``output_sample_rate`` (reply audio rate: ``config.output_sample_rate`` or the voice's own),
+``playback() -> (turn_id, item_id, played_s) | None`` (the reply heard so far, at any moment).
 
 Events out (``type``): ``user_speech_started`` / ``user_speech_stopped`` (VAD, input clock),
 ``user_transcript`` (partial or final), ``turn_started`` / ``turn_ended`` (role user|agent,

@@ -241,6 +241,15 @@ class AgentSession:
     def history(self) -> list[Item]:
         return list(self.conversation.items)
 
+    def playback(self) -> tuple[int, str, float] | None:
+        """The reply being played now: (turn id, item id, seconds of it heard so far), or None.
+        The position is the playout model's (real time since the first frame, frozen while
+        paused), so a door can report or truncate at it."""
+        reply = self._reply
+        if reply is None or not reply.committed:
+            return None
+        return reply.turn_id, reply.item.id if reply.item else "", reply.playout.played_s
+
     # ============================================================== end and output
     async def end(self) -> None:
         """No more input: the last utterance is finalised, answered, and once the reply has
