@@ -84,8 +84,10 @@ def test_pcm_input_rejects_odd_lengths_and_bad_formats():
     with pytest.raises(AudioError, match="multiples of 4 bytes"):
         PcmInput("pcm16", 16_000, 2).convert(b"\x00" * 6)
     with pytest.raises(StreamConfigError) as err:
-        PcmInput("mulaw", 16_000, 1)
+        PcmInput("opus", 16_000, 1)  # compressed: not a sample encoding
     assert err.value.field == "encoding"
+    with pytest.raises(AudioError, match="multiples of 2 bytes"):  # G.711 stereo: 2-byte frames
+        PcmInput("mulaw", 8000, 2).convert(b"\x00" * 3)
     with pytest.raises(StreamConfigError) as err:
         PcmInput("pcm16", 100, 1)
     assert err.value.field == "sample_rate"
