@@ -157,6 +157,8 @@ def test_get_config_and_health(live):
         metadata=[("x-api-key", API_KEY)])
     names = {c.model_name: dict(c.parameters) for c in response.model_config}
     assert "whisper-base" in names and names["whisper-base"]["type"] == "online"
+    assert names["whisper-base"]["streaming_mode"] == "vad-segmented"
+    assert all(names[m]["streaming_mode"] == "native" for m in names if "parakeet" in m)
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(live.grpc_uri) as channel:

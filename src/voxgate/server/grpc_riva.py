@@ -35,6 +35,7 @@ import riva.client.proto.riva_audio_pb2 as raudio
 
 from ..audio import decode_audio, looks_like_audio_file
 from ..config import Settings
+from ..engines import load_engine_class
 from ..errors import (
     AudioError,
     AudioTooLongError,
@@ -341,10 +342,18 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             languages = "multi" if "multilingual" in spec.languages else "en-US"
             role = ("offline,streaming-final" if spec.id == asr.model
                     else "streaming-partial" if spec.id == asr.partial_model else "offline")
+            try:  # the engine's own word on streaming (no model is loaded for this)
+                native = load_engine_class("asr", spec.engine).capabilities_of(spec).streaming
+            except VoxgateError:  # its extra is not installed here
+                native = False
             entry.parameters.update({
                 "type": "online" if role != "offline" else "offline",
                 "language_code": languages, "engine": spec.engine, "voxgate_role": role,
-                "sample_rate": "16000", "streaming": "true", "license": spec.license,
+                "sample_rate": "16000", "license": spec.license,
+                # every model serves StreamingRecognize; how: the model's own streaming, or
+                # voxgate's VAD cutting utterances for a model that decodes whole inputs
+                "streaming": "true",
+                "streaming_mode": "native" if native else "vad-segmented",
             })
         return response
 
