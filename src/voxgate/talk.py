@@ -227,8 +227,11 @@ async def talk(options: TalkOptions, audio: AsyncIterator[bytes],
 
     failed: list[BaseException] = []  # the audio source's error (gRPC would only say CANCELLED)
 
+    opened = asyncio.Event()  # audio waits for Ready: a refused call loses nothing, says why
+
     async def requests() -> AsyncIterator[Any]:
         yield pb.ClientMessage(config=config)
+        await opened.wait()
         try:
             async for chunk in audio:
                 yield pb.ClientMessage(audio=pb.UserAudio(data=chunk))
@@ -251,6 +254,8 @@ async def talk(options: TalkOptions, audio: AsyncIterator[bytes],
         try:
             async for message in call:
                 kind = message.WhichOneof("message")
+                if kind == "ready":
+                    opened.set()
                 _collect(result, kind, getattr(message, kind))
                 if kind == "audio" and on_audio is not None:
                     on_audio(message.audio.data, message.audio.sample_rate_hz)

@@ -109,28 +109,37 @@ class VoiceWorkflowServicer(pb_grpc.VoiceWorkflowServicer):
         interim = config.interim_results if config.HasField("interim_results") else True
         reader = asyncio.create_task(self._read(requests, session, pcm),
                                      name=f"grpc-agent-reader-{session.id}")
+        fatal: AgentError | None = None
         try:
             yield pb.ServerMessage(ready=self._ready(session, pcm))
             async for event in session.events():
                 if isinstance(event, AgentError) and event.fatal:
+                    fatal = event
                     yield pb.ServerMessage(error=_error(event))
-                    await context.abort(_FATAL_STATUS.get(event.code, grpc.StatusCode.INTERNAL),
-                                        f"{event.code}: {event.message}")
+                    break
                 message = _message(event, interim)
                 if message is not None:
                     yield message
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
-        except grpc.aio.AbortError:
-            raise  # the status is already set (a fatal agent error)
         except Exception as exc:
+            await self._close(session, reader)
             await self._fail(context, exc)
             raise
         finally:  # also on cancellation: the reply stops, models and slots are released
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            await session.close()
+            await self._close(session, reader)
+        if fatal is not None:  # the session is closed first: the abort ends this handler
+            await context.abort(_FATAL_STATUS.get(fatal.code, grpc.StatusCode.INTERNAL),
+                                f"{fatal.code}: {fatal.message}")
+
+    @staticmethod
+    async def _close(session: AgentSession, reader: asyncio.Task[None]) -> None:
+        """Stop reading and close the session (idempotent). Shielded: a handler cancelled
+        while closing must not leave the session's slot and models held."""
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        await asyncio.shield(session.close())
 
     async def _first(self, requests: AsyncIterator[pb.ClientMessage]) -> pb.ClientMessage:
         idle_s = self.settings.streaming.idle_timeout_s
