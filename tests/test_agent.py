@@ -305,6 +305,16 @@ async def test_a_turn_is_answered_in_audio_after_the_silence():
         assert llm.requests[0][0].content == "Be brief."
 
 
+async def test_the_first_clause_is_spoken_before_the_first_sentence_ends():
+    reply = "Well, as far as I know, Paris is the capital of France. It is big."
+    async with _running(llm=FakeLlm(reply)) as (session, asr, llm, voice, events):
+        await session.send_text("Capital of France?")
+        end = await events.wait(_agent_end)
+        assert voice.sentences == ["Well, as far as I know,", "Paris is the capital of France.",
+                                   "It is big."]
+        assert end.text == reply and session.history[-1].text == reply
+
+
 async def test_speculative_reply_is_dropped_when_the_user_goes_on():
     async with _running() as (session, asr, llm, voice, events):
         await _say(session, asr, "Hello there.")

@@ -25,11 +25,17 @@ from .history import Item
 from .options import AgentConfig
 from .playout import Playout
 
-__all__ = ["MARKUP", "TTS_AHEAD_S", "Reply", "Voice", "run_llm", "run_tts"]
+__all__ = ["FIRST_CLAUSE_WORDS", "MARKUP", "TTS_AHEAD_S", "Reply", "Voice", "first_clause", "run_llm",
+           "run_tts"]
 
 logger = logging.getLogger(__name__)
 MARKUP = re.compile(r"[*_#`~|<>\[\]]+")  # markdown an LLM may write; never read aloud
 TTS_AHEAD_S = 3.0  # synthesize the next sentence once less than this is left to play
+# the reply's first words go to the TTS at the first clause boundary (",", ";", ":", a dash)
+# after at least this many words, not at the end of the first sentence: on a slow LLM the
+# first sentence takes seconds to finish, the first clause a fraction of that
+FIRST_CLAUSE_WORDS = 4
+_CLAUSE_END = re.compile(r"[,;:\u2014\u2013](?=\s)|\s[-\u2013\u2014](?=\s)")
 Emit = Callable[[AgentEvent], None]
 
 
@@ -100,6 +106,17 @@ class Reply:
             await asyncio.wait(tasks)
 
 
+def first_clause(text: str) -> str | None:
+    """The opening clause of ``text`` when it is complete and has ``FIRST_CLAUSE_WORDS`` words
+    (``"Sure, the capital of France, as you"`` -> ``"Sure, the capital of France,"``), else
+    None."""
+    for match in _CLAUSE_END.finditer(text):
+        head = text[:match.end()]
+        if len(head.split()) >= FIRST_CLAUSE_WORDS:
+            return head
+    return None
+
+
 async def run_llm(reply: Reply, llm: Llm, llm_kwargs: dict[str, Any], cfg: AgentConfig,
                   sentences: asyncio.Queue[str | None], emit: Emit, log_id: str) -> None:
     """LLM deltas -> ``emit(AgentText)`` and complete, speakable sentences -> ``sentences``
@@ -131,7 +148,14 @@ async def run_llm(reply: Reply, llm: Llm, llm_kwargs: dict[str, Any], cfg: Agent
             if reply.item is not None:
                 reply.item.text = reply.text
             emit(AgentText(reply.turn_id, delta, reply.item.id if reply.item else ""))
-            sentence_out(splitter.push(delta))
+            done = splitter.push(delta)
+            if reply.first_sentence_at is None and not done:
+                head = first_clause(reply.text)
+                if head is not None:  # speak the opening clause now; split the rest anew
+                    done = [head]
+                    splitter = SentenceSplitter(300)
+                    splitter.push(reply.text[len(head):])
+            sentence_out(done)
         sentence_out(splitter.flush())
     except (EngineError, TimeoutError, OSError, ValueError) as exc:
         reason = ("did not answer within "
