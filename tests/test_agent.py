@@ -524,6 +524,28 @@ async def test_llm_down_gives_an_apology_and_the_session_survives():
         assert end.reason == "completed" and end.text == llm.reply
 
 
+async def test_a_real_openai_compatible_llm_that_is_down_gives_an_apology():
+    import socket
+
+    from voxgate.engines.llm_openai import OpenAiLlm
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    llm = OpenAiLlm(f"http://127.0.0.1:{port}/v1", "any", "", timeout_s=2, max_retries=0,
+                    seed=1, context_tokens=4096)
+    session, asr, _, voice = _session(llm=llm)
+    events = Events(session)
+    try:
+        await session.send_text("Hello?")
+        error = await events.wait(lambda e: isinstance(e, AgentError))
+        assert error.code == "llm_error" and "unreachable" in error.message
+        end = await events.wait(_agent_end)
+        assert end.reason == "error" and voice.sentences == [session.config.apology]
+    finally:
+        await session.close()
+
+
 async def test_slow_llm_times_out_into_an_apology():
     async with _running(llm=FakeLlm(hang=True), llm_timeout_s=0.3) as (session, asr, llm, voice,
                                                                        events):
