@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,12 @@ from voxgate.errors import EngineError
 from voxgate.speech import SpeechRequest, SpeechService
 from voxgate.stream_config import StreamConfigError
 from voxgate.streaming import StreamingService
-from voxgate.translation import TranslateConfig, TranslateEvent, TranslationService
+from voxgate.translation import (
+    TranslateConfig,
+    TranslateEvent,
+    TranslateSession,
+    TranslationService,
+)
 from voxgate.types import TtsChunk
 
 FEED = 1600  # 100 ms blocks
@@ -70,6 +75,7 @@ class BrokenSpeech(SpeechService):
 
 async def _run(manager, settings, config: TranslateConfig, parts: list[np.ndarray], *,
                mt=None, speech: SpeechService | None = None, finish: bool = True,
+               after_block: Callable[[TranslateSession], None] | None = None,
                ) -> tuple[list[TranslateEvent], TranslationService, StreamingService]:
     streaming = StreamingService(settings, manager)
     await streaming.start()
@@ -88,6 +94,8 @@ async def _run(manager, settings, config: TranslateConfig, parts: list[np.ndarra
         for audio in parts:
             for i in range(0, audio.size, FEED):
                 await session.accept(audio[i:i + FEED])
+                if after_block is not None:
+                    after_block(session)
         if finish:
             await session.finish()
             await asyncio.wait_for(reader, 300)
@@ -273,33 +281,10 @@ def test_monologue_without_pauses_is_cut_and_memory_stays_bounded(manager, setti
         update={"max_utterance_s": 5.0})})
     mt = FakeMt()
     held: list[int] = []
-
-    async def scenario() -> list[TranslateEvent]:
-        streaming = StreamingService(short, manager)
-        await streaming.start()
-        service = TranslationService(short, manager, streaming,
-                                     BrokenSpeech(short, manager), mt=mt)
-        await service.start()
-        session = await service.open(TranslateConfig.of(mode="en->ru", partials=False))
-        events: list[TranslateEvent] = []
-
-        async def read() -> None:
-            async for event in session.events():
-                events.append(event)
-
-        reader = asyncio.create_task(read())
-        try:
-            for i in range(0, monologue.size, FEED):
-                await session.accept(monologue[i:i + FEED])
-                held.append(session._asr._buffer.size)
-            await session.finish()
-            await asyncio.wait_for(reader, 300)
-        finally:
-            await session.close()
-            await streaming.stop()
-        return events
-
-    events = asyncio.run(scenario())
+    events, _, _ = asyncio.run(_run(
+        manager, short, TranslateConfig.of(mode="en->ru", partials=False), [monologue], mt=mt,
+        speech=BrokenSpeech(short, manager),
+        after_block=lambda session: held.append(session._asr._buffer.size)))
     done = [e for e in events if e.kind == "done"]
     assert len(done) >= 3, [e.transcript for e in done]
     assert all(e.end - e.start <= 5.5 for e in done)
