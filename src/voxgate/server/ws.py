@@ -25,22 +25,19 @@ from ..streaming import (
     StreamConfigError,
     StreamLimitError,
 )
-from .deps import websocket_api_key_ok
 from .live_streams import StreamingComponent, streaming_service
 from .state import AppState
 from .wire import (
     CLOSE_NORMAL,
-    CLOSE_POLICY,
     CLOSE_TOO_BIG,
     Ended,
-    ErrorMessage,
     EventMessage,
     Ready,
     StreamStart,
     WireError,
     parse_client_text,
 )
-from .ws_common import error_message, receive_message, send_error
+from .ws_common import accept_authorized, error_message, receive_message, send_error
 
 # StreamingComponent and streaming_service live in live_streams; re-exported for old imports
 __all__ = ["StreamingComponent", "router", "streaming_service"]
@@ -53,11 +50,7 @@ router = APIRouter(tags=["live"])
 async def live_asr(ws: WebSocket) -> None:
     state: AppState = ws.app.state.voxgate
     settings = state.settings
-    await ws.accept()
-    if not websocket_api_key_ok(ws, settings):
-        await send_error(ws, ErrorMessage("invalid or missing API key (X-API-Key, "
-                                           "Authorization: Bearer, or ?api_key=)",
-                                           CLOSE_POLICY, "unauthorized"))
+    if not await accept_authorized(ws, settings):
         return
     limits = settings.streaming
     session: AsrSession | None = None

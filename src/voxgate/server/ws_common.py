@@ -12,10 +12,13 @@ from typing import Any
 from fastapi import WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from ..config import Settings
 from ..errors import AudioError, EngineError
 from ..stream_config import StreamConfigError, StreamLimitError
+from .deps import websocket_api_key_ok
 from .wire import (
     CLOSE_INTERNAL,
+    CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
     ErrorMessage,
@@ -23,7 +26,7 @@ from .wire import (
     config_error,
 )
 
-__all__ = ["error_message", "receive_message", "send_error"]
+__all__ = ["accept_authorized", "error_message", "receive_message", "send_error"]
 
 
 def error_message(exc: BaseException) -> ErrorMessage:
@@ -66,3 +69,15 @@ async def receive_message(ws: WebSocket, idle_s: float,
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
     return message
+
+
+async def accept_authorized(ws: WebSocket, settings: Settings) -> bool:
+    """Accept the socket; False (after an ``unauthorized`` error and close 1008) when the
+    client presented no valid API key."""
+    await ws.accept()
+    if websocket_api_key_ok(ws, settings):
+        return True
+    await send_error(ws, ErrorMessage("invalid or missing API key (X-API-Key, "
+                                      "Authorization: Bearer, or ?api_key=)",
+                                      CLOSE_POLICY, "unauthorized"))
+    return False

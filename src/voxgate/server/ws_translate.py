@@ -27,18 +27,15 @@ from ..audio import encode_audio
 from ..errors import AudioError, EngineError
 from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
 from ..translation import TranslateConfig, TranslateEvent, TranslateSession
-from .deps import websocket_api_key_ok
 from .state import AppState
 from .translation_state import translation_service
 from .wire import (
     CLOSE_NORMAL,
-    CLOSE_POLICY,
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED,
-    ErrorMessage,
     WireError,
 )
-from .ws_common import error_message, receive_message, send_error
+from .ws_common import accept_authorized, error_message, receive_message, send_error
 
 __all__ = ["WsAstResult", "WsControl", "router"]
 
@@ -132,11 +129,7 @@ class WsAstResult:
 async def live_translate(ws: WebSocket) -> None:
     state: AppState = ws.app.state.voxgate
     settings = state.settings
-    await ws.accept()
-    if not websocket_api_key_ok(ws, settings):
-        await send_error(ws, ErrorMessage("invalid or missing API key (X-API-Key, "
-                                           "Authorization: Bearer, or ?api_key=)",
-                                           CLOSE_POLICY, "unauthorized"))
+    if not await accept_authorized(ws, settings):
         return
     limits = settings.streaming
     session: TranslateSession | None = None
