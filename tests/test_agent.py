@@ -340,6 +340,20 @@ async def test_an_unfinished_sentence_waits_longer():
         assert llm.requests[0][-1].content == "I would like to book a table for"
 
 
+async def test_too_few_words_and_cleared_input_are_not_turns():
+    async with _running(min_words=2) as (session, asr, llm, voice, events):
+        await _say(session, asr, "Yes.")
+        await _silence(session, 0.8)
+        dropped = await events.wait(lambda e: isinstance(e, TurnEnded))
+        assert dropped.reason == "dropped" and not llm.requests and not session.history
+        await _say(session, asr, "Never mind this.")
+        session.clear_input()  # (the speculative reply it started is dropped too)
+        await _silence(session, 0.8)
+        assert not session.history
+        await asyncio.sleep(0.05)
+        assert llm.finished == 0 and not events.of(AgentText)
+
+
 async def test_text_input_and_flush_commit_at_once():
     async with _running() as (session, asr, llm, voice, events):
         await session.send_text("Hi")

@@ -25,8 +25,8 @@ from .history import Item
 from .options import AgentConfig
 from .playout import Playout
 
-__all__ = ["FIRST_CLAUSE_WORDS", "MARKUP", "TTS_AHEAD_S", "Reply", "Voice", "first_clause", "run_llm",
-           "run_tts"]
+__all__ = ["FIRST_CLAUSE_WORDS", "MARKUP", "TTS_AHEAD_S", "Reply", "Voice", "first_clause",
+           "run_llm", "run_tts"]
 
 logger = logging.getLogger(__name__)
 MARKUP = re.compile(r"[*_#`~|<>\[\]]+")  # markdown an LLM may write; never read aloud

@@ -301,13 +301,20 @@ class AgentSession:
 
     # ============================================================ internals: output
     def _emit(self, event: AgentEvent) -> None:
-        reply = self._reply
-        if (reply is not None and not reply.committed
-                and isinstance(event, (AgentText, AgentAudio, AgentError))
-                and event.turn_id == reply.turn_id):
-            reply.held.append(event)
-            return
         self._out.put_nowait(event)
+
+    def _emitter(self, reply: _Reply) -> Callable[[AgentEvent], None]:
+        """How a reply's stages emit: held back until the reply is committed (speculative),
+        dropped once it is cancelled (a last token may come before the cancel lands)."""
+        def emit(event: AgentEvent) -> None:
+            if reply.done:
+                return  # cut or dropped: what its stages still say is never seen
+            if not reply.committed:
+                reply.held.append(event)
+                return
+            self._out.put_nowait(event)
+
+        return emit
 
     def _background(self, coro: Any) -> None:
         """Run ``coro`` on its own, keeping a reference until it is done."""
@@ -430,6 +437,7 @@ class AgentSession:
         if reply is not None and not reply.committed:
             self._reply = None
             self.speculative_dropped += 1
+            reply.done = True  # silent from now on, though its stages stop a moment later
             self._background(self._cancel_reply(reply))
 
     async def _settle_finals(self) -> None:
@@ -628,10 +636,11 @@ class AgentSession:
         playout = Playout(self.output_sample_rate, lead_s=cfg.playout_lead_ms / 1000)
         reply = _Reply(turn_id, messages, playout, user_text=user_text)
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        emit = self._emitter(reply)
         reply.llm_task = asyncio.create_task(
-            run_llm(reply, self.llm, self._llm_kwargs, cfg, sentences, self._emit, self.id),
+            run_llm(reply, self.llm, self._llm_kwargs, cfg, sentences, emit, self.id),
             name=f"agent-llm-{self.id}-{turn_id}")
-        reply.tts_task = asyncio.create_task(run_tts(reply, self.voice, sentences, self._emit,
+        reply.tts_task = asyncio.create_task(run_tts(reply, self.voice, sentences, emit,
                                                      self.id),
                                              name=f"agent-tts-{self.id}-{turn_id}")
         self._reply = reply
