@@ -248,6 +248,26 @@ def derive(name: str, source_rows: list[dict[str, Any]], docs: list[dict[str, An
 _NAME = re.compile(r"\b(?:[A-Z][\w'-]+|\d[\d,.:]*)\b")
 
 
+def names_not_in(strings: list[str], transcript: str) -> tuple[list[str], list[str]]:
+    """Names (capitalised words, not a string's first word) and numbers of ``strings``, and
+    those of them the transcript never says (possessive 's and case ignored)."""
+    found = set()
+    for text in strings:
+        for k, match in enumerate(_NAME.finditer(text)):
+            word = match.group(0)
+            if word[0].isdigit() or (match.start() > 0 and k >= 0 and not _starts_sentence(
+                    text, match.start())):
+                found.add(re.sub(r"'s$", "", word).rstrip(".,:"))
+    source = " ".join(norm_words(transcript))
+    missing = [n for n in sorted(found) if " ".join(norm_words(n)) not in source]
+    return sorted(found), missing
+
+
+def _starts_sentence(text: str, at: int) -> bool:
+    before = text[:at].rstrip()
+    return not before or before[-1] in ".?!:\"("
+
+
 def summary_checks(settings: Settings, manager: Any, docs: list[dict[str, Any]],
                    ) -> list[dict[str, Any]]:
     """Schema, determinism and names/numbers found in the transcript, per recording."""
@@ -276,9 +296,7 @@ def summary_checks(settings: Settings, manager: Any, docs: list[dict[str, Any]],
                     collect(item)
 
         collect(first.summary)
-        source = doc["asr"].lower()
-        names = sorted({m for s in strings for m in _NAME.findall(s)} - {"unknown"})
-        unsupported = [n for n in names if n.lower().rstrip(".,:") not in source]
+        names, unsupported = names_not_in(strings, doc["asr"])
         rows.append({"doc": doc["name"], "schema_valid": not list(
             jsonschema.Draft202012Validator(template.schema).iter_errors(first.summary)),
             "identical_rerun": first.summary == second.summary, "attempts": first.attempts,
@@ -300,7 +318,7 @@ def prefix_cache_check(manager: Any, docs: list[dict[str, Any]]) -> dict[str, An
     def ask(text: str, cache: bool) -> dict[str, Any]:
         from voxgate.engines.base import ChatMessage
 
-        body = chat_body([ChatMessage("user", _render(prompt, text=text))], max_tokens=200,
+        body = chat_body([ChatMessage("user", _render(prompt, text=text))], max_tokens=48,
                          temperature=0.0, seed=llm.seed, json_schema=None)
         return server.handle_chat_completions({**body, "cache_prompt": cache})
 
@@ -320,6 +338,7 @@ def main() -> None:
     parser.add_argument("--docs", default="librivox,piper-gettysburg,piper-austen")
     parser.add_argument("--no-summary", action="store_true")
     parser.add_argument("--no-prefix", action="store_true")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "cleanup.json")
     args = parser.parse_args()
     from voxgate.engines.manager import ModelManager
 
@@ -349,9 +368,8 @@ def main() -> None:
     finally:
         manager.close()
     out["load_avg_end"] = os.getloadavg()
-    results = ROOT / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "cleanup.json").write_text(json.dumps(out, indent=2))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(out, indent=2))
     print_tables(out)
 
 

@@ -31,7 +31,8 @@ from typing import Any
 from .config import Settings
 from .engines.base import ChatMessage, Llm
 from .errors import ConfigError, EngineError
-from .text_edits import apply_edits, edits_schema, keep_source_words, looks_punctuated
+from .text_edits import (apply_edits, edits_schema, keep_source_words, looks_punctuated,
+                         norm_words)
 
 __all__ = [
     "Template",
@@ -323,7 +324,10 @@ class PostProcessor:
                 else self._clean_rewrite(piece, result)
             piece_words = _words(piece)
             distance = _levenshtein(piece_words, _words(answer)) if answer else 0
-            rate = distance / max(len(piece_words), 1)
+            # the guard counts changed words; punctuation and casing are not what it is for
+            # (they may touch every token of an unpunctuated chunk)
+            spoken = norm_words(piece)
+            rate = _levenshtein(spoken, norm_words(answer)) / max(len(spoken), 1)
             if not answer or rate > llm.cleanup_max_edit_rate:
                 logger.info("cleanup changed %.0f%% of a chunk's words; keeping it raw", rate * 100)
                 cleaned.append(piece)
@@ -344,8 +348,8 @@ class PostProcessor:
         answer = _strip_wrapping(self._ask(messages, max_tokens=len(piece) // 2 + 64))
         if not answer:
             return ""
-        piece_words = _words(piece)
-        if _levenshtein(piece_words, _words(answer)) / max(len(piece_words), 1) \
+        spoken = norm_words(piece)
+        if _levenshtein(spoken, norm_words(answer)) / max(len(spoken), 1) \
                 > self.settings.llm.cleanup_max_edit_rate:
             return answer  # rejected whole by the caller's edit-rate guard
         if self.settings.llm.cleanup_keep_words:
