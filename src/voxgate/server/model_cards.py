@@ -53,8 +53,13 @@ def canonical_model_id(settings: Settings, model_id: str) -> str:
 
 
 def _configured(settings: Settings) -> set[str]:
-    """Models the operator chose in settings (ids, aliases or local directories)."""
-    return {settings.asr.model, settings.asr.partial_model, settings.llm.model}
+    """Models the operator chose in settings (ids, aliases or local directories), the voice
+    agent's own choices included (VOXGATE_AGENT__ASR_MODEL etc.: an agent session's stream
+    goes through the same client policy)."""
+    agent = settings.agent
+    chosen = {settings.asr.model, settings.asr.partial_model, settings.llm.model,
+              agent.asr_model, agent.partial_model, agent.llm_model}
+    return {name for name in chosen if name}
 
 
 def _installed(spec: ModelSpec, settings: Settings) -> bool:
