@@ -183,7 +183,7 @@ def riva_gateway(server, manager, tmp_path_factory):
     OpenAI-compatible server. Here the Riva server is the module's voxgate (it speaks Riva's
     ASR and TTS protocols) and the LLM server is llama.cpp's own OpenAI-compatible listener on
     loopback; the gateway has its own settings and model manager, as a separate host would."""
-    from voxgate.config import AsrSettings, LlmSettings, RivaSettings, TtsSettings
+    from voxgate.config import LlmSettings, RivaSettings
     from voxgate.engines.manager import ModelManager
 
     base_url, key = manager.get("llm", LLM).http_endpoint
@@ -191,7 +191,7 @@ def riva_gateway(server, manager, tmp_path_factory):
         tmp_path_factory.mktemp("gateway"),
         riva=RivaSettings(uri=server.grpc_uri, api_key=API_KEY),
         llm=LlmSettings(base_url=base_url, api_key=key),
-        asr=AsrSettings(model="riva", partial_model="riva"), tts=TtsSettings(voice="riva-tts"))
+        agent=AgentSettings(asr_model="riva", partial_model="riva", voice="riva-tts"))
     gateway_manager = ModelManager(settings)
     try:
         yield from start_agent_server(settings, gateway_manager)
