@@ -164,6 +164,15 @@ def test_splitting_keeps_abbreviations_and_initials() -> None:
     assert split_for_translation("  ") == []
 
 
+def test_untranslated_english_words_in_russian_are_rejected() -> None:
+    source = "We missed the last bus and had to walk home."
+    assert "had, to, walk" in check_translation(
+        source, "Мы пропустили последний автобус и had to walk домой.", "ru")
+    assert check_translation(source, "Мы опоздали на автобус и пошли домой пешком.", "ru") is None
+    # a name the source writes capitalised may stay in Latin script
+    assert check_translation("I use Linux at home.", "Дома я пользуюсь Linux.", "ru") is None
+
+
 def test_script_check_ignores_kept_phrases_and_numbers() -> None:
     assert check_translation("Open voxgate.", "Откройте voxgate.", "ru",
                              MtOptions(dnt=("voxgate",))) is None

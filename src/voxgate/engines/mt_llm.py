@@ -39,6 +39,7 @@ LANGUAGE_NAMES = {"en": "English", "ru": "Russian"}
 # script of each target language: (letters that must dominate, letters that must not appear)
 _CYRILLIC = re.compile(r"[\u0400-\u04ff]")
 _LATIN = re.compile(r"[A-Za-z]")
+_LATIN_WORD = re.compile(r"(?<![\w<])[A-Za-z]{2,}(?!\w)")
 # a sentence ends at . ! ? … (and closing quotes/brackets) followed by space and a new sentence
 _SENTENCE_END = re.compile(r"(?<=[.!?\u2026])[\"'\u201d\u00bb)\]]*\s+(?=[\"'\u201c\u00ab(\[]?"
                            r"[A-Z\u0410-\u042f\u0401\d])")
@@ -103,6 +104,11 @@ def check_translation(source: str, output: str, target: str,
     latin = len(_LATIN.findall(plain))
     if target == "ru" and cyrillic < 0.6 * (cyrillic + latin):
         return "not in Russian (Cyrillic) script"
+    if target == "ru":  # English words copied through untranslated ("и had to walk домой")
+        source_words = {w.lower() for w in _LATIN_WORD.findall(source)}
+        left = [w for w in _LATIN_WORD.findall(plain) if w.islower() and w in source_words]
+        if left:
+            return f"English words left untranslated ({', '.join(left[:5])})"
     if target == "en" and cyrillic:
         return "Cyrillic letters in an English translation"
     if target == "en" and latin < 0.6 * letters:
