@@ -722,3 +722,25 @@ async def test_seed_deployment_riva_asr_riva_tts_and_an_openai_compatible_llm(
         await session.close()
         await streaming.stop()
         remote_manager.close()
+
+
+async def test_a_close_cancelled_half_way_still_frees_the_stream_and_the_slot():
+    """A door whose own task is cancelled while it closes the session (client gone mid-close)
+    must not leave the ASR stream and the session's slot taken forever."""
+    asr, llm, voice = FakeAsr(), FakeLlm(hang=True), FakeVoice()
+    config = AgentConfig(system_prompt="Be brief.", end_of_turn_ms=600, idle_timeout_s=30.0)
+    config.validate()
+    freed: list[bool] = []
+    session = AgentSession(config, asr, llm, voice, on_close=lambda: freed.append(True))
+    events = Events(session)
+    await _say(session, asr, "What is the capital of France?")
+    await asyncio.sleep(0.7)  # the turn ended; the (hanging) reply is under way
+    closing = asyncio.create_task(session.close())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
+    assert freed == [True] and asr.closed and session.closed
+    await session.close()  # a second close is a no-op, not a second release
+    assert freed == [True]
+    await asyncio.wait_for(events.task, 5)

@@ -272,19 +272,23 @@ class AgentSession:
         if self.closed:
             return
         self.closed = True
-        if self._barge is not None and self._barge.timer is not None:
-            self._barge.timer.cancel()
-        await self._cancel_reply(self._reply)
-        for task in (self._reader, self._watchdog):
-            task.cancel()
-        current = asyncio.current_task()
-        await asyncio.wait({t for t in (self._reader, self._watchdog, *self._tasks)
-                            if t is not current})
-        await self.asr.close()
-        self._out.put_nowait(None)
-        self._drained.set()
-        if self._on_close is not None:
-            self._on_close()
+        try:
+            if self._barge is not None and self._barge.timer is not None:
+                self._barge.timer.cancel()
+            await self._cancel_reply(self._reply)
+            for task in (self._reader, self._watchdog):
+                task.cancel()
+            current = asyncio.current_task()
+            await asyncio.wait({t for t in (self._reader, self._watchdog, *self._tasks)
+                                if t is not current})
+        finally:  # a close cancelled half-way still frees the stream and the session's slot
+            try:
+                await asyncio.shield(self.asr.close())
+            finally:
+                self._out.put_nowait(None)
+                self._drained.set()
+                if self._on_close is not None:
+                    self._on_close()
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         """Events in order until :meth:`end` has finished, :meth:`close`, or a fatal error."""
