@@ -116,6 +116,18 @@ def test_guard_gives_a_clear_error_after_one_retry() -> None:
     assert len(llm.requests) == 2
 
 
+def test_a_block_rejected_twice_is_retried_sentence_by_sentence() -> None:
+    bad = _answer("Hello.", "Как дела?")  # second sentence left in Russian
+    llm = ScriptedLlm([bad, bad, _answer("Hello."), _answer("How are you?")])
+    out = asyncio.run(LlmMt(llm).translate_sentences(["Привет.", "Как дела?"], "ru", "en"))
+    assert out == ["Hello.", "How are you?"]
+    assert len(llm.requests) == 4
+    still_bad = ScriptedLlm([bad, bad, _answer("Hello."), _answer("Как дела?"),
+                             _answer("Как дела?")])
+    with pytest.raises(EngineError, match="ru->en failed"):
+        asyncio.run(LlmMt(still_bad).translate_sentences(["Привет.", "Как дела?"], "ru", "en"))
+
+
 def test_wrong_sentence_count_is_rejected() -> None:
     llm = ScriptedLlm([_answer("Hello. How are you?"), _answer("Hello.", "How are you?")])
     assert asyncio.run(LlmMt(llm).translate_sentences(["Привет.", "Как дела?"], "ru", "en")) \

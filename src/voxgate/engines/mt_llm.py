@@ -155,8 +155,19 @@ class LlmMt:
         options = options or MtOptions()
         out: list[str] = []
         for i in range(0, len(sentences), _MAX_SENTENCES):
-            out.extend(await self._translate_block(list(sentences[i:i + _MAX_SENTENCES]),
-                                                   source, target, options))
+            block = list(sentences[i:i + _MAX_SENTENCES])
+            try:
+                out.extend(await self._translate_block(block, source, target, options))
+            except EngineError:
+                if len(block) == 1:
+                    raise
+                # one bad sentence should not sink the others: each alone (with its own
+                # retry); a sentence that still fails fails the whole request, clearly
+                logger.info("translation %s->%s: block of %d rejected twice, one sentence at "
+                            "a time", source, target, len(block))
+                for sentence in block:
+                    out.extend(await self._translate_block([sentence], source, target,
+                                                           options))
         return out
 
     # ---- internals -----------------------------------------------------------------------
