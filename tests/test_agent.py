@@ -665,9 +665,10 @@ async def test_real_voice_turn_is_answered_in_speech_that_says_the_reply(setting
         assert end.reason == "completed" and "paris" in end.text.lower(), end.text
         reply_audio = np.concatenate([a.audio for a in events.of(AgentAudio)])
         assert events.of(AgentAudio)[0].sample_rate == session.output_sample_rate
+        pause = np.zeros(RATE // 2, np.float32)  # a listener hears it after a moment of silence
         heard = manager.asr("whisper-base").transcribe(
-            resample(reply_audio, session.output_sample_rate, RATE),
-            AsrOptions(language="en")).text
+            np.concatenate([pause, resample(reply_audio, session.output_sample_rate, RATE),
+                            pause]), AsrOptions(language="en")).text
         assert wer(end.text, heard) <= 0.2, (end.text, heard)
         latency = await events.wait(lambda e: isinstance(e, TurnLatency))
         assert latency.voice_to_voice_s is not None and latency.llm_ttft_s is not None
