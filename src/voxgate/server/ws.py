@@ -18,7 +18,7 @@ import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from ..errors import AudioError, EngineError
+from ..errors import AudioError
 from ..streaming import (
     AsrSession,
     PcmInput,
@@ -37,7 +37,13 @@ from .wire import (
     WireError,
     parse_client_text,
 )
-from .ws_common import accept_authorized, error_message, receive_message, send_error
+from .ws_common import (
+    accept_authorized,
+    audio_frame,
+    error_message,
+    receive_message,
+    send_error,
+)
 
 # StreamingComponent and streaming_service live in live_streams; re-exported for old imports
 __all__ = ["StreamingComponent", "router", "streaming_service"]
@@ -105,22 +111,9 @@ async def _receive_config(ws: WebSocket, idle_s: float, max_bytes: int) -> Strea
 async def _read_audio(ws: WebSocket, session: AsrSession, pcm: PcmInput, idle_s: float,
                       max_bytes: int, writer: asyncio.Task[None]) -> None:
     while True:
-        receive = asyncio.ensure_future(receive_message(
-            ws, idle_s, lambda: session.pending_finals > 0))  # owed finals: not idle
-        done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if receive not in done:  # the writer failed (engine error): stop reading
-            receive.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receive
-            writer.result()
-            raise EngineError("stream ended unexpectedly")
-        message = receive.result()
-        data = message.get("bytes")
+        data, message = await audio_frame(ws, idle_s, lambda: session.pending_finals > 0,
+                                          writer, max_bytes)  # owed finals: not idle
         if data is not None:
-            if len(data) > max_bytes:
-                raise WireError(f"audio frame of {len(data)} bytes exceeds the {max_bytes}-byte "
-                                "limit; send smaller frames (e.g. 100 ms)",
-                                close_code=CLOSE_TOO_BIG, code="too_big")
             await session.accept(pcm.convert(data))
             continue
         control = parse_client_text(message.get("text") or "")

@@ -19,6 +19,7 @@ from .deps import websocket_api_key_ok
 from .wire import (
     CLOSE_INTERNAL,
     CLOSE_POLICY,
+    CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
     ErrorMessage,
@@ -26,7 +27,7 @@ from .wire import (
     config_error,
 )
 
-__all__ = ["accept_authorized", "error_message", "receive_message", "send_error"]
+__all__ = ["accept_authorized", "audio_frame", "error_message", "receive_message", "send_error"]
 
 
 def error_message(exc: BaseException) -> ErrorMessage:
@@ -81,3 +82,26 @@ async def accept_authorized(ws: WebSocket, settings: Settings) -> bool:
                                       "Authorization: Bearer, or ?api_key=)",
                                       CLOSE_POLICY, "unauthorized"))
     return False
+
+
+async def audio_frame(ws: WebSocket, idle_s: float, owed: Callable[[], bool],
+                      writer: asyncio.Task[None], max_bytes: int
+                      ) -> tuple[bytes | None, dict[str, Any]]:
+    """The next client message while ``writer`` sends results: (audio bytes or None, the
+    message). A frame over ``max_bytes`` is a ``too_big`` WireError (1009); a writer that
+    failed first (an engine error) stops the reading with its error."""
+    receive = asyncio.ensure_future(receive_message(ws, idle_s, owed))
+    done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
+    if receive not in done:  # the writer failed (engine error): stop reading
+        receive.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await receive
+        writer.result()
+        raise EngineError("stream ended unexpectedly")
+    message = receive.result()
+    data = message.get("bytes")
+    if data is not None and len(data) > max_bytes:
+        raise WireError(f"audio frame of {len(data)} bytes exceeds the {max_bytes}-byte limit; "
+                        "send smaller frames (e.g. 100 ms)", close_code=CLOSE_TOO_BIG,
+                        code="too_big")
+    return data, message

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ..audio import encode_audio
-from ..errors import AudioError, EngineError
+from ..errors import AudioError
 from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
 from ..translation import TranslateConfig, TranslateEvent, TranslateSession
 from .state import AppState
@@ -35,7 +35,13 @@ from .wire import (
     CLOSE_UNSUPPORTED,
     WireError,
 )
-from .ws_common import accept_authorized, error_message, receive_message, send_error
+from .ws_common import (
+    accept_authorized,
+    audio_frame,
+    error_message,
+    receive_message,
+    send_error,
+)
 
 __all__ = ["WsAstResult", "WsControl", "router"]
 
@@ -188,21 +194,9 @@ async def _receive_control(ws: WebSocket, idle_s: float, max_bytes: int) -> WsCo
 async def _read_audio(ws: WebSocket, session: TranslateSession, pcm: PcmInput, idle_s: float,
                       max_bytes: int, writer: asyncio.Task[None]) -> None:
     while True:
-        receive = asyncio.ensure_future(receive_message(ws, idle_s, lambda: session.pending > 0))
-        done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if receive not in done:  # the writer failed (engine error): stop reading
-            receive.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receive
-            writer.result()
-            raise EngineError("translation stream ended unexpectedly")
-        message = receive.result()
-        data = message.get("bytes")
+        data, message = await audio_frame(ws, idle_s, lambda: session.pending > 0, writer,
+                                          max_bytes)
         if data is not None:
-            if len(data) > max_bytes:
-                raise WireError(f"audio frame of {len(data)} bytes exceeds the {max_bytes}-byte "
-                                "limit; send smaller frames (e.g. 100 ms)",
-                                close_code=CLOSE_TOO_BIG, code="too_big")
             try:
                 samples = pcm.convert(data)
             except AudioError as exc:  # the seed's rule: drop the frame, say so, go on
