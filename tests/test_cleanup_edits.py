@@ -101,6 +101,16 @@ def test_edits_method_asks_for_a_schema_and_applies_checked_edits(
     assert result.metrics()["method"] == "edits" and result.edit_rate > 0
 
 
+def test_default_rewrite_keeps_the_spoken_words(quiet_settings: Settings) -> None:
+    llm = EditLlm("And Mr. John Dashwood had then leisure to consider how much there might be "
+                  "prudently in his power to do for them.")
+    result = PostProcessor(llm, quiet_settings).clean(RAW)
+    assert result.method == "rewrite" and llm.requests[0][1] is None  # no schema: plain text
+    assert result.text == ("And mister John Dashwood had then leisure to consider how much there "
+                           "might be prudently in his power to do for them.")
+    assert result.chunks_changed == 1 and result.chunks_kept_raw == 0
+
+
 def test_unusable_answers_keep_the_chunk_raw(quiet_settings: Settings) -> None:
     for answer in ("{not json", json.dumps({"fixes": []}), json.dumps([1, 2])):
         result = PostProcessor(EditLlm(answer), quiet_settings).clean(RAW, method="edits")
@@ -117,10 +127,12 @@ def test_punctuated_chunks_skip_the_llm_unless_the_asr_was_unsure(
     plan = cleanup_plan(quiet_settings, text, confidence=0.93, chunk_words=19)
     assert [needs for _, needs in plan] == [False, True, True]
     llm = EditLlm(_edits(), _edits())
-    result = PostProcessor(llm, quiet_settings).clean(text, chunk_words=19, confidence=0.93)
+    result = PostProcessor(llm, quiet_settings).clean(text, chunk_words=19, confidence=0.93,
+                                                      method="edits")
     assert len(llm.requests) == 2 and result.chunks_skipped == 1 and result.text == text
     unsure = PostProcessor(EditLlm(_edits(), _edits(), _edits()), quiet_settings)
-    assert unsure.clean(text, chunk_words=19, confidence=0.3).chunks_skipped == 0
+    assert unsure.clean(text, chunk_words=19, confidence=0.3,
+                        method="edits").chunks_skipped == 0
     off = Settings(data_dir=quiet_settings.data_dir, _env_file=None,
                    llm=LlmSettings(cleanup_skip_punctuated=False))
     assert all(needs for _, needs in cleanup_plan(off, text, 0.99, chunk_words=19))
@@ -153,7 +165,7 @@ def test_job_keeps_whisper_punctuation_without_loading_an_llm(manager, librivox,
     assert results["clean_transcript"] == results["raw_transcript"]
     assert results["raw_transcript"][:1].isupper() and results["raw_transcript"].endswith(".")
     assert results["enhancement_metrics"] == {
-        "method": "edits", "edit_rate": 0.0, "chunks": 1, "chunks_changed": 0,
+        "method": "rewrite", "edit_rate": 0.0, "chunks": 1, "chunks_changed": 0,
         "chunks_skipped": 1, "chunks_kept_raw": 0, "edits_applied": 0, "edits_rejected": 0}
     assert outcome.versions["cleanup"]["llm"] is None and "llm" not in outcome.versions
     assert "cleanup" in outcome.metrics["stage_times_s"]
