@@ -54,8 +54,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from voxgate.config import LlmSettings, Settings  # noqa: E402
-from voxgate.text_edits import norm_words  # noqa: E402
+from voxgate.config import LlmSettings, Settings
+from voxgate.text_edits import norm_words
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 SMALL = "qwen2.5-coder-0.5b-instruct-q4km"
@@ -92,15 +92,32 @@ AUSTEN = (
 METHODS: dict[str, tuple[str, str, bool, bool] | None] = {
     "raw": None,
     "rewrite-1.5b (before)": ("rewrite", LARGE, False, False),
-    "rewrite-1.5b keep-words": ("rewrite", LARGE, True, False),  # derived from "before"
+    "rewrite-1.5b keep-words": ("rewrite", LARGE, True, False),
     "edits-1.5b": ("edits", LARGE, True, False),
     "edits-0.5b": ("edits", SMALL, True, False),
     "rewrite-0.5b keep-words": ("rewrite", SMALL, True, False),
     "default (skip + edits-1.5b)": ("edits", LARGE, True, True),
 }
-# The same LLM answers as another method, only checked differently: computed from its rows
-# (same single-chunk inputs) instead of asking the LLM again on a loaded machine.
-DERIVED = {"rewrite-1.5b keep-words": "rewrite-1.5b (before)"}
+# Answers by (model, request): methods that send the same request (rewrite before / keep-words)
+# reuse the first answer (temperature 0: the same) and its llama.cpp timings, on a loaded machine.
+_ANSWERS: dict[str, dict[str, Any]] = {}
+
+
+class _MemoLlm:
+    """The engine with answers remembered per request; timings summed as if asked again."""
+
+    def __init__(self, model: str, llm: Any) -> None:
+        self.model, self.llm, self.capabilities = model, llm, llm.capabilities
+        self.reused = 0
+
+    def complete_raw(self, messages: Any, **options: Any) -> dict[str, Any]:
+        key = json.dumps([self.model, [(m.role, m.content) for m in messages], options],
+                         sort_keys=True, default=str)
+        if key in _ANSWERS:
+            self.reused += 1
+        else:
+            _ANSWERS[key] = self.llm.complete_raw(messages, **options)
+        return _ANSWERS[key]
 
 
 # --- quality metrics --------------------------------------------------------------------------
@@ -124,7 +141,7 @@ def _annotated(text: str) -> list[_Word]:
             if not norm_words(part):
                 continue
             tail = "" if part.lower().strip("\"'(") in _ABBREVIATIONS \
-                else re.sub(r"^.*?[\w']+", "", part, flags=re.S)
+                else re.sub(r"^.*?[\w']+", "", part, flags=re.DOTALL)
             after = pieces[k + 1] if k + 1 < len(pieces) else ""
             if after and after != "-":
                 tail += "\u2014"
@@ -215,7 +232,8 @@ def run_method(settings: Settings, manager: Any, name: str, docs: list[dict[str,
                                           "cleanup_keep_words": keep_words,
                                           "cleanup_skip_punctuated": skip})
             run_settings = settings.model_copy(update={"llm": llm_settings})
-            timed = _TimedLlm(manager.get("llm", model))
+            memo = _MemoLlm(model, manager.get("llm", model))
+            timed = _TimedLlm(memo)
             wall, cpu = time.perf_counter(), time.process_time()
             result = PostProcessor(timed, run_settings).clean(text, method=method,
                                                               confidence=doc["confidence"])
@@ -225,23 +243,9 @@ def run_method(settings: Settings, manager: Any, name: str, docs: list[dict[str,
             row.update(quality(result.text, doc["reference"]), **metrics,
                        wall_s_per_audio_min=round(wall / minutes, 2),
                        cpu_s_per_audio_min=round(cpu / minutes, 2),
-                       llama=timed.report(), text=result.text, input_text=text)
+                       llama=timed.report(), answers_reused=memo.reused, text=result.text,
+                       input_text=text)
             rows.append(row)
-    return rows
-
-
-def derive(name: str, source_rows: list[dict[str, Any]], docs: list[dict[str, Any]],
-           ) -> list[dict[str, Any]]:
-    """``name``'s rows from ``DERIVED[name]``'s answers with the words kept (same timings)."""
-    from voxgate.text_edits import keep_source_words
-
-    references = {d["name"]: d["reference"] for d in docs}
-    rows = []
-    for source in source_rows:
-        text = keep_source_words(source["input_text"], source["text"])
-        rows.append({**source, "name": name, **quality(text, references[source["doc"]]),
-                     "chunks_changed": int(text != source["input_text"]), "text": text,
-                     "derived_from": source["name"]})
     return rows
 
 
@@ -253,10 +257,9 @@ def names_not_in(strings: list[str], transcript: str) -> tuple[list[str], list[s
     those of them the transcript never says (possessive 's and case ignored)."""
     found = set()
     for text in strings:
-        for k, match in enumerate(_NAME.finditer(text)):
+        for match in _NAME.finditer(text):
             word = match.group(0)
-            if word[0].isdigit() or (match.start() > 0 and k >= 0 and not _starts_sentence(
-                    text, match.start())):
+            if word[0].isdigit() or not _starts_sentence(text, match.start()):
                 found.add(re.sub(r"'s$", "", word).rstrip(".,:"))
     source = " ".join(norm_words(transcript))
     missing = [n for n in sorted(found) if " ".join(norm_words(n)) not in source]
@@ -345,6 +348,7 @@ def main() -> None:
     settings = Settings(offline=True, _env_file=None)
     manager = ModelManager(settings)
     out: dict[str, Any] = {"load_avg_start": os.getloadavg(), "cores": os.cpu_count()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     try:
         wanted = args.docs.split(",")
         docs = [d for d in recordings(manager) if d["name"] in wanted]
@@ -355,10 +359,9 @@ def main() -> None:
         out["docs"] = docs
         rows = []
         for name in args.methods.split(","):
-            if name in DERIVED:
-                rows.extend(derive(name, [r for r in rows if r["name"] == DERIVED[name]], docs))
-            else:
-                rows.extend(run_method(settings, manager, name, docs))
+            rows.extend(run_method(settings, manager, name, docs))
+            out["cleanup"] = rows
+            args.output.write_text(json.dumps(out, indent=2))  # kept if stopped later
             print(f"done {name} (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
         out["cleanup"] = rows
         if not args.no_summary:
@@ -382,7 +385,7 @@ def print_tables(out: dict[str, Any]) -> None:
         groups.setdefault((row["name"], row["input"]), []).append(row)
     for (method, variant), rows in groups.items():
         n = len(rows)
-        mean = lambda k: sum(r.get(k, 0) or 0 for r in rows) / n  # noqa: E731
+        mean = lambda k: sum(r.get(k, 0) or 0 for r in rows) / n
         changed = sum(r.get("chunks_changed", 0) for r in rows) / max(
             sum(r.get("chunks", 1) for r in rows), 1)
         llama = [r["llama"] for r in rows if "llama" in r]

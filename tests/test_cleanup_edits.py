@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import require_pack
+
 from voxgate.config import LlmSettings, Settings
 from voxgate.engines.base import LlmCapabilities
 from voxgate.errors import ConfigError

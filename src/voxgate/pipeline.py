@@ -19,8 +19,15 @@ from .audio import decode_audio
 from .config import Settings
 from .engines.manager import ModelManager
 from .errors import AudioTooLongError, ConfigError
-from .postprocess import (CleanResult, PostProcessor, cleanup_model_id, cleanup_plan,
-                          llm_model_id, load_template, unchanged_result)
+from .postprocess import (
+    CleanResult,
+    PostProcessor,
+    cleanup_model_id,
+    cleanup_plan,
+    llm_model_id,
+    load_template,
+    unchanged_result,
+)
 from .transcriber import FileTranscriber, TranscribeRequest
 from .types import Transcript
 

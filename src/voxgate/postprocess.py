@@ -31,8 +31,7 @@ from typing import Any
 from .config import Settings
 from .engines.base import ChatMessage, Llm
 from .errors import ConfigError, EngineError
-from .text_edits import (apply_edits, edits_schema, keep_source_words, looks_punctuated,
-                         norm_words)
+from .text_edits import apply_edits, edits_schema, keep_source_words, looks_punctuated, norm_words
 
 __all__ = [
     "Template",
@@ -220,7 +219,7 @@ def _split_words(text: str, max_words: int) -> list[str]:
 def _strip_wrapping(text: str) -> str:
     """Remove code fences / quotes small models like to wrap answers in."""
     text = text.strip()
-    fence = re.match(r"^```[a-zA-Z]*\s*\n(.*?)\n?```$", text, re.S)
+    fence = re.match(r"^```[a-zA-Z]*\s*\n(.*?)\n?```$", text, re.DOTALL)
     if fence:
         text = fence.group(1).strip()
     if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
