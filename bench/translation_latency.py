@@ -34,7 +34,7 @@ Reported per side and direction: p50/p95 of both latencies, and the seed/voxgate
 p50 time to first translated audio (the issue's goal: >= 1.5). One warm-up utterance per side
 and direction loads the models first and is not counted.
 
-    flock /tmp/voxgate-cpu.lock python bench/translation_latency.py             # ~8 min
+    flock /tmp/voxgate-cpu.lock python bench/translation_latency.py   # ~13 min on 2 busy cores
     python bench/translation_latency.py --rounds 2 --directions en->ru
 
 Writes ``bench/results/translation_latency.json`` and prints a table.
