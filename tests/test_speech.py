@@ -11,6 +11,7 @@ import contextlib
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -226,6 +227,34 @@ async def test_cancelled_task_releases_the_model():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(engine.calls) <= 2
+    assert all(entry["refs"] == 0 for entry in service.manager.loaded())
+
+
+class SlowTts(CountingTts):
+    """Each sentence takes ``seconds`` in its thread, like a real voice on a busy machine."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def synthesize(self, text, voice=None, speed=1.0):
+        time.sleep(self.seconds)
+        yield from super().synthesize(text, voice, speed)
+
+
+async def test_a_cancel_while_the_stream_closes_is_not_swallowed():
+    """Closing a stream waits for the sentence still in its thread; a cancel of the closing
+    task during that wait must still reach it (a swallowed cancel left a translation session's
+    close hanging), and the model is released after the thread has finished."""
+    engine = SlowTts(0.6)
+    service = _fake_service(engine)
+    stream = service.astream(service.prepare("One here. Two here. Three here.", "fake"))
+    await anext(stream)  # the second sentence is now being synthesized ahead
+    closing = asyncio.create_task(stream.aclose())
+    await asyncio.sleep(0.1)  # aclose is waiting for that sentence's thread
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
     assert all(entry["refs"] == 0 for entry in service.manager.loaded())
 
 

@@ -382,15 +382,29 @@ class SpeechService:
                 raise self._nothing_said(ref)
         finally:
             producer.cancel()  # a sentence in a thread finishes first; its audio is dropped
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
+            cancelled = await _wait_keeping_cancel(producer)
             await _aclose(sentences)
             holder.__exit__(None, None, None)
+            if cancelled:  # our caller was cancelled while we waited: it must still see it
+                raise asyncio.CancelledError
 
     @staticmethod
     def _nothing_said(ref: VoiceRef) -> TextError:
         return TextError(f"voice {ref.id} produced no audio for this text (nothing in it that "
                          "this voice can say; try a voice of the text's language)")
+
+
+async def _wait_keeping_cancel(task: asyncio.Task[None]) -> bool:
+    """Wait until ``task`` has ended (its thread's sentence included), even if the waiting task
+    is cancelled meanwhile; returns whether it was, so the caller re-raises after cleaning up
+    (suppressing CancelledError around ``await task`` would swallow the caller's own cancel)."""
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
 
 
 async def _aiter_list(items: Iterable[str]) -> AsyncIterator[str]:
