@@ -304,3 +304,22 @@ def test_ready_and_metrics_report_streaming(live):
     for name in ("voxgate_streams_active", "voxgate_streams_opened_total",
                  "voxgate_stream_finals_total", "voxgate_stream_partials_dropped_total"):
         assert name in metrics, name
+
+
+async def test_language_auto_detects_instead_of_assuming_english(live):
+    """``"language": "auto"`` detects each utterance's language: Russian speech comes back as
+    Russian text (an English-only default would have Whisper translate it into English)."""
+    from translation_support import russian_speech
+
+    audio = russian_speech()
+    async with await _connect(live) as ws:
+        await ws.send(json.dumps({"sample_rate": 16000, "encoding": "f32", "language": "auto",
+                                  "interim_results": False}))
+        ready = await _recv(ws)
+        assert ready["type"] == "ready" and ready["language"] is None
+        for i in range(0, audio.size, 1600):
+            await ws.send(audio[i:i + 1600].astype("<f4").tobytes())
+        await ws.send(json.dumps({"type": "end"}))
+        finals = [m for m in await _collect(ws) if m["type"] == "final"]
+    text = " ".join(m["text"] for m in finals)
+    assert sum("а" <= ch.lower() <= "я" for ch in text) > len(text) // 2, text

@@ -79,7 +79,11 @@ class StreamConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> StreamConfig:
-        """Server defaults with ``overrides`` applied and validated (None values ignored)."""
+        """Server defaults with ``overrides`` applied and validated.
+
+        A None override means "not given" (the server default stays), except ``language``,
+        where None is a choice: detect the language of each utterance (``auto``, Riva ``multi``).
+        """
         s = settings.streaming
         base = cls(final_model=settings.asr.model, partial_model=settings.asr.partial_model,
                    endpointing_ms=s.endpointing_ms, min_speech_ms=s.min_speech_ms,
@@ -90,7 +94,7 @@ class StreamConfig:
         for key, value in overrides.items():
             if key not in names:
                 raise StreamConfigError(key, "unknown option")
-            if value is None:
+            if value is None and key != "language":
                 continue
             if key in _BEAMS and isinstance(value, int) and value > s.max_beam_size:
                 raise StreamConfigError(key, f"must be at most {s.max_beam_size} on this server "

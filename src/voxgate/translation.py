@@ -236,12 +236,10 @@ class TranslationService:
         partial_model = self.settings.asr.partial_model
         if config.src != "en":  # the fast model is English-only: partials from the final model
             partial_model = self.settings.asr.model
-        asr_config = self.streaming.config(
-            language=config.src, interim_results=config.partials and t.partials,
+        return self.streaming.config(
+            language=None if config.src == "auto" else config.src,  # None: detect
+            interim_results=config.partials and t.partials,
             word_timestamps=True, endpointing_ms=t.endpointing_ms, partial_model=partial_model)
-        if config.src == "auto":  # config() skips None overrides: set "detect" afterwards
-            asr_config.language = None
-        return asr_config
 
     def _voices(self, config: TranslateConfig) -> dict[str, str]:
         """Target language -> voice id, each checked now (not at the first utterance)."""
