@@ -443,6 +443,7 @@ def test_bad_options(client, clip):
     assert _expect(400, create(response_format="mp3"))["param"] == "response_format"
     assert _expect(400, create(temperature=1.5))["param"] == "temperature"
     assert _expect(400, create(language="xx"))["param"] == "language"
+    assert _expect(400, create(language="12-34"))["param"] == "language"  # not a code at all
     assert _expect(400, create(timestamp_granularities=["char"]))["param"] == \
         "timestamp_granularities"
     assert _expect(400, create(stream=True, response_format="srt"))["param"] == "stream"

@@ -45,7 +45,7 @@ from ..errors import (
     VoxgateError,
 )
 from ..formats import render
-from ..languages import language_code, language_name
+from ..languages import language_name, primary_language
 from ..transcriber import FileTranscriber, TranscribeRequest
 from ..types import Segment, Transcript
 from .deps import UploadRequest, api_key_from_headers, get_state, key_is_valid
@@ -235,9 +235,10 @@ def _validate(state: AppState, *, model: str, task: str, language: str | None,
         raise OpenAIError(404, str(exc), param="model", code="model_not_found") from None
     except ConfigError as exc:
         raise OpenAIError(400, str(exc), param="model") from None
-    lang = None
-    if language and language.strip().lower() != "auto":  # "en", "en-US", "English" -> "en"
-        lang = language_code(language.replace("_", "-").split("-")[0])
+    try:  # "en", "en-US", "English" -> "en"; "" / "auto" -> detect
+        lang = primary_language(language)
+    except ValueError as exc:
+        raise OpenAIError(400, f"language: {exc}", param="language") from None
     return AudioJob(
         model=model_id, task=task, language=lang, prompt=prompt or None,
         response_format=response_format, temperature=temperature,
