@@ -22,9 +22,9 @@ seconds the whole uncommitted buffer is re-decoded with plain ``faster_whisper.W
     python bench/streaming.py                    # N = 1, 2, 4, 6, 8 for voxgate; 1, 2 peer
     python bench/streaming.py --streams 1 4 --peer-streams 1
     python bench/streaming.py --final-beam 5     # accuracy over latency
-    python bench/streaming.py --streams 1 2 --peer-streams --doors inprocess ws grpc
-        # the same streams through the WebSocket and Riva gRPC doors of a server on loopback
-        # (real clients: websockets, nvidia-riva-client), beside the in-process figures
+    python bench/streaming.py --streams 1 2 --peer-streams --doors inprocess ws grpc wyoming
+        # the same streams through the WebSocket, Riva gRPC and Wyoming doors of a server on
+        # loopback (real clients: websockets, nvidia-riva-client, wyoming), beside in-process
     python bench/streaming.py --streams 1 2 --peer-streams --with-job 600
         # mixed load: each N runs twice, quiet and while a 10-minute file is transcribed on the
         # same model (the jobs/OpenAI file path); reports final latency with/without the job
@@ -358,6 +358,52 @@ def _grpc_stream(uri: str, inp: StreamInput) -> StreamOutput:
     return hyps, {"finals": finals, "endpoints": {}}, behind
 
 
+async def _wyoming_stream(address: tuple[str, int], inp: StreamInput) -> StreamOutput:
+    """One stream through Wyoming's streaming speech-to-text (``transcript-chunk`` per final,
+    as Home Assistant reads it) with the ``wyoming`` package's client, PCM16 paced in real time.
+    Chunks carry no times: each is attributed to the utterance whose last word ended last
+    before it arrived; Wyoming has no partials and no end-of-speech event."""
+    from wyoming.asr import Transcribe, TranscriptChunk
+    from wyoming.audio import AudioChunk, AudioStart, AudioStop
+    from wyoming.client import AsyncTcpClient
+
+    from voxgate.audio import float32_to_pcm16
+
+    hyps: list[Hypothesis] = []
+    finals: dict[int, tuple[float, str, float, float]] = {}
+    pcm = float32_to_pcm16(inp.audio)
+    async with AsyncTcpClient(*address) as client:
+        await client.write_event(Transcribe(language="en").event())
+        await client.write_event(AudioStart(rate=SR, width=2, channels=1).event())
+        started = time.monotonic()
+
+        async def read() -> None:
+            while (event := await client.read_event()) is not None:
+                now = time.monotonic() - started
+                if TranscriptChunk.is_type(event.type):
+                    text = TranscriptChunk.from_event(event).text.strip()
+                    ended = [i for i, u in enumerate(inp.utterances)
+                             if u.words and u.words[-1][1] <= now] or [0]
+                    utt = inp.utterances[ended[-1]]
+                    finals[len(finals)] = (now, text, utt.start, utt.words[-1][1])
+                    hyps.append(Hypothesis(now, _norm_words(text), ended[-1], True))
+                elif event.type in ("transcript", "error"):
+                    return
+
+        reader = asyncio.create_task(read())
+        step = int(CHUNK_S * SR) * 2
+        for i in range(0, len(pcm), step):
+            await client.write_event(AudioChunk(rate=SR, width=2, channels=1,
+                                                audio=pcm[i:i + step]).event())
+            delay = started + (i + step) / 2 / SR - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await client.write_event(AudioStop().event())
+        await reader
+        behind = time.monotonic() - started - inp.audio.size / SR
+    return hyps, {"finals": finals, "endpoints": {}}, behind
+
+
 async def run_door(inputs: list[StreamInput], live, door: str) -> RunResult:
     """N concurrent streams through a running server's ``door`` (``ws`` or ``grpc``)."""
     result = RunResult(f"voxgate-{door}", len(inputs))
@@ -366,6 +412,9 @@ async def run_door(inputs: list[StreamInput], live, door: str) -> RunResult:
     dropped = streaming.scheduler.stats.dropped_partials
     if door == "ws":
         outputs = await asyncio.gather(*(_ws_stream(live.ws_url, inp) for inp in inputs))
+    elif door == "wyoming":
+        address = (live.wyoming.host, live.wyoming.port)
+        outputs = await asyncio.gather(*(_wyoming_stream(address, inp) for inp in inputs))
     else:
         outputs = await asyncio.gather(*(asyncio.to_thread(_grpc_stream, live.grpc_uri, inp)
                                          for inp in inputs))
@@ -526,10 +575,10 @@ def main() -> None:
                         help="also run each N while a file of this many seconds of real speech "
                         "is transcribed on the same model (mixed load)")
     parser.add_argument("--doors", nargs="+", default=["inprocess"],
-                        choices=["inprocess", "ws", "grpc"],
+                        choices=["inprocess", "ws", "grpc", "wyoming"],
                         help="where voxgate's streams go: the session API in-process, the "
-                        "WebSocket /v1/asr or Riva gRPC StreamingRecognize of a server on "
-                        "loopback (same process, real clients)")
+                        "WebSocket /v1/asr, Riva gRPC StreamingRecognize or Wyoming streaming "
+                        "speech-to-text of a server on loopback (same process, real clients)")
     parser.add_argument("--rt-limit", type=float, default=2.0,
                         help="p95 final latency (s) under which a run counts as real time")
     args = parser.parse_args()
@@ -569,6 +618,13 @@ def main() -> None:
 
         live = server.enter_context(contextlib.contextmanager(start_live_server)(settings,
                                                                                  manager))
+        if "wyoming" in args.doors:  # Wyoming on a free loopback port, on the same server
+            from voxgate.server.wyoming import WyomingServer
+
+            wyoming = WyomingServer("tcp://127.0.0.1:0")
+            live.call(wyoming.start(live.state))
+            server.callback(lambda: live.call(wyoming.stop(live.state)))
+            live.wyoming = wyoming.bound
     for n in args.streams:
         for door in (d for d in args.doors if d != "inprocess"):
             print(f"voxgate through {door}, {n} stream(s) ...", file=sys.stderr)
@@ -646,7 +702,7 @@ def main() -> None:
               f"{m['final_p50_with_job']} s, p95 {m['final_p95_quiet']} -> "
               f"{m['final_p95_with_job']} s (x{m['final_p95_ratio']}); job {m['job_alone_s']} "
               f"-> {m['job_with_streams_s']} s (x{m['job_time_ratio']})")
-    for door in ("ws", "grpc"):
+    for door in ("ws", "grpc", "wyoming"):
         through = next((r for r in rows if r["system"] == f"voxgate-{door}"
                         and r["streams"] == 1), None)
         if through and one_vox and one_vox["final_latency_p50"]:
