@@ -531,5 +531,8 @@ def test_implausible_short_window_results_are_recognised():
     assert _implausible(result("DSDSDSDSDSDSDSDSDSDS", 0.6))
     assert _implausible(result("Turn left at the next corner. " * 3, 2.0))
     assert _implausible(result(" ".join(["word"] * 20), 2.0))  # 10 words a second
+    assert _implausible(result("What is the capital of France What is the capital of France",
+                               2.2))  # the phrase twice: Whisper restarted its window
     assert not _implausible(result("He was not an ill disposed young man.", 2.4))
+    assert not _implausible(result("I said no, no, I really did say no.", 2.4))
     assert not _implausible(result("It cost 1,000,000 dollars.", 1.5))

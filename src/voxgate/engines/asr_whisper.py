@@ -55,6 +55,7 @@ _LOGPROB_FLOOR = -1.0
 _MAX_TOKENS_PER_S = 8
 _MAX_WORDS_PER_S = 6
 _LOOP = re.compile(r"(.{2,6}?)\1{4,}")
+_MAX_REPEATED_PHRASE = 16  # words: longer immediate repeats are not looked for
 # Batched decoding with timestamp tokens has no seek loop: text after Whisper's last timestamp
 # pair is dropped. A chunk whose segments stop this far before its end gets its tail decoded.
 _TAIL_REDECODE_S = 1.0
@@ -383,12 +384,19 @@ def _implausible(result: AsrResult) -> bool:
         return True
     if _LOOP.search(text.replace(" ", "")):  # "dsdsdsdsds", "ha-ha-ha-ha-ha"
         return True
+    plain = [w.strip(".,?!;:-").lower() for w in words]
     seen: dict[tuple[str, ...], int] = {}
-    for i in range(len(words) - 2):
-        key = tuple(w.strip(".,?!;:-") for w in words[i:i + 3])
+    for i in range(len(plain) - 2):
+        key = tuple(plain[i:i + 3])
         seen[key] = seen.get(key, 0) + 1
         if seen[key] >= 3:
             return True
+    # the whole phrase said twice in a row ("What is the capital of France What is the capital
+    # of France"): Whisper restarting its window, not a speaker (4+ words, back to back)
+    for size in range(4, min(len(plain) // 2, _MAX_REPEATED_PHRASE) + 1):
+        for i in range(len(plain) - 2 * size + 1):
+            if plain[i:i + size] == plain[i + size:i + 2 * size]:
+                return True
     return False
 
 
