@@ -142,14 +142,17 @@ async def test_spoken_turn_with_server_vad(real_server, manager):
     heard = events[kinds.index("conversation.item.input_audio_transcription.completed")]
     assert started["item_id"] == stopped["item_id"] == committed["item_id"] == heard["item_id"]
     assert 0 <= started["audio_start_ms"] < stopped["audio_end_ms"] <= len(pcm) // 48
-    assert "france" in heard["transcript"].lower()
+    # the question is synthetic speech: Whisper base sometimes hears "France" as "friends"
+    assert wer("What is the capital city of France?", heard["transcript"]) <= 0.25, heard
+    asked_about_france = "france" in heard["transcript"].lower()
     assert kinds.index("response.created") < kinds.index("response.output_audio.delta") \
         < kinds.index("response.output_audio.done") < kinds.index("response.done")
     assert done["response"]["status"] == "completed"
     transcript = events[kinds.index("response.output_audio_transcript.done")]["transcript"]
     deltas = "".join(e["delta"] for e in events
                      if e["type"] == "response.output_audio_transcript.delta")
-    assert deltas.strip() == transcript.strip() and "paris" in transcript.lower()
+    assert deltas.strip() == transcript.strip()
+    assert "paris" in transcript.lower() or not asked_about_france, transcript
     assert done["response"]["output"][0]["content"][0]["transcript"] == transcript
     audio = pcm16_to_float32(_deltas_audio(events))
     said = manager.asr("whisper-base").transcribe(resample(audio, RATE, 16_000),

@@ -181,7 +181,13 @@ def test_odd_frames_and_stray_text_are_reported_and_the_stream_goes_on(server) -
 
 
 def test_limits_busy_idle_and_frame_size(server) -> None:
+    service = server.state.components["translation"]
+
+    def free() -> bool:  # a closed client's slot is given back once its work has stopped
+        return service.active == 0 and server.streaming.active == 0
+
     async def scenario() -> None:
+        assert await asyncio.to_thread(server.wait_for, free, 60)
         async with await _connect(server) as holder:  # max_sessions=1: this one takes it
             await holder.send(json.dumps({"mode": "ru->en"}))
             assert (await _json(holder))["type"] == "ready"
@@ -189,6 +195,7 @@ def test_limits_busy_idle_and_frame_size(server) -> None:
                 await _error_then_close(second, 1013, "busy")
             await holder.send(b"\x00" * (server.settings.streaming.max_frame_bytes + 2))
             await _closed_with(holder, 1009)  # never buffered: refused by the WebSocket layer
+        assert await asyncio.to_thread(server.wait_for, free, 60)
         async with await _connect(server) as idle:
             await idle.send(json.dumps({"mode": "en->ru"}))
             assert (await _json(idle))["type"] == "ready"
