@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "AsrSettings", "StreamingSettings", "RivaSettings", "LlmSettings",
-           "OnnxSettings", "TtsSettings", "TranslationSettings", "AgentSettings",
+           "OnnxSettings", "TtsSettings", "TranslationSettings", "AgentSettings", "LogSettings",
+           "TracingSettings",
            "default_cache_dir", "load_settings"]
 
 
@@ -226,6 +227,30 @@ class TranslationSettings(BaseModel):
     max_context_chars: int = Field(500, ge=0, le=10_000)  # previous utterance shown to the MT
 
 
+class LogSettings(BaseModel):
+    """Logging of ``voxgate serve`` / ``worker`` / the CLI (``log_setup.py``)."""
+
+    # text: human lines; json: one JSON object per line (request/task/session id, door);
+    # auto: json unless stderr is a terminal
+    format: Literal["text", "json", "auto"] = "text"
+    level: Literal["", "DEBUG", "INFO", "WARNING", "ERROR"] = ""  # voxgate's loggers; "": the command's
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry traces (extra ``otel``; ``tracing.py``). Off: no cost at all."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console", "none"] = "otlp"  # none: spans made, not sent (tests)
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"  # OTLP over HTTP (protobuf)
+    service_name: str = "voxgate"
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)  # traces kept (parent-based)
+
+
 class Settings(BaseSettings):
     """All of voxgate's configuration. See README "Configuration" for every variable."""
 
@@ -291,6 +316,8 @@ class Settings(BaseSettings):
     tts: TtsSettings = TtsSettings()
     translation: TranslationSettings = TranslationSettings()
     agent: AgentSettings = AgentSettings()
+    log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @field_validator("api_keys", "allowed_models", "webhook_allowed_hosts",
                      "metrics_open_networks", mode="before")
