@@ -13,12 +13,13 @@ import logging
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 
 from ..config import Settings
@@ -183,7 +184,42 @@ class JobsComponent:
                                   value=stats.get("processing_seconds", 0.0))
 
 
-router = APIRouter(tags=["jobs"])
+_QUEUE_RETRY_AFTER_S = 5
+
+
+def _queue_outage_errors() -> tuple[type[BaseException], ...]:
+    """What redis-py raises when the server is down, restarting or silent (none without it)."""
+    try:
+        from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+    except ImportError:
+        return ()
+    return ConnectionError, TimeoutError, BusyLoadingError
+
+
+class _QueueRoute(APIRoute):
+    """A jobs route: while Redis is unreachable (restarting, network gone, silent past
+    ``VOXGATE_REDIS_TIMEOUT_S``) the answer is 503 with a Retry-After and a detail that names
+    the queue, not a 500; the route works again as soon as Redis answers."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        outage = _queue_outage_errors()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except outage as exc:
+                logger.warning("job queue unreachable: %s", exc)
+                metrics_of(get_state(request)).jobs_rejected.labels("503").inc()
+                return JSONResponse(
+                    {"detail": f"the job queue (Redis) is unreachable ({type(exc).__name__}); "
+                               f"retry in a few seconds"},
+                    status_code=503, headers={"Retry-After": str(_QUEUE_RETRY_AFTER_S)})
+
+        return guarded
+
+
+router = APIRouter(tags=["jobs"], route_class=_QueueRoute)
 
 
 def _jobs(state: AppState) -> JobsComponent:
