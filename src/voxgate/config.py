@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "AsrSettings", "StreamingSettings", "RivaSettings", "LlmSettings",
@@ -251,6 +251,45 @@ class TracingSettings(BaseModel):
     sample_ratio: float = Field(1.0, ge=0.0, le=1.0)  # traces kept (parent-based)
 
 
+class StorageSettings(BaseModel):
+    """Where job audio lives (``storage.py``): the data dir (default) or an S3-compatible bucket
+    (AWS, MinIO, Ceph, GCS interop) shared by every API and worker machine.
+
+    ``url``: empty: ``<data_dir>/audio``; ``file:///path``: that directory; ``s3://bucket/prefix``:
+    objects ``<prefix>/<task id>/raw.<ext>``. Empty credentials: boto3's own chain (AWS_* env,
+    web identity / IRSA, instance profile).
+    """
+
+    url: str = ""
+    endpoint_url: str = ""  # MinIO/Ceph/GCS (https://storage.googleapis.com); empty: AWS
+    region: str = ""
+    access_key_id: SecretStr = SecretStr("")
+    secret_access_key: SecretStr = SecretStr("")
+    session_token: SecretStr = SecretStr("")
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    verify_tls: bool = True
+    ca_bundle: str = ""  # PEM file for a private CA; empty: the system roots
+    server_side_encryption: str = ""  # e.g. AES256 or aws:kms; empty: the bucket's default
+    multipart_threshold_mb: int = Field(16, ge=5, le=5120)  # larger uploads go in parts
+    multipart_chunk_mb: int = Field(16, ge=5, le=5120)  # one part (S3's minimum is 5 MB)
+    max_concurrency: int = Field(4, ge=1, le=64)  # parts in flight per transfer
+    timeout_s: float = Field(30.0, gt=0.0)  # connect / read timeout of one request
+    max_attempts: int = Field(3, ge=1, le=20)  # per request, on throttling and network errors
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("file://", "s3://")):
+            raise ValueError("must be empty, file:///path or s3://bucket[/prefix]")
+        if value.startswith("s3://"):
+            bucket = value[5:].split("/", 1)[0]
+            if not (3 <= len(bucket) <= 222 and bucket[0].isalnum()
+                    and all(c.isalnum() or c in "._-" for c in bucket)):
+                raise ValueError(f"{bucket!r} is not a bucket name")
+        return value
+
+
 class Settings(BaseSettings):
     """All of voxgate's configuration. See README "Configuration" for every variable."""
 
@@ -316,6 +355,7 @@ class Settings(BaseSettings):
     tts: TtsSettings = TtsSettings()
     translation: TranslationSettings = TranslationSettings()
     agent: AgentSettings = AgentSettings()
+    storage: StorageSettings = StorageSettings()
     log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
 
