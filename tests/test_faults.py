@@ -112,3 +112,74 @@ def test_redis_restarted_mid_queue_loses_nothing_and_the_api_says_503(tmp_path: 
     finally:
         _stop(workers)
         redis.stop()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A 2 MB tmpfs as the server's data dir (mounting needs root: skipped, saying so, without)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a 2 MB tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _noise_wav(seconds: float) -> bytes:
+    import numpy as np
+
+    from voxgate.audio import encode_wav
+
+    rng = np.random.default_rng(15)
+    return encode_wav((rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32))
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Files under the data dir, the embedded Redis's own (``redis/``) aside."""
+    return sorted(name for p in root.rglob("*") if p.is_file()
+                  and not (name := str(p.relative_to(root))).startswith("redis/"))
+
+
+def test_disk_full_while_uploading_a_job_is_507_and_leaves_nothing(tmp_path: Path, full_disk: Path,
+                                                                   short_clip: Path) -> None:
+    redis = EmbeddedRedis(Settings(data_dir=tmp_path / "redis-disk", offline=True,
+                                   _env_file=None))  # Redis on another disk: only uploads fill
+    url = redis.start()
+    try:
+        with serve_app(_settings(full_disk, url, max_upload_mb=20)) as base:
+            big = _noise_wav(100.0)  # 3.2 MB: does not fit on the 2 MB disk
+            r = httpx.post(f"{base}/v1/process", headers=AUTH, timeout=60,
+                           files={"file": ("big.wav", big, "audio/wav")})
+            assert r.status_code == 507, r.text
+            assert "full" in r.json()["detail"] and int(r.headers["Retry-After"]) > 0
+            assert _leftovers(full_disk) == []  # no partial upload, no spool file
+            # the space is back: a file that fits is accepted as usual
+            fits = submit(base, short_clip)
+            assert fits.status_code == 202, fits.text
+            assert _leftovers(full_disk) == [f"audio/{fits.json()['task_id']}/raw.wav"]
+    finally:
+        redis.stop()
+
+
+def test_disk_full_while_uploading_a_transcription_is_507_and_leaves_nothing(
+        full_disk: Path, manager, short_clip: Path) -> None:
+    settings = Settings(data_dir=full_disk, offline=True, api_keys=[KEY], grpc_port=0,
+                        max_upload_mb=20, _env_file=None)
+    with serve_app(settings, manager) as base:
+        r = httpx.post(f"{base}/v1/audio/transcriptions", timeout=60,
+                       headers={"Authorization": f"Bearer {KEY}"}, data={"model": "whisper-1"},
+                       files={"file": ("big.wav", _noise_wav(100.0), "audio/wav")})
+        assert r.status_code == 507, r.text
+        assert "full" in r.json()["error"]["message"]
+        assert _leftovers(full_disk) == []
+        with short_clip.open("rb") as handle:
+            fits = httpx.post(f"{base}/v1/audio/transcriptions", timeout=120,
+                              headers={"Authorization": f"Bearer {KEY}"},
+                              data={"model": "whisper-1"},
+                              files={"file": ("short.wav", handle, "audio/wav")})
+        assert fits.status_code == 200 and fits.json()["text"].strip(), fits.text
+        assert _leftovers(full_disk) == []  # the transcription's spool is gone too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import ipaddress
 import logging
@@ -33,6 +34,8 @@ __all__ = [
     "save_upload",
     "UploadRequest",
     "discard_spooled",
+    "disk_full",
+    "is_disk_full",
     "new_task_id",
     "UPLOAD_CHUNK",
 ]
@@ -175,12 +178,35 @@ class UploadRequest(Request):
                     self._form = await parser.parse()
                 except MultiPartException as exc:
                     raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=exc.message) from None
-                except BaseException:
+                except BaseException as exc:
                     for file in parser._files_to_close_on_error:  # named spools: remove them
                         _remove_spool(file)
+                    if is_disk_full(exc):
+                        raise disk_full() from exc
                     raise
         return await super()._get_form(max_files=max_files, max_fields=max_fields,
                                        max_part_size=max_part_size)
+
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError (or one it was raised from) saying the data directory's disk or quota is full."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def disk_full() -> HTTPException:
+    """507: the upload did not fit on the server's storage; the client's request was fine."""
+    return HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE,
+                         detail="the server has no room left to store this upload (its data "
+                                "directory is full); nothing was kept, retry later",
+                         headers={"Retry-After": "60"})
 
 
 def _remove_spool(file: Any) -> None:
@@ -243,9 +269,20 @@ async def _copy_upload(upload: UploadFile, target: Path, max_bytes: int) -> int:
             if written > max_bytes:
                 raise _too_large(max_bytes)
             await asyncio.to_thread(out.write, chunk)
-    except BaseException:
-        out.close()
+    except BaseException as exc:
+        try:
+            out.close()
+        except OSError:
+            pass  # the flush of a full disk fails again; the file goes anyway
         target.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full() from exc
         raise
-    await asyncio.to_thread(out.close)
+    try:
+        await asyncio.to_thread(out.close)  # flushes the last buffered bytes
+    except OSError as exc:
+        target.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full() from exc
+        raise
     return written

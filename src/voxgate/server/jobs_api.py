@@ -310,8 +310,8 @@ async def process(request: Request) -> JSONResponse:
                                    too_large=HTTPException(413, _too_large_detail(settings)))
     try:
         form = await upload_request.form(max_files=1, max_fields=32)
-    except HTTPException as exc:
-        raise _reject(state, exc.status_code, str(exc.detail)) from None
+    except HTTPException as exc:  # 413 past the limit, 507 when the data dir is full
+        raise _reject(state, exc.status_code, str(exc.detail), exc.headers) from None
     except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several types
         raise _reject(state, 400, f"malformed multipart body: {exc}") from exc
     try:
