@@ -77,9 +77,11 @@ def _file_error(name: str, exc: Exception) -> str:
     return message if message.startswith(label) else f"{label}: {message}"
 
 
-def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+def _setup_logging(debug: bool, voxgate_level: str | None = None) -> None:
+    """Handlers once per command (log_setup.py): VOXGATE_LOG__FORMAT, VOXGATE_LOG__LEVEL."""
+    from .log_setup import setup_logging
+
+    setup_logging(load_settings(), debug=debug, voxgate_level=voxgate_level)
 
 
 def _progress() -> Progress:
@@ -315,12 +317,13 @@ def worker(
     debug: bool = False,
 ) -> None:
     """Process queued jobs (scale-out): models load once, jobs run in this process."""
-    _setup_logging(debug)
-    logging.getLogger("voxgate").setLevel(logging.DEBUG if debug else logging.INFO)
+    _setup_logging(debug, "INFO")
     from .jobs import ensure_queue_available, redis_url_for
+    from .tracing import configure_tracing, shutdown_tracing
     from .worker import run_worker
 
     settings = Settings()
+    configure_tracing(settings)  # OpenTelemetry when VOXGATE_TRACING__ENABLED
     try:
         ensure_queue_available()
         run_worker(settings, redis_url_for(settings), burst=burst, name=name,
@@ -328,6 +331,8 @@ def worker(
     except VoxgateError as exc:
         _fail(str(exc))
         raise typer.Exit(1) from None
+    finally:
+        shutdown_tracing()  # the last job's spans are sent before the process ends
 
 
 @models_app.command("list")
@@ -399,8 +404,7 @@ def serve(
     debug: bool = False,
 ) -> None:
     """Run the server: HTTP, WebSocket, gRPC (and Wyoming) in one process."""
-    _setup_logging(debug)
-    logging.getLogger("voxgate").setLevel(logging.DEBUG if debug else logging.INFO)
+    _setup_logging(debug, "INFO")
     import uvicorn
 
     from .server import create_app, uvicorn_options
@@ -413,7 +417,10 @@ def serve(
     except VoxgateError as exc:
         _fail(str(exc))
         raise typer.Exit(1) from None
-    uvicorn.run(application, **uvicorn_options(settings), log_level="debug" if debug else "info")
+    # log_config=None: uvicorn's own lines (access log included) go through our handler, in
+    # our format, with the request id of each request
+    uvicorn.run(application, **uvicorn_options(settings), log_level="debug" if debug else "info",
+                log_config=None)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from .postprocess import (
     load_template,
     unchanged_result,
 )
+from .tracing import span
 from .transcriber import FileTranscriber, TranscribeRequest
 from .types import Transcript
 
@@ -113,7 +114,8 @@ class _Clock:
     def run(self, stage: str, fn: Callable[[], Any]) -> Any:
         started = time.perf_counter()
         try:
-            return fn()
+            with span(f"voxgate.{stage}"):  # one trace span per stage (tracing.py)
+                return fn()
         finally:
             self.times[stage] = round(time.perf_counter() - started, 3)
 

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class ModelManager:
         self._entries: dict[tuple[str, str], LoadedEngine] = {}
         self._key_locks: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
+        # (event, kind, model id) -> count; event: load, load_failed, unload_idle, unload_close
+        self._events: Counter[tuple[str, str, str]] = Counter()
 
     def _load_from_catalogue(self, kind: str, model_id: str) -> tuple[Any, ResolvedModel]:
         resolved = resolve(model_id, self.settings.cache_dir, offline=self.settings.offline)
@@ -78,11 +81,16 @@ class ModelManager:
                 if entry is not None:
                     return self._touch(entry, hold)
             started = time.perf_counter()
-            engine, resolved = self._loader(kind, key[1])
+            try:
+                engine, resolved = self._loader(kind, key[1])
+            except Exception:
+                self._count("load_failed", kind, key[1])
+                raise
             entry = LoadedEngine(kind, key[1], engine, resolved, time.perf_counter() - started)
             logger.info("loaded %s model %s in %.2fs", kind, key[1], entry.load_seconds)
             with self._lock:
                 self._entries[key] = entry
+                self._events["load", kind, key[1]] += 1
                 return self._touch(entry, hold)
 
     @staticmethod
@@ -147,6 +155,7 @@ class ModelManager:
                     dropped.append(self._entries.pop(key))
         for entry in dropped:
             self._close(entry)
+            self._count("unload_idle", entry.kind, entry.model_id)
             logger.info("unloaded idle %s model %s", entry.kind, entry.model_id)
         return [e.model_id for e in dropped]
 
@@ -156,6 +165,18 @@ class ModelManager:
             self._entries.clear()
         for entry in entries:
             self._close(entry)
+            self._count("unload_close", entry.kind, entry.model_id)
+
+    def _count(self, event: str, kind: str, model_id: str) -> None:
+        with self._lock:
+            self._events[event, kind, model_id] += 1
+
+    def events(self) -> dict[tuple[str, str, str], int]:
+        """How often each (event, kind, model id) happened since start: ``load``,
+        ``load_failed``, ``unload_idle`` (the TTL sweep), ``unload_close`` (shutdown). Read by
+        ``/metrics``; engines stay free of any metrics library."""
+        with self._lock:
+            return dict(self._events)
 
     @staticmethod
     def _close(entry: LoadedEngine) -> None:

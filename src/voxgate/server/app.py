@@ -87,6 +87,10 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         if not settings.api_keys:
             logger.warning("no API keys configured: auth is off (loopback only)")
         install_redaction()  # after uvicorn set up its handlers: access logs are covered too
+        from ..tracing import configure_tracing, shutdown_tracing  # VOXGATE_TRACING__*
+
+        if settings.tracing.enabled:
+            configure_tracing(settings)
         started: list[Component] = []
         sweeper = asyncio.create_task(_sweep_models(state)) if settings.model_idle_ttl_s else None
         try:
@@ -105,12 +109,17 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                     logger.exception("stopping %s failed", part.name)
             if owns_manager:
                 state.manager.close()
+            if settings.tracing.enabled:
+                shutdown_tracing()  # flush the last spans
 
     state.ready_checks.append(_models_check(state))
     # the API description is served below, behind the API key like the API itself
     app = FastAPI(title="voxgate", version=package_version(), lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.state.voxgate = state
+    from .observability import install as install_observability  # request ids, latency, spans
+
+    install_observability(app, state)
 
     @app.exception_handler(VoxgateError)
     async def _voxgate_error(request: Request, exc: VoxgateError) -> JSONResponse:

@@ -402,7 +402,10 @@ class RivaGrpcServer:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
         limit = (self.settings.streaming.max_recognize_mb + 1) * 1024 * 1024
+        from .observability import grpc_interceptor  # request ids, latency, spans per call
+
         server = grpc.aio.server(
+            interceptors=[grpc_interceptor(state)],
             maximum_concurrent_rpcs=self.settings.grpc_max_concurrent_rpcs,
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024)])

@@ -4,6 +4,11 @@ Front doors add their own metrics with ``metrics_of(state)`` (counters/histogram
 ``Metrics.registry``); values that live in Redis (queue depth, workers, job outcomes counted by
 whichever worker finished the job) are read at scrape time by a collector, so they are right
 however many API and worker processes there are.
+
+Every door's latency is measured at its entry point (``server/observability.py``): HTTP
+requests by route template, WebSocket sessions by route, gRPC calls by method and status code,
+Wyoming connections. Engine load/unload events and the loaded engines come from the
+``ModelManager`` at scrape time. ``deploy/grafana/voxgate-dashboard.json`` charts these names.
 """
 
 from __future__ import annotations
@@ -20,9 +25,13 @@ from ..config import Settings
 from .deps import api_key_from_headers, key_is_valid
 from .state import AppState
 
-__all__ = ["Metrics", "metrics_of", "router"]
+__all__ = ["DURATION_BUCKETS", "Metrics", "metrics_of", "router"]
 
 logger = logging.getLogger(__name__)
+
+# seconds: a 5 ms health check up to an hour-long live stream, in one set of buckets
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
 class Metrics:
@@ -39,6 +48,20 @@ class Metrics:
         self.upload_bytes = Histogram("voxgate_upload_bytes", "Size of accepted uploads",
                                       buckets=(1e5, 1e6, 1e7, 5e7, 1e8, 5e8, 1e9),
                                       registry=self.registry)
+        self.http_duration = Histogram(
+            "voxgate_http_request_duration_seconds",
+            "HTTP requests, until the response was sent, by method, route template and status",
+            ["method", "route", "status"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.websocket_duration = Histogram(
+            "voxgate_websocket_session_duration_seconds", "WebSocket sessions, by route",
+            ["route"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.grpc_duration = Histogram(
+            "voxgate_grpc_request_duration_seconds",
+            "gRPC calls (a streaming call: its whole session), by method and status code",
+            ["method", "code"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.wyoming_duration = Histogram(
+            "voxgate_wyoming_session_duration_seconds", "Wyoming connections",
+            buckets=DURATION_BUCKETS, registry=self.registry)
         self._sources: list[Callable[[], Iterator[Any]]] = []
         self.registry.register(_Dynamic(self._sources))
 
@@ -64,7 +87,34 @@ def metrics_of(state: AppState) -> Metrics:
     metrics = state.components.get("metrics")
     if metrics is None:
         metrics = state.components["metrics"] = Metrics()
+        metrics.add_source(lambda: _engine_metrics(state.manager))
     return metrics
+
+
+def _engine_metrics(manager: Any) -> Iterator[Any]:
+    """Engine load/unload events and the engines loaded now, from the ModelManager."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    events = CounterMetricFamily("voxgate_engine_events",
+                                 "Engine loads and unloads: event is load, load_failed, "
+                                 "unload_idle (TTL sweep) or unload_close (shutdown)",
+                                 labels=["event", "kind", "model"])
+    for (event, kind, model), count in sorted(manager.events().items()):
+        events.add_metric([event, kind, model], count)
+    yield events
+    loaded = GaugeMetricFamily("voxgate_engines_loaded", "Engines loaded now (1 each)",
+                               labels=["kind", "model"])
+    load_seconds = GaugeMetricFamily("voxgate_engine_load_seconds",
+                                     "How long each loaded engine took to load",
+                                     labels=["kind", "model"])
+    refs = GaugeMetricFamily("voxgate_engine_refs", "Users holding each loaded engine now",
+                             labels=["kind", "model"])
+    for entry in manager.loaded():
+        labels = [entry["kind"], entry["model"]]
+        loaded.add_metric(labels, 1)
+        load_seconds.add_metric(labels, entry["load_s"])
+        refs.add_metric(labels, entry["refs"])
+    yield from (loaded, load_seconds, refs)
 
 
 router = APIRouter(tags=["ops"])

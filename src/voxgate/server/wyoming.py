@@ -477,6 +477,9 @@ class WyomingServer:
 
     async def start(self, state: AppState) -> None:
         _wyoming()
+        from .observability import observed_wyoming  # log context, duration, span
+
+        serve = observed_wyoming(state, partial(self._serve, state))
         address = self.address
         if address.scheme == "tcp" and not is_loopback_host(address.host) \
                 and not state.settings.wyoming_allow_remote:
@@ -485,13 +488,13 @@ class WyomingServer:
                               "set VOXGATE_WYOMING_ALLOW_REMOTE=true on a trusted network")
         if address.scheme == "tcp":
             self._server = await asyncio.start_server(
-                partial(self._serve, state), address.host, address.port, limit=_MAX_HEADER_BYTES)
+                serve, address.host, address.port, limit=_MAX_HEADER_BYTES)
             if not is_loopback_host(address.host):
                 logger.warning("Wyoming has no authentication: %s is reachable beyond this "
                                "machine; keep it on a trusted network", address)
         else:
             self._server = await asyncio.start_unix_server(
-                partial(self._serve, state), address.path, limit=_MAX_HEADER_BYTES)
+                serve, address.path, limit=_MAX_HEADER_BYTES)
         state.ready_checks.append(self._ready)
         logger.info("Wyoming speech-to-text listening on %s", self.bound)
 
