@@ -292,17 +292,22 @@ class JobQueue:
     def enqueue(self, task_id: str) -> None:
         from rq import Callback, Retry
 
-        self.queue.enqueue(
-            "voxgate.worker.process_task", task_id,
-            job_id=task_id,
-            job_timeout=self.settings.job_timeout_s,
-            result_ttl=self.settings.result_ttl_s,
-            failure_ttl=self.settings.result_ttl_s,
-            ttl=self.settings.result_ttl_s,
-            retry=Retry(max=self.settings.job_retries) if self.settings.job_retries else None,
-            on_failure=Callback("voxgate.worker.on_job_failure"),
-            description=f"voxgate task {task_id}",
-        )
+        from .tracing import inject, span
+
+        with span("voxgate.enqueue", kind="producer", attributes={"voxgate.task_id": task_id}):
+            trace = inject()  # the worker continues this trace (worker.py)
+            self.queue.enqueue(
+                "voxgate.worker.process_task", task_id,
+                job_id=task_id,
+                job_timeout=self.settings.job_timeout_s,
+                result_ttl=self.settings.result_ttl_s,
+                failure_ttl=self.settings.result_ttl_s,
+                ttl=self.settings.result_ttl_s,
+                retry=Retry(max=self.settings.job_retries) if self.settings.job_retries else None,
+                on_failure=Callback("voxgate.worker.on_job_failure"),
+                description=f"voxgate task {task_id}",
+                meta={"trace": trace} if trace else None,
+            )
 
     def cancel(self, task_id: str) -> str:
         """Cancel a queued job at once, or flag a running one; returns the resulting status."""

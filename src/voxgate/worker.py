@@ -37,8 +37,10 @@ from .jobs import (
     remove_task_audio,
     task_audio_dir,
 )
+from .log_setup import bound
 from .pipeline import JobSpec, run_pipeline
 from .postprocess import llm_model_id
+from .tracing import continued
 from .webhooks import WebhookSender
 
 __all__ = ["WorkerRuntime", "build_worker", "process_task", "on_job_failure", "run_worker",
@@ -186,8 +188,11 @@ def _worker_class():  # -> type[SimpleWorker]; built lazily so importing needs n
                                     name="voxgate-heartbeat")
             token = _RUNTIME.set(self.runtime)
             beat.start()
-            try:
-                super().execute_job(job, queue)
+            try:  # every log line of the job names its task; its spans continue the API's trace
+                with bound(task_id=job.id, door="worker", request_id=None, session_id=None), \
+                        continued("voxgate.job", (job.meta or {}).get("trace"),
+                                  attributes={"voxgate.task_id": job.id}):
+                    super().execute_job(job, queue)
             finally:
                 done.set()
                 _RUNTIME.reset(token)
