@@ -190,3 +190,28 @@ def test_script_check_ignores_kept_phrases_and_numbers() -> None:
                              MtOptions(dnt=("voxgate",))) is None
     assert check_translation("2024", "2024", "en") is None
     assert check_translation("Привет.", "", "en") == "an empty translation"
+
+
+@pytest.mark.parametrize("output, reason", [
+    # this morning's bench run accepted this answer
+    ("И Mr. Джон Дашwood тогда имел время подумать, сколько может быть prudentным в его "
+     "poderе сделать для них.", "mixing Latin and Cyrillic letters (Дашwood, prudentным, poderе)"),
+    ("Быть холодным и selfishным не плохо.", "mixing Latin and Cyrillic letters (selfishным)"),
+    # an English word the source does not even have, or one it has in lower case
+    ("Он был даже more милым.", "English words left untranslated (more)"),
+    ("Он мог бы стать ещё более respectable.", "English words left untranslated (respectable)"),
+    ("Он встретил The Man.", "English words left untranslated (The, Man)"),
+])
+def test_mixed_script_and_stray_english_words_are_rejected(output: str, reason: str) -> None:
+    source = ("And Mr. John Dashwood had then leisure to consider how much there might be "
+              "prudently in his power to do for them, being more respectable.")
+    assert reason in check_translation(source, output, "ru")
+
+
+def test_names_the_source_capitalises_may_stay_latin() -> None:
+    source = "And Mr. John Dashwood had then leisure to consider it."
+    assert check_translation(source, "И Mr. John Dashwood тогда имел время подумать об этом.",
+                             "ru") is None
+    assert check_translation("NASA sent a probe.", "NASA отправило зонд.", "ru") is None
+    # a mixed word in an English translation is named as such, not just "Cyrillic letters"
+    assert "mixing" in check_translation("Он упрямый.", "He is упрямыйly.", "en")

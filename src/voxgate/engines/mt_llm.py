@@ -40,6 +40,7 @@ LANGUAGE_NAMES = {"en": "English", "ru": "Russian"}
 _CYRILLIC = re.compile(r"[\u0400-\u04ff]")
 _LATIN = re.compile(r"[A-Za-z]")
 _LATIN_WORD = re.compile(r"(?<![\w<])[A-Za-z]{2,}(?!\w)")
+_WORD = re.compile(r"\w+")
 # a sentence ends at . ! ? … (and closing quotes/brackets) followed by space and a new sentence
 _SENTENCE_END = re.compile(r"(?<=[.!?\u2026])[\"'\u201d\u00bb)\]]*\s+(?=[\"'\u201c\u00ab(\[]?"
                            r"[A-Z\u0410-\u042f\u0401\d])")
@@ -66,6 +67,14 @@ def split_for_translation(text: str) -> list[str]:
         else:
             out.append(piece)
     return out
+
+
+def _kept_name(word: str, source: str) -> bool:
+    """A Latin word a Russian translation may keep: a name or acronym the source itself writes
+    capitalised (``Linux``, ``NASA``, ``Mr``); a lower-case word, or one the source does not
+    have, is English left in (or made up) and is not."""
+    return word[:1].isupper() and re.search(r"(?<!\w)" + re.escape(word) + r"(?!\w)",
+                                             source) is not None
 
 
 def _letters(text: str) -> int:
@@ -104,9 +113,11 @@ def check_translation(source: str, output: str, target: str,
     latin = len(_LATIN.findall(plain))
     if target == "ru" and cyrillic < 0.6 * (cyrillic + latin):
         return "not in Russian (Cyrillic) script"
+    mixed = [w for w in _WORD.findall(plain) if _CYRILLIC.search(w) and _LATIN.search(w)]
+    if mixed:  # "prudentным", "Дашwood": half-translated words, in either direction
+        return f"words mixing Latin and Cyrillic letters ({', '.join(mixed[:5])})"
     if target == "ru":  # English words copied through untranslated ("и had to walk домой")
-        source_words = {w.lower() for w in _LATIN_WORD.findall(source)}
-        left = [w for w in _LATIN_WORD.findall(plain) if w.islower() and w in source_words]
+        left = [w for w in _LATIN_WORD.findall(plain) if not _kept_name(w, source)]
         if left:
             return f"English words left untranslated ({', '.join(left[:5])})"
     if target == "en" and cyrillic:
