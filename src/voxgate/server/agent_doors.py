@@ -10,7 +10,6 @@ download), voices are listed voices, and only :data:`~voxgate.agent.CLIENT_FIELD
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from ..agent import CLIENT_FIELDS, AgentConfig, AgentService
@@ -18,12 +17,12 @@ from ..config import Settings
 from ..errors import ConfigError, EngineError, ModelError
 from ..stream_config import StreamConfigError
 from .model_cards import client_model_id
+from .session_component import attach_to_app
 from .speech_doors import client_voice, speech_service
 from .state import AppState
 
-__all__ = ["AgentComponent", "LATENCY_STAGES", "agent_service", "client_agent_config"]
+__all__ = ["LATENCY_STAGES", "AgentComponent", "agent_service", "client_agent_config"]
 
-logger = logging.getLogger(__name__)
 # TurnLatency fields + the barge-in stop time: one Prometheus histogram each
 LATENCY_STAGES = ("end_of_turn_s", "asr_final_s", "llm_ttft_s", "tts_ttfa_s", "voice_to_voice_s",
                   "barge_in_stop")
@@ -49,22 +48,17 @@ class AgentComponent(AgentService):
             raise RuntimeError("the agent needs the streaming component (start it first)")
         AgentService.__init__(self, state.settings, state.manager, streaming,
                               speech_service(state))
-        state.ready_checks.append(self._ready)
-        try:
-            from prometheus_client import Histogram
-
-            from .metrics import metrics_of
-        except ImportError:
-            logger.debug("prometheus_client not installed; no agent metrics")
+        metrics = attach_to_app(state, self._ready, self._metrics)
+        if metrics is None:
             return
-        metrics = metrics_of(state)
+        from prometheus_client import Histogram
+
         for stage in LATENCY_STAGES:
             name = stage.removesuffix("_s")
             self.histograms[stage] = Histogram(
                 f"voxgate_agent_{name}_seconds", f"Voice agent: {name.replace('_', ' ')} (s)",
                 buckets=_BUCKETS, registry=metrics.registry)
         self.observers.append(self._observe)
-        metrics.add_source(self._metrics)
 
     async def stop(self, state: Any = None) -> None:
         if state is not None:

@@ -7,38 +7,19 @@ it lives here, outside any one door, so no door imports another.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ..errors import ConfigError, EngineError, ModelError
 from ..streaming import StreamConfig, StreamConfigError, StreamingService
 from .model_cards import client_model_id
+from .session_component import SessionComponent
 from .state import AppState
 
 __all__ = ["StreamingComponent", "streaming_service"]
 
-logger = logging.getLogger(__name__)
 
-
-class StreamingComponent(StreamingService):
+class StreamingComponent(SessionComponent, StreamingService):
     """The shared :class:`StreamingService` as a server component: adds /ready and /metrics."""
-
-    async def start(self, state: Any = None) -> None:
-        await super().start(state)
-        if state is None:
-            return
-        state.ready_checks.append(self._ready)
-        try:
-            from .metrics import metrics_of
-
-            metrics_of(state).add_source(self._metrics)
-        except ImportError:  # prometheus_client missing: /metrics is off anyway
-            logger.debug("prometheus_client not installed; no streaming metrics")
-
-    async def stop(self, state: Any = None) -> None:
-        if state is not None:
-            state.remove_ready_checks(self._ready)
-        await super().stop(state)
 
     def config(self, **overrides: Any) -> StreamConfig:
         """A network client's options: models only from what the server offers to clients."""

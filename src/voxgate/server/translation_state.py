@@ -7,37 +7,16 @@ component list (tests) that left it out.
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 from ..errors import EngineError
 from ..translation import TranslationService
+from .session_component import SessionComponent
 from .state import AppState
 
 __all__ = ["TranslationComponent", "translation_service"]
 
-logger = logging.getLogger(__name__)
 
-
-class TranslationComponent(TranslationService):
+class TranslationComponent(SessionComponent, TranslationService):
     """:class:`TranslationService` as a server component: /ready and /metrics."""
-
-    async def start(self, state: Any = None) -> None:
-        await super().start(state)
-        if state is None:
-            return
-        state.ready_checks.append(self._ready)
-        try:
-            from .metrics import metrics_of
-
-            metrics_of(state).add_source(self._metrics)
-        except ImportError:  # prometheus_client missing: /metrics is off anyway
-            logger.debug("prometheus_client not installed; no translation metrics")
-
-    async def stop(self, state: Any = None) -> None:
-        if state is not None:
-            state.remove_ready_checks(self._ready)
-        await super().stop(state)
 
     async def _ready(self) -> tuple[str, bool, str]:
         return "translation", True, f"{self.active}/{self.max_sessions} translation streams"
