@@ -6,7 +6,15 @@ with the system browser (no browser download), with a fake microphone fed from a
 - the page's side of the wire, against a recording door: config first, 48 kHz Int16 frames that
   carry the fake microphone's speech, ``__flush__`` on Stop, each returned WAV played in order;
 - what a person sees when the real door refuses the key or is busy (every slot held), and when
-  the microphone is denied.
+  the microphone is denied;
+- the Talk tab against the real ``/v1/agent`` (Whisper, Qwen, Piper): a spoken question is
+  transcribed, the reply text appears and its audio is played to the end; and against a
+  scripted door: barge-in (``audio_paused`` silences playback at once, what is in flight is
+  dropped, ``audio_resumed`` plays on), the Interrupt and Stop buttons, a busy server.
+
+Start buttons are disabled in the HTML until their tool's module has attached its handlers;
+Playwright's click waits for that (a click that came before the module ran used to do nothing:
+the refused-key test then waited in vain for an error).
 
 One screenshot per browser test is written under the test's tmp dir (its path is printed).
 """
@@ -46,12 +54,13 @@ def _playwright() -> Any:
     return sync_playwright
 
 
-def _write_mic_wav(path: Path, speech16k: np.ndarray) -> np.ndarray:
+def _write_mic_wav(path: Path, speech16k: np.ndarray, tail_s: float = TAIL_SILENCE_S
+                   ) -> np.ndarray:
     """The fake microphone's file: the speech at 48 kHz mono, then silence (so the utterance
     ends by the server's endpointer); Chromium plays it once (``%noloop``)."""
     audio = np.concatenate([np.zeros(MIC_RATE // 2, np.float32), resample(speech16k, 16_000,
                                                                             MIC_RATE),
-                            np.zeros(int(MIC_RATE * TAIL_SILENCE_S), np.float32)])
+                            np.zeros(int(MIC_RATE * tail_s), np.float32)])
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
@@ -61,11 +70,11 @@ def _write_mic_wav(path: Path, speech16k: np.ndarray) -> np.ndarray:
 
 
 class Browser:
-    """One Chromium whose microphone plays ``mic_wav``; pages open in fresh contexts."""
+    """One Chromium whose microphone plays ``mic_wav``; pages open in fresh contexts.
+    ``playwright``: the module's one sync Playwright (a second one in this thread is refused)."""
 
-    def __init__(self, mic_wav: Path) -> None:
-        self._pw = _playwright()().start()
-        self._browser = self._pw.chromium.launch(
+    def __init__(self, playwright: Any, mic_wav: Path) -> None:
+        self._browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
             args=["--use-fake-device-for-media-stream",
                   f"--use-file-for-fake-audio-capture={mic_wav}%noloop",
@@ -84,7 +93,13 @@ class Browser:
 
     def close(self) -> None:
         self._browser.close()
-        self._pw.stop()
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    pw = _playwright()().start()
+    yield pw
+    pw.stop()
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +109,10 @@ def mic_speech(librivox) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def browser(mic_speech, tmp_path_factory) -> Iterator[Browser]:
+def browser(playwright, mic_speech, tmp_path_factory) -> Iterator[Browser]:
     path = tmp_path_factory.mktemp("mic") / "speech-48k.wav"
     _write_mic_wav(path, mic_speech)
-    chromium = Browser(path)
+    chromium = Browser(playwright, path)
     yield chromium
     chromium.close()
 
@@ -312,3 +327,227 @@ def test_denied_microphone_is_shown_and_nothing_connects(browser) -> None:
         assert "Microphone access was denied" in error.inner_text()
         assert page.is_enabled("#translate-start")
     assert door.config is None
+
+
+# --- the Talk tab: the voice agent at /v1/agent ----------------------------------------------
+
+QUESTION = "What is the capital of France?"
+
+
+def _talk_stats(page: Any) -> dict[str, Any]:
+    return page.evaluate("() => ({...window.voxgate.talk.stats, "
+                         "player: {...window.voxgate.talk.player}})")
+
+
+@pytest.fixture(scope="module")
+def agent_server(manager, tmp_path_factory) -> Iterator[Any]:
+    """voxgate's app with live ASR + the voice agent (the session's models) on loopback; short
+    replies, so the test hears a whole one quickly."""
+    from conftest import require_pack
+
+    for model_id in ("whisper-base", "whisper-tiny.en", "qwen2.5-coder-1.5b-instruct-q4km",
+                     "en_US-joe-medium"):
+        require_pack(model_id, manager.settings.cache_dir)
+    from voxgate.config import AgentSettings, StreamingSettings
+    from voxgate.server.agent_doors import AgentComponent
+    from voxgate.server.app import create_app, uvicorn_options
+    from voxgate.server.live_streams import StreamingComponent
+
+    settings = live_settings(tmp_path_factory.mktemp("talk"), max_streams=2,
+                             streaming=StreamingSettings(idle_timeout_s=60.0,
+                                                         max_frame_bytes=64 * 1024),
+                             agent=AgentSettings(max_sessions=1, max_reply_tokens=24,
+                                                 system_prompt="Answer in one short sentence."))
+    app = create_app(settings, manager, components=[StreamingComponent(settings),
+                                                    AgentComponent(settings)])
+    with serve_app(app, ws_max_size=uvicorn_options(settings)["ws_max_size"]) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def talk_browser(playwright, manager, tmp_path_factory) -> Iterator[Browser]:
+    """A Chromium whose microphone asks the question (Piper speech), then stays silent long
+    enough for the agent's end of turn (the fake device sends nothing after the file)."""
+    from voxgate.speech import SpeechService
+
+    question, rate = SpeechService(manager.settings, manager).synthesize(QUESTION)
+    path = tmp_path_factory.mktemp("mic") / "question-48k.wav"
+    _write_mic_wav(path, resample(question, rate, 16_000), tail_s=4.0)
+    chromium = Browser(playwright, path)
+    yield chromium
+    chromium.close()
+
+
+def test_talk_spoken_question_is_answered_in_text_and_speech(talk_browser, agent_server,
+                                                             tmp_path) -> None:
+    """The Talk tab against the real /v1/agent (Whisper, Qwen, Piper): the spoken question
+    appears as the user's turn, the agent's reply text appears, and its audio is played to
+    the end (every second the server said it sent)."""
+    page = talk_browser.page(agent_server.url + "/")
+    page.click("#tab-talk")
+    assert page.is_visible("#panel-talk") and page.is_hidden("#panel-translate")
+    page.click("#talk-start")
+    user = page.wait_for_selector("#talk-log li.user .text:not(:empty)", timeout=120_000)
+    reply = page.wait_for_selector("#talk-log li.agent[data-ended]", timeout=120_000)
+    page.wait_for_selector("#talk-log li.agent[data-audio=played]", timeout=60_000)
+    heard, answer = user.inner_text(), reply.query_selector(".text").inner_text()
+    print(f"heard {heard!r} -> agent {answer!r}")
+    _screenshot(page, tmp_path / "talk.png")
+    stats = _talk_stats(page)
+    page.click("#talk-stop")
+    page.wait_for_function("document.getElementById('talk-status').textContent === 'Stopped.'",
+                           timeout=10_000)
+    assert wer(QUESTION, heard) <= 0.4, heard  # 'France' is sometimes heard as 'friends'
+    assert reply.get_attribute("data-reason") == "completed"
+    assert len(answer.split()) >= 2, answer
+    assert stats["errors"] == 0 and stats["replies"] == 1 and stats["audioDropped"] == 0, stats
+    player = stats["player"]
+    assert player["chunks"] == stats["audioChunks"] == player["chunksPlayed"] > 0, stats
+    said = float(reply.get_attribute("data-audio-s"))
+    assert abs(player["secondsPlayed"] - said) <= 0.2, (player, said)  # all of it was heard
+    assert page.is_hidden("#talk-error") and page.is_enabled("#talk-start")
+
+
+class ScriptedAgentDoor:
+    """A test-only ``/v1/agent`` that plays one scripted barge-in: after the page's first
+    audio it answers a turn with 3 s of agent audio (sent at once), says ``audio_paused`` after
+    ``pause_after_s``, ``audio_resumed`` 1 s later with 0.5 s more audio, and ends the turn;
+    then it records what the page sends (``interrupt``) and answers it. Checks the page, not
+    the agent."""
+
+    RATE = 16_000
+
+    def __init__(self, api_key: str, pause_after_s: float = 1.0) -> None:
+        self.api_key = api_key
+        self.pause_after_s = pause_after_s
+        self.config: dict[str, Any] | None = None
+        self.controls: list[dict[str, Any]] = []
+        self.frames = 0
+        self.close_code: int | None = None
+
+    def _tone(self, seconds: float) -> bytes:
+        t = np.arange(int(self.RATE * seconds)) / self.RATE
+        return float32_to_pcm16((0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32))
+
+    def app(self, busy: bool = False) -> FastAPI:
+        import asyncio
+
+        app = FastAPI()
+
+        @app.websocket("/v1/agent")
+        async def door(ws: WebSocket) -> None:
+            await ws.accept()
+            if busy:
+                await ws.send_json({"type": "error", "code": "busy", "close_code": 1013,
+                                    "message": "all 1 agent sessions are in use.",
+                                    "fatal": True})
+                await ws.close(1013)
+                return
+            self.config = json.loads(await ws.receive_text())
+            await ws.send_json({"type": "ready", "session_id": "s1",
+                                "output": {"sample_rate": self.RATE, "encoding": "pcm16"}})
+            try:
+                while (message := await ws.receive())["type"] != "websocket.disconnect":
+                    if message.get("bytes") is not None:
+                        self.frames += 1
+                        if self.frames == 5:
+                            await self._turn(ws, asyncio)
+                        continue
+                    control = json.loads(message["text"])
+                    self.controls.append(control)
+                    if control["type"] == "interrupt":
+                        await ws.send_json({"type": "interruption", "turn_id": 2,
+                                            "reason": "cancelled", "played_text": "Second",
+                                            "played_s": 0.4})
+                        await ws.send_json({"type": "turn", "event": "ended", "turn_id": 2,
+                                            "role": "agent", "reason": "cancelled",
+                                            "text": "Second", "audio_s": 0.4})
+                self.close_code = message.get("code")
+            except WebSocketDisconnect as gone:
+                self.close_code = gone.code
+
+        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+        return app
+
+    async def _turn(self, ws: WebSocket, asyncio: Any) -> None:
+        events = [{"type": "transcript", "turn_id": 1, "text": "hello", "final": False,
+                   "turn_text": "hello"},
+                  {"type": "transcript", "turn_id": 1, "text": "Hello there.", "final": True,
+                   "turn_text": "Hello there."},
+                  {"type": "turn", "event": "ended", "turn_id": 1, "role": "user",
+                   "reason": "completed", "text": "Hello there."},
+                  {"type": "turn", "event": "started", "turn_id": 1, "role": "agent"},
+                  {"type": "agent_text", "turn_id": 1, "delta": "Hi, "},
+                  {"type": "agent_text", "turn_id": 1, "delta": "how can I help?"}]
+        for event in events:
+            await ws.send_json(event)
+        tone = self._tone(3.0)
+        step = self.RATE // 10 * 2  # 100 ms chunks
+        for i in range(0, len(tone), step):
+            await ws.send_bytes(tone[i:i + step])
+        await asyncio.sleep(self.pause_after_s)
+        await ws.send_json({"type": "audio_paused", "turn_id": 1,
+                            "played_s": self.pause_after_s})
+        await ws.send_bytes(self._tone(0.3))  # in flight when paused: must not be played
+        await asyncio.sleep(1.0)
+        await ws.send_json({"type": "audio_resumed", "turn_id": 1,
+                            "offset_s": self.pause_after_s})
+        await ws.send_bytes(self._tone(0.5))
+        await ws.send_json({"type": "turn", "event": "ended", "turn_id": 1, "role": "agent",
+                            "reason": "completed", "text": "Hi, how can I help?",
+                            "audio_s": 3.5})
+        await asyncio.sleep(1.0)  # the first reply's last 0.5 s plays to its end
+        # a second reply, for the Interrupt button
+        await ws.send_json({"type": "turn", "event": "started", "turn_id": 2, "role": "agent"})
+        await ws.send_json({"type": "agent_text", "turn_id": 2, "delta": "Second reply."})
+        await ws.send_bytes(self._tone(6.0))
+
+
+def test_talk_barge_in_stops_playback_at_once_and_resume_plays_on(browser, tmp_path) -> None:
+    door = ScriptedAgentDoor(API_KEY)
+    with serve_app(door.app()) as server:
+        page = browser.page(server.url + "/")
+        page.click("#tab-talk")
+        page.click("#talk-start")
+        page.wait_for_function("window.voxgate.talk.stats.pauses === 1", timeout=30_000)
+        # right after audio_paused: nothing plays or waits to play; 3 s were queued, ~1 s heard
+        paused = page.evaluate("() => ({playing: window.voxgate.talk.playing(),"
+                               " stops: window.voxgate.talk.player.stops,"
+                               " state: document.querySelector('#talk-log li.agent')"
+                               ".dataset.state})")
+        assert paused == {"playing": False, "stops": 1, "state": "paused"}, paused
+        page.wait_for_selector("#talk-log li.agent[data-audio=played]", timeout=30_000)
+        first = _talk_stats(page)
+        # the second reply plays; Interrupt silences it and tells the server
+        page.wait_for_function("window.voxgate.talk.stats.replies === 2 &&"
+                               " window.voxgate.talk.playing()", timeout=10_000)
+        page.click("#talk-interrupt")
+        page.wait_for_selector("#talk-log li.agent[data-reason=cancelled]", timeout=10_000)
+        _screenshot(page, tmp_path / "talk-barge-in.png")
+        second = _talk_stats(page)
+        page.click("#talk-stop")
+        page.wait_for_function("document.getElementById('talk-status').textContent"
+                               " === 'Stopped.'", timeout=10_000)
+        texts = page.locator("#talk-log li .text").all_inner_texts()
+        assert page.is_hidden("#talk-error") and page.is_enabled("#talk-start")
+    assert door.config == {"type": "config", "sample_rate": MIC_RATE, "encoding": "pcm16",
+                           "channels": 1}
+    assert texts == ["Hello there.", "Hi, how can I help?", "Second reply."]
+    # what was dropped at the pause (the 0.3 s in flight) was never played; the 0.5 s after
+    # the resume was: about 1 s + 0.5 s heard of the 3.8 s sent
+    assert first["audioDropped"] == 1 and first["resumes"] == 1, first
+    assert 0.49 <= first["player"]["secondsPlayed"] <= 2.6, first
+    assert door.controls == [{"type": "interrupt"}]
+    assert second["player"]["stops"] == 2 and second["interruptions"] == 1, second
+    assert second["player"]["secondsPlayed"] == first["player"]["secondsPlayed"]
+    assert door.close_code == 1000  # Stop hangs up normally
+
+
+def test_talk_busy_server_is_shown(browser) -> None:
+    with serve_app(ScriptedAgentDoor(API_KEY).app(busy=True)) as server:
+        page = browser.page(server.url + "/")
+        page.click("#tab-talk")
+        page.click("#talk-start")
+        error = page.wait_for_selector("#talk-error:not([hidden])", timeout=30_000)
+        assert "busy" in error.inner_text(), error.inner_text()
+        assert page.is_enabled("#talk-start") and page.is_disabled("#talk-stop")

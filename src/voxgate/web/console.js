@@ -1,5 +1,6 @@
 // voxgate web console: tabs, the API key, and the WebSocket plumbing every tool shares.
-// Each tool is a module that builds its panel's behaviour; it is imported at the bottom.
+// Each tool is a module that builds its panel's behaviour, loaded by its own script tag in
+// index.html (after this one; a static import here would be circular).
 
 const KEY_STORAGE = "voxgate.apiKey";
 
@@ -81,6 +82,3 @@ function setupTabs() {
 
 setupApiKey();
 setupTabs();
-
-// The tools (each registers its own panel's handlers).
-import("./translate.js");

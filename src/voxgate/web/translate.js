@@ -298,3 +298,5 @@ ui.stop.addEventListener("click", async () => {
     setRunning(false);
   }
 });
+
+ui.start.disabled = false;  // the handlers are in place: Start may be pressed
