@@ -193,6 +193,7 @@ class AgentSettings(BaseModel):
     min_speech_ms: int = Field(160, ge=0, le=5000)
     end_of_turn_ms: int = Field(600, ge=100, le=10_000)  # silence that ends the user's turn
     unfinished_wait_ms: int = Field(1500, ge=0, le=10_000)  # ... when the text is unfinished
+    complete_wait_ms: int = Field(400, ge=100, le=10_000)  # ... when it is a question asked
     min_words: int = Field(1, ge=0, le=50)
     barge_in_min_ms: int = Field(600, ge=0, le=10_000)  # speech over the agent that confirms
     barge_in_min_words: int = Field(2, ge=1, le=50)  # ... or this many words
@@ -204,6 +205,7 @@ class AgentSettings(BaseModel):
     idle_timeout_s: float = Field(120.0, gt=0.0)  # no speech, text or reply for this long
     llm_timeout_s: float = Field(20.0, gt=0.0)  # first token (and each next) within this
     cache_prompt: bool = True  # llama.cpp: reuse the KV cache of the unchanged prefix
+    prefill: bool = True  # llama.cpp: partial transcripts warm that cache while the user speaks
     playout_lead_ms: int = Field(200, ge=0, le=5000)  # audio sent ahead of real time
     max_out_buffer_s: float = Field(10.0, ge=0.5)  # audio queued for a client not reading
     out_stall_timeout_s: float = Field(10.0, gt=0.0)  # ... this long full: session ends
