@@ -28,6 +28,7 @@ see the same machine.
 
     python bench/agent.py                   # 1 session, then 2 at once, then the baseline
     python bench/agent.py --sessions 1 3 --conversations 2
+    python bench/agent.py --set prefill=false --set complete_wait_ms=600   # A/B a setting
 
 Writes ``bench/results/agent.json`` and prints a table.
 """
@@ -131,6 +132,8 @@ class TurnResult:
     reply: str = ""
     interrupted: bool = False
     turn_id: int = 0
+    heard: str = ""  # the user's turn as the server transcribed it
+    first_chunk: str = ""  # the text of the reply's first audio
 
 
 @dataclass
@@ -210,6 +213,8 @@ async def converse(target: str, script: list[tuple[str, bool]],
     first_audio: dict[int, float] = {}
     audio_s: dict[int, float] = {}
     texts: dict[int, str] = {}
+    heard: dict[int, str] = {}
+    first_chunk: dict[int, str] = {}
     events: dict[str, list[Any]] = {"paused": [], "confirmed": [], "ends": [], "latency": []}
     audio_after_pause: set[int] = set()
     loop = asyncio.get_running_loop()
@@ -235,6 +240,7 @@ async def converse(target: str, script: list[tuple[str, bool]],
                 if kind == "audio":
                     turn = message.audio.turn_id
                     first_audio.setdefault(turn, now)
+                    first_chunk.setdefault(turn, message.audio.text)
                     if any(p.turn_id == turn for p, _ in events["paused"]):
                         audio_after_pause.add(turn)
                     audio_s[turn] = message.audio.playout_s + len(message.audio.data) / 2 \
@@ -243,6 +249,8 @@ async def converse(target: str, script: list[tuple[str, bool]],
                     if waiter is not None and not waiter.done() \
                             and audio_s[turn] >= INTERRUPT_AFTER_S:
                         waiter.set_result(None)
+                elif kind == "transcript" and message.transcript.is_final:
+                    heard[message.transcript.turn_id] = message.transcript.turn_text
                 elif kind == "agent_text":
                     texts[message.agent_text.turn_id] = \
                         texts.get(message.agent_text.turn_id, "") + message.agent_text.delta
@@ -305,6 +313,8 @@ async def converse(target: str, script: list[tuple[str, bool]],
             mouth.done.set()
             await asyncio.wait_for(reader, 120)
     for turn in result.turns:  # the server's breakdown comes after the turn's end: join now
+        turn.heard = heard.get(turn.turn_id, "")
+        turn.first_chunk = first_chunk.get(turn.turn_id, "")
         for latency in events["latency"]:
             if latency.turn_id == turn.turn_id:
                 turn.server = {name: round(getattr(latency, name), 4) for name in (
@@ -350,20 +360,23 @@ def _barge_in(turn_id: int, speech_start: float, end: Any, events: dict[str, lis
 def baseline(settings: Any, manager: Any, questions: list[str],
              audio_of: Callable[[str], np.ndarray]) -> list[dict[str, float]]:
     """Wait for the turn's end, transcribe it whole, wait for the whole reply, synthesize it
-    whole, send: the same engines, the same user audio, the agent's end-of-turn silence."""
+    whole, send: the same engines, the same user audio, the agent's end-of-turn silence (with
+    its text rule: a question ends the turn after ``complete_wait_ms``, as for the agent)."""
+    from voxgate.agent.turns import looks_complete
     from voxgate.engines.base import AsrOptions, ChatMessage
     from voxgate.speech import SpeechService, join_chunks
 
     asr = manager.get("asr", settings.asr.model)
     llm = manager.get("llm", settings.llm.model)
     speech = SpeechService(settings, manager)
-    end_of_turn = settings.agent.end_of_turn_ms / 1000
     rows = []
     for question in questions:
         audio = np.concatenate([audio_of(question), np.zeros(int(0.3 * SR), np.float32)])
         t0 = time.monotonic()
         text = asr.transcribe(audio, AsrOptions(language="en", beam_size=1)).text
         t1 = time.monotonic()
+        end_of_turn = (min(settings.agent.complete_wait_ms, settings.agent.end_of_turn_ms)
+                       if looks_complete(text) else settings.agent.end_of_turn_ms) / 1000
         reply = llm.complete_sync([ChatMessage("system", settings.agent.system_prompt),
                                    ChatMessage("user", text)],
                                   max_tokens=settings.agent.max_reply_tokens)
@@ -426,7 +439,11 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=3,
                         help="scripted conversations per session count (3 turns each)")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="an agent setting (VOXGATE_AGENT__NAME) for this run, e.g. "
+                             "prefill=false")
     args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
     if shutil.which("text2wave") is None:
         sys.exit("Festival (text2wave) is needed for the user's voice (scripts/setup.sh)")
 
@@ -436,7 +453,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="voxgate-bench-agent-"))
     settings = Settings(_env_file=None, data_dir=workdir, offline=True, api_keys=[KEY],
                         grpc_port=0, max_streams=16,
-                        agent=AgentSettings(max_sessions=max(args.sessions)))
+                        agent=AgentSettings(**{"max_sessions": max(args.sessions),
+                                               **overrides}))
     manager = ModelManager(settings)
     cache: dict[str, np.ndarray] = {}
 
@@ -455,7 +473,10 @@ def main() -> None:
                               "settings": {"end_of_turn_ms": settings.agent.end_of_turn_ms,
                                            "asr_endpointing_ms": settings.agent.asr_endpointing_ms,
                                            "barge_in_min_ms": settings.agent.barge_in_min_ms,
-                                           "playout_lead_ms": settings.agent.playout_lead_ms},
+                                           "playout_lead_ms": settings.agent.playout_lead_ms,
+                                           "complete_wait_ms": settings.agent.complete_wait_ms,
+                                           "prefill": settings.agent.prefill,
+                                           "overrides": overrides},
                               "sessions": {}}
     rows: list[dict[str, float]] = []
     loads: list[float] = []

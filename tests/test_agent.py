@@ -28,7 +28,8 @@ from voxgate.agent import (
 )
 from voxgate.agent.history import Conversation, cut_words
 from voxgate.agent.playout import Playout
-from voxgate.agent.turns import looks_unfinished
+from voxgate.agent.reply import first_chunk
+from voxgate.agent.turns import looks_complete, looks_unfinished
 from voxgate.errors import EngineError
 from voxgate.types import AsrEvent, TtsChunk
 
@@ -222,6 +223,22 @@ def test_unfinished_sentences_wait():
     assert not looks_unfinished("Я хочу и", "ru")  # the word list is English only
 
 
+def test_questions_are_complete_turns():
+    for text in ("What time is it?", "Is it raining today ?", "Он придёт?", "你好吗？"):
+        assert looks_complete(text), text
+    for text in ("Book a table for two.", "I wonder if?..", "and then", ""):
+        assert not looks_complete(text), text
+
+
+def test_the_first_chunk_ends_at_a_clause_or_before_a_phrase_opener():
+    assert first_chunk("The sky is blue on a clear") == "The sky is blue"
+    assert first_chunk("Well, as far as I know, Paris is") == "Well, as far as I know,"
+    assert first_chunk("Rome was founded in 753 BC and became") == "Rome was founded in 753 BC"
+    assert first_chunk("The sky is blue in") is None  # "in" may be "into": not yet known
+    assert first_chunk("Sky is in the") is None  # fewer than 4 words before the opener
+    assert first_chunk("The capital of France is Paris.") is None  # a sentence: the splitter's
+
+
 def test_cut_words_keeps_whole_words():
     assert cut_words("Paris is the capital of France.", 0.5) == "Paris is the"
     assert cut_words("Paris is the capital.", 0.0) == ""
@@ -313,6 +330,74 @@ async def test_the_first_clause_is_spoken_before_the_first_sentence_ends():
         assert voice.sentences == ["Well, as far as I know,", "Paris is the capital of France.",
                                    "It is big."]
         assert end.text == reply and session.history[-1].text == reply
+
+
+async def test_the_first_words_are_spoken_before_a_phrase_opener_then_whole_sentences():
+    reply = "The sky is blue on a clear day because of the air. It is nice in the sun."
+    async with _running(llm=FakeLlm(reply)) as (session, asr, llm, voice, events):
+        await session.send_text("What color is the sky?")
+        end = await events.wait(_agent_end)
+        assert voice.sentences == ["The sky is blue", "on a clear day because of the air.",
+                                   "It is nice in the sun."]
+        assert end.text == reply and session.history[-1].text == reply
+
+
+async def test_a_question_ends_the_turn_sooner_than_a_statement():
+    async with _running() as (session, asr, llm, voice, events):
+        await _say(session, asr, "What is the capital of France?")
+        await _silence(session, 0.5)  # more than complete_wait_ms (400), less than 600
+        await events.wait(lambda e: isinstance(e, TurnEnded) and e.role == "user")
+    async with _running() as (session, asr, llm, voice, events):
+        await _say(session, asr, "Tell me the capital of France.")
+        await _silence(session, 0.5)
+        assert not events.of(TurnEnded)  # a statement waits the full end_of_turn_ms
+        await _silence(session, 0.2)
+        await events.wait(lambda e: isinstance(e, TurnEnded) and e.role == "user")
+
+
+async def test_partials_prefill_the_llm_prompt_while_the_user_speaks():
+    async with _running() as (session, asr, llm, voice, events):
+        await _say(session, asr, "Hello there.")
+        await _silence(session, 0.7)
+        await events.wait(_agent_end)
+        asr.start()
+        await _silence(session, 0.3)
+        asr.partial("What is the")
+        await _silence(session, 0.2)
+        asr.partial("What is the")  # the same prompt again: not read twice
+        asr.partial("What is the capital")
+        await asyncio.sleep(0.05)
+        asr.end()
+        asr.final("What is the capital of France?")
+        await _silence(session, 0.5)
+        await events.wait(lambda e: _agent_end(e) and e.turn_id == 2)
+        warm = [(r, k) for r, k in zip(llm.requests, llm.kwargs) if k["max_tokens"] == 1]
+        assert [r[-1].content for r, _ in warm][:1] == ["What is the"]
+        assert all(k["cache_prompt"] for _, k in warm) and len(warm) <= 2
+        # the conversation read ahead is exactly the prefix of the reply's own prompt
+        reply_prompt = llm.requests[-1]
+        assert llm.kwargs[-1]["max_tokens"] > 1
+        assert warm[0][0][:-1] == reply_prompt[:-1]
+        assert reply_prompt[-1].content == "What is the capital of France?"
+        assert "".join(e.delta for e in events.of(AgentText) if e.turn_id == 2) == llm.reply
+
+
+async def test_no_prefill_while_the_agent_speaks_or_when_turned_off():
+    llm = FakeLlm("Paris is the capital of France. " * 20, delay=0.01)
+    async with _running(llm=llm) as (session, asr, llm, voice, events):
+        await session.send_text("Tell me about Paris.")
+        await events.wait(lambda e: isinstance(e, AgentAudio))
+        asr.start()  # over the agent: a barge-in, whose partials warm nothing
+        await _silence(session, 0.2)
+        asr.partial("wait")
+        await _silence(session, 0.1)
+        assert all(k["max_tokens"] > 1 for k in llm.kwargs)
+    async with _running(prefill=False) as (session, asr, llm, voice, events):
+        asr.start()
+        await _silence(session, 0.3)
+        asr.partial("What is the")
+        await _silence(session, 0.1)
+        assert not llm.requests
 
 
 async def test_speculative_reply_is_dropped_when_the_user_goes_on():

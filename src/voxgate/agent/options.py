@@ -22,6 +22,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "asr_endpointing_ms": (100, 5000),
     "end_of_turn_ms": (100, 10_000),
     "unfinished_wait_ms": (0, 10_000),
+    "complete_wait_ms": (100, 10_000),
     "min_words": (0, 50),
     "barge_in_min_ms": (0, 10_000),
     "barge_in_min_words": (1, 50),
@@ -47,6 +48,7 @@ _OPTIONAL = frozenset({"output_sample_rate", "vad_threshold", "speech_pad_ms", "
 CLIENT_FIELDS = frozenset({
     "system_prompt", "language", "voice", "speed", "asr_model", "partial_model", "llm_model",
     "turn_detection", "auto_respond", "barge_in", "end_of_turn_ms", "unfinished_wait_ms",
+    "complete_wait_ms",
     "min_words", "barge_in_min_ms", "barge_in_min_words", "resume_after_ms", "max_reply_tokens",
     "temperature", "output_sample_rate", "asr_endpointing_ms", "vad_threshold", "speech_pad_ms",
     "min_speech_ms"})
@@ -57,10 +59,13 @@ class AgentConfig:
     """One session's options; build with :meth:`from_settings` (server defaults + overrides).
 
     Turn-taking: with ``turn_detection`` the user's turn ends after ``end_of_turn_ms`` of
-    silence (``unfinished_wait_ms`` when the text is clearly unfinished) and at least
-    ``min_words`` words; the ASR closes an utterance after ``asr_endpointing_ms`` and its
-    final starts the reply speculatively (dropped if the user goes on). ``auto_respond``: a
-    committed turn starts a reply (else the door calls ``create_response``). ``barge_in``:
+    silence (``unfinished_wait_ms`` when the text is clearly unfinished, ``complete_wait_ms``
+    when it is a question asked) and at least ``min_words`` words; the ASR closes an
+    utterance after ``asr_endpointing_ms`` and its final starts the reply speculatively
+    (dropped if the user goes on); with ``prefill`` each partial transcript has the LLM read
+    the conversation so far into its prompt cache (llama.cpp), so the reply starts sooner.
+    ``auto_respond``: a committed turn starts a reply (else the door calls
+    ``create_response``). ``barge_in``:
     user speech over the agent pauses it; ``barge_in_min_ms`` of speech or
     ``barge_in_min_words`` words confirm it, else playback resumes after ``resume_after_ms``.
     """
@@ -78,6 +83,7 @@ class AgentConfig:
     asr_endpointing_ms: int = 250
     end_of_turn_ms: int = 600
     unfinished_wait_ms: int = 1500
+    complete_wait_ms: int = 400
     min_words: int = 1
     barge_in_min_ms: int = 600
     barge_in_min_words: int = 2
@@ -89,6 +95,7 @@ class AgentConfig:
     idle_timeout_s: float = 120.0
     llm_timeout_s: float = 20.0
     cache_prompt: bool = True
+    prefill: bool = True
     playout_lead_ms: int = 200
     max_out_buffer_s: float = 10.0
     out_stall_timeout_s: float = 10.0
@@ -136,7 +143,7 @@ class AgentConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise StreamConfigError(name, "must be a non-empty id")
-        for name in ("turn_detection", "auto_respond", "barge_in", "cache_prompt"):
+        for name in ("turn_detection", "auto_respond", "barge_in", "cache_prompt", "prefill"):
             if not isinstance(getattr(self, name), bool):
                 raise StreamConfigError(name, "must be true or false")
         for name, (low, high) in _RANGES.items():

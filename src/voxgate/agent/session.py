@@ -48,11 +48,12 @@ from .events import (
 from .history import Conversation, Item
 from .options import AgentConfig
 from .playout import Playout, wait_event
+from .prefill import Prefill
 from .reply import Reply as _Reply
 from .reply import Voice, run_llm, run_tts
 from .turns import BargeIn as _BargeIn
 from .turns import UserTurn as _UserTurn
-from .turns import count_words, looks_unfinished
+from .turns import count_words, looks_complete, looks_unfinished
 
 __all__ = ["AgentSession", "AsrStream", "Observer", "Voice"]
 
@@ -99,6 +100,8 @@ class AgentSession:
         if "cache_prompt" in inspect.signature(llm.stream).parameters:
             self._llm_kwargs["cache_prompt"] = config.cache_prompt
         self._llm_kwargs.update(live_llm_kwargs(llm))  # a reply is live work, not a job's
+        self._prefill = Prefill(llm, self._llm_kwargs, enabled=config.prefill,
+                                timeout_s=config.llm_timeout_s, log_id=self.id)
         self._out: asyncio.Queue[AgentEvent | None] = asyncio.Queue()
         self._queued_audio = 0  # samples in _out not yet taken by the door
         self._drained = asyncio.Event()
@@ -276,6 +279,7 @@ class AgentSession:
             if self._barge is not None and self._barge.timer is not None:
                 self._barge.timer.cancel()
             await self._cancel_reply(self._reply)
+            await self._prefill.close()
             for task in (self._reader, self._watchdog):
                 task.cancel()
             current = asyncio.current_task()
@@ -393,6 +397,8 @@ class AgentSession:
         wait = cfg.end_of_turn_ms / 1000
         if looks_unfinished(text, cfg.language):
             wait = max(wait, cfg.unfinished_wait_ms / 1000)
+        elif looks_complete(text):
+            wait = min(wait, cfg.complete_wait_ms / 1000)
         if silence < wait:
             return
         if not text or count_words(text) < cfg.min_words:
@@ -523,9 +529,13 @@ class AgentSession:
             return
         turn = self._turn
         if turn is not None:
-            self._emit(UserTranscript(turn.turn_id, event.text, False,
-                                      " ".join([turn.text, event.text]).strip(),
+            so_far = " ".join([turn.text, event.text]).strip()
+            self._emit(UserTranscript(turn.turn_id, event.text, False, so_far,
                                       event.stability, event.start, event.end))
+            cfg = self.config
+            if cfg.turn_detection and cfg.auto_respond and self._reply is None and so_far:
+                # the LLM reads the conversation and the words so far while the user speaks
+                self._prefill.warm([*self.conversation.messages(), ChatMessage("user", so_far)])
 
     async def _on_final(self, event: AsrEvent) -> None:
         self._awaiting.discard(event.utterance_id)

@@ -3,7 +3,9 @@
 The silence rule lives in the session (``end_of_turn_ms`` of silence after speech); this
 module adds the text check: a turn whose text is clearly unfinished (it ends in a conjunction,
 an article, a preposition or a comma: "I'd like to book a table for", "and then,") waits up to
-``unfinished_wait_ms`` instead, for the rest of the sentence.
+``unfinished_wait_ms`` instead, for the rest of the sentence; one that is clearly complete (a
+question asked: "What is the capital of France?") only ``complete_wait_ms``. A full stop is no
+such sign: Whisper ends almost every utterance with one, mid-thought pauses included.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .reply import Reply
 
-__all__ = ["BargeIn", "UserTurn", "count_words", "looks_unfinished"]
+__all__ = ["BargeIn", "UserTurn", "count_words", "looks_complete", "looks_unfinished"]
 
 # words a finished English sentence practically never ends with
 _DANGLING = frozenset("""
@@ -44,6 +46,15 @@ def looks_unfinished(text: str, language: str | None = "en") -> bool:
         return False  # a question asked
     words = _WORD.findall(stripped.lower())
     return bool(words) and words[-1] in _DANGLING
+
+
+_QUESTION_END = re.compile(r"[?\uff1f\u061f\u037e][\"'\u201d\u2019)\]]*$")
+
+
+def looks_complete(text: str) -> bool:
+    """True when ``text`` ends a question (``?``, full-width ``？``, Arabic ``؟``, Greek ``;``):
+    the user asked and now waits for the answer (``min_words`` still applies)."""
+    return bool(_QUESTION_END.search(text.strip()))
 
 
 @dataclass(slots=True)
