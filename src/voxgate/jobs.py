@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from .config import Settings
 from .errors import ConfigError, JobError
+from .storage import FETCH_PREFIX, SPOOL_PREFIX, AudioStorage, StorageError, open_storage
 
 __all__ = [
     "TaskStatus",
@@ -42,7 +42,6 @@ __all__ = [
     "now_iso",
     "remove_task_audio",
     "sweep_audio",
-    "task_audio_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -190,13 +189,15 @@ class TaskStore:
         self.redis.delete(_TASK.format(task_id), _EVENTS.format(task_id))
 
 
-def task_audio_dir(settings: Settings, task_id: str) -> Path:
-    """``<data_dir>/audio/<task id>``: where a job's upload lives while it is needed."""
-    return settings.data_dir / "audio" / str(uuid.UUID(task_id))
-
-
-def remove_task_audio(settings: Settings, task_id: str) -> None:
-    shutil.rmtree(task_audio_dir(settings, task_id), ignore_errors=True)
+def remove_task_audio(storage: AudioStorage, task_id: str) -> bool:
+    """Delete a task's audio now if the storage lets us; False (logged) when it is unreachable:
+    the retention sweep deletes it later, so a storage outage never fails a finished job."""
+    try:
+        storage.delete(task_id)
+    except StorageError as exc:
+        logger.warning("task %s: audio not deleted yet (the sweep retries): %s", task_id, exc)
+        return False
+    return True
 
 
 def _finished_at(raw: dict[str, str]) -> float | None:
@@ -206,34 +207,46 @@ def _finished_at(raw: dict[str, str]) -> float | None:
         return None
 
 
-def sweep_audio(settings: Settings, store: TaskStore, now: float | None = None) -> list[str]:
+def _sweep_staging(storage: AudioStorage, now: float, stale_s: float) -> list[str]:
+    """Local leftovers of requests or jobs that died: spool files, fetched copies and (when the
+    audio lives elsewhere) staged uploads never stored, once older than ``stale_s``."""
+    root = storage.staging_dir
+    if not root.is_dir():
+        return []
+    removed: list[str] = []
+    for entry in root.iterdir():
+        if entry.name.startswith((SPOOL_PREFIX, FETCH_PREFIX)):
+            remove = entry.unlink
+        elif not storage.staging_is_storage and not entry.name.startswith("."):
+            remove = lambda entry=entry: shutil.rmtree(entry, ignore_errors=True)  # noqa: E731
+        else:
+            continue
+        try:
+            if now - entry.stat().st_mtime > stale_s:
+                remove()
+                removed.append(entry.name)
+        except FileNotFoundError:
+            continue  # removed meanwhile
+    return removed
+
+
+def sweep_audio(settings: Settings, store: TaskStore, now: float | None = None,
+                storage: AudioStorage | None = None) -> list[str]:
     """Delete job audio nobody needs any more; returns the names removed.
 
     A finished job's audio goes once ``keep_job_audio_h`` has passed since it finished (0: the
     worker already deleted it); audio whose task is gone (result TTL expired, purged) goes after
     a grace period that covers an upload not yet registered; a spool file left by an upload
-    that died mid-way goes after a day. Audio of queued and running jobs always stays.
+    that died mid-way goes after a day. Audio of queued and running jobs always stays. The same
+    rules hold in every storage backend (``storage.py``).
     """
-    root = settings.data_dir / "audio"
-    if not root.is_dir():
-        return []
+    storage = storage or open_storage(settings)
     now = time.time() if now is None else now
     keep_s = settings.keep_job_audio_h * 3600
-    removed: list[str] = []
-    for entry in root.iterdir():
-        try:
-            age = now - entry.stat().st_mtime
-        except FileNotFoundError:
-            continue  # removed meanwhile
-        if entry.name.startswith(".upload-"):
-            if age > _STALE_SPOOL_S:
-                entry.unlink(missing_ok=True)
-                removed.append(entry.name)
-            continue
-        try:
-            task_id = str(uuid.UUID(entry.name))
-        except ValueError:
-            continue  # not ours
+    # a fetched copy lives as long as its job may run
+    removed = _sweep_staging(storage, now, max(_STALE_SPOOL_S, settings.job_timeout_s + 3600))
+    for task_id, modified in storage.list_tasks():
+        age = now - modified
         raw = store.raw(task_id)
         if not raw:
             expired = age > _ORPHAN_GRACE_S
@@ -243,8 +256,8 @@ def sweep_audio(settings: Settings, store: TaskStore, now: float | None = None) 
         else:
             expired = False
         if expired:
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry.name)
+            storage.delete(task_id)
+            removed.append(task_id)
     return removed
 
 
@@ -277,11 +290,13 @@ class QueueLimits:
 class JobQueue:
     """RQ on one Redis connection. Jobs carry only the task id; state lives in ``TaskStore``."""
 
-    def __init__(self, connection: Any, settings: Settings) -> None:
+    def __init__(self, connection: Any, settings: Settings,
+                 storage: AudioStorage | None = None) -> None:
         from rq import Queue
 
         self.redis = connection
         self.settings = settings
+        self.storage = storage or open_storage(settings)
         self.queue = Queue(QUEUE_NAME, connection=connection)
         self.store = TaskStore(connection, settings.result_ttl_s)
 
@@ -326,7 +341,7 @@ class JobQueue:
                 if job.get_status(refresh=True) in ("queued", "deferred", "scheduled"):
                     job.cancel()
                     if not self.settings.keep_job_audio_h:
-                        remove_task_audio(self.settings, task_id)
+                        remove_task_audio(self.storage, task_id)
                     self.store.update(task_id, status=TaskStatus.CANCELLED.value,
                                       completed_at=now_iso(), error="cancelled by request")
                     self.store.record_outcome(TaskStatus.CANCELLED.value)
@@ -336,16 +351,17 @@ class JobQueue:
         return "CANCELLING"
 
     def purge(self, task_id: str) -> None:
-        """A finished task and everything it left: state, events, RQ job, audio."""
+        """A finished task and everything it left: audio, state, events, RQ job. The audio goes
+        first: when the storage cannot delete it, ``StorageError`` leaves the task as it was."""
         from rq.exceptions import NoSuchJobError
         from rq.job import Job
 
+        self.storage.delete(task_id)
         self.store.purge(task_id)
         try:
             Job.fetch(task_id, connection=self.redis).delete()
         except NoSuchJobError:
             pass  # RQ's own result TTL already took it
-        remove_task_audio(self.settings, task_id)
 
     def requeue_abandoned(self) -> None:
         """Re-queue (or fail) jobs whose worker stopped heart-beating, e.g. killed mid-job."""

@@ -20,7 +20,6 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .config import Settings
@@ -35,11 +34,11 @@ from .jobs import (
     connect,
     now_iso,
     remove_task_audio,
-    task_audio_dir,
 )
 from .log_setup import bound
 from .pipeline import JobSpec, run_pipeline
 from .postprocess import llm_model_id
+from .storage import AudioStorage, open_storage
 from .tracing import continued
 from .webhooks import WebhookSender
 
@@ -58,22 +57,18 @@ class WorkerRuntime:
     settings: Settings
     manager: ModelManager
     store: TaskStore
+    storage: AudioStorage = field(default=None)  # type: ignore[assignment]  # None: from settings
     webhooks: WebhookSender = field(init=False)
 
     def __post_init__(self) -> None:
         self.webhooks = WebhookSender(self.settings)
-
-    def audio_path(self, task_id: str) -> Path:
-        directory = task_audio_dir(self.settings, task_id)
-        found = sorted(directory.glob("raw.*"))
-        if not found:
-            raise AudioError(f"audio of task {task_id} is missing from {directory}")
-        return found[0]
+        if self.storage is None:
+            self.storage = open_storage(self.settings)
 
     def finish(self, task_id: str, status: str, **fields: Any) -> None:
         """Write a terminal state, count it, and fire the webhook (COMPLETE/FAILED only)."""
         if not self.settings.keep_job_audio_h:  # else the janitor deletes it when time is up
-            remove_task_audio(self.settings, task_id)  # before the state says it is over
+            remove_task_audio(self.storage, task_id)  # before the state says it is over
         self.store.update(task_id, status=status, completed_at=now_iso(), **fields)
         metrics = fields.get("metrics") or {}
         self.store.record_outcome(status, metrics.get("input_duration_s") or 0.0,
@@ -107,8 +102,9 @@ class WorkerRuntime:
 
         try:
             spec = JobSpec.from_dict(json.loads(raw.get("request") or "{}"))
-            outcome = run_pipeline(self.settings, self.manager, self.audio_path(task_id), spec,
-                                   on_stage, check_cancel)
+            with self.storage.fetch(task_id) as audio_path:  # a local file for the decoder
+                outcome = run_pipeline(self.settings, self.manager, audio_path, spec,
+                                       on_stage, check_cancel)
         except JobCancelled:
             self.finish(task_id, TaskStatus.CANCELLED.value, error="cancelled by request")
             return
@@ -225,13 +221,14 @@ def _worker_class():  # -> type[SimpleWorker]; built lazily so importing needs n
 
 
 def build_worker(settings: Settings, manager: ModelManager, connection: Any,
-                 name: str | None = None):  # -> VoxgateWorker
+                 name: str | None = None,
+                 storage: AudioStorage | None = None):  # -> VoxgateWorker
     cls = _worker_class()
-    job_queue = JobQueue(connection, settings)
+    job_queue = JobQueue(connection, settings, storage)
     # dequeue blocks at most worker_ttl - 15 s: 2 s, so stop requests act fast
     worker = cls([job_queue.queue], connection=connection, name=name, worker_ttl=17,
                  maintenance_interval=max(settings.worker_heartbeat_s, 5))
-    worker.runtime = WorkerRuntime(settings, manager, job_queue.store)
+    worker.runtime = WorkerRuntime(settings, manager, job_queue.store, job_queue.storage)
     worker.job_queue = job_queue
     return worker
 
@@ -248,6 +245,8 @@ def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str |
                manager: ModelManager | None = None, preload_llm: bool = False) -> None:
     """Blocking worker loop (``voxgate worker``): SIGTERM/SIGINT finish the current job first."""
     manager = manager or ModelManager(settings)
+    storage = open_storage(settings)
+    storage.check()  # a missing bucket or refused credentials stop the worker here, clearly
     connection = connect(url, settings.redis_timeout_s)
     try:
         connection.ping()
@@ -255,7 +254,7 @@ def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str |
         raise ConfigError(f"cannot reach Redis at {url.split('@')[-1]} ({type(exc).__name__}); "
                           "run `voxgate serve` (embedded Redis) or set VOXGATE_REDIS_URL") from exc
     preload(settings, manager, llm=preload_llm)
-    worker = build_worker(settings, manager, connection, name)
+    worker = build_worker(settings, manager, connection, name, storage)
     logger.info("worker %s ready on %s", worker.name, url.split("@")[-1])
     try:
         worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)

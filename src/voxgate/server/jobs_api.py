@@ -24,9 +24,18 @@ from starlette.datastructures import UploadFile
 
 from ..config import Settings
 from ..errors import AudioError, AudioTooLongError, ConfigError, ModelError
-from ..jobs import TERMINAL, EmbeddedRedis, JobQueue, connect, ensure_queue_available, sweep_audio
+from ..jobs import (
+    TERMINAL,
+    EmbeddedRedis,
+    JobQueue,
+    connect,
+    ensure_queue_available,
+    remove_task_audio,
+    sweep_audio,
+)
 from ..pipeline import FEATURES, JobSpec
 from ..postprocess import list_templates
+from ..storage import AudioStorage, StorageError, StorageUnavailableError, open_storage
 from ..webhooks import check_webhook_target, validate_webhook_url
 from .deps import (
     UploadRequest,
@@ -63,6 +72,7 @@ class JobsComponent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.embedded: EmbeddedRedis | None = None
+        self.storage: AudioStorage | None = None
         self.url = ""
         self.queue: JobQueue | None = None
         self.aredis: Any = None
@@ -79,6 +89,9 @@ class JobsComponent:
         import redis.asyncio as aredis
 
         ensure_queue_available()
+        storage = open_storage(self.settings)
+        await asyncio.to_thread(storage.check)  # a missing bucket or bad credentials: stop here
+        self.storage = storage
         if self.settings.redis_url:
             self.url = self.settings.redis_url
         else:
@@ -87,7 +100,7 @@ class JobsComponent:
         timeout_s = self.settings.redis_timeout_s
         connection = connect(self.url, timeout_s)
         await asyncio.to_thread(connection.ping)
-        self.queue = JobQueue(connection, self.settings)
+        self.queue = JobQueue(connection, self.settings, storage)
         # SSE reads block up to _SSE_BLOCK_MS on top of the command timeout
         self.aredis = aredis.Redis.from_url(self.url, socket_connect_timeout=min(timeout_s, 5.0),
                                             socket_timeout=timeout_s + _SSE_BLOCK_MS / 1000)
@@ -131,7 +144,8 @@ class JobsComponent:
         """Periodically delete job audio that is no longer needed (see ``jobs.sweep_audio``)."""
         while True:
             try:
-                removed = await asyncio.to_thread(sweep_audio, self.settings, self.queue.store)
+                removed = await asyncio.to_thread(sweep_audio, self.settings, self.queue.store,
+                                                  storage=self.queue.storage)
                 if removed:
                     logger.info("deleted the audio of %d finished or expired job(s)", len(removed))
             except Exception:  # noqa: BLE001 - Redis may be briefly away; next round retries
@@ -257,6 +271,16 @@ def _probe(path: Path, max_seconds: float) -> None:
         raise AudioError("the file contains no decodable audio samples")
 
 
+_STORAGE_RETRY_AFTER_S = 30
+
+
+def _storage_detail(exc: StorageError) -> str:
+    """What a client is told (the operator's log has the bucket and the reason)."""
+    if isinstance(exc, StorageUnavailableError):
+        return "the audio storage is unreachable; retry later"
+    return "the audio storage refused the request (a server configuration problem)"
+
+
 def _too_large_detail(settings: Settings) -> str:
     return f"file is larger than the {settings.max_upload_mb} MB limit (VOXGATE_MAX_UPLOAD_MB)"
 
@@ -306,7 +330,7 @@ async def process(request: Request) -> JSONResponse:
     # the body is cut off past the limit as it streams; the file is written once, in the data dir
     upload_request = UploadRequest(request.scope, request.receive,
                                    max_bytes=max_bytes + _FORM_SLACK,
-                                   spool_dir=settings.data_dir / "audio", named=True,
+                                   spool_dir=jobs.queue.storage.staging_dir, named=True,
                                    too_large=HTTPException(413, _too_large_detail(settings)))
     try:
         form = await upload_request.form(max_files=1, max_fields=32)
@@ -345,7 +369,7 @@ async def process(request: Request) -> JSONResponse:
         if not mime.startswith(_ALLOWED_MIME_PREFIXES) and mime not in _ALLOWED_MIME:
             raise _reject(state, 415, f"content type {mime!r} is not audio or video")
         task_id = new_task_id()
-        directory = settings.data_dir / "audio" / task_id
+        directory = jobs.queue.storage.staging_dir / task_id
         try:
             path = await save_upload(upload, directory, max_bytes, ALLOWED_EXTENSIONS)
         except HTTPException as exc:
@@ -363,11 +387,18 @@ async def process(request: Request) -> JSONResponse:
         await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
         raise _reject(state, 415, f"not a decodable audio file: {exc}") from exc
     size = path.stat().st_size
+    try:  # into the storage (object storage: streamed, in parts; nothing left if it fails)
+        await asyncio.to_thread(jobs.queue.storage.put_file, task_id, path)
+    except StorageError as exc:
+        await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
+        logger.warning("task %s: storing the upload failed: %s", task_id, exc)
+        raise _reject(state, 503, _storage_detail(exc),
+                      headers={"Retry-After": str(_STORAGE_RETRY_AFTER_S)}) from exc
     try:
         await asyncio.to_thread(jobs.queue.store.create, task_id, spec.to_dict(), webhook)
         await asyncio.to_thread(jobs.queue.enqueue, task_id)
     except Exception as exc:
-        await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
+        await asyncio.to_thread(remove_task_audio, jobs.queue.storage, task_id)
         logger.exception("enqueue failed")
         raise _reject(state, 503, f"cannot queue the job: {type(exc).__name__}") from exc
     metrics = metrics_of(state)
@@ -442,7 +473,12 @@ async def cancel(task_id: str, request: Request) -> JSONResponse:
     jobs = _jobs(state)
     doc = await _status_doc(state, task_id)
     if doc["status"] in TERMINAL:  # finished: purge its results, events and audio
-        await asyncio.to_thread(jobs.queue.purge, doc["task_id"])
+        try:
+            await asyncio.to_thread(jobs.queue.purge, doc["task_id"])
+        except StorageError as exc:  # nothing was purged: the client can simply retry
+            logger.warning("task %s: purge failed: %s", doc["task_id"], exc)
+            raise HTTPException(503, detail=f"{_storage_detail(exc)}; the task was not purged",
+                                headers={"Retry-After": str(_STORAGE_RETRY_AFTER_S)}) from exc
         return JSONResponse({"task_id": doc["task_id"], "status": "PURGED"}, status_code=200)
     result = await asyncio.to_thread(jobs.queue.cancel, doc["task_id"])
     return JSONResponse({"task_id": doc["task_id"], "status": result}, status_code=202)
