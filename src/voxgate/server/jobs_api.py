@@ -33,6 +33,7 @@ from ..jobs import (
     remove_task_audio,
     sweep_audio,
 )
+from ..log_setup import bind as bind_log_context
 from ..pipeline import FEATURES, JobSpec
 from ..postprocess import list_templates
 from ..storage import AudioStorage, StorageError, StorageUnavailableError, open_storage
@@ -369,6 +370,7 @@ async def process(request: Request) -> JSONResponse:
         if not mime.startswith(_ALLOWED_MIME_PREFIXES) and mime not in _ALLOWED_MIME:
             raise _reject(state, 415, f"content type {mime!r} is not audio or video")
         task_id = new_task_id()
+        bind_log_context(task_id=task_id)  # the rest of this request's log lines name the task
         directory = jobs.queue.storage.staging_dir / task_id
         try:
             path = await save_upload(upload, directory, max_bytes, ALLOWED_EXTENSIONS)

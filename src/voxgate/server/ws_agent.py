@@ -44,6 +44,7 @@ from ..agent import (
 )
 from ..audio import float32_to_pcm16
 from ..errors import AudioError, EngineError, TextError
+from ..log_setup import bind as bind_log_context
 from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
 from .agent_doors import agent_service, client_agent_config
 from .deps import websocket_api_key_ok
@@ -232,6 +233,7 @@ async def agent_socket(ws: WebSocket) -> None:
         pcm = PcmInput(start.encoding, start.sample_rate, start.channels)
         config = await client_agent_config(state, service, start.options)
         session = await service.open(config)
+        bind_log_context(session_id=session.id)  # every log line of this session names it
         await ws.send_json({
             "type": "ready", "session_id": session.id,
             "input": {"sample_rate": pcm.sample_rate, "encoding": pcm.encoding,

@@ -25,6 +25,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ..audio import encode_audio
 from ..errors import AudioError
+from ..log_setup import bind as bind_log_context
 from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
 from ..translation import TranslateConfig, TranslateEvent, TranslateSession
 from .state import AppState
@@ -146,6 +147,7 @@ async def live_translate(ws: WebSocket) -> None:
         control = await _receive_control(ws, limits.idle_timeout_s, limits.max_frame_bytes)
         pcm = PcmInput("pcm16", control.sample_rate, control.channels)
         session = await service.open(control.config)
+        bind_log_context(session_id=session.id)  # every log line of this stream names it
         await ws.send_json({"type": "ready", "session_id": session.id, "mode": control.mode,
                             "src": control.config.src, "tgt": control.config.tgt,
                             "sample_rate": pcm.sample_rate, "channels": pcm.channels})
