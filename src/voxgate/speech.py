@@ -342,6 +342,17 @@ class SpeechService:
         return self._astream_sentences(
             _sentences_of(pieces, self.settings.tts.max_sentence_chars), ref, speed)
 
+    def astream_units(self, units: AsyncIterable[str], voice: str | None = None,
+                      speed: float = 1.0) -> AsyncIterator[TtsChunk]:
+        """Incremental input in speakable units (a streamed translation's sentences and
+        clauses): each unit is spoken as soon as it arrives, never held back waiting for a
+        sentence end in the next one (a long unit is still cut into sentences). Same rules as
+        :meth:`astream_text` otherwise."""
+        speed = check_speed(speed)
+        ref = self.resolve_voice(voice)
+        return self._astream_sentences(_units_of(units, self.settings.tts.max_sentence_chars),
+                                       ref, speed)
+
     async def _astream_sentences(self, sentences: AsyncIterator[str], ref: VoiceRef,
                                  speed: float) -> AsyncIterator[TtsChunk]:
         """A producer task synthesizes (in threads) at most one sentence ahead of the
@@ -429,6 +440,15 @@ async def _sentences_of(pieces: AsyncIterable[str], max_chars: int) -> AsyncIter
     for sentence in splitter.flush():
         if is_speakable(sentence):
             yield sentence
+
+
+async def _units_of(units: AsyncIterable[str], max_chars: int) -> AsyncIterator[str]:
+    async for unit in units:
+        if not isinstance(unit, str):
+            raise TextError(f"text pieces must be strings, got {type(unit).__name__}")
+        for sentence in split_sentences(_clean_chars(unit), max_chars):
+            if is_speakable(sentence):
+                yield sentence
 
 
 def join_chunks(chunks: Iterable[TtsChunk]) -> tuple[np.ndarray, int]:
