@@ -497,7 +497,17 @@ def _stamp_matches(directory: Path, target: Path, sha256: str) -> bool:
         return False
     info = target.stat()
     return (stamp.get("sha256") == sha256 and stamp.get("size") == info.st_size
-            and stamp.get("mtime_ns") == info.st_mtime_ns)
+            and _same_mtime(stamp.get("mtime_ns"), info.st_mtime_ns))
+
+
+def _same_mtime(stamped: object, actual_ns: int) -> bool:
+    """Equal, or equal to the second where the file's time lost its fraction on the way:
+    container image layers (tar) keep whole seconds, so a pack joined while building an image
+    would otherwise be joined again at every start (and fail in a read-only image)."""
+    if stamped == actual_ns:
+        return True
+    return (isinstance(stamped, int) and actual_ns % 1_000_000_000 == 0
+            and stamped // 1_000_000_000 == actual_ns // 1_000_000_000)
 
 
 def _write_stamp(directory: Path, target: Path, sha256: str) -> None:
