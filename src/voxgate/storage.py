@@ -206,7 +206,8 @@ class S3Storage:
             from boto3.exceptions import S3UploadFailedError
             from boto3.s3.transfer import TransferConfig
             from botocore.config import Config
-            from botocore.exceptions import BotoCoreError, ClientError
+            from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+            from botocore.exceptions import ConnectionError as BotoConnectionError
         except ImportError as exc:
             raise MissingExtraError("S3 audio storage (VOXGATE_STORAGE__URL=s3://...)", "s3",
                                     exc) from exc
@@ -219,6 +220,7 @@ class S3Storage:
         self.staging_dir = data_dir / "audio-staging"
         self._errors = (BotoCoreError, ClientError, S3UploadFailedError)
         self._client_error = ClientError
+        self._network_errors = (BotoConnectionError, HTTPClientError)
         # third-party S3 services (GCS, older MinIO/Ceph) reject the CRC trailers boto3 sends
         # by default since 1.36; AWS itself gets them
         checksums = "when_required" if options.endpoint_url else "when_supported"
@@ -278,8 +280,10 @@ class S3Storage:
             return StorageConfigError(
                 f"no S3 credentials for {where}: set VOXGATE_STORAGE__ACCESS_KEY_ID and "
                 "VOXGATE_STORAGE__SECRET_ACCESS_KEY or give the process AWS credentials")
-        return StorageUnavailableError(f"audio storage {where} is unreachable ({doing}: "
-                                       f"{name}); retry later")
+        if isinstance(exc, self._network_errors):
+            return StorageUnavailableError(f"audio storage {where} is unreachable ({doing}: "
+                                           f"{name}); retry later")
+        return StorageError(f"S3 {doing} failed on {where}: {name}: {exc}")
 
     @contextmanager
     def _calls(self, doing: str) -> Iterator[None]:
