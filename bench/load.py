@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,10 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from jobs_support import free_port  # the tests' helper, as bench/jobs.py uses them
+
 RESULTS = ROOT / "bench" / "results"
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 KEY = "load-bench-key"
@@ -131,12 +134,6 @@ def _error_kind(exc: BaseException) -> str:
 
 
 # ---- the server -----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(workdir: Path, port: int, grpc_port: int) -> subprocess.Popen[bytes]:
     """``voxgate serve`` as users run it, on loopback, one API key, data in ``workdir``."""
     env = {**os.environ, "VOXGATE_API_KEYS": KEY, "VOXGATE_DATA_DIR": str(workdir / "data"),
