@@ -4,6 +4,7 @@ LLM whose answers are scripted (commentary, wrong script, wrong count, lost name
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from conftest import require_pack
 
 from voxgate.engines.base import ChatMessage, LlmCapabilities, Mt, MtOptions
-from voxgate.engines.mt_llm import LlmMt, check_translation, split_for_translation
+from voxgate.engines.mt_llm import LlmMt, MtPiece, check_translation, split_for_translation
 from voxgate.errors import ConfigError, EngineError
 
 RU = ["Сегодня очень хорошая погода.", "Мы пойдём гулять в парк с друзьями.",
@@ -116,20 +117,38 @@ def test_guard_gives_a_clear_error_after_one_retry() -> None:
     assert len(llm.requests) == 2
 
 
-def test_a_block_rejected_twice_is_retried_sentence_by_sentence() -> None:
+def test_accepted_sentences_stay_and_the_retry_asks_for_the_rest() -> None:
     bad = _answer("Hello.", "Как дела?")  # second sentence left in Russian
-    llm = ScriptedLlm([bad, bad, _answer("Hello."), _answer("How are you?")])
+    llm = ScriptedLlm([bad, _answer("How are you?")])
     out = asyncio.run(LlmMt(llm).translate_sentences(["Привет.", "Как дела?"], "ru", "en"))
     assert out == ["Hello.", "How are you?"]
-    assert len(llm.requests) == 4
-    still_bad = ScriptedLlm([bad, bad, _answer("Hello."), _answer("Как дела?"),
+    retry = llm.requests[1]
+    assert retry["json_schema"]["properties"]["translations"]["maxItems"] == 1
+    user = retry["messages"][-1].content
+    assert '"sentences": ["Как дела?"]' in user and "Context" in user and "Привет." in user
+    assert "Cyrillic letters in an English translation, in the translation of 'Как дела?'" \
+        in retry["messages"][0].content
+
+
+def test_a_sentence_rejected_twice_in_its_block_is_asked_alone() -> None:
+    source = ["Привет.", "Как дела?", "Пока."]
+    llm = ScriptedLlm([_answer("Hello.", "Как дела?", "Bye."), _answer("Как дела?", "Bye."),
+                       _answer("How are you?"), _answer("Bye.")])
+    out = asyncio.run(LlmMt(llm).translate_sentences(source, "ru", "en"))
+    assert out == ["Hello.", "How are you?", "Bye."]
+    counts = [r["json_schema"]["properties"]["translations"]["maxItems"] for r in llm.requests]
+    assert counts == [3, 2, 1, 1]
+    still_bad = ScriptedLlm([_answer("Hello.", "Как дела?", "Bye."),
+                             _answer("Как дела?", "Bye."), _answer("Как дела?"),
                              _answer("Как дела?")])
     with pytest.raises(EngineError, match="ru->en failed"):
-        asyncio.run(LlmMt(still_bad).translate_sentences(["Привет.", "Как дела?"], "ru", "en"))
+        asyncio.run(LlmMt(still_bad).translate_sentences(source, "ru", "en"))
 
 
 def test_wrong_sentence_count_is_rejected() -> None:
-    llm = ScriptedLlm([_answer("Hello. How are you?"), _answer("Hello.", "How are you?")])
+    # an engine without a grammar may merge sentences: checked before anything is handed on
+    llm = ScriptedLlm([_answer("Hello. How are you?"), _answer("Hello.", "How are you?")],
+                      json_schema=False)
     assert asyncio.run(LlmMt(llm).translate_sentences(["Привет.", "Как дела?"], "ru", "en")) \
         == ["Hello.", "How are you?"]
     assert "1 translations for 2 sentences" in llm.requests[1]["messages"][0].content
@@ -215,3 +234,44 @@ def test_names_the_source_capitalises_may_stay_latin() -> None:
     assert check_translation("NASA sent a probe.", "NASA отправило зонд.", "ru") is None
     # a mixed word in an English translation is named as such, not just "Cyrillic letters"
     assert "mixing" in check_translation("Он упрямый.", "He is упрямыйly.", "en")
+
+
+async def _pieces(mt: LlmMt, text: str, source: str, target: str) -> list[MtPiece]:
+    async with contextlib.aclosing(mt.translate_stream(text, source, target)) as stream:
+        return [piece async for piece in stream]
+
+
+def test_stream_hands_on_a_long_sentences_head_then_each_sentence_as_it_closes() -> None:
+    answer = json.dumps({"translations": [  # \" and \u2014 escapes, cut between deltas
+        "Please close the window, because it is cold outside today.",
+        'He said "no" \u2014 and left.']})
+    llm = ScriptedLlm([answer, answer])  # 7-character deltas: keys and escapes cut apart
+    source = "Пожалуйста, закройте окно, потому что сегодня холодно. Он сказал «нет» и ушёл."
+    pieces = asyncio.run(_pieces(LlmMt(llm), source, "ru", "en"))
+    assert pieces == [MtPiece("Please close the window,", 0),
+                      MtPiece(" because it is cold outside today.", 0, complete=True),
+                      MtPiece('He said "no" \u2014 and left.', 1, complete=True)]
+    # the same request, collected, is what translate() returns
+    assert asyncio.run(LlmMt(llm).translate(source, "ru", "en")) == " ".join(
+        p.text.strip() for p in pieces)
+    assert llm.requests[0]["messages"] == llm.requests[1]["messages"]
+
+
+def test_stream_keeps_back_a_head_the_guard_would_reject() -> None:
+    llm = ScriptedLlm([_answer("Закройте the window, please, because it is cold."),
+                       _answer("Close the window, please, because it is cold.")])
+    pieces = asyncio.run(_pieces(LlmMt(llm), "Закройте окно, пожалуйста, холодно.", "ru",
+                                 "en"))
+    assert pieces[0] == MtPiece("Close the window, please,", 0)  # nothing of the first answer
+    assert "".join(p.text for p in pieces) == "Close the window, please, because it is cold."
+
+
+def test_a_sentence_rejected_after_its_head_was_handed_on_restarts() -> None:
+    llm = ScriptedLlm([_answer("Hello, my dear old friend, как дела?"),
+                       _answer("Hello, my very dear friend, how are you?")])
+    pieces = asyncio.run(_pieces(LlmMt(llm), "Привет, мой дорогой друг, как дела?", "ru",
+                                 "en"))
+    assert pieces == [MtPiece("Hello, my dear old friend,", 0),
+                      MtPiece("Hello, my very dear friend,", 0, restart=True),
+                      MtPiece(" how are you?", 0, complete=True)]
+    assert len(llm.requests) == 2

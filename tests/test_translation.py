@@ -21,6 +21,7 @@ from translation_support import (
 )
 
 from voxgate.engines.base import MtOptions
+from voxgate.engines.mt_llm import MtPiece
 from voxgate.errors import EngineError
 from voxgate.speech import SpeechRequest, SpeechService
 from voxgate.stream_config import StreamConfigError
@@ -62,6 +63,43 @@ class FakeMt:
         return "Hello, this is the translation." if target == "en" else "Привет, это перевод."
 
 
+class FakeStreamMt:
+    """A streaming translator whose pieces come one at a time: each waits until the session
+    has spoken the one before it (``spoken`` is set by the test's event reader), so a session
+    that held the speech back until the whole translation was known would never finish.
+    ``fail_after``: raise after that many pieces; ``restart``: the second sentence is
+    handed on as a head, then restarted (its rest was rejected)."""
+
+    name = "fake-stream"
+
+    def __init__(self, *, fail_after: int | None = None, restart: bool = False) -> None:
+        self.spoken = asyncio.Event()
+        self.fail_after, self.restart = fail_after, restart
+        self.pieces: list[MtPiece] = [
+            MtPiece("Hello, this is the first sentence.", 0, complete=True),
+            MtPiece("And here, after a comma, ", 1),
+            MtPiece("comes the second one.", 1, complete=True)]
+        if restart:
+            self.pieces[2] = MtPiece("Here comes the second one.", 1, complete=True,
+                                     restart=True)
+        self.waited = 0
+
+    async def translate(self, text: str, source: str, target: str, *,
+                        options: MtOptions | None = None) -> str:
+        raise AssertionError("a streaming engine is asked for a stream")
+
+    async def translate_stream(self, text: str, source: str, target: str, *,
+                               options: MtOptions | None = None) -> AsyncIterator[MtPiece]:
+        for n, piece in enumerate(self.pieces):
+            if n == self.fail_after:
+                raise EngineError("MT engine failed mid-way (test)")
+            if n:
+                await asyncio.wait_for(self.spoken.wait(), 120)
+                self.waited += 1
+                self.spoken.clear()
+            yield piece
+
+
 class BrokenSpeech(SpeechService):
     """Real voices and validation; synthesis itself fails (a crashed TTS engine)."""
 
@@ -76,6 +114,7 @@ class BrokenSpeech(SpeechService):
 async def _run(manager, settings, config: TranslateConfig, parts: list[np.ndarray], *,
                mt=None, speech: SpeechService | None = None, finish: bool = True,
                after_block: Callable[[TranslateSession], None] | None = None,
+               on_event: Callable[[TranslateEvent], None] | None = None,
                ) -> tuple[list[TranslateEvent], TranslationService, StreamingService]:
     streaming = StreamingService(settings, manager)
     await streaming.start()
@@ -88,6 +127,8 @@ async def _run(manager, settings, config: TranslateConfig, parts: list[np.ndarra
     async def read() -> None:
         async for event in session.events():
             events.append(event)
+            if on_event is not None:
+                on_event(event)
 
     reader = asyncio.create_task(read())
     try:
@@ -131,9 +172,13 @@ def test_real_russian_then_english_in_auto_mode(manager, settings) -> None:
     for d in done:
         assert not d.tts_failed and not d.error
         assert d.audio is not None and d.audio.size > d.sample_rate  # over a second of speech
-        assert _kinds(events, d.utterance_id)[:2] == ["transcript", "translation"]
-        assert _kinds(events, d.utterance_id)[-1] == "done"
-        assert "audio" in _kinds(events, d.utterance_id)
+        kinds = _kinds(events, d.utterance_id)
+        # streamed MT: speech may start before the whole translation is known
+        assert kinds[0] == "transcript" and kinds[-2:] == ["translation", "done"], kinds
+        assert "audio" in kinds
+        spoken = "".join(e.text for e in events
+                         if e.kind == "audio" and e.utterance_id == d.utterance_id)
+        assert " ".join(spoken.split()) == d.text  # every word of the text was spoken once
     assert done[0].sample_rate == 22050 and done[1].sample_rate == 16000  # Piper joe, Festival ru
     assert service.active == 0 and streaming.active == 0
 
@@ -290,3 +335,49 @@ def test_monologue_without_pauses_is_cut_and_memory_stays_bounded(manager, setti
     assert all(e.end - e.start <= 5.5 for e in done)
     assert max(held) <= 6 * 16_000  # one utterance (5 s) + padding, never the whole monologue
     assert len(mt.calls) == len(done)
+
+
+def _stream_run(manager, settings, mt: FakeStreamMt) -> list[TranslateEvent]:
+    def on_event(event: TranslateEvent) -> None:
+        if event.kind == "audio":
+            mt.spoken.set()
+
+    events, service, streaming = asyncio.run(asyncio.wait_for(_run(
+        manager, settings, TranslateConfig.of(mode="ru->en", partials=False),
+        [russian_speech(), silence(1.0)], mt=mt, on_event=on_event), 300))
+    assert service.active == 0 and streaming.active == 0
+    return events
+
+
+def test_streamed_mt_is_spoken_piece_by_piece_in_order(manager, settings) -> None:
+    mt = FakeStreamMt()
+    events = _stream_run(manager, settings, mt)
+    assert mt.waited == 2  # each piece was asked for only after the one before was spoken
+    kinds = _kinds(events, 0)
+    assert kinds[0] == "transcript" and kinds[-2:] == ["translation", "done"], kinds
+    audio = [e for e in events if e.kind == "audio"]
+    assert [e.text for e in audio] == ["Hello, this is the first sentence.",
+                                       "And here, after a comma,", "comes the second one."]
+    assert [e.sentence for e in audio] == [0, 1, 2]
+    done = events[-1]
+    assert done.text == ("Hello, this is the first sentence. And here, after a comma, comes "
+                         "the second one.")
+    assert not done.error and not done.tts_failed
+    assert done.audio.size == sum(e.audio.size for e in audio)
+
+
+def test_a_restarted_sentence_keeps_only_its_new_text(manager, settings) -> None:
+    events = _stream_run(manager, settings, FakeStreamMt(restart=True))
+    done = events[-1]
+    assert done.text == "Hello, this is the first sentence. Here comes the second one."
+    # the head was spoken before its sentence was withdrawn: the audio says both, in order
+    assert [e.text for e in events if e.kind == "audio"][-2:] == [
+        "And here, after a comma,", "Here comes the second one."]
+
+
+def test_mt_failing_mid_way_keeps_what_was_spoken_and_says_why(manager, settings) -> None:
+    events = _stream_run(manager, settings, FakeStreamMt(fail_after=1))
+    translation, done = [e for e in events if e.kind in ("translation", "done")]
+    assert "failed mid-way" in translation.error and "failed mid-way" in done.error
+    assert done.text == "Hello, this is the first sentence." and not done.tts_failed
+    assert done.audio is not None and done.audio.size > 0

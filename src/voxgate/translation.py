@@ -441,6 +441,9 @@ class TranslateSession:
             return
         tgt = self.config.target_for(src)
         self._emit(TranslateEvent("transcript", src=src, tgt=tgt, text=text, **base))
+        if hasattr(self._mt, "translate_stream"):
+            await self._utterance_streamed(text, src, tgt, base)
+            return
         try:
             translation = await self._translate(text, src, tgt)
         except (EngineError, ConfigError, TimeoutError) as exc:
@@ -458,6 +461,63 @@ class TranslateSession:
                                   sample_rate=rate, tts_failed=failure is not None,
                                   error="", **base))
 
+    async def _utterance_streamed(self, text: str, src: str, tgt: str,
+                                  base: dict[str, Any]) -> None:
+        """MT and TTS overlapped: each piece the MT engine hands on (a checked sentence, or
+        the head of a long one) is spoken at once; the ``translation`` event follows once the
+        whole text is known. A failing TTS never stops the MT (the text still arrives); a
+        failing MT keeps what was already spoken and says why in ``error``."""
+        sentences: list[str] = []
+        units: asyncio.Queue[str | None] = asyncio.Queue()
+        options = MtOptions(context=self._context, glossary=self.config.glossary,
+                            dnt=self.config.dnt)
+
+        translate_stream = self._mt.translate_stream  # type: ignore[attr-defined]
+
+        async def produce() -> None:
+            try:
+                async with asyncio.timeout(self.settings.translation.mt_timeout_s):
+                    async with contextlib.aclosing(translate_stream(
+                            text, src, tgt, options=options)) as pieces:
+                        async for piece in pieces:
+                            sentences.extend([""] * (piece.sentence + 1 - len(sentences)))
+                            before = "" if piece.restart else sentences[piece.sentence]
+                            sentences[piece.sentence] = before + piece.text
+                            units.put_nowait(piece.text)
+            finally:
+                units.put_nowait(None)
+
+        async def spoken_units() -> AsyncIterator[str]:
+            while (unit := await units.get()) is not None:
+                yield unit
+
+        producer = asyncio.create_task(produce(), name=f"tr-mt-{self.id}")
+        try:
+            audio, rate, failure = await self._speak_units(spoken_units(), tgt, base)
+            await asyncio.wait([producer])
+        finally:
+            if not producer.done():  # cancelled: the generation stops before the slot is free
+                producer.cancel()
+                await asyncio.wait([producer])
+        translation = " ".join(" ".join(t.split()) for t in sentences if t.strip())
+        error = ""
+        exc = producer.exception() if not producer.cancelled() else None
+        if isinstance(exc, (EngineError, ConfigError, TimeoutError)):
+            error = str(exc) or f"translation took longer than " \
+                                f"{self.settings.translation.mt_timeout_s:g} s"
+            logger.warning("translation %s utterance %d: MT failed: %s", self.id,
+                           base["utterance_id"], error)
+            failure = None if audio is None else failure  # said so far: not a TTS failure
+        elif exc is not None:
+            raise exc
+        else:
+            self._context = text[-self.settings.translation.max_context_chars:]
+        self._emit(TranslateEvent("translation", src=src, tgt=tgt, text=translation,
+                                  error=error, **base))
+        self._emit(TranslateEvent("done", src=src, tgt=tgt, text=translation, audio=audio,
+                                  sample_rate=rate, tts_failed=failure is not None and not error,
+                                  error=error, **base))
+
     async def _translate(self, text: str, src: str, tgt: str) -> str:
         options = MtOptions(context=self._context, glossary=self.config.glossary,
                             dnt=self.config.dnt)
@@ -468,11 +528,30 @@ class TranslateSession:
                      ) -> tuple[np.ndarray | None, int, str | None]:
         """Speak ``text`` sentence by sentence (an ``audio`` event each); the joined audio,
         or the reason it could not be spoken (the text has already been delivered)."""
+        voice = self._voices.get(language, f"espeak:{language}")
+        try:
+            request = self._speech.prepare(text, voice, max_chars=None)
+        except (TextError, ConfigError) as exc:
+            logger.warning("translation %s utterance %d: TTS failed: %s", self.id,
+                           base["utterance_id"], exc)
+            return None, 0, str(exc)
+        return await self._speak_stream(self._speech.astream(request), base)
+
+    async def _speak_units(self, units: AsyncIterator[str], language: str,
+                           base: dict[str, Any]) -> tuple[np.ndarray | None, int, str | None]:
+        """:meth:`_speak` for text arriving in speakable units (a streamed translation)."""
+        voice = self._voices.get(language, f"espeak:{language}")
+        try:
+            stream = self._speech.astream_units(units, voice)
+        except ConfigError as exc:
+            return None, 0, str(exc)
+        return await self._speak_stream(stream, base)
+
+    async def _speak_stream(self, stream: AsyncIterator[Any], base: dict[str, Any]
+                            ) -> tuple[np.ndarray | None, int, str | None]:
         chunks = []
         try:
-            request = self._speech.prepare(text, self._voices.get(language, f"espeak:{language}"),
-                                           max_chars=None)
-            async with contextlib.aclosing(self._speech.astream(request)) as stream:
+            async with contextlib.aclosing(stream) as stream:
                 async for chunk in stream:
                     self._emit(TranslateEvent("audio", text=chunk.text, audio=chunk.audio,
                                               sample_rate=chunk.sample_rate,

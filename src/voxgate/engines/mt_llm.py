@@ -17,21 +17,34 @@ This engine makes it a checked one:
   :class:`~voxgate.errors.EngineError` naming the reason, never a silently bad translation.
 
 ``MtOptions.context`` (the previous utterance) is shown to the model as context only.
+
+**Streamed** (:meth:`LlmMt.translate_stream`, what live translation uses): the answer is parsed
+while the model writes it; each translated sentence is checked and handed on the moment its
+JSON string closes, and the head of a long sentence (up to a clause boundary, at least
+``clause_chars`` long, passing the script/commentary part of the guard) even before, so speech
+can start while the model is still writing. A sentence rejected after its head was handed on is
+translated again and handed on whole, marked ``restart``. Accepted sentences stay accepted: a
+retry asks only for the sentences from the rejected one on. :meth:`LlmMt.translate` is the same
+stream, collected. On llama.cpp, live requests reuse the KV cache of the prompt prefix the last
+request left (the fixed instructions): only the new text is read (``cache_prompt``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ConfigError, EngineError
 from .base import ChatMessage, Llm, MtOptions
 from .priority import live_llm_kwargs
 
-__all__ = ["LANGUAGE_NAMES", "LlmMt", "check_translation", "split_for_translation"]
+__all__ = ["LANGUAGE_NAMES", "LlmMt", "MtPiece", "check_translation", "split_for_translation"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +65,9 @@ _COMMENTARY = re.compile(
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs",
                             "etc", "no", "г", "гг", "т", "др", "пр", "им", "ул", "стр"})
 _MAX_SENTENCES = 64  # one request; a longer text is translated in several requests
+# where the head of a sentence may be handed on before the sentence is finished: after , ; : or
+# a dash, when the next character (a space) has been written
+_CLAUSE_END = re.compile(r"(?:[,;:]|\s[\u2013\u2014-])(?=\s)")
 
 
 def split_for_translation(text: str) -> list[str]:
@@ -89,19 +105,21 @@ def _without(text: str, phrases: Sequence[str]) -> str:
 
 
 def check_translation(source: str, output: str, target: str,
-                      options: MtOptions | None = None) -> str | None:
+                      options: MtOptions | None = None, *, partial: bool = False) -> str | None:
     """Why ``output`` is not an acceptable ``target``-language translation of ``source``
-    (one sentence each), or None when it is."""
+    (one sentence each), or None when it is. ``partial``: ``output`` is the head of the
+    translation so far, judged by what a head can show (script, commentary, stray words); the
+    do-not-translate phrases and glossary terms may still come."""
     options = options or MtOptions()
     if not output.strip():
-        return "an empty translation" if _letters(source) else None
+        return "an empty translation" if _letters(source) and not partial else None
     match = _COMMENTARY.search(output)
     if match and not _COMMENTARY.search(source):
         return f"commentary instead of a translation ({match.group(0).strip()!r})"
-    for phrase in options.dnt:
+    for phrase in options.dnt if not partial else ():
         if phrase and phrase.lower() in source.lower() and phrase.lower() not in output.lower():
             return f"the do-not-translate phrase {phrase!r} was changed"
-    for term, wanted in options.glossary:
+    for term, wanted in options.glossary if not partial else ():
         if term and term.lower() in source.lower() and wanted.lower() not in output.lower():
             return f"the glossary term {term!r} was not translated as {wanted!r}"
     kept = [p for p in options.dnt] + [w for _, w in options.glossary]
@@ -127,21 +145,46 @@ def check_translation(source: str, output: str, target: str,
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class MtPiece:
+    """A checked piece of a streamed translation, ready to be spoken.
+
+    ``text`` continues sentence ``sentence`` (0-based, of the whole text): the whole sentence,
+    or a head of it up to a clause boundary, or the rest after such a head (the pieces of a
+    sentence concatenate to it exactly). ``complete``: this piece ends its sentence.
+    ``restart``: the sentence's earlier pieces are withdrawn (the rest of it failed the guard
+    and it was translated again); this piece starts it anew.
+    """
+
+    text: str
+    sentence: int
+    complete: bool = False
+    restart: bool = False
+
+
 class LlmMt:
     """Sentence-aligned, guarded translation over a shared :class:`Llm` (see module doc).
 
     Built on an engine the caller holds (``ModelManager.use("llm", ...)``), so the LLM is loaded
-    once for cleanup, summaries and translation alike.
+    once for cleanup, summaries and translation alike. ``clause_chars``: the shortest head of
+    a sentence a stream hands on before the sentence is finished (0: whole sentences only).
     """
 
     name = "llm"
     languages = ("en", "ru")
 
     def __init__(self, llm: Llm, *, max_tokens_per_sentence: int = 160,
-                 retries: int = 1) -> None:
+                 retries: int = 1, clause_chars: int = 24) -> None:
         self.llm = llm
         self.max_tokens_per_sentence = max_tokens_per_sentence
         self.retries = retries
+        self.clause_chars = clause_chars
+        self._llm_kwargs = live_llm_kwargs(llm)
+        with contextlib.suppress(TypeError, ValueError, AttributeError):
+            if "cache_prompt" in inspect.signature(llm.stream).parameters:
+                # live requests: read only what follows the prefix the last one left in the
+                # KV cache (the fixed instructions); see the module doc
+                self._llm_kwargs["cache_prompt"] = True
 
     def version_info(self) -> dict[str, Any]:
         """What changes the output: the LLM (file, seed, endpoint) and this prompt's version."""
@@ -162,24 +205,21 @@ class LlmMt:
     async def translate_sentences(self, sentences: Sequence[str], source: str, target: str, *,
                                   options: MtOptions | None = None) -> list[str]:
         """Exactly one translated sentence per input sentence, in order."""
-        self._check_pair(source, target)
-        options = options or MtOptions()
-        out: list[str] = []
-        for i in range(0, len(sentences), _MAX_SENTENCES):
-            block = list(sentences[i:i + _MAX_SENTENCES])
-            try:
-                out.extend(await self._translate_block(block, source, target, options))
-            except EngineError:
-                if len(block) == 1:
-                    raise
-                # one bad sentence should not sink the others: each alone (with its own
-                # retry); a sentence that still fails fails the whole request, clearly
-                logger.info("translation %s->%s: block of %d rejected twice, one sentence at "
-                            "a time", source, target, len(block))
-                for sentence in block:
-                    out.extend(await self._translate_block([sentence], source, target,
-                                                           options))
-        return out
+        out = [""] * len(sentences)
+        async with contextlib.aclosing(self._stream_sentences(
+                list(sentences), source, target, options or MtOptions(), clauses=False)) as pieces:
+            async for piece in pieces:
+                out[piece.sentence] = piece.text if piece.restart else out[piece.sentence] + piece.text
+        return [" ".join(t.split()) for t in out]
+
+    def translate_stream(self, text: str, source: str, target: str, *,
+                         options: MtOptions | None = None) -> AsyncIterator[MtPiece]:
+        """``text`` translated piece by piece as the model writes it (see :class:`MtPiece`);
+        the pieces of all sentences, joined, are what :meth:`translate` returns. Raises like
+        :meth:`translate` (possibly after some pieces). Iterate inside
+        ``contextlib.aclosing``: closing the stream stops the generation."""
+        return self._stream_sentences(split_for_translation(text), source, target,
+                                      options or MtOptions(), clauses=self.clause_chars > 0)
 
     # ---- internals -----------------------------------------------------------------------
     def _check_pair(self, source: str, target: str) -> None:
@@ -190,68 +230,134 @@ class LlmMt:
         if source == target:
             raise ConfigError(f"source and target language are both {source!r}")
 
-    async def _translate_block(self, sentences: list[str], source: str, target: str,
-                               options: MtOptions) -> list[str]:
-        if not sentences:
-            return []
-        protected, kept = _protect(sentences, options.dnt)
-        schema = self._schema(len(sentences))
-        use_schema = schema if self.llm.capabilities.json_schema else None
-        max_tokens = 32 + self.max_tokens_per_sentence * len(sentences)
-        reason = ""
-        for attempt in range(self.retries + 1):
-            # a retry states why the last answer was rejected: a different (still
-            # deterministic) request, not a replay of the same one
-            messages = self._messages(protected, source, target, options, rejected=reason)
-            answer = await self._complete(messages, max_tokens, use_schema)
-            result, reason = self._parse(answer, protected, kept, sentences, target, options)
-            if result is not None:
-                return result
-            logger.info("translation %s->%s rejected (attempt %d): %s", source, target,
-                        attempt + 1, reason)
-        raise EngineError(f"translation {source}->{target} failed: the model gave {reason} "
-                          f"({self.retries + 1} attempts)")
+    async def _stream_sentences(self, sentences: list[str], source: str, target: str,
+                                options: MtOptions, *, clauses: bool) -> AsyncIterator[MtPiece]:
+        """Blocks of at most ``_MAX_SENTENCES`` sentences, one request each (plus retries).
 
-    async def _complete(self, messages: list[ChatMessage], max_tokens: int,
-                        schema: dict[str, Any] | None) -> str:
-        """The answer, streamed: a cancelled caller (client gone, timeout) closes the stream,
-        which stops the generation itself, not just the wait for it."""
-        parts: list[str] = []
-        stream = self.llm.stream(messages, max_tokens=max_tokens, temperature=0.0,
-                                 json_schema=schema, **live_llm_kwargs(self.llm))
+        In a block, the answer's sentences are accepted in order as they close; the first one
+        the guard rejects ends the request, and the next request (stating the reason) asks for
+        the sentences from that one on. A sentence rejected ``retries + 1`` times in a block
+        is asked alone (``retries + 1`` more times); still rejected, it is an EngineError.
+        """
+        self._check_pair(source, target)
+        start = 0
+        reason = ""
+        failures = 0
+        alone = False  # the rejected sentence is asked on its own
+        headed: set[int] = set()  # sentences with a head handed on, then rejected
+        while start < len(sentences):
+            block_end = start - start % _MAX_SENTENCES + _MAX_SENTENCES
+            end = start + 1 if alone else min(len(sentences), block_end)
+            first = start
+            protected, kept = _protect(sentences[first:end], options.dnt)
+            spoken = 0  # characters of the open sentence handed on so far
+            try:
+                async with contextlib.aclosing(self._answer_items(
+                        protected, source, target, self._context(options, sentences, first),
+                        reason, stream=clauses)) as items:
+                    reason = ""
+                    async for index, raw, complete in items:
+                        if index != start - first:
+                            continue  # a later item the guard cannot reach yet
+                        text, lost = _restore(raw, protected[index], kept)
+                        restart = start in headed and not spoken
+                        if not complete:
+                            cut = self._clause_cut(text, spoken) if clauses else None
+                            if cut is not None and check_translation(
+                                    sentences[start], text[:cut], target, options,
+                                    partial=True) is None:
+                                headed.discard(start)
+                                yield MtPiece(text[spoken:cut], start, restart=restart)
+                                spoken = cut
+                            continue
+                        problem = lost or check_translation(sentences[start], text, target,
+                                                            options)
+                        if problem:
+                            reason = f"{problem}, in the translation of {sentences[start]!r}"
+                            break
+                        headed.discard(start)
+                        yield MtPiece(text[spoken:], start, complete=True, restart=restart)
+                        spoken = 0
+                        start += 1
+                        if start == end:
+                            break
+                    else:
+                        if start < end:
+                            reason = f"{start - first} translations for {end - first} sentences"
+            except _Rejected as exc:
+                reason = str(exc)
+            if start == end and not reason:
+                failures, alone = 0, False
+                continue
+            if spoken:
+                headed.add(start)  # a head of it was handed on: its next text restarts it
+            logger.info("translation %s->%s rejected: %s", source, target, reason)
+            failures = (0 if start > first else failures) + 1
+            if failures > self.retries:
+                if alone or end - start == 1:
+                    raise EngineError(f"translation {source}->{target} failed: the model gave "
+                                      f"{reason} ({self.retries + 1} attempts)")
+                logger.info("translation %s->%s: sentence %d rejected %d times in its block, "
+                            "asked alone", source, target, start + 1, failures)
+                alone, failures = True, 0
+
+    @staticmethod
+    def _context(options: MtOptions, sentences: list[str], start: int) -> MtOptions:
+        """A retry from sentence ``start`` on sees the sentences before it as context."""
+        if not start:
+            return options
+        before = " ".join(sentences[max(0, start - 8):start])
+        return replace(options, context=f"{options.context} {before}".strip())
+
+    def _clause_cut(self, text: str, spoken: int) -> int | None:
+        """End of the last clause of ``text`` at least ``clause_chars`` past ``spoken``."""
+        cut = None
+        for match in _CLAUSE_END.finditer(text, spoken):
+            if match.end() - spoken >= self.clause_chars:
+                cut = match.end()
+        return cut
+
+    async def _answer_items(self, protected: list[str], source: str, target: str,
+                            options: MtOptions, rejected: str, *, stream: bool
+                            ) -> AsyncIterator[tuple[int, str, bool]]:
+        """``(index, text so far, complete)`` of the answer's translations, marks kept.
+
+        Schema-bound engines (llama.cpp's grammar fixes the count) are read as they write;
+        others are read whole first, and a wrong count is rejected (:class:`_Rejected`) before
+        anything is handed on: a merged sentence would otherwise be spoken before the count
+        showed it.
+        """
+        bound = self.llm.capabilities.json_schema
+        schema = self._schema(len(protected)) if bound else None
+        messages = self._messages(protected, source, target, options, rejected=rejected)
+        max_tokens = 32 + self.max_tokens_per_sentence * len(protected)
+        parser = _JsonStrings("translations")
+        answer: list[str] = []
+        llm_stream = self.llm.stream(messages, max_tokens=max_tokens, temperature=0.0,
+                                     json_schema=schema, **self._llm_kwargs)
         try:
-            async for delta in stream:
-                parts.append(delta)
+            async for delta in llm_stream:
+                if not bound:
+                    answer.append(delta)
+                    continue
+                for index, text, complete in parser.feed(delta):
+                    if complete or stream:
+                        yield index, text, complete
         finally:
-            closer = getattr(stream, "aclose", None)
+            closer = getattr(llm_stream, "aclose", None)
             if closer is not None:
                 await closer()
-        return "".join(parts)
-
-    def _parse(self, answer: str, protected: list[str], kept: dict[str, str],
-               sentences: list[str], target: str, options: MtOptions
-               ) -> tuple[list[str] | None, str]:
-        try:
-            data = json.loads(_json_part(answer))
-        except ValueError:
-            return None, "no valid JSON object"
-        items = data.get("translations") if isinstance(data, dict) else None
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            return None, 'no "translations" list of strings'
-        if len(items) != len(sentences):
-            return None, f"{len(items)} translations for {len(sentences)} sentences"
-        out = []
-        for n, (src, item) in enumerate(zip(protected, items), 1):
-            dst = " ".join(item.split())
-            for mark, phrase in kept.items():
-                if src.count(mark) != dst.count(mark):
-                    return None, f"sentence {n}: the do-not-translate phrase {phrase!r} was lost"
-                dst = dst.replace(mark, phrase)
-            problem = check_translation(sentences[n - 1], dst, target, options)
-            if problem:
-                return None, f"sentence {n}: {problem}"
-            out.append(dst)
-        return out, ""
+        if bound:
+            if not parser.started:
+                raise _Rejected('no "translations" list of strings')
+            return
+        found = [(i, t) for i, t, done in parser.feed("".join(answer)) if done]
+        if not parser.started:
+            raise _Rejected("no valid JSON object")
+        if len(found) != len(protected):
+            raise _Rejected(f"{len(found)} translations for {len(protected)} sentences")
+        for index, text in found:
+            yield index, text, True
 
     @staticmethod
     def _schema(count: int) -> dict[str, Any]:
@@ -305,10 +411,81 @@ def _protect(sentences: list[str], dnt: Sequence[str]) -> tuple[list[str], dict[
     return out, kept
 
 
-def _json_part(answer: str) -> str:
-    """The JSON object in an answer (engines without schema support may wrap it in prose or a
-    code fence; the guard still rejects any commentary inside the strings)."""
-    start, end = answer.find("{"), answer.rfind("}")
-    if start < 0 or end <= start:
-        raise ValueError("no JSON object")
-    return answer[start:end + 1]
+def _restore(text: str, source: str, kept: dict[str, str]) -> tuple[str, str]:
+    """``text`` whitespace-normalised (one trailing space kept: a clause end needs it) with the
+    marks put back; and why a mark of ``source`` is missing from it ("" when none is)."""
+    trailing = " " if text[-1:].isspace() else ""
+    text = " ".join(text.split()) + trailing if text.strip() else ""
+    lost = ""
+    for mark, phrase in kept.items():
+        if source.count(mark) != text.count(mark) and not lost:
+            lost = f"the do-not-translate phrase {phrase!r} was lost"
+        text = text.replace(mark, phrase)
+    return text, lost
+
+
+class _Rejected(Exception):
+    """An answer with no usable list of translations (the reason is the message)."""
+
+
+class _JsonStrings:
+    """The strings of one JSON array member (``{"translations": ["...", ...]}``) as a model
+    writes them: :meth:`feed` returns ``(index, text so far, complete)`` for every string that
+    grew or closed. Prose or a code fence around the object is skipped; escapes are decoded."""
+
+    _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
+                "t": "\t"}
+
+    def __init__(self, key: str) -> None:
+        self._seek = re.compile(r'"' + re.escape(key) + r'"\s*:\s*\[')
+        self._buffer = ""  # text not consumed yet
+        self.started = False
+        self._state = "seek"  # seek | between | string | end
+        self._text: list[str] = []
+        self._index = 0
+
+    def feed(self, delta: str) -> list[tuple[int, str, bool]]:
+        buf = self._buffer + delta
+        out: list[tuple[int, str, bool]] = []
+        i = 0
+        if self._state == "seek":
+            match = self._seek.search(buf)
+            if match is None:
+                self._buffer = buf[-64:]  # the key may be cut between deltas
+                return out
+            self.started, self._state, i = True, "between", match.end()
+        grew = False
+        while i < len(buf) and self._state != "end":
+            ch = buf[i]
+            if self._state == "between":
+                if ch == '"':
+                    self._state, self._text = "string", []
+                elif ch == "]":
+                    self._state = "end"
+                i += 1
+            elif ch == "\\":
+                if i + 1 >= len(buf) or (buf[i + 1] == "u" and i + 6 > len(buf)):
+                    break  # the escape is cut between deltas
+                if buf[i + 1] == "u":
+                    try:
+                        self._text.append(chr(int(buf[i + 2:i + 6], 16)))
+                    except ValueError:
+                        self._text.append(buf[i:i + 6])
+                    i += 6
+                else:
+                    self._text.append(self._ESCAPES.get(buf[i + 1], buf[i + 1]))
+                    i += 2
+                grew = True
+            elif ch == '"':
+                out.append((self._index, "".join(self._text), True))
+                self._index += 1
+                self._state, grew = "between", False
+                i += 1
+            else:
+                self._text.append(ch)
+                grew = True
+                i += 1
+        self._buffer = buf[i:]
+        if self._state == "string" and grew:
+            out.append((self._index, "".join(self._text), False))
+        return out
