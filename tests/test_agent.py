@@ -390,14 +390,29 @@ async def test_no_prefill_while_the_agent_speaks_or_when_turned_off():
         asr.start()  # over the agent: a barge-in, whose partials warm nothing
         await _silence(session, 0.2)
         asr.partial("wait")
+        await events.wait(lambda e: isinstance(e, AudioPaused))
         await _silence(session, 0.1)
-        assert all(k["max_tokens"] > 1 for k in llm.kwargs)
+        await asyncio.sleep(0.05)
+        assert len(llm.kwargs) == 1 and llm.kwargs[0]["max_tokens"] > 1
     async with _running(prefill=False) as (session, asr, llm, voice, events):
         asr.start()
         await _silence(session, 0.3)
         asr.partial("What is the")
         await _silence(session, 0.1)
+        await asyncio.sleep(0.05)
         assert not llm.requests
+
+
+async def test_closing_the_session_stops_a_prefill_in_flight():
+    session, asr, llm, _ = _session(llm=FakeLlm(hang=True))
+    asr.start()
+    await _silence(session, 0.3)
+    asr.partial("What is the")
+    await _silence(session, 0.1)
+    await asyncio.sleep(0.05)
+    assert [k["max_tokens"] for k in llm.kwargs] == [1]
+    await asyncio.wait_for(session.close(), 5)
+    assert llm.cancelled == 1
 
 
 async def test_speculative_reply_is_dropped_when_the_user_goes_on():
