@@ -25,13 +25,14 @@ from voxgate.engines.manager import ModelManager
 from voxgate.errors import ModelError
 
 pytest.importorskip("fastapi", reason="the 'server' extra is not installed")
-from fastapi.routing import APIRoute  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.websockets import WebSocketDisconnect
 
-from voxgate.server import create_app  # noqa: E402
-from voxgate.server.metrics import metrics_of  # noqa: E402
-from voxgate.server.state import AppState  # noqa: E402
+from voxgate.server import create_app
+from voxgate.server.metrics import metrics_of
+from voxgate.server.state import AppState
 
 KEY = "obs-key"
 AUTH = {"X-API-Key": KEY}
@@ -221,10 +222,11 @@ def test_http_latency_by_route_template_and_websocket_sessions() -> None:
         client.get("/probe/boom/1")
         client.post("/v1/audio/transcriptions")  # 401: no key
         client.get("/no/such/page")
-        with pytest.raises(Exception):  # wrong key: the door closes the socket (1008)
-            with client.websocket_connect("/v1/asr?api_key=wrong") as ws:
+        with client.websocket_connect("/v1/asr?api_key=wrong") as ws:  # the door says why...
+            assert "API key" in ws.receive_json()["message"]
+            with pytest.raises(WebSocketDisconnect) as closed:  # ...and closes with 1008
                 ws.receive_text()
-                ws.receive_text()
+        assert closed.value.code == 1008
         body = client.get("/metrics", headers=AUTH).text
     counts = _samples(body, "voxgate_http_request_duration_seconds_count")
     assert counts[(("method", "GET"), ("route", "/probe/hello/{name}"), ("status", "200"))] == 3
@@ -285,9 +287,8 @@ def test_tracing_spans_nest_and_travel_in_a_carrier() -> None:
         with tracing.span("outer", kind="producer"):
             carrier = tracing.inject()
             outer_trace = tracing.current_trace_id()
-        with tracing.continued("far away", carrier):
-            with tracing.span("stage"):
-                assert tracing.current_trace_id() == outer_trace
+        with tracing.continued("far away", carrier), tracing.span("stage"):
+            assert tracing.current_trace_id() == outer_trace
     finally:
         tracing.shutdown_tracing()
     spans = {s.name: s for s in exporter.get_finished_spans()}
@@ -311,7 +312,7 @@ def test_grpc_interceptor_times_calls_by_method_and_code_with_context() -> None:
     seen: list[dict[str, str]] = []
 
     class Probe(health.aio.HealthServicer):
-        async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC API
+        async def Check(self, request: Any, context: Any) -> Any:
             seen.append(log_setup.current())
             return await super().Check(request, context)
 

