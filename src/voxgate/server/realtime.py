@@ -10,7 +10,9 @@ door is thin: no pipeline logic here. ``realtime_events.py`` holds the wire shap
 ``docs/protocol.md`` ("/v1/realtime") says what is supported and what is not.
 
 The agent session opens on the first event that needs it (audio, an item, a response), so a
-``session.update`` sent first still chooses the language and VAD settings of its ASR stream.
+``session.update`` sent first still chooses the language and VAD settings of its ASR stream;
+its agent slot and live-stream slot are held from the connection on (:class:`HeldSlots`), so a
+full server refuses a client at once (1013), never in the middle of its session.
 Auth, frame size and idle limits are those of the other live doors (``wire.py`` close codes):
 a bad key closes with 1008, a full server with 1013, a frame over the limit with 1009; a bad
 client event is answered with an ``error`` event (its ``event_id`` included) and the session
@@ -26,6 +28,7 @@ import contextlib
 import copy
 import json
 import logging
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -100,6 +103,42 @@ def _as_realtime(exc: Exception) -> RealtimeError:
     raise exc
 
 
+class HeldSlots:
+    """The agent slot and live-stream slot of a connection whose session is not open yet.
+
+    Taken at connect (``AgentLimitError`` / ``StreamLimitError`` when the server is full) and
+    held as ``AgentService.open`` holds a slot while models load, so a client once accepted is
+    never refused later for want of a slot. :meth:`release` right before ``await
+    service.open(...)`` hands them over: ``open`` checks capacity before its first await, in the
+    same step of the event loop, so no other connection can take them in between. Released
+    again on every exit path (idempotent); :meth:`hold` takes them back after a failed open.
+    """
+
+    def __init__(self, service: AgentService) -> None:
+        self.service = service
+        self.key = f"realtime-{uuid.uuid4().hex[:12]}"
+        self.held = False
+        self.hold()
+
+    def hold(self) -> None:
+        if self.held:
+            return
+        self.service.check_capacity()
+        self.service.sessions[self.key] = None  # "still opening", as AgentService.open marks it
+        self.service.streaming.sessions[self.key] = self  # type: ignore[assignment]
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.service.sessions.pop(self.key, None)
+            self.service.streaming.sessions.pop(self.key, None)
+            self.held = False
+
+    async def close(self) -> None:
+        """StreamingService.stop closes every session it counts: the hold is let go."""
+        self.release()
+
+
 # ========================================================================== the door
 class RealtimeDoor:
     """One ``/v1/realtime`` connection: client events in, server events out."""
@@ -109,6 +148,7 @@ class RealtimeDoor:
         self.options = RealtimeOptions(model=ws.query_params.get("model", "")[:256])
         self.service: AgentService | None = None
         self.session: AgentSession | None = None
+        self.slots: HeldSlots | None = None  # from connect until the session opens
         self.config: AgentConfig | None = None  # before the session opens
         self.pcm = PcmInput("pcm16", RATE, 1)
         self.writer: asyncio.Task[RealtimeError | None] | None = None
@@ -137,7 +177,7 @@ class RealtimeDoor:
             return
         try:
             self.service = agent_service(self.state)
-            self.service.check_capacity()  # a full server is told before anything else
+            self.slots = HeldSlots(self.service)  # a full server is told before anything else
             self.config = await self._agent_config()
             await self._send(server_event("session.created", session=self._session_wire()))
             while True:
@@ -159,6 +199,8 @@ class RealtimeDoor:
             await self._close(RealtimeError("internal error", code="internal",
                                             kind="server_error", close_code=CLOSE_INTERNAL))
         finally:
+            if self.slots is not None:
+                self.slots.release()
             if self.writer is not None and not self.writer.done():
                 self.writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -249,9 +291,14 @@ class RealtimeDoor:
 
     async def _open(self) -> AgentSession:
         if self.session is None:
-            assert self.service is not None
+            assert self.service is not None and self.slots is not None
             self.config = await self._agent_config()
-            self.session = await self.service.open(self.config)
+            self.slots.release()  # handed to open(), which checks capacity before any await
+            try:
+                self.session = await self.service.open(self.config)
+            except Exception:
+                self.slots.hold()  # a bad option leaves the connection its slot (or: full)
+                raise
             self.writer = asyncio.create_task(self._write_events(self.session),
                                               name=f"realtime-writer-{self.session.id}")
         return self.session
