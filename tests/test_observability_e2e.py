@@ -272,3 +272,67 @@ def test_voxgate_serve_writes_json_logs_with_request_ids_and_exports_spans(tmp_p
     assert any(r.get("request_id") == "cli-req-1" and r.get("door") == "http"
                and "/v1/templates" in r["message"] for r in access), access
     assert f'"trace_id": "0x{trace}"' in stdout and '"name": "GET /v1/templates"' in stdout
+
+
+def test_a_separate_worker_process_continues_the_jobs_trace(server, manager, librivox,
+                                                            tmp_path) -> None:
+    """Scale-out: the API in this process, ``voxgate worker`` in another (as on another
+    machine), sharing only Redis. The worker's spans (console exporter, its stdout) carry the
+    client's trace id and hang under the API's enqueue span; its JSON log lines name the task."""
+    import os
+    import subprocess
+    import sys
+
+    from jobs_support import serve_app
+
+    from voxgate.jobs import EmbeddedRedis
+
+    spans = server["spans"]  # the API's spans (this process's tracer)
+    redis = EmbeddedRedis(Settings(data_dir=tmp_path, _env_file=None))
+    url = redis.start()
+    trace = "9a" * 16
+    try:
+        settings = Settings(data_dir=tmp_path, offline=True, redis_url=url, api_keys=[KEY],
+                            grpc_port=0, inprocess_worker="off", _env_file=None)
+        with serve_app(settings, manager=manager) as base:
+            clip = wav_of(librivox[4:5], tmp_path / "clip.wav")
+            with clip.open("rb") as handle:
+                response = httpx.post(f"{base}/v1/process", timeout=60, headers={
+                    **AUTH, "traceparent": f"00-{trace}-{'1' * 16}-01"},
+                    data={"features": "raw_transcript"},
+                    files={"file": ("clip.wav", handle, "audio/wav")})
+            assert response.status_code == 202, response.text
+            task_id = response.json()["task_id"]
+            env = {**os.environ, "VOXGATE_REDIS_URL": url, "VOXGATE_DATA_DIR": str(tmp_path),
+                   "VOXGATE_OFFLINE": "true", "VOXGATE_LOG__FORMAT": "json",
+                   "VOXGATE_TRACING__ENABLED": "true", "VOXGATE_TRACING__EXPORTER": "console"}
+            worker = subprocess.run(  # --burst: exits once the queue is empty, spans flushed
+                [sys.executable, "-m", "voxgate.cli", "worker", "--burst", "--name", "obs-w"],
+                env=env, capture_output=True, text=True, timeout=240, check=False)
+            assert worker.returncode == 0, worker.stderr[-2000:]
+            final = wait_final(base, task_id, timeout=60)
+        assert final["status"] == "COMPLETE", final
+    finally:
+        redis.stop()
+    worker_spans = _json_objects(worker.stdout)
+    by_name = {s["name"]: s for s in worker_spans if s["context"]["trace_id"] == f"0x{trace}"}
+    assert {"voxgate.job", "voxgate.preprocess", "voxgate.asr"} <= set(by_name), \
+        [s["name"] for s in worker_spans]
+    (enqueue,) = [s for s in spans.get_finished_spans() if s.name == "voxgate.enqueue"
+                  and s.attributes["voxgate.task_id"] == task_id]
+    assert by_name["voxgate.job"]["parent_id"] == f"0x{enqueue.context.span_id:016x}"
+    assert format(enqueue.context.trace_id, "032x") == trace
+    logs = [json.loads(line) for line in worker.stderr.splitlines() if line.startswith("{")]
+    job_lines = [r for r in logs if r.get("task_id") == task_id]
+    assert job_lines and all(r["door"] == "worker" and r["trace_id"] == trace
+                             for r in job_lines), job_lines
+
+
+def _json_objects(text: str) -> list[dict[str, Any]]:
+    """The JSON objects written one after another (the console exporter's pretty-printed
+    spans)."""
+    decoder, found, index = json.JSONDecoder(), [], 0
+    while (start := text.find("{", index)) != -1:
+        value, index = decoder.raw_decode(text, start)
+        found.append(value)
+    return found
