@@ -86,12 +86,24 @@ through secretKeyRef. A settings entry whose name looks like a secret fails the 
 - name: VOXGATE_LLM__MODEL
   value: {{ . | quote }}
 {{- end }}
+{{- with .Values.storage.url }}
+- name: VOXGATE_STORAGE__URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.storage.endpointUrl }}
+- name: VOXGATE_STORAGE__ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.storage.region }}
+- name: VOXGATE_STORAGE__REGION
+  value: {{ . | quote }}
+{{- end }}
 {{- with .Values.metrics.openNetworks }}
 - name: VOXGATE_METRICS_OPEN_NETWORKS
   value: {{ join "," . | quote }}
 {{- end }}
 {{- range $name, $value := .Values.settings }}
-{{- if regexMatch "(API_KEYS?|SECRET|PASSWORD|REDIS_URL)$" $name }}
+{{- if regexMatch "(API_KEYS?|SECRET|PASSWORD|REDIS_URL|ACCESS_KEY|KEY_ID|TOKEN)$" $name }}
 {{- fail (printf "settings.%s looks like a secret: set it through `secrets` (a Secret), not as a plain value" $name) }}
 {{- end }}
 {{- if not (hasPrefix "VOXGATE_" $name) }}
@@ -123,6 +135,26 @@ through secretKeyRef. A settings entry whose name looks like a secret fails the 
       name: {{ $secret }}
       key: {{ $keys.rivaApiKey }}
       optional: true
+{{- if .Values.storage.url }}
+- name: VOXGATE_STORAGE__ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $keys.s3AccessKeyId }}
+      optional: true
+- name: VOXGATE_STORAGE__SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $keys.s3SecretAccessKey }}
+      optional: true
+- name: VOXGATE_STORAGE__SESSION_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $keys.s3SessionToken }}
+      optional: true
+{{- end }}
 {{- end -}}
 
 {{/* Volumes and mounts shared by API and workers. */}}
