@@ -106,10 +106,50 @@ def test_russian_speech_from_a_browser_comes_back_in_english(server) -> None:
     assert "tts_failed" not in result and "error" not in result
     assert result["timestamps"] and result["timestamps"][0]["start"] >= 0
     assert any(m["type"] == "transcript" for m in before)
+    # the seed's contract is the default: no streamed audio parts before the one WAV
+    assert not [m for m in before if m["type"] == "audio"]
     with wave.open(io.BytesIO(wav)) as w:  # one PCM_16 WAV of the English speech
         assert w.getsampwidth() == 2 and w.getnchannels() == 1
         assert w.getnframes() / w.getframerate() > 1.0
     assert end == {"type": "end", "audio_seconds": end["audio_seconds"], "utterances": 1}
+
+
+def test_stream_audio_sends_each_spoken_piece_as_its_own_wav(server) -> None:
+    """Opt-in ``stream_audio``: a WAV per sentence or clause as soon as it is spoken (each
+    after an ``audio`` header), then the result closes the utterance with no WAV after it."""
+    async def scenario() -> tuple[dict, list[tuple[dict, bytes]], list[str]]:
+        async with await _connect(server) as ws:
+            await ws.send(json.dumps({"mode": "ru->en", "sample_rate": 48000,
+                                      "stream_audio": True}))
+            ready = await _json(ws)
+            assert ready["type"] == "ready" and ready["stream_audio"] is True, ready
+            for frame in browser_frames(russian_speech()) + browser_frames(silence(0.3)):
+                await ws.send(frame)
+            await ws.send("__flush__")
+            parts: list[tuple[dict, bytes]] = []
+            kinds: list[str] = []
+            while (message := await _json(ws, 900))["type"] != "result":
+                kinds.append(message["type"])
+                if message["type"] == "audio":
+                    wav = await asyncio.wait_for(ws.recv(), 60)
+                    assert isinstance(wav, bytes), "an audio header is followed by its WAV"
+                    parts.append((message, wav))
+            await ws.send(json.dumps({"type": "end"}))
+            assert (await _json(ws))["type"] == "end"  # no WAV after the result
+            await _closed_with(ws, 1000)
+            return message, parts, kinds
+
+    result, parts, kinds = asyncio.run(scenario())
+    assert result["audio"] is False and result["audio_parts"] == len(parts) >= 1, result
+    assert "weather" in result["text"].lower() and "error" not in result
+    assert kinds.index("transcript") < kinds.index("audio")
+    assert [h["part"] for h, _ in parts] == list(range(len(parts)))
+    assert " ".join(" ".join(h["text"] for h, _ in parts).split()) == result["text"]
+    for header, wav in parts:
+        assert header["utterance_id"] == result["utterance_id"]
+        with wave.open(io.BytesIO(wav)) as w:
+            assert w.getsampwidth() == 2 and w.getframerate() == header["sample_rate"]
+            assert w.getnframes() > 0
 
 
 def test_client_gone_mid_utterance_frees_the_slot(server) -> None:

@@ -68,13 +68,15 @@ class WsControl:
     """The first message. ``mode`` overrides ``src``/``tgt``; unknown fields are ignored.
 
     Extras beyond the seed: ``partials`` (bool), ``glossary`` ({source term: target term}),
-    ``dnt`` (list of phrases kept as they are).
+    ``dnt`` (list of phrases kept as they are), ``stream_audio`` (bool: each translated
+    sentence or clause is sent as its own WAV as soon as it is spoken, see ``_write_events``).
     """
 
     config: TranslateConfig
     mode: str
     sample_rate: int = 48_000
     channels: int = 1
+    stream_audio: bool = False
 
     @classmethod
     def from_wire(cls, text: str) -> WsControl:
@@ -108,7 +110,7 @@ class WsControl:
             raise WireError(str(exc), field=exc.field, code="bad_config") from None
         mode = "auto" if config.src == "auto" else f"{config.src}->{config.target_for(config.src)}"
         return cls(config, mode, _field(data, "sample_rate", int, 48_000),
-                   _field(data, "channels", int, 1))
+                   _field(data, "channels", int, 1), _field(data, "stream_audio", bool, False))
 
 
 @dataclass(slots=True)
@@ -124,6 +126,7 @@ class WsAstResult:
                                "tgt": e.tgt, "text": e.text, "transcript": e.transcript,
                                "timestamps": [{"start": w.start, "end": w.end,
                                                "text": w.word.strip()} for w in e.words],
+                               "start": round(e.start, 3), "end": round(e.end, 3),
                                "audio": self.has_audio}
         if e.tts_failed:
             out["tts_failed"] = True
@@ -150,8 +153,10 @@ async def live_translate(ws: WebSocket) -> None:
         bind_log_context(session_id=session.id)  # every log line of this stream names it
         await ws.send_json({"type": "ready", "session_id": session.id, "mode": control.mode,
                             "src": control.config.src, "tgt": control.config.tgt,
-                            "sample_rate": pcm.sample_rate, "channels": pcm.channels})
-        writer = asyncio.create_task(_write_events(ws, session), name=f"wst-writer-{session.id}")
+                            "sample_rate": pcm.sample_rate, "channels": pcm.channels,
+                            "stream_audio": control.stream_audio})
+        writer = asyncio.create_task(_write_events(ws, session, control.stream_audio),
+                                     name=f"wst-writer-{session.id}")
         await _read_audio(ws, session, pcm, limits.idle_timeout_s, limits.max_frame_bytes,
                           writer)
         await writer  # every utterance of the ended stream is sent
@@ -233,9 +238,24 @@ def _control_kind(text: str) -> str:
     return kind if kind in ("flush", "end") else ""
 
 
-async def _write_events(ws: WebSocket, session: TranslateSession) -> None:
+async def _write_events(ws: WebSocket, session: TranslateSession, stream_audio: bool) -> None:
+    """Events -> wire. The seed's contract (default): per utterance the result JSON, then one
+    WAV of the whole translation. ``stream_audio``: per spoken piece an ``audio`` JSON header
+    then its WAV, as soon as it is synthesized; the result JSON (``"audio": false``,
+    ``"audio_parts": n``) closes the utterance."""
+    parts = 0
     async for event in session.events():
-        if event.kind == "partial":
+        if event.kind == "audio" and stream_audio and event.audio is not None:
+            await ws.send_json({"type": "audio", "utterance_id": event.utterance_id,
+                                "part": event.sentence, "text": event.text,
+                                "sample_rate": event.sample_rate, "start": round(event.start, 3),
+                                "end": round(event.end, 3)})
+            await ws.send_bytes(encode_audio(event.audio, event.sample_rate, "wav"))
+            parts += 1
+        elif event.kind == "done" and stream_audio:
+            await ws.send_json({**WsAstResult(event, False).to_wire(), "audio_parts": parts})
+            parts = 0
+        elif event.kind == "partial":
             await ws.send_json({"type": "partial", "utterance_id": event.utterance_id,
                                 "text": event.text})
         elif event.kind == "transcript":
