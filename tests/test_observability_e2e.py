@@ -163,7 +163,8 @@ def test_grpc_calls_are_timed_by_method_and_code_and_continue_traces(server, lib
     assert counts[(("code", "UNAUTHENTICATED"), ("method", recognize))] >= 1
 
 
-def test_websocket_and_wyoming_sessions_are_timed_and_traced(server) -> None:
+def test_websocket_and_wyoming_sessions_are_timed_and_traced(server, librivox) -> None:
+    """A live stream is one trace: the session's span, with a child span per final."""
     import websockets
     from wyoming.client import AsyncTcpClient
     from wyoming.info import Describe, Info
@@ -171,9 +172,20 @@ def test_websocket_and_wyoming_sessions_are_timed_and_traced(server) -> None:
     live, spans, address = server["live"], server["spans"], server["wyoming"]
 
     async def sessions() -> str:
+        from voxgate.audio import float32_to_pcm16
+
         async with websockets.connect(live.ws_url, additional_headers={
                 **AUTH, "X-Request-ID": "ws-e2e-1"}) as ws:
             request_id = ws.response.headers["x-request-id"]
+            await ws.send(json.dumps({"type": "config", "sample_rate": 16000, "language": "en",
+                                      "interim_results": False}))
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await ws.send(float32_to_pcm16(librivox[4].audio))  # one real utterance
+            await ws.send(json.dumps({"type": "end"}))
+            kinds = []
+            while not kinds or kinds[-1] not in ("end", "error"):
+                kinds.append(json.loads(await ws.recv())["type"])
+            assert "final" in kinds, kinds
         async with AsyncTcpClient(address.host, address.port) as client:
             await client.write_event(Describe().event())
             assert Info.is_type((await client.read_event()).type)
@@ -183,6 +195,9 @@ def test_websocket_and_wyoming_sessions_are_timed_and_traced(server) -> None:
     (ws_span,) = [s for s in spans.wait_for("WebSocket /v1/asr")
                   if s.attributes.get("voxgate.request_id") == "ws-e2e-1"]
     assert ws_span.attributes["http.route"] == "/v1/asr"
+    finals = [s for s in spans.wait_for("voxgate.stream.final")
+              if s.parent is not None and s.parent.span_id == ws_span.context.span_id]
+    assert finals and all(s.context.trace_id == ws_span.context.trace_id for s in finals)
     assert spans.wait_for("Wyoming session")
     body = _metrics(live)
     assert _counts(body, "voxgate_websocket_session_duration_seconds_count")[

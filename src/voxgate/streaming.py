@@ -49,6 +49,7 @@ from .engines.priority import Priority
 from .errors import EngineError, ModelError
 from .stream_batcher import DecodeScheduler
 from .stream_config import ENCODINGS, PcmInput, StreamConfig, StreamConfigError, StreamLimitError
+from .tracing import span
 from .types import AsrEvent, Word
 
 __all__ = [
@@ -505,8 +506,9 @@ class AsrSession:
                 self._pending_changed.clear()
                 await self._pending_changed.wait()
             pending = self._pending[0]
-            try:
-                result = await asyncio.shield(pending.future)
+            try:  # a span per final, in the stream's trace (a no-op with tracing off)
+                with span("voxgate.stream.final"):
+                    result = await asyncio.shield(pending.future)
             except asyncio.CancelledError:
                 if self.closed:
                     raise
