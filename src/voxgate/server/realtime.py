@@ -42,6 +42,7 @@ from ..agent import (
     SpeechVoice,
 )
 from ..errors import AudioError, ConfigError, EngineError, ModelError, TextError
+from ..log_setup import bind as bind_log_context
 from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
 from .agent_doors import agent_service, client_agent_config
 from .deps import websocket_api_key_ok
@@ -154,6 +155,7 @@ class RealtimeDoor:
         self.writer: asyncio.Task[RealtimeError | None] | None = None
         self.translator = EventTranslator(self)
         self.session_id = new_id("sess")
+        bind_log_context(session_id=self.session_id)  # every log line of this session names it
         self._send_lock = asyncio.Lock()
         self._handlers = {
             "session.update": self._session_update,
