@@ -14,11 +14,13 @@ RQ retries them; a cancellation request ends the job as CANCELLED.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,16 +162,49 @@ def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb:
         store.record_outcome(TaskStatus.FAILED.value)
 
 
+@contextlib.contextmanager
+def _riding_out_redis_outage(what: str) -> Iterator[None]:
+    """Skip one Redis chore while Redis is down or restarting (the next round redoes it).
+
+    RQ's work loop quits on any exception outside its blocking dequeue (which retries with
+    backoff on its own), so one chore that met a restarting Redis used to end an idle worker
+    for good; with these guarded the worker waits in the dequeue until Redis is back.
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    try:
+        yield
+    except RedisConnectionError as exc:
+        logger.warning("Redis unreachable (%s); %s skipped, retried next round", exc, what)
+
+
 def _worker_class():  # -> type[SimpleWorker]; built lazily so importing needs no RQ
     from rq.timeouts import TimerDeathPenalty
     from rq.worker import SimpleWorker
 
     class VoxgateWorker(SimpleWorker):
-        """SimpleWorker with short heartbeats, a thread-safe timeout and a shared runtime."""
+        """SimpleWorker with short heartbeats, a thread-safe timeout, a shared runtime, and
+        idle-time Redis chores that ride out a Redis restart."""
 
         death_penalty_class = TimerDeathPenalty
         runtime: WorkerRuntime
         job_queue: JobQueue
+
+        def check_for_suspension(self, burst: bool) -> None:
+            with _riding_out_redis_outage("the suspension check"):
+                super().check_for_suspension(burst)
+
+        def run_maintenance_tasks(self) -> None:
+            with _riding_out_redis_outage("registry maintenance"):
+                super().run_maintenance_tasks()
+
+        def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+            with _riding_out_redis_outage("the worker heartbeat"):
+                super().heartbeat(*args, **kwargs)
+
+        def set_state(self, *args: Any, **kwargs: Any) -> None:
+            with _riding_out_redis_outage("recording the worker state"):
+                super().set_state(*args, **kwargs)
 
         def get_heartbeat_ttl(self, job: Any) -> int:
             return 3 * self.runtime.settings.worker_heartbeat_s
@@ -210,7 +245,8 @@ def _worker_class():  # -> type[SimpleWorker]; built lazily so importing needs n
             while True:
                 token = _RUNTIME.set(self.runtime)
                 try:
-                    self.job_queue.requeue_abandoned()  # also covers other workers' dead jobs
+                    with _riding_out_redis_outage("re-queueing abandoned jobs"):
+                        self.job_queue.requeue_abandoned()  # also other workers' dead jobs
                 finally:
                     _RUNTIME.reset(token)
                 result = super().dequeue_job_and_maintain_ttl(timeout, timeout or max_idle_time)
