@@ -23,6 +23,7 @@ import httpx
 import pytest
 from conftest import wer
 from jobs_support import AUTH, KEY, wait_final, wav_of
+from test_observability import _samples
 
 from voxgate import log_setup, tracing
 from voxgate.config import LogSettings, Settings
@@ -158,7 +159,7 @@ def test_grpc_calls_are_timed_by_method_and_code_and_continue_traces(server, lib
     (span,) = [s for s in spans.wait_for(f"gRPC {recognize.lstrip('/')}")
                if format(s.context.trace_id, "032x") == trace_id]
     assert span.attributes["voxgate.request_id"] == "grpc-e2e-1"
-    counts = _counts(_metrics(live), "voxgate_grpc_request_duration_seconds_count")
+    counts = _samples(_metrics(live), "voxgate_grpc_request_duration_seconds_count")
     assert counts[(("code", "OK"), ("method", recognize))] >= 1
     assert counts[(("code", "UNAUTHENTICATED"), ("method", recognize))] >= 1
 
@@ -200,10 +201,10 @@ def test_websocket_and_wyoming_sessions_are_timed_and_traced(server, librivox) -
     assert finals and all(s.context.trace_id == ws_span.context.trace_id for s in finals)
     assert spans.wait_for("Wyoming session")
     body = _metrics(live)
-    assert _counts(body, "voxgate_websocket_session_duration_seconds_count")[
+    assert _samples(body, "voxgate_websocket_session_duration_seconds_count")[
         (("route", "/v1/asr"),)] >= 1
     # the Wyoming connection is counted once its handler has finished (after the client left)
-    assert live.wait_for(lambda: _counts(
+    assert live.wait_for(lambda: _samples(
         _metrics(live), "voxgate_wyoming_session_duration_seconds_count")[()] >= 1)
 
 
@@ -235,15 +236,6 @@ def _metrics(live: Any) -> str:
     response = httpx.get(f"{live.url}/metrics", headers=AUTH, timeout=30)
     response.raise_for_status()
     return response.text
-
-
-def _counts(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    found: dict[tuple[tuple[str, str], ...], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                found[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
 
 
 def test_voxgate_serve_writes_json_logs_with_request_ids_and_exports_spans(tmp_path) -> None:

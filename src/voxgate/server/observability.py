@@ -18,8 +18,8 @@ from __future__ import annotations
 import inspect
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import nullcontext
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from .. import tracing
@@ -147,52 +147,40 @@ def _wrap_handler(handler: Any, details: Any, state: AppState) -> Any:
                 if isinstance(v, str) and k in ("x-request-id", "traceparent", "tracestate")}
     streaming = handler.request_streaming or handler.response_streaming
 
-    def scope() -> Any:
+    @contextmanager
+    def observed(context: Any) -> Iterator[None]:
+        """Log context, span and timing of one call, whatever way it ends."""
         request_id = request_id_or_new(metadata.get("x-request-id"))
-        return request_id, bound(request_id=request_id, door="grpc", task_id=None,
-                                 session_id=_session_id("grpc") if streaming else None)
-
-    def finish(context: Any, started: float, span: Any, request_id: str,
-               error: BaseException | None) -> None:
-        code = _grpc_code(context, error)
-        metrics_of(state).grpc_duration.labels(method, code).observe(
-            time.perf_counter() - started)
-        if span is not None:
-            span.set_attribute("rpc.grpc.status_code", code)
-            span.set_attribute("voxgate.request_id", request_id)
-
-    def traced() -> Any:
-        return tracing.continued(f"gRPC {method.lstrip('/')}", metadata, kind="server",
-                                 attributes={"rpc.system": "grpc", "rpc.method": method})
+        started, error = time.perf_counter(), None
+        with bound(request_id=request_id, door="grpc", task_id=None,
+                   session_id=_session_id("grpc") if streaming else None), \
+                tracing.continued(f"gRPC {method.lstrip('/')}", metadata, kind="server",
+                                  attributes={"rpc.system": "grpc", "rpc.method": method}) as span:
+            try:
+                yield
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                code = _grpc_code(context, error)
+                metrics_of(state).grpc_duration.labels(method, code).observe(
+                    time.perf_counter() - started)
+                if span is not None:
+                    span.set_attribute("rpc.grpc.status_code", code)
+                    span.set_attribute("voxgate.request_id", request_id)
 
     def wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def call(request: Any, context: Any) -> Any:
-            request_id, log_scope = scope()
-            started, error = time.perf_counter(), None
-            with log_scope, traced() as span:
-                try:
-                    return await behavior(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(context, started, span, request_id, error)
+            with observed(context):
+                return await behavior(request, context)
 
         return call
 
     def wrap_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def call(request: Any, context: Any) -> Any:
-            request_id, log_scope = scope()
-            started, error = time.perf_counter(), None
-            with log_scope, traced() as span:
-                try:
-                    async for response in behavior(request, context):
-                        yield response
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(context, started, span, request_id, error)
+            with observed(context):
+                async for response in behavior(request, context):
+                    yield response
 
         return call
 
@@ -234,7 +222,7 @@ def _grpc_code(context: Any, error: BaseException | None) -> str:
         return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
     if error is None:
         return "OK"
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the client went away
         return "CANCELLED"
     return "UNKNOWN"
 
