@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from .config import Settings
+from .tracing import current_trace_id
 
 __all__ = ["CONTEXT_FIELDS", "ContextFilter", "JsonFormatter", "TextFormatter", "bind",
            "bound", "current", "new_request_id", "request_id_or_new", "setup_logging"]
@@ -79,8 +80,6 @@ class ContextFilter(logging.Filter):
             if not hasattr(record, name):
                 setattr(record, name, var.get())
         if not hasattr(record, "trace_id"):
-            from .tracing import current_trace_id
-
             record.trace_id = current_trace_id()
         return True
 
