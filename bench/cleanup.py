@@ -249,33 +249,12 @@ def run_method(settings: Settings, manager: Any, name: str, docs: list[dict[str,
     return rows
 
 
-_NAME = re.compile(r"\b(?:[A-Z][\w'-]+|\d[\d,.:]*)\b")
-
-
-def names_not_in(strings: list[str], transcript: str) -> tuple[list[str], list[str]]:
-    """Names (capitalised words, not a string's first word) and numbers of ``strings``, and
-    those of them the transcript never says (possessive 's and case ignored)."""
-    found = set()
-    for text in strings:
-        for match in _NAME.finditer(text):
-            word = match.group(0)
-            if word[0].isdigit() or not _starts_sentence(text, match.start()):
-                found.add(re.sub(r"'s$", "", word).rstrip(".,:"))
-    source = " ".join(norm_words(transcript))
-    missing = [n for n in sorted(found) if " ".join(norm_words(n)) not in source]
-    return sorted(found), missing
-
-
-def _starts_sentence(text: str, at: int) -> bool:
-    before = text[:at].rstrip()
-    return not before or before[-1] in ".?!:\"("
-
-
 def summary_checks(settings: Settings, manager: Any, docs: list[dict[str, Any]],
                    ) -> list[dict[str, Any]]:
     """Schema, determinism and names/numbers found in the transcript, per recording."""
     import jsonschema
 
+    from voxgate.faithfulness import check_summary
     from voxgate.postprocess import PostProcessor, load_template
 
     template = load_template(settings, "meeting_notes_v1")
@@ -286,20 +265,8 @@ def summary_checks(settings: Settings, manager: Any, docs: list[dict[str, Any]],
         first = post.summarize(doc["asr"], template)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         second = post.summarize(doc["asr"], template)
-        strings = []
-
-        def collect(value: Any) -> None:
-            if isinstance(value, str):
-                strings.append(value)
-            elif isinstance(value, dict):
-                for item in value.values():
-                    collect(item)
-            elif isinstance(value, list):
-                for item in value:
-                    collect(item)
-
-        collect(first.summary)
-        names, unsupported = names_not_in(strings, doc["asr"])
+        faithfulness = check_summary(first.summary, doc["asr"])
+        names, unsupported = faithfulness.checked, faithfulness.not_in_transcript
         rows.append({"doc": doc["name"], "schema_valid": not list(
             jsonschema.Draft202012Validator(template.schema).iter_errors(first.summary)),
             "identical_rerun": first.summary == second.summary, "attempts": first.attempts,
