@@ -90,10 +90,9 @@ class LlmSettings(BaseModel):
     cleanup_chunk_words: int = Field(200, ge=20, le=2000)
     # Summaries (issue 14, bench/jobs_summary.py): with a grammar the prompt names the template's
     # keys and the JSON Schema is enforced by the grammar alone (True: the whole schema in the
-    # prompt, as before); compact JSON (no whitespace tokens); lists of at most
-    # summary_max_items items of at most summary_max_item_chars characters (0: the template's)
+    # prompt, as before); lists of at most summary_max_items items of at most
+    # summary_max_item_chars characters (0: the template's own bounds)
     summary_schema_in_prompt: bool = False
-    summary_compact_json: bool = True
     summary_max_items: int = Field(5, ge=0, le=100)
     summary_max_item_chars: int = Field(200, ge=0, le=10_000)
 
