@@ -320,7 +320,7 @@ def test_grpc_interceptor_times_calls_by_method_and_code_with_context() -> None:
     tracing.configure_tracing(settings, exporter=exporter)
     parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
 
-    async def scenario() -> None:
+    async def scenario() -> str:
         server = grpc.aio.server(interceptors=[grpc_interceptor(state)])
         servicer = Probe()
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -330,25 +330,30 @@ def test_grpc_interceptor_times_calls_by_method_and_code_with_context() -> None:
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
-                await stub.Check(health_pb2.HealthCheckRequest(service="svc"),
-                                 metadata=(("x-request-id", "grpc-req-1"),
-                                           ("traceparent", parent)))
+                call = stub.Check(health_pb2.HealthCheckRequest(service="svc"),
+                                  metadata=(("x-request-id", "grpc-req-1"),
+                                            ("traceparent", parent)))
+                await call
+                assert ("x-request-id", "grpc-req-1") in tuple(await call.trailing_metadata())
                 with pytest.raises(grpc.aio.AioRpcError) as failed:
                     await stub.Check(health_pb2.HealthCheckRequest(service="unknown"))
                 assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+                returned = dict(failed.value.trailing_metadata())["x-request-id"]
+                assert len(returned) == 32  # a fresh one, returned with the error too
                 watch = stub.Watch(health_pb2.HealthCheckRequest(service="svc"))
                 first = await watch.read()  # a streaming call: its session until cancelled
                 assert first.status == health_pb2.HealthCheckResponse.SERVING
                 watch.cancel()
+                return returned
         finally:
             await server.stop(grace=1.0)
 
     try:
-        asyncio.run(asyncio.wait_for(scenario(), 60))
+        returned = asyncio.run(asyncio.wait_for(scenario(), 60))
     finally:
         tracing.shutdown_tracing()
     assert seen[0]["request_id"] == "grpc-req-1" and seen[0]["door"] == "grpc"
-    assert len(seen[1]["request_id"]) == 32  # none given: a fresh one
+    assert seen[1]["request_id"] == returned  # none given: a fresh one
     histogram = metrics_of(state).grpc_duration
     body = __import__("prometheus_client").generate_latest(metrics_of(state).registry).decode()
     counts = _samples(body, "voxgate_grpc_request_duration_seconds_count")

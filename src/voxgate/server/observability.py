@@ -5,8 +5,8 @@
   ``X-Request-ID`` when plain and short (else a fresh one), returns it on every response (and
   on a WebSocket's accept), binds request id / door / session id for every log line of the
   request, times it by route template and opens a trace span continuing a ``traceparent``.
-* gRPC: :func:`grpc_interceptor`, the same per call (metadata ``x-request-id``,
-  ``traceparent``), timed by method and status code.
+* gRPC: :func:`grpc_interceptor`, the same per call (metadata ``x-request-id``, returned in
+  the trailing metadata, ``traceparent``), timed by method and status code.
 * Wyoming: :func:`observed_wyoming`, around each connection.
 
 Label values are bounded: route templates (never raw paths), registered gRPC methods, fixed
@@ -151,6 +151,7 @@ def _wrap_handler(handler: Any, details: Any, state: AppState) -> Any:
     def observed(context: Any) -> Iterator[None]:
         """Log context, span and timing of one call, whatever way it ends."""
         request_id = request_id_or_new(metadata.get("x-request-id"))
+        context.set_trailing_metadata((("x-request-id", request_id),))  # as HTTP's header
         started, error = time.perf_counter(), None
         with bound(request_id=request_id, door="grpc", task_id=None,
                    session_id=_session_id("grpc") if streaming else None), \
