@@ -64,8 +64,80 @@ def test_summary_valid_first_time_with_schema_constraint(settings: Settings) -> 
     result = PostProcessor(llm, settings).summarize("we ship on friday alice writes docs", template)
     assert result.summary == GOOD and result.attempts == 1 and not result.map_reduce
     messages, schema = llm.requests[0]
-    assert schema == template.schema  # constrained decoding asked for
+    assert schema is not None and schema["required"] == template.schema["required"]  # grammar
     assert "we ship on friday" in messages[-1].content
+
+
+def _bounds(node, path=""):
+    """Every maxItems/maxLength of a schema by its path."""
+    found = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("maxItems", "maxLength"):
+                found[f"{path}/{key}"] = value
+            else:
+                found.update(_bounds(value, f"{path}/{key}"))
+    return found
+
+
+def test_summary_prompt_names_the_keys_and_the_grammar_gets_a_tighter_schema(
+        settings: Settings) -> None:
+    """Issue 14: no whole JSON Schema in the prompt (the grammar enforces it), bounded lists; every bound is at most the template's, so a grammar-valid answer is valid."""
+    template = load_template(settings, "meeting_notes_v1")
+    llm = ScriptedLlm([json.dumps(GOOD)])
+    PostProcessor(llm, settings).summarize("we ship on friday alice writes docs", template)
+    (messages, schema), = llm.requests
+    prompt = messages[-1].content
+    assert '"key_points" (list of at most 5 texts)' in prompt
+    assert '"action_items" (list of at most 5 objects with "task", "owner")' in prompt
+    assert "maxLength" not in prompt and template.compact_schema() not in prompt
+    props = schema["properties"]
+    assert props["key_points"]["maxItems"] == 5 and props["key_points"]["items"]["maxLength"] == 200
+    assert props["action_items"]["items"]["properties"]["owner"]["maxLength"] == 80  # kept
+    assert props["summary"]["maxLength"] == 1200  # top-level text: the template's bound
+    tight, own = _bounds(schema), _bounds(template.schema)
+    assert tight.keys() == own.keys() and all(tight[k] <= own[k] for k in own)
+    assert tight != own
+
+
+def test_summary_as_before_issue_14_and_without_a_grammar(settings: Settings) -> None:
+    """The settings bring back the whole schema in the prompt and the template's own bounds;
+    an engine that cannot constrain output always gets the whole schema in the prompt."""
+    template = load_template(settings, "meeting_notes_v1")
+    before = Settings(data_dir=settings.data_dir, _env_file=None, llm=LlmSettings(
+        summary_schema_in_prompt=True, summary_max_items=0, summary_max_item_chars=0))
+    llm = ScriptedLlm([json.dumps(GOOD)])
+    PostProcessor(llm, before).summarize("text", template)
+    (messages, schema), = llm.requests
+    assert schema == template.schema
+    assert "matches this JSON Schema:\n" + template.compact_schema() in messages[-1].content
+    free = ScriptedLlm([json.dumps(GOOD)])
+    free.capabilities = LlmCapabilities(json_schema=False, context_tokens=8192)
+    PostProcessor(free, settings).summarize("text", template)
+    (messages, schema), = free.requests
+    assert schema is None and template.compact_schema() in messages[-1].content
+
+
+def test_custom_template_without_keys_gets_the_whole_schema(settings: Settings,
+                                                           tmp_path: Path) -> None:
+    directory = tmp_path / "templates"
+    (directory / "prompts").mkdir(parents=True)
+    shipped = load_template(settings, "meeting_notes_v1")
+    (directory / "notes_v1.json").write_text(json.dumps(shipped.schema))
+    (directory / "prompts" / "notes_v1.j2").write_text(
+        "Notes as JSON matching {{ schema }} of:\n{{ transcript }}")
+    custom = Settings(data_dir=settings.data_dir, templates_dir=directory, _env_file=None)
+    llm = ScriptedLlm([json.dumps(GOOD)])
+    PostProcessor(llm, custom).summarize("text", load_template(custom, "notes_v1"))
+    assert shipped.compact_schema() in llm.requests[0][0][-1].content
+
+
+def test_summary_items_repeated_word_for_word_are_dropped(settings: Settings) -> None:
+    looped = dict(GOOD, key_points=["ship Friday", "docs by Alice", "ship Friday", "ship Friday"])
+    llm = ScriptedLlm([json.dumps(looped)])
+    result = PostProcessor(llm, settings).summarize("text", load_template(
+        settings, "meeting_notes_v1"))
+    assert result.summary["key_points"] == ["ship Friday", "docs by Alice"]
 
 
 def test_summary_retried_with_the_validation_error_fed_back(settings: Settings) -> None:

@@ -3,7 +3,8 @@
 The queue worker and ``voxgate transcribe --summary`` both run :func:`run_pipeline`, so a file
 gives the same transcript and summary whichever way it came in. Every run records ``versions``
 (what produced the output: pipeline, models with source and sha256, decoding parameters,
-template) and ``metrics`` (durations, RTF, VAD coverage, ASR confidence, edit rate, stage times).
+template) and ``metrics`` (durations, RTF, VAD coverage, ASR confidence, edit rate, stage times,
+and for a summary the names/numbers it states that the transcript never says).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .audio import decode_audio
 from .config import Settings
 from .engines.manager import ModelManager
 from .errors import AudioTooLongError, ConfigError
+from .faithfulness import check_summary
 from .postprocess import (
     CleanResult,
     PostProcessor,
@@ -37,7 +39,7 @@ __all__ = ["FEATURES", "PIPELINE_VERSION", "JobSpec", "JobOutcome", "run_pipelin
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_VERSION = "2"  # bump when a stage changes what it outputs for the same input
+PIPELINE_VERSION = "3"  # bump when a stage changes what it outputs for the same input
 FEATURES = ("raw_transcript", "clean_transcript", "summary", "enhancement_metrics")
 StageFn = Callable[[str, float], None]  # (status, progress 0..1)
 CancelCheck = Callable[[], None]
@@ -212,6 +214,13 @@ def run_pipeline(settings: Settings, manager: ModelManager, audio_path: Path | s
             results["summary"] = summary.summary
             extra_metrics["summary_attempts"] = summary.attempts
             extra_metrics["summary_map_reduce"] = summary.map_reduce
+            faithfulness = check_summary(summary.summary, text_for_summary).metrics()
+            extra_metrics["summary_faithfulness"] = faithfulness
+            if "enhancement_metrics" in results:
+                results["enhancement_metrics"]["summary_faithfulness"] = faithfulness
+            if faithfulness["names_numbers_not_in_transcript"]:
+                logger.info("summary names/numbers not in the transcript: %s",
+                            ", ".join(faithfulness["names_numbers_not_in_transcript"][:10]))
     elif spec.needs_llm:  # no speech at all: nothing to clean or summarise
         if "clean_transcript" in spec.features:
             results["clean_transcript"] = ""
