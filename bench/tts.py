@@ -63,6 +63,17 @@ RUSSIAN = [
     "Дети играют во дворе рядом с большим деревом.",
     "Я хочу купить новый телефон в этом магазине.",
 ]
+# Everyday Hindi sentences written for this benchmark (CC0), in Devanagari
+HINDI = [
+    "आज मौसम बहुत अच्छा है।",
+    "मेरा भाई दिल्ली में रहता है।",
+    "हम शाम को बाज़ार जाएंगे।",
+    "यह किताब बहुत रोचक है।",
+    "बच्चे पार्क में खेल रहे हैं।",
+    "कृपया दरवाज़ा बंद कर दीजिए।",
+    "ट्रेन सुबह आठ बजे चलती है।",
+    "मुझे चाय के साथ समोसा पसंद है।",
+]
 PARAGRAPH = ("The weather today is calm and clear. We will meet at the station at nine. "
              "Please bring the tickets and a warm coat.")
 
@@ -168,7 +179,20 @@ def paragraphs(sentences: list[str], size: int = 3) -> list[str]:
     return [" ".join(sentences[i:i + size]) for i in range(0, len(sentences), size)]
 
 
-def round_trip_wer(side, texts: list[str], asr, language: str) -> float:
+def devanagari_norm(text: str) -> str:
+    """Hindi text for WER/CER: NFC, nukta off (Whisper writes ज़/ज either way), punctuation
+    (danda included) off. Whisper's BasicTextNormalizer cannot be used: it turns every vowel
+    sign (a combining mark) into a space and so splits each Hindi word into letters."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFC", text)
+    text = unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).replace("\u093c", ""))
+    return " ".join("".join(" " if unicodedata.category(c)[0] in "PS" else c
+                            for c in text).split())
+
+
+def round_trip(side, texts: list[str], asr, language: str) -> dict[str, object]:
+    """Synthesize, transcribe with Whisper, compare: WER and CER in %, and what was heard."""
     import jiwer
     from whisper_normalizer.basic import BasicTextNormalizer
     from whisper_normalizer.english import EnglishTextNormalizer
@@ -176,14 +200,20 @@ def round_trip_wer(side, texts: list[str], asr, language: str) -> float:
     from voxgate.audio import resample
     from voxgate.engines.base import AsrOptions
 
-    norm = EnglishTextNormalizer() if language == "en" else BasicTextNormalizer()
+    norm = {"en": EnglishTextNormalizer(), "hi": devanagari_norm}.get(
+        language, BasicTextNormalizer())
     refs, hyps = [], []
     for text in texts:
         audio, rate = side.synthesize(text)
         result = asr.transcribe(resample(audio, rate, 16_000), AsrOptions(language=language))
         refs.append(norm(text))
         hyps.append(norm(result.text))
-    return round(100 * jiwer.wer(refs, hyps), 2)
+    return {"wer_pct": round(100 * jiwer.wer(refs, hyps), 2),
+            "cer_pct": round(100 * jiwer.cer(refs, hyps), 2), "heard": hyps}
+
+
+def round_trip_wer(side, texts: list[str], asr, language: str) -> float:
+    return round_trip(side, texts, asr, language)["wer_pct"]
 
 
 def versions() -> dict[str, str]:
@@ -204,6 +234,48 @@ def versions() -> dict[str, str]:
     return found
 
 
+def voice_round_trip(side: VoxgateSide, asr) -> dict[str, object]:
+    """One non-English voice's round trip on its language's sentences (2 per utterance)."""
+    language = "hi" if side.voice.endswith(":hi") else "ru"
+    texts = HINDI if language == "hi" else RUSSIAN
+    return {"side": side.name, "language": language, "sentences": len(texts),
+            "words": sum(len(t.split()) for t in texts),
+            **round_trip(side, paragraphs(texts, 2), asr, language)}
+
+
+def round_trip_only(voices: list[str]) -> None:
+    """``--round-trip-only``: the round trip of the named voices, nothing else."""
+    from voxgate.config import Settings
+    from voxgate.engines.manager import ModelManager
+    from voxgate.speech import SpeechService
+
+    settings = Settings(offline=True, _env_file=None)
+    manager = ModelManager(settings)
+    service = SpeechService(settings, manager)
+    asr = manager.asr("whisper-base")
+    load = os.getloadavg()[0]
+    rows = []
+    for voice in voices:
+        side = VoxgateSide(service, voice)
+        if voice.endswith((":hi", ":ru")) or voice.startswith("festival:msu"):
+            rows.append(voice_round_trip(side, asr))
+        else:
+            texts = english_texts()
+            rows.append({"side": side.name, "language": "en", "sentences": len(texts),
+                         "words": sum(len(t.split()) for t in texts),
+                         **round_trip(side, paragraphs(texts), asr, "en")})
+        print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "tts_round_trip.json").write_text(json.dumps(
+        {"load_1m_start": round(load, 2), "load_1m_end": round(os.getloadavg()[0], 2),
+         "round_trip": rows}, ensure_ascii=False, indent=2))
+    print("\n| voice | language | words | round-trip WER | CER |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['side']} | {row['language']} | {row['words']} | {row['wer_pct']}% | "
+              f"{row['cer_pct']}% |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=10,
@@ -212,7 +284,11 @@ def main() -> None:
                         help="rounds alternating the sides; the fastest round is reported")
     parser.add_argument("--skip-wer", action="store_true")
     parser.add_argument("--skip-piper", action="store_true", help="no piper-tts reference")
+    parser.add_argument("--round-trip-only", default="",
+                        help="comma-separated voice ids: only their round trip (e.g. espeak:hi)")
     args = parser.parse_args()
+    if args.round_trip_only:
+        return round_trip_only(args.round_trip_only.split(","))
 
     from voxgate.config import Settings
     from voxgate.engines.manager import ModelManager
@@ -254,12 +330,8 @@ def main() -> None:
                              "words": sum(len(t.split()) for t in texts),
                              "wer_pct": round_trip_wer(side, paragraphs(texts), asr, "en")})
             print(wer_rows[-1], flush=True)
-        for voice in ("festival:msu_ru_nsh_clunits", "espeak:ru"):
-            side = VoxgateSide(service, voice)
-            wer_rows.append({"side": side.name, "language": "ru", "sentences": len(RUSSIAN),
-                             "words": sum(len(t.split()) for t in RUSSIAN),
-                             "wer_pct": round_trip_wer(side, paragraphs(RUSSIAN, 2), asr,
-                                                       "ru")})
+        for voice in ("festival:msu_ru_nsh_clunits", "espeak:ru", "espeak:hi"):
+            wer_rows.append(voice_round_trip(VoxgateSide(service, voice), asr))
             print(wer_rows[-1], flush=True)
 
     report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
