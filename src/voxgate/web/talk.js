@@ -10,19 +10,16 @@
 // playback at once and drop what is queued; `audio_resumed`: it was no real turn, the audio
 // continues (the server sends the rest again). Stop hangs up (the server cancels the reply).
 
-import { closeMessage, socketUrl } from "./console.js";
-import { MicCapture, MicError } from "./mic.js";
+import { closeMessage } from "./console.js";
+import { MicError } from "./mic.js";
+import { MicSocket, PanelMessages, note } from "./panel.js";
 import { PcmStream } from "./player.js";
-
-const MAX_QUEUED_FRAMES = 250;  // ~10 s of audio held while the socket opens
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   start: $("talk-start"),
   interrupt: $("talk-interrupt"),
   stop: $("talk-stop"),
-  status: $("talk-status"),
-  error: $("talk-error"),
   partial: $("talk-partial"),
   log: $("talk-log"),
 };
@@ -36,32 +33,15 @@ const player = new PcmStream({ onIdle: () => finishPlayback() });
 window.voxgate = Object.assign(window.voxgate || {}, {
   talk: { stats, player: player.stats, playing: () => player.playing } });
 
+const messages = new PanelMessages("talk", stats);
+const setStatus = (text) => messages.setStatus(text);
+const showError = (text) => messages.showError(text);
 let session = null;
-
-function setStatus(text) { ui.status.textContent = text; }
-
-function showError(text) {
-  stats.errors += 1;
-  ui.error.textContent = text;
-  ui.error.hidden = false;
-}
-
-function clearError() {
-  ui.error.textContent = "";
-  ui.error.hidden = true;
-}
 
 function setRunning(running) {
   ui.start.disabled = running;
   ui.stop.disabled = !running;
   ui.interrupt.disabled = !running;
-}
-
-function note(text, bad = false) {
-  const p = document.createElement("p");
-  p.className = bad ? "note bad" : "note";
-  p.textContent = text;
-  return p;
 }
 
 /** The log entry of one side of one turn (`user` or `agent`), created on first use. */
@@ -100,17 +80,12 @@ function finishPlayback() {
 }
 
 /** One Start..Stop: a microphone, a socket, one agent session on the server. */
-class TalkSession {
+class TalkSession extends MicSocket {
   constructor() {
-    this.ws = null;
-    this.opened = false;
+    super("v1/agent", stats);
     this.ready = false;
-    this.serverError = null;
-    this.queued = [];
-    this.stopping = false;
     this.paused = false;  // between audio_paused and audio_resumed: drop agent audio
     this.outRate = 0;
-    this.mic = new MicCapture({ sampleRate: 48000, frameMs: 40, onFrame: (b) => this.send(b) });
   }
 
   async start() {
@@ -121,30 +96,15 @@ class TalkSession {
       return;
     }
     setStatus("Connecting…");
-    const ws = new WebSocket(socketUrl("v1/agent"));
-    ws.binaryType = "arraybuffer";
-    this.ws = ws;
-    ws.onopen = () => {
-      this.opened = true;
-      ws.send(JSON.stringify({ type: "config", sample_rate: this.mic.sampleRate,
-                               encoding: "pcm16", channels: 1 }));
-      for (const frame of this.queued) this.sendNow(frame);
-      this.queued = [];
-      setStatus("Starting the agent…");
-    };
-    ws.onmessage = (event) => this.receive(event.data);
-    ws.onclose = (event) => this.closed(event);
+    this.connect();
   }
 
-  send(frame) {
-    if (this.opened && this.ws.readyState === WebSocket.OPEN) this.sendNow(frame);
-    else if (!this.opened && this.queued.length < MAX_QUEUED_FRAMES) this.queued.push(frame);
+  config() {
+    return { type: "config", sample_rate: this.mic.sampleRate, encoding: "pcm16", channels: 1 };
   }
 
-  sendNow(frame) {
-    this.ws.send(frame);
-    stats.framesSent += 1;
-    stats.bytesSent += frame.byteLength;
+  opened_() {
+    if (!this.stopping) setStatus("Starting the agent…");
   }
 
   receive(data) {
@@ -312,7 +272,7 @@ TalkSession.prototype.handlers = {
 };
 
 ui.start.addEventListener("click", async () => {
-  clearError();
+  messages.clearError();
   setRunning(true);
   player.unlock();  // in the click: autoplay rules allow a context made by a user gesture
   const mine = new TalkSession();

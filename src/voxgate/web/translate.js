@@ -8,12 +8,12 @@
 // `transcript` (the source text while / once spoken), `error` (with `close_code` right before
 // the server closes; without it, the stream goes on), `end` (every result has been sent).
 
-import { closeMessage, socketUrl } from "./console.js";
-import { MicCapture, MicError } from "./mic.js";
+import { closeMessage } from "./console.js";
+import { MicError } from "./mic.js";
+import { MicSocket, PanelMessages, note } from "./panel.js";
 import { AudioQueue } from "./player.js";
 
 const LANG_NAMES = { en: "English", ru: "Russian" };
-const MAX_QUEUED_FRAMES = 250;  // ~10 s of audio held while the socket opens
 const FINISH_TIMEOUT_MS = 120000;  // after Stop: longest wait for the server's "end"
 
 const $ = (id) => document.getElementById(id);
@@ -21,8 +21,6 @@ const ui = {
   mode: $("translate-mode"),
   start: $("translate-start"),
   stop: $("translate-stop"),
-  status: $("translate-status"),
-  error: $("translate-error"),
   partial: $("translate-partial"),
   log: $("translate-log"),
 };
@@ -33,20 +31,10 @@ const stats = { framesSent: 0, bytesSent: 0, results: 0, audioReceived: 0, audio
 window.voxgate = Object.assign(window.voxgate || {}, { translate: { stats } });
 
 const player = new AudioQueue();
+const messages = new PanelMessages("translate", stats);
+const setStatus = (text) => messages.setStatus(text);
+const showError = (text) => messages.showError(text);
 let session = null;
-
-function setStatus(text) { ui.status.textContent = text; }
-
-function showError(text) {
-  stats.errors += 1;
-  ui.error.textContent = text;
-  ui.error.hidden = false;
-}
-
-function clearError() {
-  ui.error.textContent = "";
-  ui.error.hidden = true;
-}
 
 function setRunning(running) {
   ui.start.disabled = running;
@@ -76,13 +64,6 @@ function line(className, lang, text) {
   body.textContent = text;
   if (lang) body.lang = lang;
   p.append(body);
-  return p;
-}
-
-function note(text, bad = false) {
-  const p = document.createElement("p");
-  p.className = bad ? "note bad" : "note";
-  p.textContent = text;
   return p;
 }
 
@@ -137,46 +118,25 @@ function attachAudio(li, bytes) {
 }
 
 /** One Start..Stop: a microphone, a socket, and the log entries waiting for their audio. */
-class TranslateSession {
+class TranslateSession extends MicSocket {
   constructor(mode) {
+    super("ws/translate", stats);
     this.mode = mode;
-    this.ws = null;
-    this.opened = false;
-    this.serverError = null;
-    this.queued = [];
     this.awaitingAudio = [];
-    this.stopping = false;
     this.finishTimer = null;
-    this.mic = new MicCapture({ sampleRate: 48000, frameMs: 40, onFrame: (b) => this.send(b) });
   }
 
   async start() {
     setStatus("Asking for the microphone…");
     await this.mic.start();
     setStatus("Connecting…");
-    const ws = new WebSocket(socketUrl("ws/translate"));
-    ws.binaryType = "arraybuffer";
-    this.ws = ws;
-    ws.onopen = () => {
-      this.opened = true;
-      ws.send(JSON.stringify(wireControl(this.mode, this.mic.sampleRate)));
-      for (const frame of this.queued) this.sendNow(frame);
-      this.queued = [];
-      if (!this.stopping) setStatus(`Listening (${this.mic.sampleRate} Hz)… speak now.`);
-    };
-    ws.onmessage = (event) => this.receive(event.data);
-    ws.onclose = (event) => this.closed(event);
+    this.connect();
   }
 
-  send(frame) {
-    if (this.opened && this.ws.readyState === WebSocket.OPEN) this.sendNow(frame);
-    else if (!this.opened && this.queued.length < MAX_QUEUED_FRAMES) this.queued.push(frame);
-  }
+  config() { return wireControl(this.mode, this.mic.sampleRate); }
 
-  sendNow(frame) {
-    this.ws.send(frame);
-    stats.framesSent += 1;
-    stats.bytesSent += frame.byteLength;
+  opened_() {
+    if (!this.stopping) setStatus(`Listening (${this.mic.sampleRate} Hz)… speak now.`);
   }
 
   receive(data) {
@@ -273,7 +233,7 @@ class TranslateSession {
 }
 
 ui.start.addEventListener("click", async () => {
-  clearError();
+  messages.clearError();
   setRunning(true);
   await player.unlock();
   const current = new TranslateSession(ui.mode.value);

@@ -1,0 +1,85 @@
+// What the live tools (Translate, Talk) do alike: a panel's status line and error box, short
+// notes in its log, and a microphone streamed to a WebSocket whose first message is a JSON
+// config (frames captured while the socket opens are queued, then sent in order).
+
+import { socketUrl } from "./console.js";
+import { MicCapture } from "./mic.js";
+
+const MAX_QUEUED_FRAMES = 250;  // ~10 s of audio held while the socket opens
+
+/** The status line and error box of the panel whose element ids start with `prefix`. */
+export class PanelMessages {
+  constructor(prefix, stats) {
+    this.status = document.getElementById(`${prefix}-status`);
+    this.error = document.getElementById(`${prefix}-error`);
+    this.stats = stats;  // stats.errors counts what was shown
+  }
+
+  setStatus(text) { this.status.textContent = text; }
+
+  showError(text) {
+    this.stats.errors += 1;
+    this.error.textContent = text;
+    this.error.hidden = false;
+  }
+
+  clearError() {
+    this.error.textContent = "";
+    this.error.hidden = true;
+  }
+}
+
+/** A short line under a log entry (`bad`: a failure, shown in the error colour). */
+export function note(text, bad = false) {
+  const p = document.createElement("p");
+  p.className = bad ? "note bad" : "note";
+  p.textContent = text;
+  return p;
+}
+
+/**
+ * One Start..Stop of a live tool: the microphone (48 kHz Int16 frames) and the socket at
+ * `path`. A subclass gives `config()` (the first message), `receive(data)`, `closed(event)`
+ * and may give `opened_()` (the socket is open and the config sent).
+ */
+export class MicSocket {
+  constructor(path, stats) {
+    this.path = path;
+    this.stats = stats;  // framesSent, bytesSent
+    this.ws = null;
+    this.opened = false;
+    this.serverError = null;
+    this.queued = [];
+    this.stopping = false;
+    this.mic = new MicCapture({ sampleRate: 48000, frameMs: 40, onFrame: (b) => this.send(b) });
+  }
+
+  /** Open the socket (the microphone is running): config first, then the queued frames. */
+  connect() {
+    const ws = new WebSocket(socketUrl(this.path));
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    ws.onopen = () => {
+      this.opened = true;
+      ws.send(JSON.stringify(this.config()));
+      for (const frame of this.queued) this.sendNow(frame);
+      this.queued = [];
+      this.opened_();
+    };
+    ws.onmessage = (event) => this.receive(event.data);
+    ws.onclose = (event) => this.closed(event);
+  }
+
+  opened_() {}
+
+  send(frame) {
+    if (this.opened && this.ws.readyState === WebSocket.OPEN) this.sendNow(frame);
+    else if (!this.opened && this.queued.length < MAX_QUEUED_FRAMES) this.queued.push(frame);
+  }
+
+  sendNow(frame) {
+    this.ws.send(frame);
+    this.stats.framesSent += 1;
+    this.stats.bytesSent += frame.byteLength;
+  }
+}
