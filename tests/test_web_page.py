@@ -551,3 +551,18 @@ def test_talk_busy_server_is_shown(browser) -> None:
         error = page.wait_for_selector("#talk-error:not([hidden])", timeout=30_000)
         assert "busy" in error.inner_text(), error.inner_text()
         assert page.is_enabled("#talk-start") and page.is_disabled("#talk-stop")
+
+
+def test_start_buttons_wait_for_their_modules() -> None:
+    """The cause of a flaky run, kept fixed: each tool is a module loaded by its own script tag
+    (module scripts run before the load event Playwright's goto waits for; a dynamic import()
+    did not: with translate.js served 1.5 s late, goto returned after 0.35 s with Start enabled and no handler), and its Start
+    button stays disabled in the markup until the module has attached the click handler."""
+    html = (WEB_DIR / "index.html").read_text()
+    for tool in ("translate", "talk"):
+        assert f'<script type="module" src="{tool}.js"></script>' in html
+        start = next(line for line in html.splitlines() if f'id="{tool}-start"' in line)
+        assert " disabled" in start, start
+        assert (WEB_DIR / f"{tool}.js").read_text().rstrip().endswith(
+            "ui.start.disabled = false;  // the handlers are in place: Start may be pressed")
+    assert "import(" not in (WEB_DIR / "console.js").read_text()
