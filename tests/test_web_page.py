@@ -556,8 +556,9 @@ def test_talk_busy_server_is_shown(browser) -> None:
 def test_start_buttons_wait_for_their_modules() -> None:
     """The cause of a flaky run, kept fixed: each tool is a module loaded by its own script tag
     (module scripts run before the load event Playwright's goto waits for; a dynamic import()
-    did not: with translate.js served 1.5 s late, goto returned after 0.35 s with Start enabled and no handler), and its Start
-    button stays disabled in the markup until the module has attached the click handler."""
+    did not: with translate.js served 1.5 s late, goto returned after 0.35 s with Start
+    enabled and no handler yet), and its Start button stays disabled in the markup until the
+    module has attached the click handler."""
     html = (WEB_DIR / "index.html").read_text()
     for tool in ("translate", "talk"):
         assert f'<script type="module" src="{tool}.js"></script>' in html
