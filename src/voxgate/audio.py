@@ -80,6 +80,10 @@ def _open_container(source: AudioSource):  # -> av.container.InputContainer
     if not container.streams.audio:
         container.close()
         raise AudioError(f"{name}: contains no audio stream")
+    if container.streams.audio[0].codec_context is None:  # e.g. a WAV header naming no codec
+        container.close()
+        raise AudioError(f"{name}: its audio stream has no decoder (unknown or corrupt codec "
+                         "header)")
     return container, name
 
 
