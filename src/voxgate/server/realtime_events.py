@@ -221,7 +221,8 @@ class RealtimeOptions:
             text = _check(session["instructions"], str, "session.instructions", allow_none=True)
             new.instructions = text
         modalities = session.get("output_modalities")
-        if modalities is not None and list(modalities) != ["audio"]:
+        if modalities is not None and (not isinstance(modalities, list)
+                                       or modalities != ["audio"]):
             raise RealtimeError("output_modalities: only ['audio'] (audio plus its transcript) "
                                 "is supported", code="unsupported_value",
                                 param="session.output_modalities")
