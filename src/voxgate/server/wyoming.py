@@ -427,7 +427,7 @@ async def _read_event(reader: asyncio.StreamReader) -> Any:
         payload_length = int(header.get("payload_length") or 0)
         if not isinstance(kind, str) or not isinstance(data, dict):
             raise TypeError("type must be a string and data an object")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # Overflow: Infinity
         raise ProtocolError(f"malformed Wyoming event header: {exc}") from None
     if not 0 <= data_length <= _MAX_HEADER_BYTES or not 0 <= payload_length <= _MAX_PAYLOAD_BYTES:
         raise ProtocolError(f"event too large (data {data_length} B, payload {payload_length} B; "
