@@ -441,21 +441,73 @@ GRPC_OK_CODES = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "NOT_FOUND", "O
                                             max_size=3)}),
     corrupt_audio().map(lambda s: s[1]) | st.binary(max_size=2000))
 def test_riva_recognize_answers_any_config(live, fields: dict[str, Any], audio: bytes) -> None:
-    import grpc
     from riva.client.proto import riva_asr_pb2 as asr
     from riva.client.proto import riva_asr_pb2_grpc as asr_grpc
 
+    def call(channel: Any, metadata: Any) -> None:
+        stub = asr_grpc.RivaSpeechRecognitionStub(channel)
+        request = asr.RecognizeRequest(config=asr.RecognitionConfig(**fields), audio=audio)
+        stub.Recognize(request, timeout=120, metadata=metadata)
+
+    _grpc_call(live, "Riva gRPC RecognitionConfig (end to end)", fields, call)
+
+
+def _grpc_call(live, parser: str, example: Any, call: Any) -> None:
+    """Run one unary call against ``live``'s gRPC port; OK or a documented status, with details."""
+    import grpc
+
     from live_server import API_KEY
 
-    with tried("Riva gRPC RecognitionConfig (end to end)", fields):
+    with tried(parser, example):
         with grpc.insecure_channel(live.grpc_uri) as channel:
-            stub = asr_grpc.RivaSpeechRecognitionStub(channel)
-            config = asr.RecognitionConfig(**fields)
             try:
-                stub.Recognize(asr.RecognizeRequest(config=config, audio=audio), timeout=120,
-                               metadata=[("x-api-key", API_KEY)])
+                call(channel, [("x-api-key", API_KEY)])
                 code = "OK"
             except grpc.RpcError as exc:
                 code = exc.code().name
                 assert exc.details(), code
-        assert code in GRPC_OK_CODES, (code, fields)
+        assert code in GRPC_OK_CODES, (code, example)
+
+
+@E2E
+@given(st.fixed_dictionaries({}, optional={
+    "text": st.text(max_size=40) | st.sampled_from(["Hello.", "", " ", "<speak>x</speak>"]),
+    "language_code": st.text(max_size=8) | st.sampled_from(["en-US", "ru-RU", "xx"]),
+    "encoding": st.integers(-3, 40), "sample_rate_hz": st.integers(-10, 10**7)
+    | st.sampled_from([0, 8000, 22050, 48000]), "voice_name": st.text(max_size=20)
+    | st.sampled_from(["", "en_US-joe-medium", "../x"]),
+    "custom_dictionary": st.text(max_size=30), "enable_word_time_offsets": st.booleans(),
+    "custom_configuration": st.dictionaries(st.text(max_size=8), st.text(max_size=8),
+                                            max_size=2)}))
+def test_riva_synthesize_answers_any_request(live, fields: dict[str, Any]) -> None:
+    from riva.client.proto import riva_tts_pb2 as tts
+    from riva.client.proto import riva_tts_pb2_grpc as tts_grpc
+
+    def call(channel: Any, metadata: Any) -> None:
+        stub = tts_grpc.RivaSpeechSynthesisStub(channel)
+        stub.Synthesize(tts.SynthesizeSpeechRequest(**fields), timeout=120, metadata=metadata)
+
+    _grpc_call(live, "Riva gRPC SynthesizeSpeechRequest (end to end)", fields, call)
+
+
+# languages that never form a pair the server translates: the request parsing and validation
+# are fuzzed, not the LLM (tests/test_riva_nmt.py covers real translations)
+NOT_A_PAIR = st.text(max_size=8).filter(lambda t: t.lower()[:2] not in ("en", "ru")) \
+    | st.sampled_from(["", "xx", "en-US\x00", "auto"])
+
+
+@E2E
+@given(st.fixed_dictionaries({}, optional={
+    "texts": st.lists(st.text(max_size=30), max_size=4), "model": st.text(max_size=20),
+    "source_language": NOT_A_PAIR, "target_language": NOT_A_PAIR,
+    "dnt_phrases": st.lists(st.text(max_size=10), max_size=3),
+    "max_len_variation": st.text(max_size=6)}))
+def test_riva_translate_answers_any_request(live, fields: dict[str, Any]) -> None:
+    from riva.client.proto import riva_nmt_pb2 as nmt
+    from riva.client.proto import riva_nmt_pb2_grpc as nmt_grpc
+
+    def call(channel: Any, metadata: Any) -> None:
+        stub = nmt_grpc.RivaTranslationStub(channel)
+        stub.TranslateText(nmt.TranslateTextRequest(**fields), timeout=120, metadata=metadata)
+
+    _grpc_call(live, "Riva gRPC TranslateTextRequest (end to end)", fields, call)
