@@ -40,8 +40,6 @@ from ..errors import (
     AudioError,
     AudioTooLongError,
     ConfigError,
-    EngineError,
-    ModelError,
     VoxgateError,
 )
 from ..languages import primary_language
@@ -49,12 +47,12 @@ from ..streaming import (
     PcmInput,
     StreamConfig,
     StreamConfigError,
-    StreamLimitError,
     check_language,
     stream_events,
 )
 from ..types import AsrEvent, Word
 from .grpc_auth import authorize
+from .grpc_errors import IdleStream, abort_with_status
 from .state import AppState
 
 __all__ = ["RIVA_ASR_SERVICE", "RivaAsrServicer", "RivaGrpcServer", "riva_language"]
@@ -149,21 +147,7 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         return alt
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-        if isinstance(exc, _IdleStream):
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-        if isinstance(exc, StreamLimitError):
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        if isinstance(exc, (StreamConfigError, AudioError)):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if isinstance(exc, ModelError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model: {exc}")
-        if isinstance(exc, EngineError):
-            code = grpc.StatusCode.UNAVAILABLE if exc.retryable else grpc.StatusCode.INTERNAL
-            await context.abort(code, str(exc))
-        if isinstance(exc, VoxgateError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        logger.exception("Riva ASR call failed", exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        await abort_with_status(context, exc, logger, "Riva ASR call")
 
     # ---- Recognize -----------------------------------------------------------------------
     async def Recognize(self, request: rasr.RecognizeRequest,
@@ -358,7 +342,7 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         return response
 
 
-class _IdleStream(VoxgateError):
+class _IdleStream(IdleStream):
     """The client sent nothing for the idle timeout while owed no result."""
 
 

@@ -49,12 +49,13 @@ from ..agent import (
     agent_llm_id,
 )
 from ..audio import float32_to_pcm16
-from ..errors import AudioError, EngineError, ModelError, TextError, VoxgateError
+from ..errors import AudioError, VoxgateError
 from ..proto import voice_workflow_pb2 as pb
 from ..proto import voice_workflow_pb2_grpc as pb_grpc
-from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
+from ..stream_config import PcmInput, StreamConfigError
 from .agent_doors import agent_service, client_agent_config
 from .grpc_auth import authorize
+from .grpc_errors import IdleStream, abort_with_status
 from .state import AppState
 
 __all__ = ["VOICE_WORKFLOW_SERVICE", "VoiceWorkflowServicer", "add_voice_workflow"]
@@ -72,7 +73,7 @@ _FATAL_STATUS = {"idle_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
                  "asr_error": grpc.StatusCode.UNAVAILABLE}
 
 
-class _IdleStream(VoxgateError):
+class _IdleStream(IdleStream):
     """The client opened the stream and sent no config within the idle timeout."""
 
 
@@ -244,21 +245,7 @@ class VoiceWorkflowServicer(pb_grpc.VoiceWorkflowServicer):
 
     # ---- errors --------------------------------------------------------------------------
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-        if isinstance(exc, _IdleStream):
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-        if isinstance(exc, StreamLimitError):  # AgentLimitError too
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        if isinstance(exc, (_Refused, StreamConfigError, AudioError, TextError)):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if isinstance(exc, ModelError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model: {exc}")
-        if isinstance(exc, EngineError):
-            code = grpc.StatusCode.UNAVAILABLE if exc.retryable else grpc.StatusCode.INTERNAL
-            await context.abort(code, str(exc))
-        if isinstance(exc, VoxgateError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        logger.exception("VoiceWorkflow call failed", exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        await abort_with_status(context, exc, logger, "VoiceWorkflow call")  # _Refused: 400
 
 
 # ---- events -> messages ----------------------------------------------------------------------

@@ -32,10 +32,11 @@ import riva.client.proto.riva_nmt_pb2_grpc as rnmt_grpc
 
 from ..config import Settings
 from ..engines.base import Mt, MtOptions
-from ..errors import ConfigError, EngineError, ModelError, VoxgateError
+from ..errors import ConfigError, EngineError
 from ..languages import primary_language
 from ..translation import open_mt
 from .grpc_auth import authorize
+from .grpc_errors import abort_with_status
 from .limits import TranscriptionSlots
 from .state import AppState
 
@@ -149,16 +150,9 @@ def nmt_slots(state: AppState) -> TranscriptionSlots:
 
 
 async def fail(context: grpc.aio.ServicerContext, exc: BaseException, what: str) -> None:
-    """Abort the call with the status code that fits ``exc`` (shared by the NMT RPCs)."""
-    if isinstance(exc, (FieldError, ModelError)):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, EngineError):
-        code = grpc.StatusCode.UNAVAILABLE if exc.retryable else grpc.StatusCode.INTERNAL
-        await context.abort(code, str(exc))
-    if isinstance(exc, VoxgateError):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    logger.exception("Riva NMT %s failed", what, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    """Abort the call with the status code that fits ``exc`` (shared by the NMT RPCs; a
+    FieldError's message names its field, a ModelError's is the catalogue's own)."""
+    await abort_with_status(context, exc, logger, f"Riva NMT {what}", fields={})
 
 
 class RivaNmtServicer(rnmt_grpc.RivaTranslationServicer):

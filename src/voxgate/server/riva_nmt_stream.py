@@ -45,10 +45,11 @@ import riva.client.proto.riva_audio_pb2 as raudio
 import riva.client.proto.riva_nmt_pb2 as rnmt
 
 from ..audio import float32_to_pcm16, resample
-from ..errors import AudioError, VoxgateError
+from ..errors import AudioError
 from ..languages import primary_language
-from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
+from ..stream_config import PcmInput, StreamConfigError
 from ..translation import TranslateConfig, TranslateEvent, TranslateSession
+from .grpc_errors import IdleStream
 from .riva_nmt import FieldError, check_model, fail, parse_dnt_phrases, riva_nmt_language
 from .state import AppState
 from .translation_state import translation_service
@@ -59,10 +60,6 @@ logger = logging.getLogger(__name__)
 _MAX_WAV_HEADER = 64 * 1024
 _WAV_FORMATS = {(1, 16): "pcm16", (3, 32): "f32"}  # (format tag, bits) -> PcmInput encoding
 _EXTENSIBLE = 0xFFFE
-
-
-class IdleStream(VoxgateError):
-    """The client sent nothing for the idle timeout while owed no result."""
 
 
 def _wav_head(head: bytes) -> tuple[str, int, int, int] | None:
@@ -282,11 +279,7 @@ class _Stream:
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, what: str) -> None:
-    if isinstance(exc, IdleStream):
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-    if isinstance(exc, StreamLimitError):
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-    await fail(context, exc, what)
+    await fail(context, exc, what)  # IdleStream: DEADLINE_EXCEEDED, full: RESOURCE_EXHAUSTED
 
 
 def _result(text: str, language: str, final: bool) -> rasr.StreamingRecognitionResult:

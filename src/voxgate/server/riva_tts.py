@@ -43,9 +43,10 @@ import riva.client.proto.riva_tts_pb2_grpc as rtts_grpc
 
 from ..audio import output_rate
 from ..engines.base import VoiceInfo, check_speed
-from ..errors import AudioError, ConfigError, EngineError, ModelError, TextError, VoxgateError
+from ..errors import AudioError, ConfigError, ModelError, TextError
 from ..speech import aencode, clean_text
 from .grpc_auth import authorize
+from .grpc_errors import IdleStream, abort_with_status
 from .speech_doors import (
     client_voice,
     language_tag,
@@ -73,7 +74,11 @@ class _FieldError(ConfigError):
         super().__init__(f"{field}: {message}")
 
 
-class _IdleStream(VoxgateError):
+# the request field an error's message names (grpc_errors.grpc_status)
+_FIELDS = {TextError: "text", ModelError: "voice_name"}
+
+
+class _IdleStream(IdleStream):
     """A SynthesizeOnline client sent no request for the idle timeout."""
 
 
@@ -164,19 +169,7 @@ class RivaTtsServicer(rtts_grpc.RivaSpeechSynthesisServicer):
                                            f"{shown}{more}")
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-        if isinstance(exc, _IdleStream):
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-        if isinstance(exc, TextError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"text: {exc}")
-        if isinstance(exc, ModelError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"voice_name: {exc}")
-        if isinstance(exc, EngineError):
-            code = grpc.StatusCode.UNAVAILABLE if exc.retryable else grpc.StatusCode.INTERNAL
-            await context.abort(code, str(exc))
-        if isinstance(exc, VoxgateError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        logger.exception("Riva TTS call failed", exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        await abort_with_status(context, exc, logger, "Riva TTS call", _FIELDS)
 
     async def _acquire(self, context: grpc.aio.ServicerContext) -> Any:
         slots = speech_slots(self.state)

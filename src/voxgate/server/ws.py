@@ -13,17 +13,14 @@ client loses nothing it had already said.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket
 
 from ..errors import AudioError
 from ..streaming import (
     AsrSession,
     PcmInput,
-    StreamConfigError,
-    StreamLimitError,
 )
 from .live_streams import StreamingComponent, streaming_service
 from .state import AppState
@@ -40,9 +37,8 @@ from .wire import (
 from .ws_common import (
     accept_authorized,
     audio_frame,
-    error_message,
+    live_door,
     receive_message,
-    send_error,
 )
 
 # StreamingComponent and streaming_service live in live_streams; re-exported for old imports
@@ -59,41 +55,26 @@ async def live_asr(ws: WebSocket) -> None:
     if not await accept_authorized(ws, settings):
         return
     limits = settings.streaming
-    session: AsrSession | None = None
-    writer: asyncio.Task[None] | None = None
-    try:
+    # a bad frame still gets what was said before it finalised and sent
+    async with live_door(ws, logger, "live ASR", "live ASR stream",
+                         finish_on=(WireError, AudioError)) as door:
         service = streaming_service(state)
         service.check_capacity()  # answer a full server before reading anything
         start = await _receive_config(ws, limits.idle_timeout_s, limits.max_frame_bytes)
         pcm = PcmInput(start.encoding, start.sample_rate, start.channels)
         config = service.config(**start.options)
-        session = await service.open(config)
+        door.session = session = await service.open(config)
         await ws.send_json(Ready(session.id, pcm.sample_rate, pcm.encoding, pcm.channels,
                                  config.final_model, config.partial_model, config.language,
                                  config.interim_results, config.endpointing_ms).to_wire())
-        writer = asyncio.create_task(_write_events(ws, session), name=f"ws-writer-{session.id}")
+        door.writer = writer = asyncio.create_task(_write_events(ws, session),
+                                                   name=f"ws-writer-{session.id}")
         await _read_audio(ws, session, pcm, limits.idle_timeout_s, limits.max_frame_bytes,
                           writer)
         await writer  # every final of the ended stream is sent
         await ws.send_json(Ended(session.position, session.utterances,
                                  session.dropped_partials).to_wire())
         await ws.close(CLOSE_NORMAL)
-    except WebSocketDisconnect:
-        logger.info("live ASR client went away%s", f" (stream {session.id})" if session else "")
-    except Exception as exc:  # every failure becomes an error message + close code
-        if not isinstance(exc, (WireError, StreamConfigError, StreamLimitError, AudioError)):
-            logger.exception("live ASR stream failed")
-        if session is not None and writer is not None and not writer.done() \
-                and isinstance(exc, (WireError, AudioError)):
-            await _finish_quietly(session, writer)  # deliver what was said before the bad frame
-        await send_error(ws, error_message(exc))
-    finally:
-        if writer is not None and not writer.done():
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-        if session is not None:
-            await session.close()
 
 
 async def _receive_config(ws: WebSocket, idle_s: float, max_bytes: int) -> StreamStart:
@@ -129,9 +110,3 @@ async def _write_events(ws: WebSocket, session: AsrSession) -> None:
     async for event in session.events():
         await ws.send_json(EventMessage(event).to_wire())
 
-
-async def _finish_quietly(session: AsrSession, writer: asyncio.Task[None]) -> None:
-    """Finalise the open utterance and let the writer send it (bounded wait)."""
-    with contextlib.suppress(Exception):
-        await session.finish()
-        await asyncio.wait_for(asyncio.shield(writer), 30.0)

@@ -43,9 +43,9 @@ from ..agent import (
     UserTranscript,
 )
 from ..audio import float32_to_pcm16
-from ..errors import AudioError, EngineError, TextError
+from ..errors import TextError
 from ..log_setup import bind as bind_log_context
-from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
+from ..stream_config import PcmInput, StreamConfigError
 from .agent_doors import agent_service, client_agent_config
 from .deps import websocket_api_key_ok
 from .state import AppState
@@ -54,13 +54,13 @@ from .wire import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
-    CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
     ErrorMessage,
     WireError,
     _loads,
     _typed,
 )
+from .ws_common import EXPECTED_ERRORS, error_message, live_door
 
 __all__ = ["AgentStart", "event_to_wire", "router"]
 
@@ -145,19 +145,12 @@ def _config_error(exc: StreamConfigError) -> WireError:
 
 
 def _as_error(exc: BaseException) -> ErrorMessage:
-    if isinstance(exc, WireError):
-        return ErrorMessage(str(exc), exc.close_code, exc.code, exc.field)
+    """ws_common.error_message, with the agent's config field names and ``bad_text``."""
     if isinstance(exc, StreamConfigError):
-        return _as_error(_config_error(exc))
-    if isinstance(exc, StreamLimitError):
-        return ErrorMessage(str(exc), CLOSE_TRY_AGAIN, "busy")
-    if isinstance(exc, AudioError):
-        return ErrorMessage(str(exc), CLOSE_UNSUPPORTED, "bad_audio")
+        return error_message(_config_error(exc))
     if isinstance(exc, TextError):
         return ErrorMessage(str(exc), CLOSE_POLICY, "bad_text", "text")
-    if isinstance(exc, EngineError):
-        return ErrorMessage(str(exc), CLOSE_INTERNAL, "engine_error")
-    return ErrorMessage("internal error", CLOSE_INTERNAL, "internal")
+    return error_message(exc)
 
 
 def _r(value: float | None) -> float | None:
@@ -224,15 +217,15 @@ async def agent_socket(ws: WebSocket) -> None:
                                            CLOSE_POLICY, "unauthorized"))
         return
     limits = settings.streaming
-    session: AgentSession | None = None
-    writer: asyncio.Task[ErrorMessage | None] | None = None
-    try:
+    async with live_door(ws, logger, "agent", "agent session", "session",
+                         expected=(*EXPECTED_ERRORS, TextError), to_error=_as_error,
+                         send=_send_error) as door:
         service = agent_service(state)
         service.check_capacity()  # answer a full server before reading anything
         start = await _receive_config(ws, limits.idle_timeout_s, limits.max_frame_bytes)
         pcm = PcmInput(start.encoding, start.sample_rate, start.channels)
         config = await client_agent_config(state, service, start.options)
-        session = await service.open(config)
+        door.session = session = await service.open(config)
         bind_log_context(session_id=session.id)  # every log line of this session names it
         await ws.send_json({
             "type": "ready", "session_id": session.id,
@@ -243,8 +236,8 @@ async def agent_socket(ws: WebSocket) -> None:
             "voice": getattr(session.voice, "ref", None) and session.voice.ref.id,
             "language": config.language, "turn_detection": config.turn_detection,
             "barge_in": config.barge_in})
-        writer = asyncio.create_task(_write_events(ws, session, start.output_encoding),
-                                     name=f"agent-writer-{session.id}")
+        door.writer = writer = asyncio.create_task(
+            _write_events(ws, session, start.output_encoding), name=f"agent-writer-{session.id}")
         # after the config, idleness is the session's own rule (no speech, text or reply for
         # VOXGATE_AGENT__IDLE_TIMEOUT_S): a client waiting for a long reply is not idle
         fatal = await _read_input(ws, session, pcm, limits.max_frame_bytes, writer)
@@ -254,20 +247,6 @@ async def agent_socket(ws: WebSocket) -> None:
         await ws.send_json({"type": "end", "turns": session.conversation.items[-1].turn_id
                             if session.conversation.items else 0})
         await ws.close(CLOSE_NORMAL)
-    except WebSocketDisconnect:
-        logger.info("agent client went away%s", f" (session {session.id})" if session else "")
-    except Exception as exc:  # every failure becomes an error message + close code
-        if not isinstance(exc, (WireError, StreamConfigError, StreamLimitError, AudioError,
-                                TextError)):
-            logger.exception("agent session failed")
-        await _send_error(ws, _as_error(exc))
-    finally:
-        if writer is not None and not writer.done():
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-        if session is not None:
-            await session.close()
 
 
 async def _receive(ws: WebSocket, idle_s: float | None) -> dict[str, Any]:

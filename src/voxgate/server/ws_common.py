@@ -1,12 +1,15 @@
-"""What the live WebSocket doors (``/v1/asr``, ``/ws/translate``) do alike: map an exception to
-the error message and close code the protocol promises, send it before closing, and read the
-next client message under the idle rule (silent for ``idle_s`` while owed no result)."""
+"""What the live WebSocket doors (``/v1/asr``, ``/ws/translate``, ``/v1/agent``) do alike: map an
+exception to the error message and close code the protocol promises, send it before closing,
+read the next client message under the idle rule (silent for ``idle_s`` while owed no result),
+and end a connection the same way on every path (:func:`live_door`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
@@ -27,7 +30,10 @@ from .wire import (
     config_error,
 )
 
-__all__ = ["accept_authorized", "audio_frame", "error_message", "receive_message", "send_error"]
+__all__ = ["DoorParts", "accept_authorized", "audio_frame", "error_message", "finish_quietly",
+           "live_door", "receive_message", "send_error"]
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (WireError, StreamConfigError,
+                                                    StreamLimitError, AudioError)
 
 
 def error_message(exc: BaseException) -> ErrorMessage:
@@ -105,3 +111,62 @@ async def audio_frame(ws: WebSocket, idle_s: float, owed: Callable[[], bool],
                         "send smaller frames (e.g. 100 ms)", close_code=CLOSE_TOO_BIG,
                         code="too_big")
     return data, message
+
+
+@dataclass
+class DoorParts:
+    """What a connection has opened so far: the teardown ends exactly these."""
+
+    session: Any = None  # the door's session (AsrSession, TranslateSession, AgentSession)
+    writer: asyncio.Task[Any] | None = None
+
+
+async def finish_quietly(session: Any, writer: asyncio.Task[Any], wait_s: float) -> None:
+    """Finish the open utterance and let the writer send it (bounded wait): a client whose
+    stream ends on a bad frame still gets what it said before it."""
+    with contextlib.suppress(Exception):
+        await session.finish()
+        await asyncio.wait_for(asyncio.shield(writer), wait_s)
+
+
+@contextlib.asynccontextmanager
+async def live_door(ws: WebSocket, logger: logging.Logger, client: str, failure: str,
+                    unit: str = "stream", *,
+                    expected: tuple[type[BaseException], ...] = EXPECTED_ERRORS,
+                    finish_on: tuple[type[BaseException], ...] = (),
+                    finish_wait_s: float = 30.0,
+                    to_error: Callable[[BaseException], ErrorMessage] = error_message,
+                    send: Callable[[WebSocket, ErrorMessage], Awaitable[None]] = send_error,
+                    ) -> AsyncIterator[DoorParts]:
+    """The body of a live door, with the teardown every door shares.
+
+    The body records what it opens in the yielded :class:`DoorParts`. A client that went away
+    is logged at info (``"<client> client went away (<unit> <id>)"``); any other error becomes
+    the error message and close code of ``to_error`` (sent with ``send``), logged with its
+    traceback unless it is one of ``expected`` (bad input, a full server); on an error of
+    ``finish_on`` the open utterance is first finished and delivered (``finish_quietly``).
+    Whatever happened, the writer task is cancelled and the session closed (its slots freed).
+    """
+    parts = DoorParts()
+    try:
+        yield parts
+    except WebSocketDisconnect:
+        session = parts.session
+        logger.info("%s client went away%s", client,
+                    f" ({unit} {session.id})" if session is not None else "")
+    except Exception as exc:  # every failure becomes an error message + close code
+        if not isinstance(exc, expected):
+            logger.exception("%s failed", failure)
+        writer = parts.writer
+        if finish_on and isinstance(exc, finish_on) and parts.session is not None \
+                and writer is not None and not writer.done():
+            await finish_quietly(parts.session, writer, finish_wait_s)
+        await send(ws, to_error(exc))
+    finally:
+        writer = parts.writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+        if parts.session is not None:
+            await parts.session.close()

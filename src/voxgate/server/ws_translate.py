@@ -15,18 +15,17 @@ The door is thin: it parses wire messages, converts audio (``PcmInput``), feeds 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket
 
 from ..audio import encode_audio
 from ..errors import AudioError
 from ..log_setup import bind as bind_log_context
-from ..stream_config import PcmInput, StreamConfigError, StreamLimitError
+from ..stream_config import PcmInput, StreamConfigError
 from ..translation import TranslateConfig, TranslateEvent, TranslateSession
 from .state import AppState
 from .translation_state import translation_service
@@ -39,9 +38,8 @@ from .wire import (
 from .ws_common import (
     accept_authorized,
     audio_frame,
-    error_message,
+    live_door,
     receive_message,
-    send_error,
 )
 
 __all__ = ["WsAstResult", "WsControl", "router"]
@@ -142,44 +140,27 @@ async def live_translate(ws: WebSocket) -> None:
     if not await accept_authorized(ws, settings):
         return
     limits = settings.streaming
-    session: TranslateSession | None = None
-    writer: asyncio.Task[None] | None = None
-    try:
+    async with live_door(ws, logger, "translation", "live translation stream",
+                         finish_on=(WireError,), finish_wait_s=60.0) as door:
         service = await translation_service(state)
         service.check_capacity()  # answer a full server before reading anything
         control = await _receive_control(ws, limits.idle_timeout_s, limits.max_frame_bytes)
         pcm = PcmInput("pcm16", control.sample_rate, control.channels)
-        session = await service.open(control.config)
+        door.session = session = await service.open(control.config)
         bind_log_context(session_id=session.id)  # every log line of this stream names it
         await ws.send_json({"type": "ready", "session_id": session.id, "mode": control.mode,
                             "src": control.config.src, "tgt": control.config.tgt,
                             "sample_rate": pcm.sample_rate, "channels": pcm.channels,
                             "stream_audio": control.stream_audio})
-        writer = asyncio.create_task(_write_events(ws, session, control.stream_audio),
-                                     name=f"wst-writer-{session.id}")
+        door.writer = writer = asyncio.create_task(_write_events(ws, session,
+                                                                 control.stream_audio),
+                                                   name=f"wst-writer-{session.id}")
         await _read_audio(ws, session, pcm, limits.idle_timeout_s, limits.max_frame_bytes,
                           writer)
         await writer  # every utterance of the ended stream is sent
         await ws.send_json({"type": "end", "audio_seconds": round(session.position, 3),
                             "utterances": session.utterances_done})
         await ws.close(CLOSE_NORMAL)
-    except WebSocketDisconnect:
-        logger.info("translation client went away%s",
-                    f" (stream {session.id})" if session else "")
-    except Exception as exc:  # every failure becomes an error message + close code
-        if not isinstance(exc, (WireError, StreamConfigError, StreamLimitError, AudioError)):
-            logger.exception("live translation stream failed")
-        if session is not None and writer is not None and not writer.done() \
-                and isinstance(exc, WireError):
-            await _finish_quietly(session, writer)  # deliver what was said before the error
-        await send_error(ws, error_message(exc))
-    finally:
-        if writer is not None and not writer.done():
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-        if session is not None:
-            await session.close()
 
 
 async def _receive_control(ws: WebSocket, idle_s: float, max_bytes: int) -> WsControl:
@@ -272,9 +253,3 @@ async def _write_events(ws: WebSocket, session: TranslateSession, stream_audio: 
             if wav is not None:
                 await ws.send_bytes(wav)
 
-
-async def _finish_quietly(session: TranslateSession, writer: asyncio.Task[None]) -> None:
-    """Finish the open utterance and let the writer send it (bounded wait)."""
-    with contextlib.suppress(Exception):
-        await session.finish()
-        await asyncio.wait_for(asyncio.shield(writer), 60.0)
