@@ -33,7 +33,7 @@ import pytest
 from conftest import wer
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.staticfiles import StaticFiles
-from live_server import API_KEY, live_settings, serve_app
+from live_server import API_KEY, live_settings, serve_app, start_agent_server
 
 from voxgate.audio import encode_wav, float32_to_pcm16, pcm16_to_float32, resample
 
@@ -349,19 +349,13 @@ def agent_server(manager, tmp_path_factory) -> Iterator[Any]:
                      "en_US-joe-medium"):
         require_pack(model_id, manager.settings.cache_dir)
     from voxgate.config import AgentSettings, StreamingSettings
-    from voxgate.server.agent_doors import AgentComponent
-    from voxgate.server.app import create_app, uvicorn_options
-    from voxgate.server.live_streams import StreamingComponent
 
     settings = live_settings(tmp_path_factory.mktemp("talk"), max_streams=2,
                              streaming=StreamingSettings(idle_timeout_s=60.0,
                                                          max_frame_bytes=64 * 1024),
                              agent=AgentSettings(max_sessions=1, max_reply_tokens=24,
                                                  system_prompt="Answer in one short sentence."))
-    app = create_app(settings, manager, components=[StreamingComponent(settings),
-                                                    AgentComponent(settings)])
-    with serve_app(app, ws_max_size=uvicorn_options(settings)["ws_max_size"]) as live:
-        yield live
+    yield from start_agent_server(settings, manager)
 
 
 @pytest.fixture(scope="module")

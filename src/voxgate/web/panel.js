@@ -3,7 +3,7 @@
 // config (frames captured while the socket opens are queued, then sent in order).
 
 import { socketUrl } from "./console.js";
-import { MicCapture } from "./mic.js";
+import { MicCapture, MicError } from "./mic.js";
 
 const MAX_QUEUED_FRAMES = 250;  // ~10 s of audio held while the socket opens
 
@@ -26,6 +26,22 @@ export class PanelMessages {
   clearError() {
     this.error.textContent = "";
     this.error.hidden = true;
+  }
+}
+
+/**
+ * Start `session` (microphone, then socket); true when it runs. A microphone or socket that
+ * cannot start is said in the panel, in words (a denied microphone names the site setting).
+ */
+export async function startSession(session, messages) {
+  try {
+    await session.start();
+    return true;
+  } catch (err) {
+    messages.showError(err instanceof MicError ? err.message
+      : `Could not start: ${err.message || err}`);
+    messages.setStatus("Idle.");
+    return false;
   }
 }
 

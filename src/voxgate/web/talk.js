@@ -11,8 +11,7 @@
 // continues (the server sends the rest again). Stop hangs up (the server cancels the reply).
 
 import { closeMessage } from "./console.js";
-import { MicError } from "./mic.js";
-import { MicSocket, PanelMessages, note } from "./panel.js";
+import { MicSocket, PanelMessages, note, startSession } from "./panel.js";
 import { PcmStream } from "./player.js";
 
 const $ = (id) => document.getElementById(id);
@@ -277,15 +276,9 @@ ui.start.addEventListener("click", async () => {
   player.unlock();  // in the click: autoplay rules allow a context made by a user gesture
   const mine = new TalkSession();
   session = mine;
-  try {
-    await mine.start();
-  } catch (err) {
-    showError(err instanceof MicError ? err.message : `Could not start: ${err.message || err}`);
-    setStatus("Idle.");
-    if (session === mine) {
-      session = null;
-      setRunning(false);
-    }
+  if (!await startSession(mine, messages) && session === mine) {
+    session = null;
+    setRunning(false);
   }
 });
 

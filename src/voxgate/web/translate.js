@@ -9,8 +9,7 @@
 // the server closes; without it, the stream goes on), `end` (every result has been sent).
 
 import { closeMessage } from "./console.js";
-import { MicError } from "./mic.js";
-import { MicSocket, PanelMessages, note } from "./panel.js";
+import { MicSocket, PanelMessages, note, startSession } from "./panel.js";
 import { AudioQueue } from "./player.js";
 
 const LANG_NAMES = { en: "English", ru: "Russian" };
@@ -238,11 +237,7 @@ ui.start.addEventListener("click", async () => {
   await player.unlock();
   const current = new TranslateSession(ui.mode.value);
   session = current;
-  try {
-    await current.start();
-  } catch (err) {
-    showError(err instanceof MicError ? err.message : `Could not start: ${err.message || err}`);
-    setStatus("Idle.");
+  if (!await startSession(current, messages)) {
     setRunning(false);
     if (session === current) session = null;
   }
