@@ -13,6 +13,7 @@ per parser, inputs tried and the slowest input's time to ``VOXGATE_FUZZ_STATS``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import time
@@ -511,3 +512,117 @@ def test_riva_translate_answers_any_request(live, fields: dict[str, Any]) -> Non
         stub.TranslateText(nmt.TranslateTextRequest(**fields), timeout=120, metadata=metadata)
 
     _grpc_call(live, "Riva gRPC TranslateTextRequest (end to end)", fields, call)
+
+
+# ---- the agent doors and Wyoming, end to end (agent sessions on test_realtime's fake engines)
+@pytest.fixture(scope="module")
+def agent_live(manager, tmp_path_factory):
+    from live_server import live_settings, serve_app
+    from test_realtime import _FakeAgent
+    from voxgate.config import AgentSettings
+    from voxgate.server.app import create_app
+    from voxgate.server.live_streams import StreamingComponent
+    from voxgate.server.wyoming import WyomingServer
+
+    settings = live_settings(tmp_path_factory.mktemp("fuzz-agent"), max_streams=4,
+                             agent=AgentSettings(max_sessions=2))
+    wyoming = WyomingServer("tcp://127.0.0.1:0")
+    app = create_app(settings, manager, components=[
+        StreamingComponent(settings), _FakeAgent().component(settings), wyoming])
+    with serve_app(app, ws_max_size=settings.streaming.max_frame_bytes) as live:
+        live.wyoming = wyoming
+        yield live
+
+
+def _agent_doors_free(live) -> bool:
+    agent = live.state.components["agent"]
+    return agent.active == 0 and not agent.sessions \
+        and live.state.components["streaming"].active == 0 and not live.wyoming._connections
+
+
+def _ws_session(live, caplog, path: str, messages: list[Any]) -> None:
+    """Send ``messages``, then read until the server closes (or goes quiet for 1 s and the
+    client closes): the close code is a documented one, the server logged no error, and every
+    slot is free afterwards."""
+    import logging
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from live_server import API_KEY
+
+    caplog.set_level(logging.WARNING, logger="voxgate")
+    logged = len(caplog.records)
+    code = 1000
+    with connect(f"ws://127.0.0.1:{live.port}{path}", additional_headers={"X-API-Key": API_KEY},
+                 open_timeout=30, close_timeout=10, max_size=None) as ws:
+        try:
+            for message in messages:
+                ws.send(message)
+            while True:
+                ws.recv(timeout=1)
+        except TimeoutError:
+            pass  # the server waits for more: the client leaves
+        except ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd else 1006
+    errors = [r.getMessage() for r in caplog.records[logged:]
+              if r.levelno >= logging.ERROR and r.name.startswith("voxgate")]
+    assert not errors and (code in WS_CLOSE_CODES or code == 1006), (code, errors)
+    assert live.wait_for(lambda: _agent_doors_free(live), 30), "a slot stayed taken"
+
+
+REALTIME_TYPES = ["session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
+                  "input_audio_buffer.clear", "conversation.item.create",
+                  "conversation.item.delete", "conversation.item.truncate",
+                  "conversation.item.retrieve", "response.create", "response.cancel", "x"]
+REALTIME_EVENT = st.builds(
+    lambda kind, fields: {**fields, "type": kind}, st.sampled_from(REALTIME_TYPES),
+    config_like(["event_id", "session", "audio", "item", "item_id", "content_index",
+                 "audio_end_ms", "previous_item_id", "response"],
+                {}).map(lambda d: {**d, **({"audio": base64.b64encode(b"\0\1" * 80).decode()}
+                                           if "audio" in d and not isinstance(d["audio"], str)
+                                           else {})}))
+
+
+@E2E
+@given(st.lists(as_text(REALTIME_EVENT) | st.binary(max_size=64), min_size=1, max_size=5))
+def test_realtime_events_are_answered_or_refused(agent_live, caplog, events: list[Any]) -> None:
+    with tried("/v1/realtime events (end to end)", events):
+        _ws_session(agent_live, caplog, "/v1/realtime?model=x", events)
+
+
+@E2E
+@given(as_text(config_like(AGENT_KEYS, {"type": st.just("config")})), st.lists(
+    _frame() | as_text(config_like(["type", "text"], {"type": st.sampled_from(
+        ["text", "interrupt", "end", "played", "x"])})), max_size=3))
+def test_agent_websocket_answers_any_config_and_frames(agent_live, caplog, text: str,
+                                                       frames: list[Any]) -> None:
+    with tried("/v1/agent WebSocket (end to end)", (text, frames)):
+        _ws_session(agent_live, caplog, "/v1/agent", [text, *frames])
+
+
+@E2E
+@given(st.lists(wyoming_bytes(), min_size=1, max_size=3))
+def test_wyoming_server_answers_any_bytes(agent_live, caplog, chunks: list[bytes]) -> None:
+    """Random events over a real connection: the server answers (error events included) or
+    hangs up; it logs no error and keeps no connection."""
+    import logging
+    import socket
+
+    caplog.set_level(logging.WARNING, logger="voxgate")
+    logged = len(caplog.records)
+    address = agent_live.wyoming.bound
+    with tried("Wyoming server (end to end)", chunks):
+        with socket.create_connection((address.host, address.port), timeout=10) as sock:
+            try:
+                for chunk in chunks:
+                    sock.sendall(chunk)
+                sock.shutdown(socket.SHUT_WR)  # the client is done; the server ends too
+                while sock.recv(65536):
+                    pass
+            except OSError:  # reset, broken pipe, not connected, timeout
+                pass  # refused and hung up on while the client still wrote
+        errors = [r.getMessage() for r in caplog.records[logged:]
+                  if r.levelno >= logging.ERROR and r.name.startswith("voxgate")]
+        assert not errors, errors
+        assert agent_live.wait_for(lambda: not agent_live.wyoming._connections, 30)
