@@ -234,7 +234,9 @@ class TranslateSession extends MicSocket {
 ui.start.addEventListener("click", async () => {
   messages.clearError();
   setRunning(true);
-  await player.unlock();
+  // made in the click (autoplay rules); not awaited: a slow or absent audio output must not
+  // hold up the microphone and the socket (play() waits for it instead)
+  player.unlock().catch(() => {});
   const current = new TranslateSession(ui.mode.value);
   session = current;
   if (!await startSession(current, messages)) {
