@@ -426,14 +426,21 @@ def docker_compose() -> Path:
     return binary
 
 
+def example_env(optional: bool = False) -> str:
+    """deploy/voxgate.env.example; ``optional``: with its commented settings switched on (the
+    remote engines, object storage for job audio)."""
+    text = (DEPLOY / "voxgate.env.example").read_text()
+    return re.sub(r"(?m)^# (VOXGATE_[A-Z0-9_]+=)", r"\1", text) if optional else text
+
+
 def compose_config(tool: Path, workdir: Path, env: dict[str, str] | None = None,
                    compose_text: str | None = None, env_file: bool = True,
-                   ) -> subprocess.CompletedProcess[str]:
+                   env_text: str | None = None) -> subprocess.CompletedProcess[str]:
     """`docker-compose config --format json` of deploy/compose.yaml (or ``compose_text``) in a
     copy of deploy/ whose voxgate.env is the example (compose refuses to run without it)."""
     (workdir / "compose.yaml").write_text(compose_text or (DEPLOY / "compose.yaml").read_text())
     if env_file:
-        (workdir / "voxgate.env").write_text((DEPLOY / "voxgate.env.example").read_text())
+        (workdir / "voxgate.env").write_text(env_text or example_env())
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("VOXGATE_", "REDIS_", "COMPOSE_"))}
     return subprocess.run([str(tool), "-f", "compose.yaml", "config", "--format", "json"],
@@ -441,10 +448,13 @@ def compose_config(tool: Path, workdir: Path, env: dict[str, str] | None = None,
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.parametrize("optional", [False, True], ids=["example", "optional-settings-on"])
 def test_compose_file_is_valid_for_docker_compose(docker_compose: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  optional: bool) -> None:
     run = compose_config(docker_compose, tmp_path, {"VOXGATE_WORKERS": "3",
-                                                    "VOXGATE_HTTP_PORT": "18000"})
+                                                    "VOXGATE_HTTP_PORT": "18000"},
+                         env_text=example_env(optional))
     assert run.returncode == 0, run.stderr
     config = json.loads(run.stdout)
     services = config["services"]
@@ -475,6 +485,10 @@ def test_compose_file_is_valid_for_docker_compose(docker_compose: Path, tmp_path
         settings = load_settings()
         assert settings.redis_url == "redis://redis:6379/0"
         assert str(settings.data_dir) == "/var/lib/voxgate"
+        if optional:  # object storage and the remote engines, as the example documents them
+            assert settings.storage.url.startswith("s3://")
+            assert settings.storage.endpoint_url == "http://minio:9000"
+            assert settings.riva.uri and settings.llm.base_url
     assert config["volumes"].keys() == {"voxgate-data", "redis-data"}
 
 
