@@ -227,6 +227,8 @@ async def ws_once(url: str, clip: Clip) -> tuple[float, float]:
         audio_end = time.monotonic()
         await ws.send(json.dumps({"type": "end"}))
         await asyncio.wait_for(reader, 60)
+    if not finals:
+        raise RuntimeError("the stream ended without a final")
     return max(last_final - audio_end, 0.0), wer(clip.text, " ".join(finals))
 
 
@@ -258,6 +260,8 @@ def grpc_once(uri: str, clip: Clip) -> tuple[float, float]:
             if result.is_final and result.alternatives:
                 finals.append(result.alternatives[0].transcript)
                 last_final = time.monotonic()
+    if not finals:
+        raise RuntimeError("the stream ended without a final")
     return max(last_final - clock["audio_end"], 0.0), wer(clip.text, " ".join(finals))
 
 
