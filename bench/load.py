@@ -8,8 +8,9 @@ users use, send real LibriVox speech (Debian ``pocketsphinx-testdata``) for ``--
 * ``jobs``: ``POST /v1/process`` (raw transcript), then the job's server-sent events until its
   final document (latency: upload to result), with ``httpx``;
 * ``openai``: ``/v1/audio/transcriptions`` with the official ``openai`` client;
-* ``ws``: live ``/v1/asr`` streams with ``websockets``, PCM16 paced in real time (latency: from
-  the last audio frame to the stream's last final);
+* ``ws``: live ``/v1/asr`` streams with ``websockets``, PCM16 paced in real time, each clip
+  followed by a 0.6 s pause (latency: from the last audio frame to the stream's last final;
+  0 when endpointing gave the final already during the pause);
 * ``grpc``: Riva ``StreamingRecognize`` with ``nvidia-riva-client``, paced the same way;
 * ``tts``: ``/v1/audio/speech`` (WAV) with the ``openai`` client (latency: to the last byte).
 
