@@ -109,18 +109,18 @@ def test_redis_restarted_mid_queue_loses_nothing_and_the_api_says_503(tmp_path: 
             assert [f["status"] for f in finals] == ["COMPLETE"] * 3, finals
             # restarts while the worker waits for work (idle, between its 2 s dequeue slices
             # and chores): the worker rides them out instead of quitting
-            for outage_s in (0.5, 1.3, 2.1, 3.2, 5.5):
+            for outage_s in (0.5, 2.1, 4.0):
                 redis.stop()
                 time.sleep(outage_s)
                 assert submit(base, short_clip).status_code == 503
                 redis = EmbeddedRedis(Settings(data_dir=tmp_path, offline=True, _env_file=None))
                 redis.start()
                 time.sleep(0.7)
-                assert workers[0].poll() is None, workers[0].stderr.read().decode()[-3000:]
+                assert workers[0].poll() is None, workers[0].stderr.read().decode()[-6000:]
             again = submit(base, short_clip)  # the API recovered on its own
             assert again.status_code == 202, again.text
             assert wait_final(base, again.json()["task_id"])["status"] == "COMPLETE"
-            assert workers[0].poll() is None, workers[0].stderr.read().decode()[-3000:]
+            assert workers[0].poll() is None, workers[0].stderr.read().decode()[-6000:]
     finally:
         _stop(workers)
         redis.stop()

@@ -222,7 +222,10 @@ def _worker_class():  # -> type[SimpleWorker]; built lazily so importing needs n
             try:  # every log line of the job names its task; its spans continue the API's trace
                 with bound(task_id=job.id, door="worker", request_id=None, session_id=None), \
                         continued("voxgate.job", (job.meta or {}).get("trace"),
-                                  attributes={"voxgate.task_id": job.id}):
+                                  attributes={"voxgate.task_id": job.id}), \
+                        _riding_out_redis_outage("RQ's record of the job's end"):
+                    # a Redis restart as the job ends: its outcome is in the task store (or
+                    # not, then its started-registry entry expires and the job runs again)
                     super().execute_job(job, queue)
             finally:
                 done.set()
