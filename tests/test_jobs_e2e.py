@@ -50,6 +50,10 @@ def test_embedded_serve_real_llm_summary_and_restart(librivox, manager, tmp_path
                                     "sha256": template.sha256}
     assert 0.0 <= metrics["edit_rate"] <= settings.llm.cleanup_max_edit_rate
     assert {"asr", "cleanup", "summary"} <= set(metrics["stage_times_s"])
+    faithfulness = metrics["summary_faithfulness"]  # issue 14: names/numbers vs the transcript
+    unsupported = faithfulness["names_numbers_not_in_transcript"]
+    assert isinstance(unsupported, list) and faithfulness["names_numbers_checked"] >= len(
+        unsupported)
     assert (tmp_path / "redis" / "appendonlydir").exists() or \
         any((tmp_path / "redis").glob("*.aof"))
     # restart: a new server on the same data dir still knows the finished task
