@@ -512,6 +512,9 @@ class TranslateSession:
             raise exc
         else:
             self._context = text[-self.settings.translation.max_context_chars:]
+        if failure is not None and not error:
+            logger.warning("translation %s utterance %d: TTS failed: %s", self.id,
+                           base["utterance_id"], failure)
         self._emit(TranslateEvent("translation", src=src, tgt=tgt, text=translation,
                                   error=error, **base))
         self._emit(TranslateEvent("done", src=src, tgt=tgt, text=translation, audio=audio,
@@ -545,10 +548,10 @@ class TranslateSession:
             stream = self._speech.astream_units(units, voice)
         except ConfigError as exc:
             return None, 0, str(exc)
-        return await self._speak_stream(stream, base)
+        return await self._speak_stream(stream, base, log=False)  # the caller logs
 
-    async def _speak_stream(self, stream: AsyncIterator[Any], base: dict[str, Any]
-                            ) -> tuple[np.ndarray | None, int, str | None]:
+    async def _speak_stream(self, stream: AsyncIterator[Any], base: dict[str, Any],
+                            log: bool = True) -> tuple[np.ndarray | None, int, str | None]:
         chunks = []
         try:
             async with contextlib.aclosing(stream) as stream:
@@ -560,8 +563,9 @@ class TranslateSession:
             audio, rate = join_chunks(chunks)
             return audio, rate, None
         except (TextError, ConfigError, ModelError, EngineError, OSError) as exc:
-            logger.warning("translation %s utterance %d: TTS failed: %s", self.id,
-                           base["utterance_id"], exc)
+            if log:
+                logger.warning("translation %s utterance %d: TTS failed: %s", self.id,
+                               base["utterance_id"], exc)
             return None, 0, str(exc)
 
     def _emit(self, event: TranslateEvent) -> None:
