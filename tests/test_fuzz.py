@@ -480,6 +480,7 @@ def _grpc_call(live, parser: str, example: Any, call: Any) -> None:
     "custom_dictionary": st.text(max_size=30), "enable_word_time_offsets": st.booleans(),
     "custom_configuration": st.dictionaries(st.text(max_size=8), st.text(max_size=8),
                                             max_size=2)}))
+@example({"text": "\u00b9", "language_code": "ru-RU"})  # found by bench/fuzz.py: INTERNAL
 def test_riva_synthesize_answers_any_request(live, fields: dict[str, Any]) -> None:
     from riva.client.proto import riva_tts_pb2 as tts
     from riva.client.proto import riva_tts_pb2_grpc as tts_grpc

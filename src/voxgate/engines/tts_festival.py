@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audio import change_tempo, decode_audio_native
-from ..errors import AudioError, ConfigError, EngineError, ModelError
+from ..errors import AudioError, ConfigError, ModelError
 from ..types import TtsChunk
 from .base import VoiceInfo, check_speed
 from .tts_espeak import run_program
@@ -98,8 +98,9 @@ class FestivalTts:
         chosen = self._voice(voice)
         wav = run_program([self.program, "-eval", f"(voice_{chosen.name})"],
                           text.encode("utf-8"), self.timeout_s, f"Festival ({chosen.name})")
-        if not wav:
-            raise EngineError(f"Festival ({chosen.name}) wrote no audio")
+        if not wav:  # it ran and exited 0 (run_program raises otherwise), e.g. for "¹" alone:
+            logger.debug("Festival wrote nothing for %r", text[:80])  # nothing it could say;
+            return  # the caller skips the sentence (and says so when nothing at all was said)
         try:
             audio, rate = decode_audio_native(wav)
         except AudioError:  # a header without samples: nothing the voice could say
