@@ -1,17 +1,18 @@
 """Faults, each a test (issue 15): real processes on loopback, real Redis, real `voxgate worker`s.
 
-Which fault each test covers (the rest live next to the door they concern, see the report in
-bench/README.md "Fuzzing" and the test names):
-
 - ``test_worker_killed_mid_job_completes_once_on_the_other_worker``: ``kill -9`` of the worker
-  running a job; the job completes exactly once, on the worker that stayed up;
+  running a job; the job completes exactly once (one COMPLETE event, one completion counted),
+  on the worker that stayed up;
 - ``test_redis_restarted_mid_queue_loses_nothing_and_the_api_says_503``: Redis stopped and
   started again while jobs wait; the API answers 503 with a clear detail meanwhile, every task
-  completes afterwards;
+  completes afterwards, and a worker rides out further restarts;
+  ``test_an_idle_workers_redis_chores_ride_out_a_redis_restart`` pins the worker part;
 - ``test_llm_server_down_*``: an OpenAI-compatible LLM URL that refuses connections or never
-  answers: the job ends FAILED (summary) within the configured timeout, never hangs;
+  answers: the job ends FAILED (summary) within the configured timeouts, never hangs;
 - ``test_disk_full_while_uploading_*``: a 2 MB tmpfs data dir; uploads that do not fit get 507
   with a JSON detail and leave no partial file.
+
+A client vanishing mid-stream, door by door: tests/test_faults_doors.py (and the tests it names).
 """
 
 from __future__ import annotations
