@@ -13,15 +13,24 @@ mono in 40 ms frames, wall-clock paced (real time), 0.3 s of silence, the speech
 frames (a microphone never stops) until the answer's WAV has arrived (60 s at most).
 
 Measured from the end of the spoken utterance (the wall-clock moment the frame holding the last
-voiced sample was sent; voiced: 20 ms RMS above ``VOICED_RMS``):
+voiced sample was sent; voiced: 20 ms RMS above ``VOICED_RMS``), for the answer that covers
+the end of the speech (its utterance ends within ``COVER_TOL_S`` of it, from the ``end`` each
+answer carries: an earlier piece of an utterance the endpointer cut in two also arrives after
+the speech ended, but it is not timed):
 
-* ``text``: the result JSON with the translated text arrives;
-* ``audio``: the first byte of translated audio arrives (the utterance's binary WAV message).
+* ``first text``: the first translated words arrive (a streamed part's header, or the result);
+* ``text``: the result JSON with the whole translated text arrives;
+* ``audio``: the first byte of translated audio arrives (the first streamed part's WAV, or the
+  utterance's one WAV on the seed's contract).
 
-Sides (same server process, same ModelManager, so the same loaded models):
+Sides (same server process, same ModelManager, so the same loaded models and MT engine):
 
-* ``voxgate``: the real ``/ws/translate`` door (TranslateSession: the live-ASR endpointer with
-  its speculative finals, MT, sentence-wise TTS; settings from ``VOXGATE_TRANSLATION__*``).
+* ``voxgate``: the real ``/ws/translate`` door with ``"stream_audio": true`` (TranslateSession:
+  the live-ASR endpointer with its speculative finals, the MT streamed, each translated sentence
+  or clause spoken and sent as its own WAV as soon as it is ready; settings from
+  ``VOXGATE_TRANSLATION__*``);
+* ``voxgate-contract``: the same door on the seed's contract (one WAV per utterance, after the
+  whole translation is spoken), i.e. what an unchanged seed client gets;
 * ``seed``: the seed's design (``../shared/seeds/002_*.txt``, ``handle_utterance``) as a
   bench-only door ``/bench/seed-translate`` on the same app: buffer the PCM; when no voiced audio
   has come for 900 ms (the seed's idle flush; measured on the audio so a microphone's silence
@@ -30,9 +39,9 @@ Sides (same server process, same ModelManager, so the same loaded models):
   then MT of the whole text (the same Mt engine), then TTS of the whole text (the same voice),
   then send the JSON and the WAV.
 
-Reported per side and direction: p50/p95 of both latencies, and the seed/voxgate ratio of
-p50 time to first translated audio (the issue's goal: >= 1.5). One warm-up utterance per side
-and direction loads the models first and is not counted.
+Reported per side and direction: p50/p95 of the latencies, and the seed/voxgate ratio of
+p50 time to first translated audio (the issue's goal: >= 1.5) for both voxgate sides. One
+warm-up utterance per door and direction loads the models first and is not counted.
 
     flock /tmp/voxgate-cpu.lock python bench/translation_latency.py   # ~13 min on 2 busy cores
     python bench/translation_latency.py --rounds 2 --directions en->ru
@@ -67,6 +76,8 @@ FRAME_S = 0.04  # the page's AudioWorklet frame
 LEAD_S = 0.3
 VOICED_RMS = 0.01  # -40 dBFS over 20 ms: speech (the inputs' pauses are digital silence)
 SEED_IDLE_S = 0.9  # the seed's "idle ~900ms" flush
+COVER_TOL_S = 0.5  # an answer whose utterance ends this close to the speech end covers it
+SIDES = ("voxgate", "voxgate-contract", "seed")
 ANSWER_TIMEOUT_S = 60.0
 API_KEY = "bench-translation-key"
 RU_SENTENCES = (  # plain everyday sentences written for this bench (no third-party text)
@@ -131,6 +142,7 @@ def add_seed_door(app: Any) -> None:
     """``/bench/seed-translate``: the seed's handle_utterance on voxgate's engines (see doc)."""
     from voxgate.audio import encode_wav, pcm16_to_float32, resample
     from voxgate.engines.base import AsrOptions
+    from voxgate.errors import EngineError
     from voxgate.speech import SpeechService
     from voxgate.translation import open_mt
 
@@ -139,14 +151,23 @@ def add_seed_door(app: Any) -> None:
     speech = SpeechService(settings, state.manager)
     voices = settings.translation.voices
 
-    async def handle_utterance(ws: WebSocket, pcm: bytes, src: str, tgt: str, mt: Any) -> None:
+    async def handle_utterance(ws: WebSocket, pcm: bytes, src: str, tgt: str, mt: Any,
+                               end_s: float) -> None:
         audio = resample(pcm16_to_float32(pcm), WIRE_RATE, SR)
         options = AsrOptions(language=src, beam_size=settings.streaming.final_beam_size)
         asr = await asyncio.to_thread(state.manager.asr, settings.asr.model)
         transcript = (await asyncio.to_thread(asr.transcribe, audio, options)).text.strip()
-        text = await mt.translate(transcript, src, tgt)
+        try:
+            text = await mt.translate(transcript, src, tgt)
+        except EngineError as exc:  # the seed: "return a clear error to the client"
+            await ws.send_json({"src": src, "tgt": tgt, "text": "", "transcript": transcript,
+                                "error": str(exc), "end": end_s})
+            return
         out, rate = await asyncio.to_thread(speech.synthesize, text, voices[tgt])
-        await ws.send_json({"src": src, "tgt": tgt, "text": text, "transcript": transcript})
+        # "end" (bench only): stream seconds where the flushed buffer ended, so the client
+        # can tell which answer covers the end of its speech
+        await ws.send_json({"src": src, "tgt": tgt, "text": text, "transcript": transcript,
+                            "end": end_s})
         await ws.send_bytes(encode_wav(out, rate))
 
     async def in_order(before: asyncio.Task[None] | None, step: Any) -> None:
@@ -160,6 +181,7 @@ def add_seed_door(app: Any) -> None:
         config = json.loads(await ws.receive_text())
         src, tgt = config["mode"].split("->")
         buffer = bytearray()
+        received = 0  # bytes of the whole stream
         last_voiced: float | None = None
         # the MT engine TranslateSession uses (VOXGATE_TRANSLATION__MT), held for the stream
         held = open_mt(settings, state.manager)
@@ -175,7 +197,8 @@ def add_seed_door(app: Any) -> None:
                     # processed beside the reading (in order, one at a time), so the socket
                     # keeps being read (pongs included) while the utterance is translated
                     work = asyncio.create_task(in_order(
-                        work, handle_utterance(ws, bytes(buffer), src, tgt, mt)))
+                        work, handle_utterance(ws, bytes(buffer), src, tgt, mt,
+                                               received / 2 / WIRE_RATE)))
                     buffer.clear()
                     last_voiced = None
                     continue
@@ -185,6 +208,7 @@ def add_seed_door(app: Any) -> None:
                 if data is None:
                     continue
                 buffer += data
+                received += len(data)
                 samples = np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
                 if samples.size and float(np.sqrt(np.mean(samples ** 2))) > VOICED_RMS:
                     last_voiced = time.monotonic()
@@ -260,7 +284,7 @@ class Server:
             self.proc.wait(30)
 
     def url(self, side: str) -> str:
-        path = "/ws/translate" if side == "voxgate" else "/bench/seed-translate"
+        path = "/bench/seed-translate" if side == "seed" else "/ws/translate"
         return f"ws://127.0.0.1:{self.port}{path}?api_key={API_KEY}"
 
 
@@ -270,17 +294,28 @@ class Measure:
     side: str
     mode: str
     name: str
-    text_s: float | None = None
-    audio_s: float | None = None
+    text_s: float | None = None  # the whole translated text (the result JSON)
+    audio_s: float | None = None  # the first byte of translated audio
+    first_text_s: float | None = None  # the first translated words (a part's header or result)
     transcript: str = ""
     translation: str = ""
+    results: int = 0  # result messages seen (an utterance cut in two gives 2)
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def covers_end(event: dict[str, Any], utt: Utterance) -> bool:
+    """Whether an answer is the one for the end of the speech: its utterance reaches the last
+    voiced frame (within ``COVER_TOL_S``: the VAD ends speech a little before the RMS does).
+    An earlier piece of an utterance the endpointer cut in two arrives after the speech ended
+    too, but it is not the answer to the end of the speech and is not timed."""
+    end = event.get("end")
+    return end is None or float(end) >= utt.speech_end_s - COVER_TOL_S
+
+
 async def run_one(url: str, side: str, utt: Utterance,
                   timeout_s: float = ANSWER_TIMEOUT_S) -> Measure:
-    """Stream one utterance in real time; time the answer from the end of speech."""
+    """Stream one utterance in real time; time the answer to the end of speech."""
     import websockets
 
     from voxgate.audio import float32_to_pcm16, resample
@@ -294,42 +329,66 @@ async def run_one(url: str, side: str, utt: Utterance,
     silence = float32_to_pcm16(np.zeros(step, np.float32))
     measure = Measure(side, utt.mode, utt.name)
     speech_end: list[float] = []
-    got_audio = asyncio.Event()
+    answered = asyncio.Event()
+    control = {"mode": utt.mode, "src": src, "tgt": tgt, "sample_rate": WIRE_RATE,
+               "channels": 1}
+    if side == "voxgate":
+        control["stream_audio"] = True  # voxgate's own mode; "voxgate-contract": the seed's
 
     async with websockets.connect(url, max_size=None, open_timeout=30,
                                   ping_interval=None) as ws:
-        await ws.send(json.dumps({"mode": utt.mode, "src": src, "tgt": tgt,
-                                  "sample_rate": WIRE_RATE, "channels": 1}))
+        await ws.send(json.dumps(control))
 
         async def receive() -> None:
+            wav_follows = False  # the next binary is the covering result's WAV (seed wire)
+            part_covers = False  # the next binary is a streamed part of the covering answer
             async for message in ws:
                 now = time.monotonic()
+                since = now - speech_end[0] if speech_end else None
                 if isinstance(message, bytes):
-                    if measure.audio_s is None and speech_end:
-                        measure.audio_s = now - speech_end[0]
-                    got_audio.set()
-                    return
-                event = json.loads(message)
-                if event.get("type") == "error":
-                    measure.error = f"{event.get('code')}: {event.get('message')}"
-                    got_audio.set()
-                    return
-                if "tgt" in event and event.get("text") is not None and measure.text_s is None:
-                    measure.text_s = now - speech_end[0] if speech_end else None
-                    measure.transcript = event.get("transcript", "")
-                    measure.translation = event["text"]
-                    if event.get("tts_failed"):
-                        measure.error = "tts_failed"
-                        got_audio.set()
+                    if (wav_follows or part_covers) and measure.audio_s is None:
+                        measure.audio_s = since
+                    if wav_follows:
+                        answered.set()
                         return
-                elif event.get("error"):
+                    part_covers = False
+                    continue
+                event = json.loads(message)
+                kind = event.get("type")
+                if kind == "error":
+                    measure.error = f"{event.get('code')}: {event.get('message')}"
+                    answered.set()
+                    return
+                if kind == "audio":  # a streamed part: header, then its WAV
+                    part_covers = covers_end(event, utt)
+                    if part_covers and measure.first_text_s is None:
+                        measure.first_text_s = since
+                    continue
+                if kind not in (None, "result") or "tgt" not in event:
+                    continue  # ready, partial, transcript
+                measure.results += 1
+                if not covers_end(event, utt):
+                    continue
+                measure.text_s = since
+                if measure.first_text_s is None:
+                    measure.first_text_s = since
+                measure.transcript = event.get("transcript", "")
+                measure.translation = event.get("text") or ""
+                if event.get("error"):
                     measure.error = str(event["error"])
+                elif event.get("tts_failed"):
+                    measure.error = "tts_failed"
+                if not measure.error and (kind is None or event.get("audio") is True):
+                    wav_follows = True  # the seed's contract: one WAV after the JSON
+                    continue
+                answered.set()
+                return
 
         reader = asyncio.create_task(receive())
         started = time.monotonic()
         frames = 0
         deadline = None
-        while not got_audio.is_set():
+        while not answered.is_set() and not reader.done():
             start = frames * step
             chunk = stream[start:start + step]
             data = float32_to_pcm16(chunk) if chunk.size == step else silence
@@ -359,26 +418,32 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def summarise(measures: list[Measure]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for side in ("voxgate", "seed"):
+    for side in SIDES:
         for mode in ("en->ru", "ru->en"):
             rows = [m for m in measures if m.side == side and m.mode == mode]
             if not rows:
                 continue
-            text = [m.text_s for m in rows if m.text_s is not None]
-            audio = [m.audio_s for m in rows if m.audio_s is not None]
+            # latencies of answered utterances only: a failed one (the guard refused the
+            # translation twice) has no translated audio to time, or only a head of it
+            ok = [m for m in rows if not m.error]
+            text = [m.text_s for m in ok if m.text_s is not None]
+            audio = [m.audio_s for m in ok if m.audio_s is not None]
+            first = [m.first_text_s for m in ok if m.first_text_s is not None]
             out[f"{side} {mode}"] = {
                 "n": len(rows), "errors": sum(bool(m.error) for m in rows),
+                "first_text_p50_s": _pct(first, 50),
                 "text_p50_s": _pct(text, 50), "text_p95_s": _pct(text, 95),
                 "audio_p50_s": _pct(audio, 50), "audio_p95_s": _pct(audio, 95)}
-    for mode in ("en->ru", "ru->en"):
-        ours, seed = out.get(f"voxgate {mode}"), out.get(f"seed {mode}")
-        if ours and seed and ours["audio_p50_s"] and seed["audio_p50_s"]:
-            out[f"ratio {mode}"] = {
-                "first_audio_p50": seed["audio_p50_s"] / ours["audio_p50_s"],
-                "first_audio_p95": (seed["audio_p95_s"] / ours["audio_p95_s"]
-                                    if ours["audio_p95_s"] else None),
-                "text_p50": (seed["text_p50_s"] / ours["text_p50_s"]
-                             if ours["text_p50_s"] else None)}
+    for side in SIDES[:2]:
+        for mode in ("en->ru", "ru->en"):
+            ours, seed = out.get(f"{side} {mode}"), out.get(f"seed {mode}")
+            if ours and seed and ours["audio_p50_s"] and seed["audio_p50_s"]:
+                out[f"ratio {side} {mode}"] = {
+                    "first_audio_p50": seed["audio_p50_s"] / ours["audio_p50_s"],
+                    "first_audio_p95": (seed["audio_p95_s"] / ours["audio_p95_s"]
+                                        if ours["audio_p95_s"] else None),
+                    "text_p50": (seed["text_p50_s"] / ours["text_p50_s"]
+                                 if ours["text_p50_s"] else None)}
     return out
 
 
@@ -386,21 +451,22 @@ def table(summary: dict[str, Any]) -> str:
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
-    head = ("| side | direction | n | errors | text p50 | text p95 | first audio p50 | "
-            "first audio p95 |")
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    head = ("| side | direction | n | errors | first text p50 | whole text p50 | text p95 | "
+            "first audio p50 | first audio p95 |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for key, row in summary.items():
         if key.startswith("ratio"):
             continue
         side, mode = key.split(" ")
         lines.append(f"| {side} | {mode} | {row['n']} | {row['errors']} | "
+                     f"{f(row['first_text_p50_s'])} s | "
                      f"{f(row['text_p50_s'])} s | {f(row['text_p95_s'])} s | "
                      f"{f(row['audio_p50_s'])} s | {f(row['audio_p95_s'])} s |")
     for key, row in summary.items():
         if key.startswith("ratio"):
             lines.append(f"\n{key}: seed/voxgate first audio p50 x{f(row['first_audio_p50'])}, "
-                         f"p95 x{f(row['first_audio_p95'])}, text p50 x{f(row['text_p50'])}"
-                         f"  (goal: first audio >= 1.5)")
+                         f"p95 x{f(row['first_audio_p95'])}, whole text p50 "
+                         f"x{f(row['text_p50'])}  (goal: first audio >= 1.5)")
     return "\n".join(lines)
 
 
@@ -409,15 +475,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="passes over the utterances")
     parser.add_argument("--directions", nargs="+", default=["en->ru", "ru->en"],
                         choices=["en->ru", "ru->en"])
-    parser.add_argument("--sides", nargs="+", default=["voxgate", "seed"],
-                        choices=["voxgate", "seed"])
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES),
+                        help="voxgate: /ws/translate with stream_audio (a WAV per spoken "
+                             "piece); voxgate-contract: the same door on the seed's contract "
+                             "(one WAV per utterance); seed: the seed's design")
     parser.add_argument("--limit", type=int, default=0,
                         help="only the first N utterances of each direction (quick checks)")
     parser.add_argument("--output", type=Path, default=RESULTS / "translation_latency.json")
     parser.add_argument("--serve", type=Path, metavar="DATA_DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--resummarise", type=Path, metavar="JSON",
+                        help="recompute the summary and table of an earlier results file")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
+        return
+    if args.resummarise:
+        report = json.loads(args.resummarise.read_text())
+        report["summary"] = summarise([Measure(**m) for m in report["measures"]])
+        args.resummarise.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        print(table(report["summary"]))
         return
 
     import logging
@@ -443,20 +519,23 @@ def main() -> None:
         began = time.monotonic()
         for mode in args.directions:  # warm-up: loads every model of the direction, not counted
             first = next(u for u in inputs if u.mode == mode)
-            for side in args.sides:
+            # one per door: voxgate's two sides share the door, its models and its caches
+            doors = {("voxgate" if side.startswith("voxgate") else side): side
+                     for side in args.sides}
+            for side in doors.values():
                 warm = asyncio.run(run_one(srv.url(side), side, first, timeout_s=300))
                 print(f"warm-up {side} {mode}: {warm.error or 'ok'} "
                       f"({warm.transcript!r} -> {warm.translation!r})", flush=True)
         for round_ in range(args.rounds):
             for utt in inputs:
-                # alternate which side goes first, so neither always runs on a just-warmed cache
-                sides = args.sides if (round_ + inputs.index(utt)) % 2 == 0 else \
-                    list(reversed(args.sides))
+                # rotate which side goes first, so none always runs on a just-warmed cache
+                turn = (round_ + inputs.index(utt)) % len(args.sides)
+                sides = args.sides[turn:] + args.sides[:turn]
                 for side in sides:
                     m = asyncio.run(run_one(srv.url(side), side, utt))
                     m.extra = {"round": round_, "speech_s": round(utt.audio.size / SR, 2)}
                     measures.append(m)
-                    print(f"{side:7} {utt.mode} {utt.name}: text "
+                    print(f"{side:16} {utt.mode} {utt.name}: text "
                           f"{m.text_s if m.text_s is None else round(m.text_s, 2)} s, audio "
                           f"{m.audio_s if m.audio_s is None else round(m.audio_s, 2)} s "
                           f"{m.error} | {m.transcript!r} -> {m.translation!r}", flush=True)
