@@ -176,8 +176,8 @@ def test_real_russian_then_english_in_auto_mode(manager, settings) -> None:
         # streamed MT: speech may start before the whole translation is known
         assert kinds[0] == "transcript" and kinds[-2:] == ["translation", "done"], kinds
         assert "audio" in kinds
-        spoken = "".join(e.text for e in events
-                         if e.kind == "audio" and e.utterance_id == d.utterance_id)
+        spoken = " ".join(e.text for e in events
+                          if e.kind == "audio" and e.utterance_id == d.utterance_id)
         assert " ".join(spoken.split()) == d.text  # every word of the text was spoken once
     assert done[0].sample_rate == 22050 and done[1].sample_rate == 16000  # Piper joe, Festival ru
     assert service.active == 0 and streaming.active == 0
