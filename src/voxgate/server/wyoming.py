@@ -217,7 +217,11 @@ class _LiveUtterance:
         config = service.config(final_model=model, language=language, interim_results=False,
                                 word_timestamps=False)
         session = await service.open(config)
-        await send(TranscriptStart(language=language).event())
+        try:  # the client may be gone already: its stream slot must not stay taken
+            await send(TranscriptStart(language=language).event())
+        except BaseException:
+            await session.close()
+            raise
         return cls(session, send, language)
 
     async def _forward(self) -> None:
