@@ -250,6 +250,9 @@ def test_worker_killed_mid_job_completes_once_on_the_other_worker(stack: _Stack,
         if data.get("status") == "PROCESSING_ASR":
             victim = Job.fetch(task_id, connection=queue.redis).worker_name
             stack.workers[victim].send_signal(signal.SIGKILL)  # kill -9, mid-ASR
+            if queue.store.raw(task_id).get("status") != "PROCESSING_ASR":  # read too late
+                pytest.skip("the job had left ASR before the kill landed (a very loaded "
+                            "machine read its event late); nothing was tested")
             stack.workers[victim].wait(timeout=10)
             break
     assert victim in stack.workers and stack.workers[victim].returncode == -signal.SIGKILL
