@@ -287,6 +287,28 @@ def test_missing_or_bad_key_is_unauthenticated(server, metadata):
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_bad_key_reaches_an_asyncio_client_that_writes_late(server):
+    """grpcio's asyncio client reports INTERNAL ('Internal error from Core') instead of the
+    server's status when its write fails because the call already ended (grpc/grpc#36066):
+    the server refuses a streaming call only once the first message arrived, so a client
+    whose config write comes after the refusal was decided (a busy machine) still learns
+    UNAUTHENTICATED."""
+    import asyncio
+
+    async def converse() -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(server.grpc_uri) as channel:
+            call = pb_grpc.VoiceWorkflowStub(channel).Converse(
+                metadata=(("x-api-key", "wrong"),), timeout=30)
+            await asyncio.sleep(0.5)  # the server has long seen the bad key
+            try:
+                await call.write(pb.ClientMessage(config=_config()))
+            except grpc.aio.AioRpcError:
+                pass  # the status below is what the client reports either way
+            return await call.code()
+
+    assert asyncio.run(converse()) == grpc.StatusCode.UNAUTHENTICATED
+
+
 @pytest.mark.parametrize("first", [
     pb.ClientMessage(audio=pb.UserAudio(data=b"\x00\x00" * 1600)),
     pb.ClientMessage(text=pb.UserText(text="hello")),

@@ -54,7 +54,7 @@ from ..proto import voice_workflow_pb2 as pb
 from ..proto import voice_workflow_pb2_grpc as pb_grpc
 from ..stream_config import PcmInput, StreamConfigError
 from .agent_doors import agent_service, client_agent_config
-from .grpc_auth import authorize
+from .grpc_auth import authorize_stream
 from .grpc_errors import IdleStream, abort_with_status
 from .state import AppState
 
@@ -91,8 +91,8 @@ class VoiceWorkflowServicer(pb_grpc.VoiceWorkflowServicer):
     # ---- Converse ------------------------------------------------------------------------
     async def Converse(self, request_iterator: AsyncIterator[pb.ClientMessage],
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ServerMessage]:
-        await authorize(self.settings, context)
         requests = aiter(request_iterator)
+        await authorize_stream(self.settings, context, requests)
         session: AgentSession | None = None
         try:
             service = agent_service(self.state)
