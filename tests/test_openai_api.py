@@ -257,7 +257,12 @@ def test_stream_sends_deltas_as_batches_finish(client, long_speech):
 def test_busy_server_answers_429_and_keeps_serving(client, server, long_speech, clip):
     """One slot: while a long stream decodes, another transcription gets 429 + Retry-After,
     and the event loop still answers other requests at once."""
+    from voxgate.server.limits import transcription_slots
+
     path, _, _ = long_speech
+    slots = transcription_slots(server.app.state.voxgate)
+    # an earlier test's transcription may still be finishing on a busy machine
+    assert server.wait_for(lambda: slots.active == 0, timeout=120), "a slot stayed held"
     stream = client.audio.transcriptions.create(model="whisper-1", file=path.read_bytes(),
                                                 stream=True)
     events = iter(stream)
