@@ -171,7 +171,9 @@ def test_spoken_english_is_translated_and_played(browser, translate_server, libr
     page.wait_for_function("document.getElementById('translate-status').textContent"
                            ".includes('every translation has arrived')", timeout=60_000)
     assert (entry.get_attribute("data-src"), entry.get_attribute("data-tgt")) == ("en", "ru")
-    assert wer(reference, transcript) <= 0.4, transcript  # 'ill' is often heard as 'old'
+    # 'ill' is often heard as 'old'; on a starved machine the page's capture drops frames
+    # ('He was not an ill-disp p j n', WER 0.5); a wrong rate or format gives ~1.0
+    assert wer(reference, transcript) <= 0.6, transcript
     cyrillic = sum("\u0400" <= ch <= "\u04ff" for ch in translation)
     assert cyrillic >= 0.6 * sum(ch.isalpha() for ch in translation) > 0, translation
     stats = _stats(page)
