@@ -130,6 +130,9 @@ async def test_spoken_turn_is_answered_in_speech(agent_server, manager):
 
 
 async def test_typed_turn_interrupt_and_session_limit(agent_server):
+    agent = agent_server.state.components["agent"]
+    # the earlier test's session may still be closing on a busy machine (its slot held)
+    assert agent_server.wait_for(lambda: agent.active == 0, timeout=60)
     async with await _connect(agent_server) as ws:
         await ws.send(json.dumps({"type": "config", "output_encoding": "f32"}))
         ready = await _recv(ws)
