@@ -510,7 +510,11 @@ class AsrSession:
                 with span("voxgate.stream.final"):
                     result = await asyncio.shield(pending.future)
             except asyncio.CancelledError:
-                if self.closed:
+                # only a final that was itself cancelled (dropped) is skipped; a cancellation
+                # of this task (the owner stops the stream) must end it, closed or not
+                task = asyncio.current_task()
+                if self.closed or not pending.future.cancelled() or (
+                        task is not None and task.cancelling()):
                     raise
                 result = None
             except Exception as exc:  # the engine failed this stream's final
