@@ -277,7 +277,7 @@ def test_page_sends_48k_int16_frames_and_flush_and_plays_the_answer(browser, mic
         assert page.is_enabled("#translate-start") and page.is_hidden("#translate-error")
 
     assert door.config == {"mode": "en->ru", "src": "en", "tgt": "ru", "sample_rate": MIC_RATE,
-                           "channels": 1}
+                           "channels": 1, "stream_audio": True}
     assert door.texts == ["__flush__", '{"type":"end"}']
     assert door.frames == stats["framesSent"] and len(door.pcm) == stats["bytesSent"]
     assert len(door.pcm) % 2 == 0

@@ -43,7 +43,8 @@ function setRunning(running) {
 
 function wireControl(mode, sampleRate) {
   const [src, tgt] = mode === "auto" ? ["auto", null] : mode.split("->");
-  return { mode, src, tgt, sample_rate: sampleRate, channels: 1 };
+  // stream_audio: each translated sentence is played as soon as it is spoken (docs/protocol.md)
+  return { mode, src, tgt, sample_rate: sampleRate, channels: 1, stream_audio: true };
 }
 
 function langLabel(code) {
@@ -97,15 +98,23 @@ function showResult(li, result) {
   li.scrollIntoView({ block: "nearest" });
 }
 
+// the WAVs of each log entry (several when the server streams a translation piece by piece)
+const audioParts = new WeakMap();
+
 function attachAudio(li, bytes) {
   stats.audioReceived += 1;
   li.dataset.audio = "received";
-  const button = document.createElement("button");
-  button.type = "button";
-  button.textContent = "Play again";
-  button.setAttribute("aria-label", "Play this translation again");
-  button.addEventListener("click", () => player.play(bytes));
-  li.append(button);
+  const parts = audioParts.get(li) || [];
+  parts.push(bytes);
+  audioParts.set(li, parts);
+  if (parts.length === 1) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Play again";
+    button.setAttribute("aria-label", "Play this translation again");
+    button.addEventListener("click", () => { for (const part of parts) player.play(part); });
+    li.append(button);
+  }
   player.play(bytes).then(() => {
     stats.audioPlayed += 1;
     li.dataset.audio = "played";
@@ -167,6 +176,9 @@ class TranslateSession extends MicSocket {
         setStatus("Stopped: every translation has arrived.");
         return;
       case "ready":
+        return;
+      case "audio":  // a streamed piece: its WAV comes next
+        this.awaitingAudio.push(entryFor(message.utterance_id));
         return;
       default:
         if ("tgt" in message && ("text" in message || "transcript" in message)) {
