@@ -769,7 +769,9 @@ async def test_real_voice_turn_is_answered_in_speech_that_says_the_reply(setting
         heard = manager.asr("whisper-base").transcribe(
             np.concatenate([pause, resample(reply_audio, session.output_sample_rate, RATE),
                             pause]), AsrOptions(language="en")).text
-        assert wer(end.text, heard) <= 0.2, (end.text, heard)
+        # a 7-word reply: one misheard word pair ('Paris is' -> 'terraces', seen once in a
+        # fresh-clone run) is 0.29; a reply not spoken or cut off is far above
+        assert wer(end.text, heard) <= 0.3, (end.text, heard)
         latency = await events.wait(lambda e: isinstance(e, TurnLatency))
         assert latency.voice_to_voice_s is not None and latency.llm_ttft_s is not None
         assert [i.role for i in session.history] == ["user", "assistant"]
