@@ -531,6 +531,9 @@ def test_dockerfile_uses_the_readme_setup_script() -> None:
     # the two halves of the README's setup script, and no second copy of its steps
     assert 'scripts/setup.sh --python "${extras}"' in runs
     assert "scripts/setup.sh --system" in runs
+    # the runtime stage copies only the scripts; setup.sh sources its retry helper
+    copies = " ".join(args for op, args in steps if op == "COPY")
+    assert "scripts/retry.sh" in copies
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     for package in ("espeak-ng", "festival", "festvox-ru", "pocketsphinx-testdata"):
         assert package in setup and package not in runs, package
