@@ -347,3 +347,30 @@ async def test_grpc_port_in_use_is_a_clear_error(settings, manager):
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"{port}.*--grpc-port"):
             await RivaGrpcServer(settings, port=port).start(AppState(settings, manager))
+
+
+def test_recognize_when_every_transcription_slot_is_taken_is_busy(live, librivox):
+    """Riva Recognize shares the server's transcription slots: full, it answers busy at once."""
+    from voxgate.server.limits import transcription_slots
+
+    slots = transcription_slots(live.state)
+    taken = 0
+    try:
+        while live.call(_take(slots)):
+            taken += 1
+        with pytest.raises(grpc.RpcError) as err:
+            _asr(live).offline_recognize(librivox[4].path.read_bytes(), _config())
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert err.value.details().startswith(f"server busy: {taken} transcriptions running "
+                                              "(VOXGATE_MAX_CONCURRENT_TRANSCRIPTIONS)")
+    finally:
+        for _ in range(taken):
+            live.call(_release(slots))
+
+
+async def _take(slots) -> bool:
+    return slots.try_acquire()
+
+
+async def _release(slots) -> None:
+    slots.release()

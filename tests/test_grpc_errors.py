@@ -7,7 +7,8 @@ import pytest
 
 from voxgate.agent.service import AgentLimitError
 from voxgate.errors import AudioError, ConfigError, EngineError, ModelError, TextError
-from voxgate.server.grpc_errors import IdleStream, grpc_status
+from voxgate.server.grpc_errors import IdleStream, grpc_status, take_slot_or_abort
+from voxgate.server.limits import TranscriptionSlots
 from voxgate.stream_config import StreamConfigError, StreamLimitError
 
 S = grpc.StatusCode
@@ -37,3 +38,31 @@ def test_fields_name_the_request_field_and_unknown_errors_are_none() -> None:
     assert grpc_status(ModelError("x"), tts) == (S.INVALID_ARGUMENT, "voice_name: x")
     assert grpc_status(ModelError("x"), {}) == (S.INVALID_ARGUMENT, "x")
     assert grpc_status(RuntimeError("a bug")) is None  # logged and INTERNAL by the caller
+
+
+class _Aborted(Exception):
+    """What grpc.aio's ``context.abort`` does: it raises, the call ends."""
+
+
+class _Context:
+    def __init__(self) -> None:
+        self.status: tuple[grpc.StatusCode, str] | None = None
+
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        self.status = code, message
+        raise _Aborted(message)
+
+
+async def test_take_slot_or_abort_takes_a_free_slot_and_answers_busy_when_full() -> None:
+    slots = TranscriptionSlots(1)
+    context = _Context()
+    await take_slot_or_abort(context, slots, "syntheses", "VOXGATE_TTS__MAX_CONCURRENT")
+    assert slots.active == 1 and context.status is None
+    with pytest.raises(_Aborted):
+        await take_slot_or_abort(context, slots, "syntheses", "VOXGATE_TTS__MAX_CONCURRENT")
+    assert context.status == (S.RESOURCE_EXHAUSTED, "server busy: 1 syntheses running "
+                              "(VOXGATE_TTS__MAX_CONCURRENT); retry in 5 s")
+    assert slots.active == 1  # the refused call took nothing
+    slots.release()
+    await take_slot_or_abort(_Context(), slots, "syntheses")
+    assert slots.active == 1

@@ -16,8 +16,9 @@ import grpc
 
 from ..errors import AudioError, EngineError, ModelError, TextError, VoxgateError
 from ..stream_config import StreamConfigError, StreamLimitError
+from .limits import TranscriptionSlots
 
-__all__ = ["MODEL_FIELD", "IdleStream", "abort_with_status", "grpc_status"]
+__all__ = ["MODEL_FIELD", "IdleStream", "abort_with_status", "grpc_status", "take_slot_or_abort"]
 
 # the field a door names in front of an error's message, per error class (ModelError: which
 # model the request chose; e.g. Riva TTS says ``voice_name``, Riva NMT names none)
@@ -62,3 +63,19 @@ async def abort_with_status(context: grpc.aio.ServicerContext, exc: BaseExceptio
         logger.exception("%s failed", what, exc_info=exc)
         status = grpc.StatusCode.INTERNAL, "internal error"
     await context.abort(*status)  # raises: the call ends here
+
+
+async def take_slot_or_abort(context: grpc.aio.ServicerContext, slots: TranscriptionSlots,
+                             what: str, setting: str = "") -> None:
+    """Take one of ``slots`` or end the call RESOURCE_EXHAUSTED "server busy" with a retry hint.
+
+    One wording for every servicer, so a Riva client sees the same busy answer from ASR, TTS
+    and NMT; ``what`` names the running work ("transcriptions"), ``setting`` the environment
+    variable that raises the limit. The caller gives the slot back (``release`` or
+    ``run_held``) once its work has really stopped."""
+    if slots.try_acquire():
+        return
+    where = f" ({setting})" if setting else ""
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"server busy: {slots.limit} {what} running{where}; retry in "
+                        f"{slots.retry_after()} s")  # raises: the call ends here

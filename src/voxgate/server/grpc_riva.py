@@ -52,7 +52,7 @@ from ..streaming import (
 )
 from ..types import AsrEvent, Word
 from .grpc_auth import authorize
-from .grpc_errors import IdleStream, abort_with_status
+from .grpc_errors import IdleStream, abort_with_status, take_slot_or_abort
 from .state import AppState
 
 __all__ = ["RIVA_ASR_SERVICE", "RivaAsrServicer", "RivaGrpcServer", "riva_language"]
@@ -162,10 +162,9 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             await self._fail(context, exc)
             raise
         slots = transcription_slots(self.state)
-        if not slots.try_acquire():  # decoding a file is work too: the slot comes first
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"server busy: {slots.limit} transcriptions running; retry in "
-                                f"{slots.retry_after()} s")
+        # decoding a file is work too: the slot comes first
+        await take_slot_or_abort(context, slots, "transcriptions",
+                                 "VOXGATE_MAX_CONCURRENT_TRANSCRIPTIONS")
 
         def work() -> Any:
             return self._transcribe(self._decode(request.audio, config), stream_config)

@@ -36,7 +36,7 @@ from ..errors import ConfigError, EngineError
 from ..languages import primary_language
 from ..translation import open_mt
 from .grpc_auth import authorize
-from .grpc_errors import abort_with_status
+from .grpc_errors import abort_with_status, take_slot_or_abort
 from .limits import TranscriptionSlots
 from .state import AppState
 
@@ -191,11 +191,8 @@ class RivaNmtServicer(rnmt_grpc.RivaTranslationServicer):
             await fail(context, exc, "TranslateText")
             raise
         slots = nmt_slots(self.state)
-        if not slots.try_acquire():
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"server busy: {slots.limit} translations running "
-                                f"(VOXGATE_RIVA_NMT_MAX_CONCURRENT); retry in "
-                                f"{slots.retry_after()} s")
+        await take_slot_or_abort(context, slots, "translations",
+                                 "VOXGATE_RIVA_NMT_MAX_CONCURRENT")
         try:
             async with held_mt(self.state) as engine:
                 check_pair(await asyncio.to_thread(mt_languages, engine), source, target)

@@ -46,7 +46,7 @@ from ..engines.base import VoiceInfo, check_speed
 from ..errors import AudioError, ConfigError, ModelError, TextError
 from ..speech import aencode, clean_text
 from .grpc_auth import authorize
-from .grpc_errors import IdleStream, abort_with_status
+from .grpc_errors import IdleStream, abort_with_status, take_slot_or_abort
 from .speech_doors import (
     client_voice,
     language_tag,
@@ -173,11 +173,7 @@ class RivaTtsServicer(rtts_grpc.RivaSpeechSynthesisServicer):
 
     async def _acquire(self, context: grpc.aio.ServicerContext) -> Any:
         slots = speech_slots(self.state)
-        if not slots.try_acquire():
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"server busy: {slots.limit} syntheses running "
-                                f"(VOXGATE_TTS__MAX_CONCURRENT); retry in "
-                                f"{slots.retry_after()} s")
+        await take_slot_or_abort(context, slots, "syntheses", "VOXGATE_TTS__MAX_CONCURRENT")
         return slots
 
     # ---- Synthesize ----------------------------------------------------------------------
