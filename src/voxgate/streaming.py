@@ -35,7 +35,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,6 +284,11 @@ class AsrSession:
         self.speculative_finals = 0  # started early ...
         self.speculative_discarded = 0  # ... and thrown away because speech resumed
         self.max_lag = 0.0
+        # optional hook (the translation session): called with (utterance id, result) when an
+        # early final decode is ready while its pause still lasts (the endpoint not yet
+        # confirmed), and with (utterance id, None) when that early result is withdrawn
+        # (speech resumed, or the final is decoded anew); the final event follows as usual
+        self.on_speculative: Callable[[int, AsrResult | None], None] | None = None
 
     # ---- input ---------------------------------------------------------------------------
     @property
@@ -418,14 +423,30 @@ class AsrSession:
             spec.future.cancel()
             utt.speculative = None
             self.speculative_discarded += 1
+            self._withdraw_speculation(utt.id)
         if (not self._speculate or silence_start is None or utt.speculative is not None
                 or self._endpointer.position - silence_start < self._spec_after):
             return
         end = min(silence_start + self._spec_after, self.received)
         future = self._scheduler.submit_final(self._final_asr,
                                               self._slice(utt.buffer_start, end), self._final_opts)
-        utt.speculative = _Speculation(silence_start, end, future)
+        utt.speculative = spec = _Speculation(silence_start, end, future)
         self.speculative_finals += 1
+        if self.on_speculative is not None:
+            future.add_done_callback(lambda _, u=utt, s=spec: self._speculated(u, s))
+
+    def _speculated(self, utt: _Utterance, spec: _Speculation) -> None:
+        """An early decode is ready: hand it to ``on_speculative`` while its pause lasts."""
+        future = spec.future
+        if (self.on_speculative is None or self.closed or utt.closed
+                or utt.speculative is not spec or future.cancelled()
+                or future.exception() is not None):
+            return  # withdrawn, failed (the final reports it), or already the final
+        self.on_speculative(utt.id, future.result())
+
+    def _withdraw_speculation(self, utterance_id: int) -> None:
+        if self.on_speculative is not None:
+            self.on_speculative(utterance_id, None)
 
     def _split_long_utterance(self) -> None:
         """Cut an utterance that reached ``max_utterance_s`` here; speech goes on as the next."""
@@ -461,6 +482,7 @@ class AsrSession:
             if spec is not None:
                 spec.future.cancel()
                 self.speculative_discarded += 1
+                self._withdraw_speculation(utt.id)
             audio = self._slice(utt.buffer_start, audio_end)
             future = self._scheduler.submit_final(self._final_asr, audio, self._final_opts)
         self._pending.append(_PendingFinal(utt.id, utt.buffer_start, audio_end, utt.start,
