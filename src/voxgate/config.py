@@ -234,6 +234,9 @@ class TranslationSettings(BaseModel):
     max_sessions: int = Field(4, ge=1, le=256)  # translation streams at once (+ 1 ASR stream each)
     max_pending_utterances: int = Field(8, ge=1, le=256)  # per stream; beyond, reading pauses
     max_context_chars: int = Field(500, ge=0, le=10_000)  # previous utterance shown to the MT
+    # start MT (and TTS) on the ASR's early final, before the endpoint commits; sent only once
+    # the committed final has the same text (else dropped and started again)
+    speculative_mt: bool = True
 
 
 class LogSettings(BaseModel):
