@@ -10,13 +10,10 @@ such sign: Whisper ends almost every utterance with one, mid-thought pauses incl
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass, field
 
-from .reply import Reply
-
-__all__ = ["BargeIn", "UserTurn", "count_words", "looks_complete", "looks_unfinished"]
+__all__ = ["UserTurn", "count_words", "looks_complete", "looks_unfinished"]
 
 # words a finished English sentence practically never ends with
 _DANGLING = frozenset("""
@@ -55,21 +52,6 @@ def looks_complete(text: str) -> bool:
     """True when ``text`` ends a question (``?``, full-width ``？``, Arabic ``؟``, Greek ``;``):
     the user asked and now waits for the answer (``min_words`` still applies)."""
     return bool(_QUESTION_END.search(text.strip()))
-
-
-@dataclass(slots=True)
-class BargeIn:
-    """User speech over the agent, not yet confirmed as a turn (the reply is paused)."""
-
-    reply: Reply
-    started_at: float  # input seconds of the speech onset
-    utterance_id: int
-    played_s: float
-    timer: asyncio.TimerHandle | None = None
-    text: list[str] = field(default_factory=list)
-    utterances: set[int] = field(default_factory=set)
-    speech_end_at: float | None = None
-    speech_end_wall: float | None = None
 
 
 @dataclass(slots=True)

@@ -1,0 +1,131 @@
+"""Barge-in: the user talks over the agent. Part of :class:`~voxgate.agent.AgentSession`.
+
+User speech while a reply plays pauses its audio at once (:meth:`BargeInHandling._start_barge_in`,
+the playout takes back what the client has not played); enough words or speech confirm the
+interruption (:meth:`_confirm_barge_in`: the reply is cut, the history keeps only what was
+heard, the speech becomes the next user turn); otherwise playback resumes where it stopped
+(:meth:`_resume_playback`: a cough, "mm-hm"). :meth:`_cut_reply` is also how ``response.cancel``,
+``interrupt`` and a typed turn stop a reply.
+
+A mixin of ``AgentSession``: it works on the session's state (declared below for readers) and
+calls its turn and reply methods; it holds no state of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..types import AsrEvent
+from .events import AudioPaused, AudioResumed, Interruption, TurnEnded
+from .reply import Reply as _Reply
+
+if TYPE_CHECKING:
+    from .options import AgentConfig
+    from .playout import Playout
+
+__all__ = ["BargeIn", "BargeInHandling"]
+
+
+@dataclass(slots=True)
+class BargeIn:
+    """User speech over the agent, not yet confirmed as a turn (the reply is paused)."""
+
+    reply: _Reply
+    started_at: float  # input seconds of the speech onset
+    utterance_id: int
+    played_s: float
+    timer: asyncio.TimerHandle | None = None
+    text: list[str] = field(default_factory=list)
+    utterances: set[int] = field(default_factory=set)
+    speech_end_at: float | None = None
+    speech_end_wall: float | None = None
+
+
+_BargeIn = BargeIn
+
+
+class BargeInHandling:
+    """The barge-in part of ``AgentSession`` (see the module docstring)."""
+
+    # the session's state this part reads and writes (set in AgentSession.__init__)
+    config: AgentConfig
+    _reply: _Reply | None
+    _barge: BargeIn | None
+    _deaf: set[int]
+    _activity: asyncio.Event
+    _alignments: dict[str, Playout]
+    interruptions: int
+    false_interruptions: int
+
+    def _start_barge_in(self, reply: _Reply, event: AsrEvent) -> None:
+        played = reply.playout.pause()
+        self._observe("barge_in_stop", time.monotonic() - self._wall_of(event.start))
+        self._barge = _BargeIn(reply, event.start, event.utterance_id, played)
+        self._barge.timer = asyncio.get_running_loop().call_later(
+            self.config.resume_after_ms / 1000, self._resume_playback)
+        self._emit(AudioPaused(reply.turn_id, played, reply.item.id if reply.item else ""))
+
+    def _resume_playback(self) -> None:
+        barge, self._barge = self._barge, None
+        if barge is None:
+            return
+        if barge.timer is not None:
+            barge.timer.cancel()
+        self.false_interruptions += 1
+        self._deaf.update(barge.utterances)  # finals still to come are not a turn
+        if self._reply is barge.reply and not barge.reply.done:
+            offset = barge.reply.playout.resume()
+            self._emit(AudioResumed(barge.reply.turn_id, offset,
+                                    barge.reply.item.id if barge.reply.item else ""))
+        self._activity.set()
+
+    async def _confirm_barge_in(self) -> None:
+        barge, self._barge = self._barge, None
+        if barge is None:
+            return
+        if barge.timer is not None:
+            barge.timer.cancel()
+        self.interruptions += 1
+        if self._reply is barge.reply:
+            await self._cut_reply("barge_in", played_s=barge.played_s)
+        turn = self._open_turn(barge.started_at)
+        turn.texts.extend(barge.text)
+        turn.speech_end_at, turn.speech_end_wall = barge.speech_end_at, barge.speech_end_wall
+        if barge.text:
+            turn.final_wall = time.monotonic()
+        await self._maybe_end_turn()
+
+    async def _cut_reply(self, reason: str, played_s: float | None = None
+                         ) -> Interruption | None:
+        """Stop the current reply, keep in the history only what was heard."""
+        reply = self._reply
+        if reply is None:
+            return None
+        if not reply.committed:
+            self._drop_speculative()
+            return None
+        if self._barge is not None and self._barge.reply is reply:
+            if self._barge.timer is not None:
+                self._barge.timer.cancel()
+            played_s = self._barge.played_s if played_s is None else played_s
+            self._barge = None
+        playout = reply.playout
+        heard = playout.played_s if played_s is None else min(max(played_s, 0.0), playout.audio_s)
+        self._reply = None
+        await self._cancel_reply(reply)
+        played_text = playout.played_text(heard)
+        if reply.tts_failed:
+            played_text = reply.text  # no audio: the text was the reply
+        item = reply.item
+        if item is not None:
+            item.text, item.audio_s, item.interrupted = played_text, heard, True
+            self._alignments[item.id] = playout
+        event = Interruption(reply.turn_id, played_text, round(heard, 3), reason,
+                             item.id if item else "")
+        self._emit(event)
+        self._emit(TurnEnded(reply.turn_id, "agent", "interrupted" if reason == "barge_in"
+                             else "cancelled", played_text, item.id if item else "", heard))
+        return event
