@@ -198,6 +198,10 @@ class AgentSettings(BaseModel):
     # speech this long starts a turn or pauses the agent (the barge-in detection time; blips
     # shorter than this are ignored; a false start is undone by the resume rule)
     min_speech_ms: int = Field(160, ge=0, le=5000)
+    # speech over the agent this long pauses its audio at once (one 32 ms VAD frame above the
+    # threshold), before min_speech_ms confirms it as speech; a blip resumes playback as soon
+    # as the VAD drops it; 0: pause only on the confirmed start (min_speech_ms), as before
+    pause_onset_ms: int = Field(32, ge=0, le=5000)
     end_of_turn_ms: int = Field(600, ge=100, le=10_000)  # silence that ends the user's turn
     unfinished_wait_ms: int = Field(1500, ge=0, le=10_000)  # ... when the text is unfinished
     complete_wait_ms: int = Field(400, ge=100, le=10_000)  # ... when it is a question asked
