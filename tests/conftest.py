@@ -66,6 +66,22 @@ def manager(settings: Settings) -> ModelManager:
     mgr.close()
 
 
+@pytest.fixture(scope="session")
+def short_clip(librivox: list[Clip], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LibriVox clip 2 alone as a WAV file: a job that finishes quickly (shared, read only)."""
+    from jobs_support import wav_of
+
+    return wav_of(librivox[1:2], tmp_path_factory.mktemp("clips") / "short.wav")
+
+
+@pytest.fixture(scope="session")
+def long_clip(librivox: list[Clip], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All LibriVox clips twice as one WAV file: a job long enough to stop a worker in."""
+    from jobs_support import wav_of
+
+    return wav_of(librivox, tmp_path_factory.mktemp("clips") / "long.wav", repeat=2)
+
+
 def require_pack(model_id: str, cache_dir: Path) -> None:
     """Skip the test when ``model_id``'s offline pack is not installed; an installed pack that
     does not verify (sha256 mismatch, incomplete) fails the test, it is never skipped."""

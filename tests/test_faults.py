@@ -28,7 +28,7 @@ import pytest
 
 from conftest import wer
 from jobs_support import AUTH, KEY, events, free_port, serve_app, start_worker, submit, \
-    wait_final, wav_of
+    wait_final
 from voxgate.config import Settings
 from voxgate.jobs import EmbeddedRedis, JobQueue, connect
 
@@ -64,16 +64,6 @@ def _wait_workers(settings: Settings, procs: list[subprocess.Popen[bytes]],
                                  f"{dead[0].stderr.read().decode()[-3000:]}")
         time.sleep(0.2)
     raise AssertionError(f"only {queue.workers()} registered after {timeout} s")
-
-
-@pytest.fixture(scope="module")
-def short_clip(librivox, tmp_path_factory) -> Path:
-    return wav_of(librivox[1:2], tmp_path_factory.mktemp("clips") / "short.wav")
-
-
-@pytest.fixture(scope="module")
-def long_clip(librivox, tmp_path_factory) -> Path:
-    return wav_of(librivox, tmp_path_factory.mktemp("clips") / "long.wav", repeat=2)
 
 
 def _settings(data: Path, url: str, **extra) -> Settings:

@@ -77,16 +77,6 @@ def clip(librivox, tmp_path_factory) -> Path:
     return wav_of(librivox[:1], tmp_path_factory.mktemp("clips") / "clip.wav")
 
 
-@pytest.fixture(scope="module")
-def short_clip(librivox, tmp_path_factory) -> Path:
-    return wav_of(librivox[1:2], tmp_path_factory.mktemp("clips") / "short.wav")
-
-
-@pytest.fixture(scope="module")
-def long_clip(librivox, tmp_path_factory) -> Path:
-    return wav_of(librivox, tmp_path_factory.mktemp("clips") / "long.wav", repeat=2)
-
-
 def test_auth_required_everywhere_but_health(stack: Stack, clip: Path) -> None:
     base = stack.base
     with clip.open("rb") as handle:
