@@ -9,18 +9,22 @@ once for the whole test run.
 
 - ``serve_app(app)``: context manager for any app built by ``create_app`` (OpenAI, Wyoming tests);
 - ``start_live_server(settings, manager)``: the shared live-transcription server (WebSocket +
-  Riva gRPC) behind conftest's session fixture ``live``, with ``live_settings``.
+  Riva gRPC) behind conftest's session fixture ``live``, with ``live_settings``;
+- ``tls_grpc_server(live, dir)``: a TLS Riva gRPC server beside it (self-signed certificate).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -151,6 +155,52 @@ def start_agent_server(settings: Any, manager: Any) -> Iterator[LiveServer]:
     with serve_app(app, ws_max_size=uvicorn_options(settings)["ws_max_size"]) as live:
         live.grpc_port = grpc_server.bound_port
         yield live
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A fresh self-signed certificate for localhost / 127.0.0.1 and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@contextmanager
+def tls_grpc_server(live: LiveServer, directory: Path) -> Iterator[tuple[int, Path]]:
+    """A second Riva gRPC server of ``live``, on TLS with a fresh self-signed certificate;
+    yields its port and the certificate (the client's root). Skips without ``cryptography``."""
+    import pytest
+
+    pytest.importorskip("cryptography", reason="cryptography makes the test certificate")
+    from voxgate.server.grpc_riva import RivaGrpcServer
+
+    cert, key = self_signed(directory)
+    settings = live.settings.model_copy(update={"grpc_tls_cert": cert, "grpc_tls_key": key})
+    server = RivaGrpcServer(settings, port=0)
+    live.call(server.start(live.state))
+    try:
+        yield server.bound_port, cert
+    finally:
+        live.call(server.stop(live.state))
 
 
 def call_with_a_mute_client(rpc: Callable[[Iterator[Any]], Any]) -> BaseException:

@@ -7,8 +7,6 @@ certificate, native streaming, and use through the ModelManager inside a live se
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import socket
 import time
 
@@ -18,7 +16,7 @@ import pytest
 pytest.importorskip("riva.client", reason="extra 'grpc' (nvidia-riva-client) is not installed")
 
 from conftest import wer
-from live_server import API_KEY
+from live_server import API_KEY, tls_grpc_server
 
 from voxgate.engines.asr_riva import RivaAsr, RivaOptions
 from voxgate.engines.base import AsrOptions
@@ -97,52 +95,17 @@ def test_deadline_is_not_retried(live, librivox):
     assert err.value.retryable and engine.calls == 1 and sleeps == []
 
 
-def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_tls(live, librivox, tmp_path):
-    pytest.importorskip("cryptography", reason="cryptography makes the test certificate")
-    from voxgate.server.grpc_riva import RivaGrpcServer
-
-    cert, key = _self_signed(tmp_path)
-    tls_settings = live.settings.model_copy(update={"grpc_tls_cert": cert, "grpc_tls_key": key})
-    server = RivaGrpcServer(tls_settings, port=0)
-    live.call(server.start(live.state))
-    try:
-        secure = RivaAsr(RivaOptions(uri=f"localhost:{server.bound_port}", use_ssl=True,
+    with tls_grpc_server(live, tmp_path) as (port, cert):
+        secure = RivaAsr(RivaOptions(uri=f"localhost:{port}", use_ssl=True,
                                      ssl_root_cert=str(cert), api_key=API_KEY))
         result = secure.transcribe(librivox[4].audio, EN)
         secure.close()
-        plain = RivaAsr(RivaOptions(uri=f"localhost:{server.bound_port}", api_key=API_KEY,
+        plain = RivaAsr(RivaOptions(uri=f"localhost:{port}", api_key=API_KEY,
                                     max_retries=0, timeout_s=5))
         with pytest.raises(EngineError):  # plaintext against a TLS port
             plain.transcribe(librivox[4].audio, EN)
         plain.close()
-    finally:
-        live.call(server.stop(live.state))
     assert wer(librivox[4].text, result.text) < 0.15
 
 

@@ -15,7 +15,7 @@ import socket
 
 import pytest
 from conftest import require_pack
-from live_server import API_KEY, live_settings, start_live_server
+from live_server import API_KEY, live_settings, start_live_server, tls_grpc_server
 
 from voxgate.config import TranslationSettings
 from voxgate.engines.base import MtOptions
@@ -145,23 +145,11 @@ def test_unavailable_is_retried_with_exponential_backoff():
 
 
 def test_tls_with_the_key_sent_twice(recording_server, recording, tmp_path):
-    pytest.importorskip("cryptography", reason="cryptography makes the test certificate")
-    from test_asr_riva import _self_signed
-
-    from voxgate.server.grpc_riva import RivaGrpcServer
-
-    cert, key = _self_signed(tmp_path)
-    tls_settings = recording_server.settings.model_copy(update={"grpc_tls_cert": cert,
-                                                      "grpc_tls_key": key})
-    tls = RivaGrpcServer(tls_settings, port=0)
-    recording_server.call(tls.start(recording_server.state))
-    try:
-        engine = RivaMt(RivaOptions(uri=f"localhost:{tls.bound_port}", use_ssl=True,
+    with tls_grpc_server(recording_server, tmp_path) as (port, cert):
+        engine = RivaMt(RivaOptions(uri=f"localhost:{port}", use_ssl=True,
                                     ssl_root_cert=str(cert), api_key=API_KEY))
         out = asyncio.run(engine.translate("Good evening.", "en", "ru"))
         engine.close()
-    finally:
-        recording_server.call(tls.stop(recording_server.state))
     assert out == "ru:Good evening."
 
 

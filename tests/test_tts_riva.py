@@ -12,7 +12,7 @@ import socket
 
 import pytest
 from conftest import wer
-from live_server import API_KEY, live_settings, start_live_server
+from live_server import API_KEY, live_settings, start_live_server, tls_grpc_server
 
 from voxgate.audio import SAMPLE_RATE, resample
 from voxgate.engines.base import AsrOptions
@@ -124,23 +124,11 @@ def test_unavailable_is_retried_with_exponential_backoff():
 
 
 def test_tls_with_the_key_sent_twice(server, whisper, tmp_path):
-    pytest.importorskip("cryptography", reason="cryptography makes the test certificate")
-    from test_asr_riva import _self_signed
-
-    from voxgate.server.grpc_riva import RivaGrpcServer
-
-    cert, key = _self_signed(tmp_path)
-    tls_settings = server.settings.model_copy(update={"grpc_tls_cert": cert,
-                                                      "grpc_tls_key": key})
-    tls = RivaGrpcServer(tls_settings, port=0)
-    server.call(tls.start(server.state))
-    try:
-        engine = RivaTts(RivaOptions(uri=f"localhost:{tls.bound_port}", use_ssl=True,
+    with tls_grpc_server(server, tmp_path) as (port, cert):
+        engine = RivaTts(RivaOptions(uri=f"localhost:{port}", use_ssl=True,
                                      ssl_root_cert=str(cert), api_key=API_KEY))
         chunks = list(engine.synthesize(TEXT))
         engine.close()
-    finally:
-        server.call(tls.stop(server.state))
     assert wer(TEXT, _heard(whisper, chunks)) <= 0.1
 
 
