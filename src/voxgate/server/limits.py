@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from .state import AppState
 
-__all__ = ["TranscriptionSlots", "transcription_slots"]
+__all__ = ["TranscriptionSlots", "shared_slots", "transcription_slots"]
 
 T = TypeVar("T")
 _KEY = "transcription-slots"
@@ -108,10 +108,15 @@ class TranscriptionSlots:
             pass
 
 
-def transcription_slots(state: AppState) -> TranscriptionSlots:
-    """The app's one :class:`TranscriptionSlots`, created on first use."""
-    slots = state.components.get(_KEY)
+def shared_slots(state: AppState, key: str, limit: int) -> TranscriptionSlots:
+    """The app's one :class:`TranscriptionSlots` named ``key`` (created on first use with
+    ``limit``): every door that spends the same kind of work counts it on the same slots."""
+    slots = state.components.get(key)
     if slots is None:
-        slots = state.components[_KEY] = TranscriptionSlots(
-            state.settings.max_concurrent_transcriptions)
+        slots = state.components[key] = TranscriptionSlots(limit)
     return slots
+
+
+def transcription_slots(state: AppState) -> TranscriptionSlots:
+    """The app's one bound on file transcriptions, shared by every door that transcribes."""
+    return shared_slots(state, _KEY, state.settings.max_concurrent_transcriptions)

@@ -37,7 +37,7 @@ from ..languages import primary_language
 from ..translation import open_mt
 from .grpc_auth import authorize
 from .grpc_errors import abort_with_status, take_slot_or_abort
-from .limits import TranscriptionSlots
+from .limits import TranscriptionSlots, shared_slots
 from .state import AppState
 
 __all__ = ["RIVA_NMT_SERVICE", "RivaNmtServicer", "add_riva_nmt", "check_model", "check_pair",
@@ -142,11 +142,7 @@ async def held_mt(state: AppState) -> AsyncIterator[Mt]:
 
 def nmt_slots(state: AppState) -> TranscriptionSlots:
     """Server-wide bound on TranslateText requests translating at once."""
-    slots = state.components.get(_SLOTS_KEY)
-    if slots is None:
-        slots = state.components[_SLOTS_KEY] = TranscriptionSlots(
-            state.settings.riva_nmt_max_concurrent)
-    return slots
+    return shared_slots(state, _SLOTS_KEY, state.settings.riva_nmt_max_concurrent)
 
 
 async def fail(context: grpc.aio.ServicerContext, exc: BaseException, what: str) -> None:

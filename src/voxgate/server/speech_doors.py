@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..engines.base import VoiceInfo
 from ..errors import ConfigError, ModelError
 from ..speech import SpeechService
-from .limits import TranscriptionSlots
+from .limits import TranscriptionSlots, shared_slots
 from .model_cards import client_model_id
 from .state import AppState
 
@@ -40,11 +40,7 @@ def speech_service(state: AppState) -> SpeechService:
 
 def speech_slots(state: AppState) -> TranscriptionSlots:
     """Server-wide bound on syntheses running at once, shared by every speech-out door."""
-    slots = state.components.get(_SLOTS_KEY)
-    if slots is None:
-        slots = state.components[_SLOTS_KEY] = TranscriptionSlots(
-            state.settings.tts.max_concurrent)
-    return slots
+    return shared_slots(state, _SLOTS_KEY, state.settings.tts.max_concurrent)
 
 
 def client_voice(state: AppState, voice: str | None, model: str | None = None) -> str:
