@@ -30,6 +30,43 @@ export class PanelMessages {
 }
 
 /**
+ * One live tool's panel: its messages (status line, error box) and the session running in it
+ * (`session`, null when idle). `setRunning(running)` enables the tool's buttons.
+ */
+export class LivePanel extends PanelMessages {
+  constructor(prefix, stats, setRunning) {
+    super(prefix, stats);
+    this.session = null;
+    this.setRunning = setRunning;
+  }
+
+  /**
+   * Pressing `button` starts a session made by `create()` (called in the click, so audio made
+   * there may play); a session that cannot start leaves the panel idle and says why.
+   */
+  onStart(button, create) {
+    button.addEventListener("click", async () => {
+      this.clearError();
+      this.setRunning(true);
+      const mine = create();
+      this.session = mine;
+      if (!await startSession(mine, this) && this.session === mine) {
+        this.session = null;
+        this.setRunning(false);
+      }
+    });
+  }
+
+  /** `session` has ended: true when it was the running one (the panel is idle again). */
+  finished(session) {
+    if (this.session !== session) return false;
+    this.session = null;
+    this.setRunning(false);
+    return true;
+  }
+}
+
+/**
  * Start `session` (microphone, then socket); true when it runs. A microphone or socket that
  * cannot start is said in the panel, in words (a denied microphone names the site setting).
  */
@@ -55,13 +92,16 @@ export function note(text, bad = false) {
 
 /**
  * One Start..Stop of a live tool: the microphone (48 kHz Int16 frames) and the socket at
- * `path`. A subclass gives `config()` (the first message), `receive(data)`, `closed(event)`
- * and may give `opened_()` (the socket is open and the config sent).
+ * `path`. A subclass gives `config()` (the first message), `message(json)` (a JSON message
+ * from the server), `audio(bytes)` (a binary one), `closed(event)` and may give `opened_()`
+ * (the socket is open and the config sent). A text message that is no JSON is said in
+ * `messages` (a PanelMessages) and dropped: the stream goes on.
  */
 export class MicSocket {
-  constructor(path, stats) {
+  constructor(path, stats, messages) {
     this.path = path;
     this.stats = stats;  // framesSent, bytesSent
+    this.messages = messages;
     this.ws = null;
     this.opened = false;
     this.serverError = null;
@@ -87,6 +127,21 @@ export class MicSocket {
   }
 
   opened_() {}
+
+  receive(data) {
+    if (typeof data !== "string") {
+      this.audio(data);
+      return;
+    }
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      this.messages.showError("The server sent a message this page cannot read.");
+      return;
+    }
+    this.message(message);
+  }
 
   send(frame) {
     if (this.opened && this.ws.readyState === WebSocket.OPEN) this.sendNow(frame);

@@ -11,7 +11,7 @@
 // continues (the server sends the rest again). Stop hangs up (the server cancels the reply).
 
 import { closeMessage } from "./console.js";
-import { MicSocket, PanelMessages, note, startSession } from "./panel.js";
+import { LivePanel, MicSocket, note } from "./panel.js";
 import { PcmStream } from "./player.js";
 
 const $ = (id) => document.getElementById(id);
@@ -32,16 +32,13 @@ const player = new PcmStream({ onIdle: () => finishPlayback() });
 window.voxgate = Object.assign(window.voxgate || {}, {
   talk: { stats, player: player.stats, playing: () => player.playing } });
 
-const messages = new PanelMessages("talk", stats);
-const setStatus = (text) => messages.setStatus(text);
-const showError = (text) => messages.showError(text);
-let session = null;
-
-function setRunning(running) {
+const panel = new LivePanel("talk", stats, (running) => {
   ui.start.disabled = running;
   ui.stop.disabled = !running;
   ui.interrupt.disabled = !running;
-}
+});
+const setStatus = (text) => panel.setStatus(text);
+const showError = (text) => panel.showError(text);
 
 /** The log entry of one side of one turn (`user` or `agent`), created on first use. */
 function entryFor(role, turnId) {
@@ -81,7 +78,7 @@ function finishPlayback() {
 /** One Start..Stop: a microphone, a socket, one agent session on the server. */
 class TalkSession extends MicSocket {
   constructor() {
-    super("v1/agent", stats);
+    super("v1/agent", stats, panel);
     this.ready = false;
     this.paused = false;  // between audio_paused and audio_resumed: drop agent audio
     this.outRate = 0;
@@ -106,18 +103,7 @@ class TalkSession extends MicSocket {
     if (!this.stopping) setStatus("Starting the agent…");
   }
 
-  receive(data) {
-    if (typeof data !== "string") {
-      this.audio(data);
-      return;
-    }
-    let message;
-    try {
-      message = JSON.parse(data);
-    } catch {
-      showError("The server sent a message this page cannot read.");
-      return;
-    }
+  message(message) {
     const handler = this.handlers[message.type];
     if (handler) handler.call(this, message);
   }
@@ -162,12 +148,8 @@ class TalkSession extends MicSocket {
     const normal = (event.code === 1000 || (this.stopping && event.code === 1005))
       && !this.serverError;
     if (!normal) showError(closeMessage(event, this.serverError, this.opened));
-    if (session === this) {
-      session = null;
-      ui.partial.hidden = true;
-      setRunning(false);
-    }
-    if (!session) setStatus("Stopped.");
+    if (panel.finished(this)) ui.partial.hidden = true;
+    if (!panel.session) setStatus("Stopped.");
   }
 }
 
@@ -270,25 +252,18 @@ TalkSession.prototype.handlers = {
   },
 };
 
-ui.start.addEventListener("click", async () => {
-  messages.clearError();
-  setRunning(true);
+panel.onStart(ui.start, () => {
   player.unlock();  // in the click: autoplay rules allow a context made by a user gesture
-  const mine = new TalkSession();
-  session = mine;
-  if (!await startSession(mine, messages) && session === mine) {
-    session = null;
-    setRunning(false);
-  }
+  return new TalkSession();
 });
 
-ui.interrupt.addEventListener("click", () => { if (session) session.interrupt(); });
+ui.interrupt.addEventListener("click", () => { if (panel.session) panel.session.interrupt(); });
 
 ui.stop.addEventListener("click", async () => {
-  const mine = session;
-  setRunning(false);
+  const mine = panel.session;
+  panel.setRunning(false);
   if (!mine) return;
-  session = null;
+  panel.session = null;
   await mine.stop();
   setStatus("Stopped.");
 });

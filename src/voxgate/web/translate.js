@@ -9,7 +9,7 @@
 // the server closes; without it, the stream goes on), `end` (every result has been sent).
 
 import { closeMessage } from "./console.js";
-import { MicSocket, PanelMessages, note, startSession } from "./panel.js";
+import { LivePanel, MicSocket, note } from "./panel.js";
 import { AudioQueue } from "./player.js";
 
 const LANG_NAMES = { en: "English", ru: "Russian" };
@@ -30,16 +30,13 @@ const stats = { framesSent: 0, bytesSent: 0, results: 0, audioReceived: 0, audio
 window.voxgate = Object.assign(window.voxgate || {}, { translate: { stats } });
 
 const player = new AudioQueue();
-const messages = new PanelMessages("translate", stats);
-const setStatus = (text) => messages.setStatus(text);
-const showError = (text) => messages.showError(text);
-let session = null;
-
-function setRunning(running) {
+const panel = new LivePanel("translate", stats, (running) => {
   ui.start.disabled = running;
   ui.stop.disabled = !running;
   ui.mode.disabled = running;
-}
+});
+const setStatus = (text) => panel.setStatus(text);
+const showError = (text) => panel.showError(text);
 
 function wireControl(mode, sampleRate) {
   const [src, tgt] = mode === "auto" ? ["auto", null] : mode.split("->");
@@ -128,7 +125,7 @@ function attachAudio(li, bytes) {
 /** One Start..Stop: a microphone, a socket, and the log entries waiting for their audio. */
 class TranslateSession extends MicSocket {
   constructor(mode) {
-    super("ws/translate", stats);
+    super("ws/translate", stats, panel);
     this.mode = mode;
     this.awaitingAudio = [];
     this.finishTimer = null;
@@ -147,19 +144,12 @@ class TranslateSession extends MicSocket {
     if (!this.stopping) setStatus(`Listening (${this.mic.sampleRate} Hz)… speak now.`);
   }
 
-  receive(data) {
-    if (typeof data !== "string") {
-      const li = this.awaitingAudio.shift();
-      if (li) attachAudio(li, data);
-      return;
-    }
-    let message;
-    try {
-      message = JSON.parse(data);
-    } catch {
-      showError("The server sent a message this page cannot read.");
-      return;
-    }
+  audio(bytes) {
+    const li = this.awaitingAudio.shift();
+    if (li) attachAudio(li, bytes);
+  }
+
+  message(message) {
     switch (message.type) {
       case "partial":
         ui.partial.textContent = message.text || "";
@@ -233,38 +223,28 @@ class TranslateSession extends MicSocket {
     if (!normal && !(this.stopping && event.code === 1005)) {
       showError(closeMessage(event, this.serverError, this.opened));
     }
-    if (session === this) {  // still the running one (a stopped one only finishes its answers)
-      session = null;
-      ui.partial.hidden = true;
-      setRunning(false);
-    }
-    if (!session && !normal) setStatus("Stopped.");
-    else if (!session && !this.stopping) setStatus("Idle.");
+    // still the running one? (a stopped one only finishes its answers)
+    if (panel.finished(this)) ui.partial.hidden = true;
+    if (!panel.session && !normal) setStatus("Stopped.");
+    else if (!panel.session && !this.stopping) setStatus("Idle.");
   }
 }
 
-ui.start.addEventListener("click", async () => {
-  messages.clearError();
-  setRunning(true);
+panel.onStart(ui.start, () => {
   // made in the click (autoplay rules); not awaited: a slow or absent audio output must not
   // hold up the microphone and the socket (play() waits for it instead)
   player.unlock().catch(() => {});
-  const current = new TranslateSession(ui.mode.value);
-  session = current;
-  if (!await startSession(current, messages)) {
-    setRunning(false);
-    if (session === current) session = null;
-  }
+  return new TranslateSession(ui.mode.value);
 });
 
 ui.stop.addEventListener("click", async () => {
-  const current = session;
+  const current = panel.session;
   ui.stop.disabled = true;
   if (!current) return;
   await current.stop();
-  if (session === current && current.ws && current.ws.readyState === WebSocket.OPEN) {
-    session = null;  // Start may begin a new session while this one receives what it is owed
-    setRunning(false);
+  if (current.ws && current.ws.readyState === WebSocket.OPEN) {
+    // Start may begin a new session while this one receives what it is owed
+    panel.finished(current);
   }
 });
 
