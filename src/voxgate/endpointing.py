@@ -4,6 +4,11 @@ The rule is Silero's own hysteresis (the one ``spans_from_probs`` applies to who
 one frame at a time so a live stream can act on it: speech starts at ``threshold``, ends after
 ``min_silence`` samples below ``threshold - 0.15``; a burst shorter than ``min_speech`` samples
 is a blip, not an utterance, and is cancelled without ever being announced.
+
+With ``onset_samples`` set, a burst is also announced early, as an ``onset``, once it has lasted
+that long (typically one or two frames, long before ``min_speech``): a listener that wants to
+react at once (the voice agent pausing its audio when the user talks over it) does so on the
+onset and undoes it on the ``cancel`` of a burst that turned out to be a blip.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ __all__ = ["Boundary", "Endpointer"]
 @dataclass(frozen=True, slots=True)
 class Boundary:
     """``start``: speech confirmed, began at ``sample``; ``end``: speech ended at ``sample``;
-    ``cancel``: the burst that began at ``sample`` was too short to be speech."""
+    ``cancel``: the burst that began at ``sample`` was too short to be speech; ``onset``
+    (only with ``onset_samples``): a burst began at ``sample`` and may become speech (always
+    before its ``start`` or ``cancel``)."""
 
-    kind: Literal["start", "end", "cancel"]
+    kind: Literal["start", "end", "cancel", "onset"]
     sample: int
 
 
@@ -30,11 +37,13 @@ class Endpointer:
     """
 
     def __init__(self, *, threshold: float, min_silence_samples: int, min_speech_samples: int,
-                 frame_samples: int = 512) -> None:
+                 frame_samples: int = 512, onset_samples: int | None = None) -> None:
         self.threshold = threshold
         self.neg_threshold = max(threshold - 0.15, 0.01)
         self.min_silence = min_silence_samples
         self.min_speech = min_speech_samples
+        self.onset = onset_samples  # None: no onsets announced
+        self.onset_announced = False  # the current burst's onset was announced
         self.frame = frame_samples
         self.frames = 0  # frames seen so far
         self.triggered = False  # inside a burst of speech (confirmed or not)
@@ -64,6 +73,7 @@ class Endpointer:
             if prob >= self.threshold:
                 self.triggered, self.confirmed = True, False
                 self.start, self.silence_start = pos, None
+                self.onset_announced = False
                 out.extend(self._confirm(end))
             return out
         if prob >= self.threshold:
@@ -79,17 +89,25 @@ class Endpointer:
         return out
 
     def _confirm(self, end: int) -> list[Boundary]:
-        long_enough = end - self.start >= self.min_speech
-        if not self.confirmed and self.silence_start is None and long_enough:
+        out: list[Boundary] = []
+        if self.confirmed or self.silence_start is not None:
+            return out
+        if self.onset is not None and not self.onset_announced \
+                and end - self.start >= self.onset:
+            self.onset_announced = True
+            out.append(Boundary("onset", self.start))
+        if end - self.start >= self.min_speech:
             self.confirmed = True
-            return [Boundary("start", self.start)]
-        return []
+            out.append(Boundary("start", self.start))
+        return out
 
     def force_end(self, at: int) -> list[Boundary]:
         """End the open utterance now (flush, end of stream): announces it if never announced."""
         if not self.triggered:
             return []
         out = [] if self.confirmed else [Boundary("start", self.start)]
+        if not self.confirmed and self.onset is not None and not self.onset_announced:
+            out.insert(0, Boundary("onset", self.start))
         out.append(Boundary("end", at))
         self.triggered = self.confirmed = False
         self.silence_start = None

@@ -53,7 +53,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_utterance_s": (2.0, 30.0),
     "final_beam_size": (1, 20),
     "partial_beam_size": (1, 20),
+    "onset_ms": (0, 5000),
 }
+_OPTIONAL = frozenset({"onset_ms"})  # None: off
 
 
 _BEAMS = ("final_beam_size", "partial_beam_size")  # a client's choice, capped by the server
@@ -76,6 +78,10 @@ class StreamConfig:
     max_utterance_s: float = 20.0
     final_beam_size: int = 1
     partial_beam_size: int = 1
+    # announce a burst of speech this long as ``speech_onset`` (and its undoing as
+    # ``speech_cancelled``) before ``min_speech_ms`` confirms it; None: no such events (the
+    # voice agent sets it to pause its audio at once; transcription doors never do)
+    onset_ms: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> StreamConfig:
@@ -118,6 +124,8 @@ class StreamConfig:
                 raise StreamConfigError(name, "must be true or false")
         for name, (low, high) in _RANGES.items():
             value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise StreamConfigError(name, f"must be a number, got {value!r}")
             if not low <= value <= high:

@@ -255,7 +255,9 @@ class AsrSession:
         self._endpointer = Endpointer(threshold=config.vad_threshold,
                                       min_silence_samples=config.endpointing_ms * ms,
                                       min_speech_samples=config.min_speech_ms * ms,
-                                      frame_samples=vad_stream.frame_samples)
+                                      frame_samples=vad_stream.frame_samples,
+                                      onset_samples=(None if config.onset_ms is None
+                                                     else config.onset_ms * ms))
         self._max_utt = int(config.max_utterance_s * SAMPLE_RATE)
         self._partial_every = config.partial_interval_ms * ms
         tuning = service.settings.streaming
@@ -404,6 +406,12 @@ class AsrSession:
                                 self._sec(boundary.sample)))
         elif boundary.kind == "end" and self._utt is not None:
             self._close_utterance(min(boundary.sample + self._pad, self.received), boundary.sample)
+        elif boundary.kind == "onset":  # (utterance id: the one it gets if confirmed)
+            at = self._sec(boundary.sample)
+            self._push(AsrEvent("speech_onset", self._next_id, at, at))
+        elif boundary.kind == "cancel" and self._endpointer.onset_announced:
+            self._push(AsrEvent("speech_cancelled", self._next_id, self._sec(boundary.sample),
+                                self._sec(self._endpointer.position)))
 
     def _maybe_speculate(self) -> None:
         """Start (or withdraw) the early final decode of the open utterance's current pause.

@@ -79,7 +79,10 @@ class Transcript:
         }
 
 
-AsrEventKind = Literal["start_of_speech", "partial", "final", "end_of_speech"]
+# ``speech_onset`` / ``speech_cancelled`` only for a stream configured with ``onset_ms`` (the
+# voice agent): a burst of speech began (before ``start_of_speech`` confirms it) / was a blip
+AsrEventKind = Literal["start_of_speech", "partial", "final", "end_of_speech", "speech_onset",
+                       "speech_cancelled"]
 
 
 @dataclass(slots=True)

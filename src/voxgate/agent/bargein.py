@@ -1,7 +1,9 @@
 """Barge-in: the user talks over the agent. Part of :class:`~voxgate.agent.AgentSession`.
 
 User speech while a reply plays pauses its audio at once (:meth:`BargeInHandling._start_barge_in`,
-the playout takes back what the client has not played); enough words or speech confirm the
+the playout takes back what the client has not played): on the ASR's ``speech_onset`` (the first
+``pause_onset_ms`` of VAD speech; a ``speech_cancelled`` blip resumes at once) or, without
+onsets, on ``start_of_speech`` (``min_speech_ms``). Enough words or speech confirm the
 interruption (:meth:`_confirm_barge_in`: the reply is cut, the history keeps only what was
 heard, the speech becomes the next user turn); otherwise playback resumes where it stopped
 (:meth:`_resume_playback`: a cough, "mm-hm"). :meth:`_cut_reply` is also how ``response.cancel``,
@@ -35,11 +37,11 @@ class BargeIn:
 
     reply: _Reply
     started_at: float  # input seconds of the speech onset
-    utterance_id: int
+    utterance_id: int  # the speech that paused the reply (an onset: the id it will get)
     played_s: float
     timer: asyncio.TimerHandle | None = None
     text: list[str] = field(default_factory=list)
-    utterances: set[int] = field(default_factory=set)
+    utterances: set[int] = field(default_factory=set)  # confirmed speech (start_of_speech)
     speech_end_at: float | None = None
     speech_end_wall: float | None = None
 
@@ -59,6 +61,24 @@ class BargeInHandling:
     _alignments: dict[str, Playout]
     interruptions: int
     false_interruptions: int
+
+    def _on_speech_onset(self, event: AsrEvent) -> None:
+        """A burst of speech began (``pause_onset_ms`` of it, before ``min_speech_ms`` confirms
+        it as speech): a reply playing is paused now; its ``start_of_speech`` or
+        ``speech_cancelled`` follows."""
+        reply = self._reply
+        if (event.utterance_id in self._deaf or not self.config.barge_in or reply is None
+                or not reply.committed or reply.done or self._barge is not None):
+            return
+        self._start_barge_in(reply, event)
+
+    def _on_speech_cancelled(self, event: AsrEvent) -> None:
+        """The burst whose onset paused the reply was a blip (a click, a breath): play on at
+        once. A barge-in that speech has confirmed meanwhile keeps its own rules."""
+        barge = self._barge
+        if barge is not None and not barge.utterances and barge.utterance_id == \
+                event.utterance_id:
+            self._resume_playback()
 
     def _start_barge_in(self, reply: _Reply, event: AsrEvent) -> None:
         played = reply.playout.pause()

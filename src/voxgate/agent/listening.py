@@ -193,6 +193,10 @@ class TurnTaking:
             await self._on_partial(event)
         elif event.kind == "final":
             await self._on_final(event)
+        elif event.kind == "speech_onset":
+            self._on_speech_onset(event)
+        elif event.kind == "speech_cancelled":
+            self._on_speech_cancelled(event)
 
     async def _on_speech_start(self, event: AsrEvent) -> None:
         self._speaking, self._utterance = True, event.utterance_id

@@ -25,6 +25,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "complete_wait_ms": (100, 10_000),
     "min_words": (0, 50),
     "barge_in_min_ms": (0, 10_000),
+    "pause_onset_ms": (0, 5000),
     "barge_in_min_words": (1, 50),
     "resume_after_ms": (100, 30_000),
     "max_reply_tokens": (1, 8192),
@@ -48,7 +49,7 @@ _OPTIONAL = frozenset({"output_sample_rate", "vad_threshold", "speech_pad_ms", "
 CLIENT_FIELDS = frozenset({
     "system_prompt", "language", "voice", "speed", "asr_model", "partial_model", "llm_model",
     "turn_detection", "auto_respond", "barge_in", "end_of_turn_ms", "unfinished_wait_ms",
-    "complete_wait_ms",
+    "complete_wait_ms", "pause_onset_ms",
     "min_words", "barge_in_min_ms", "barge_in_min_words", "resume_after_ms", "max_reply_tokens",
     "temperature", "output_sample_rate", "asr_endpointing_ms", "vad_threshold", "speech_pad_ms",
     "min_speech_ms"})
@@ -66,7 +67,9 @@ class AgentConfig:
     the conversation so far into its prompt cache (llama.cpp), so the reply starts sooner.
     ``auto_respond``: a committed turn starts a reply (else the door calls
     ``create_response``). ``barge_in``:
-    user speech over the agent pauses it; ``barge_in_min_ms`` of speech or
+    user speech over the agent pauses it (after ``pause_onset_ms`` of VAD speech, at once, or
+    with 0 once ``min_speech_ms`` confirmed it; a blip the VAD drops resumes it at once);
+    ``barge_in_min_ms`` of speech or
     ``barge_in_min_words`` words confirm it, else playback resumes after ``resume_after_ms``.
     """
 
@@ -86,6 +89,7 @@ class AgentConfig:
     complete_wait_ms: int = 400
     min_words: int = 1
     barge_in_min_ms: int = 600
+    pause_onset_ms: int = 32  # 0: pause on the confirmed speech start (min_speech_ms)
     barge_in_min_words: int = 2
     resume_after_ms: int = 2000
     max_reply_tokens: int = 200

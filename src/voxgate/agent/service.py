@@ -114,7 +114,9 @@ class AgentService:
                 language=config.language, final_model=config.asr_model or s.asr_model or None,
                 partial_model=config.partial_model or s.partial_model or None,
                 endpointing_ms=config.asr_endpointing_ms, vad_threshold=config.vad_threshold,
-                speech_pad_ms=config.speech_pad_ms, min_speech_ms=config.min_speech_ms)
+                speech_pad_ms=config.speech_pad_ms, min_speech_ms=config.min_speech_ms,
+                onset_ms=config.pause_onset_ms if config.barge_in and config.pause_onset_ms
+                else None)  # speech onsets pause the agent before min_speech_ms confirms
             asr = await self.streaming.open(stream_config)
 
             def release() -> None:
