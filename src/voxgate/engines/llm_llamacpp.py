@@ -175,20 +175,26 @@ class LlamaCppLlm:
     async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
                      cache_prompt: bool = False, priority: int = Priority.FILE,
-                     ) -> AsyncIterator[str]:
+                     grammar: str | None = None) -> AsyncIterator[str]:
         """Deltas as llama.cpp produces them; closing the iterator stops generation.
 
         ``cache_prompt=True`` (the voice agent) reuses the KV cache of the prompt prefix the
         previous request left in the slot: a conversation re-reads only its new turn, at the
         cost of bit-exact reproducibility (see ``_NO_PROMPT_CACHE``); jobs keep it off.
         ``priority`` below ``Priority.FILE`` marks live work (see the class docstring).
+        ``grammar``: a GBNF grammar the output must follow (llama.cpp's ``grammar`` field),
+        used instead of ``json_schema`` (llama.cpp refuses both in one request), e.g. the
+        Cyrillic-only translation answer of ``engines/mt_grammar.py``.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         stop = False
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
-                         seed=self.seed, json_schema=json_schema, stream=True)
+                         seed=self.seed, json_schema=None if grammar else json_schema,
+                         stream=True)
         body.update({"cache_prompt": True} if cache_prompt else _NO_PROMPT_CACHE)
+        if grammar:
+            body["grammar"] = grammar
         server = self._server_for(priority)
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
