@@ -115,8 +115,9 @@ class AgentService:
                 partial_model=config.partial_model or s.partial_model or None,
                 endpointing_ms=config.asr_endpointing_ms, vad_threshold=config.vad_threshold,
                 speech_pad_ms=config.speech_pad_ms, min_speech_ms=config.min_speech_ms,
-                onset_ms=config.pause_onset_ms if config.barge_in and config.pause_onset_ms
-                else None)  # speech onsets pause the agent before min_speech_ms confirms
+                # speech onsets pause the agent before min_speech_ms confirms (also with
+                # barge_in off: a door may turn it on later, the session ignores them till then)
+                onset_ms=config.pause_onset_ms or None)
             asr = await self.streaming.open(stream_config)
 
             def release() -> None:

@@ -28,7 +28,7 @@ class ClientMessage(_message.Message):
     def __init__(self, config: _Optional[_Union[SessionConfig, _Mapping]] = ..., audio: _Optional[_Union[UserAudio, _Mapping]] = ..., text: _Optional[_Union[UserText, _Mapping]] = ..., control: _Optional[_Union[Control, _Mapping]] = ...) -> None: ...
 
 class SessionConfig(_message.Message):
-    __slots__ = ("asr_model", "llm_model", "voice", "language", "system_prompt", "sample_rate_hz", "encoding", "output_sample_rate_hz", "interim_results", "end_of_turn_ms", "partial_model", "speed", "turn_detection", "barge_in", "unfinished_wait_ms", "min_words", "barge_in_min_ms", "barge_in_min_words", "resume_after_ms", "max_reply_tokens", "temperature", "asr_endpointing_ms", "channels")
+    __slots__ = ("asr_model", "llm_model", "voice", "language", "system_prompt", "sample_rate_hz", "encoding", "output_sample_rate_hz", "interim_results", "end_of_turn_ms", "partial_model", "speed", "turn_detection", "barge_in", "unfinished_wait_ms", "min_words", "barge_in_min_ms", "barge_in_min_words", "resume_after_ms", "max_reply_tokens", "temperature", "asr_endpointing_ms", "channels", "complete_wait_ms", "pause_onset_ms")
     ASR_MODEL_FIELD_NUMBER: _ClassVar[int]
     LLM_MODEL_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,8 @@ class SessionConfig(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     ASR_ENDPOINTING_MS_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_ONSET_MS_FIELD_NUMBER: _ClassVar[int]
     asr_model: str
     llm_model: str
     voice: str
@@ -75,7 +77,9 @@ class SessionConfig(_message.Message):
     temperature: float
     asr_endpointing_ms: int
     channels: int
-    def __init__(self, asr_model: _Optional[str] = ..., llm_model: _Optional[str] = ..., voice: _Optional[str] = ..., language: _Optional[str] = ..., system_prompt: _Optional[str] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., output_sample_rate_hz: _Optional[int] = ..., interim_results: _Optional[bool] = ..., end_of_turn_ms: _Optional[int] = ..., partial_model: _Optional[str] = ..., speed: _Optional[float] = ..., turn_detection: _Optional[bool] = ..., barge_in: _Optional[bool] = ..., unfinished_wait_ms: _Optional[int] = ..., min_words: _Optional[int] = ..., barge_in_min_ms: _Optional[int] = ..., barge_in_min_words: _Optional[int] = ..., resume_after_ms: _Optional[int] = ..., max_reply_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., asr_endpointing_ms: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
+    complete_wait_ms: int
+    pause_onset_ms: int
+    def __init__(self, asr_model: _Optional[str] = ..., llm_model: _Optional[str] = ..., voice: _Optional[str] = ..., language: _Optional[str] = ..., system_prompt: _Optional[str] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., output_sample_rate_hz: _Optional[int] = ..., interim_results: _Optional[bool] = ..., end_of_turn_ms: _Optional[int] = ..., partial_model: _Optional[str] = ..., speed: _Optional[float] = ..., turn_detection: _Optional[bool] = ..., barge_in: _Optional[bool] = ..., unfinished_wait_ms: _Optional[int] = ..., min_words: _Optional[int] = ..., barge_in_min_ms: _Optional[int] = ..., barge_in_min_words: _Optional[int] = ..., resume_after_ms: _Optional[int] = ..., max_reply_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., asr_endpointing_ms: _Optional[int] = ..., channels: _Optional[int] = ..., complete_wait_ms: _Optional[int] = ..., pause_onset_ms: _Optional[int] = ...) -> None: ...
 
 class UserAudio(_message.Message):
     __slots__ = ("data",)

@@ -66,7 +66,8 @@ _ENCODINGS = {pb.AUDIO_ENCODING_UNSPECIFIED: "pcm16", pb.PCM16: "pcm16", pb.F32:
 # optional SessionConfig fields passed through to AgentConfig as they are (range-checked there)
 _TURN_FIELDS = ("end_of_turn_ms", "speed", "turn_detection", "barge_in", "unfinished_wait_ms",
                 "min_words", "barge_in_min_ms", "barge_in_min_words", "resume_after_ms",
-                "max_reply_tokens", "temperature", "asr_endpointing_ms")
+                "max_reply_tokens", "temperature", "asr_endpointing_ms", "complete_wait_ms",
+                "pause_onset_ms")
 # fatal agent error codes -> the status the call ends with
 _FATAL_STATUS = {"idle_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
                  "client_not_reading": grpc.StatusCode.RESOURCE_EXHAUSTED,

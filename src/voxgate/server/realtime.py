@@ -74,9 +74,12 @@ _PARAMS = {
     "unfinished_wait_ms": "session.audio.input.turn_detection.eagerness",
     "asr_endpointing_ms": "session.audio.input.turn_detection.silence_duration_ms",
     "vad_threshold": "session.audio.input.turn_detection.threshold",
-    "speech_pad_ms": "session.audio.input.turn_detection.prefix_padding_ms"}
+    "speech_pad_ms": "session.audio.input.turn_detection.prefix_padding_ms",
+    "complete_wait_ms": "session.audio.input.turn_detection.complete_wait_ms",
+    "pause_onset_ms": "session.audio.input.turn_detection.pause_onset_ms"}
 # fixed once the ASR stream is open (the first audio, item or response)
-_STREAM_FIELDS = ("language", "vad_threshold", "speech_pad_ms", "asr_endpointing_ms")
+_STREAM_FIELDS = ("language", "vad_threshold", "speech_pad_ms", "asr_endpointing_ms",
+                  "pause_onset_ms")
 _FATAL_CLOSE = {"idle_timeout": CLOSE_POLICY, "client_not_reading": CLOSE_POLICY}
 
 

@@ -113,13 +113,20 @@ def _format(value: Any, param: str) -> None:
 _EAGERNESS: dict[str, tuple[int | None, int | None]] = {
     "high": (400, 1000), "medium": (None, None), "auto": (None, None), "low": (1000, 3000)}
 _VAD_ONLY = ("silence_duration_ms", "threshold", "prefix_padding_ms", "idle_timeout_ms")
+# voxgate's own turn-taking knobs, for either type (echoed once the client has set them)
+_EXTENSIONS = ("complete_wait_ms", "pause_onset_ms")
 
 
 @dataclass(slots=True)
 class TurnDetection:
     """``server_vad`` / ``semantic_vad`` settings (``None`` in :class:`RealtimeOptions`: manual
     turns). Both end the turn on the agent's rules (silence, and a longer wait when the text
-    stops mid-sentence); ``semantic_vad``'s ``eagerness`` sets those waits."""
+    stops mid-sentence); ``semantic_vad``'s ``eagerness`` sets those waits. ``server_vad``'s
+    ``silence_duration_ms`` is the agent's ``end_of_turn_ms`` (and caps its ASR endpoint); a
+    question asked still ends the turn after ``complete_wait_ms`` when that is shorter (voxgate
+    extension, default the server's: set it to ``silence_duration_ms`` to wait that long for
+    questions too). ``pause_onset_ms`` (extension): speech over the agent this long pauses its
+    audio (``interrupt_response``)."""
 
     create_response: bool = True
     interrupt_response: bool = True
@@ -128,6 +135,8 @@ class TurnDetection:
     prefix_padding_ms: int | None = None  # None: the server's speech padding
     semantic: bool = False
     eagerness: str = "auto"
+    complete_wait_ms: int | None = None  # None: the server's
+    pause_onset_ms: int | None = None  # None: the server's
 
     @classmethod
     def from_wire(cls, data: Any, current: TurnDetection | None) -> TurnDetection | None:
@@ -136,7 +145,7 @@ class TurnDetection:
             return None
         _check(data, dict, param)
         _unknown(data, {"type", "create_response", "interrupt_response", "eagerness",
-                        *_VAD_ONLY}, f"{param}.")
+                        *_VAD_ONLY, *_EXTENSIONS}, f"{param}.")
         kind = data.get("type", "server_vad")
         if kind not in ("server_vad", "semantic_vad"):
             raise RealtimeError(f"Unsupported turn detection {kind!r}: use 'server_vad', "
@@ -155,7 +164,8 @@ class TurnDetection:
                 f: getattr(current, f) for f in cls.__slots__})  # type: ignore[attr-defined]
         for name, kind_ in (("create_response", bool), ("interrupt_response", bool),
                             ("silence_duration_ms", int), ("threshold", (int, float)),
-                            ("prefix_padding_ms", int), ("eagerness", str)):
+                            ("prefix_padding_ms", int), ("eagerness", str),
+                            ("complete_wait_ms", int), ("pause_onset_ms", int)):
             if name in data:
                 setattr(out, name, _check(data[name], kind_, f"{param}.{name}", allow_none=True))
         if out.eagerness is None:
@@ -177,15 +187,20 @@ class TurnDetection:
 
     def to_wire(self, config: Any, vad: tuple[float, int]) -> dict[str, Any]:
         if self.semantic:
-            return {"type": "semantic_vad", "create_response": config.auto_respond,
-                    "interrupt_response": config.barge_in, "eagerness": self.eagerness}
-        return {"type": "server_vad", "create_response": config.auto_respond,
-                "interrupt_response": config.barge_in,
-                "silence_duration_ms": config.end_of_turn_ms,
-                "threshold": vad[0] if config.vad_threshold is None else config.vad_threshold,
-                "prefix_padding_ms": (vad[1] if config.speech_pad_ms is None
-                                      else config.speech_pad_ms),
-                "idle_timeout_ms": None}
+            out = {"type": "semantic_vad", "create_response": config.auto_respond,
+                   "interrupt_response": config.barge_in, "eagerness": self.eagerness}
+        else:
+            out = {"type": "server_vad", "create_response": config.auto_respond,
+                   "interrupt_response": config.barge_in,
+                   "silence_duration_ms": config.end_of_turn_ms,
+                   "threshold": vad[0] if config.vad_threshold is None else config.vad_threshold,
+                   "prefix_padding_ms": (vad[1] if config.speech_pad_ms is None
+                                         else config.speech_pad_ms),
+                   "idle_timeout_ms": None}
+        for name in _EXTENSIONS:  # the values in force, once the client has named them
+            if getattr(self, name) is not None:
+                out[name] = getattr(config, name)
+        return out
 
 
 @dataclass(slots=True)
@@ -306,6 +321,8 @@ class RealtimeOptions:
             options["speech_pad_ms"] = td.prefix_padding_ms
             end_of_turn, unfinished = td.waits()
             options["unfinished_wait_ms"] = unfinished
+            options["complete_wait_ms"] = td.complete_wait_ms
+            options["pause_onset_ms"] = td.pause_onset_ms
             if end_of_turn is not None:
                 options["end_of_turn_ms"] = end_of_turn
                 options["asr_endpointing_ms"] = max(min(asr_endpointing_ms, end_of_turn), 100)

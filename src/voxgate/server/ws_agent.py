@@ -92,7 +92,8 @@ class AgentStart:
         "unfinished_wait_ms": int, "min_words": int, "barge_in_min_ms": int,
         "barge_in_min_words": int, "resume_after_ms": int, "max_reply_tokens": int,
         "temperature": (int, float), "output_sample_rate": int, "asr_endpointing_ms": int,
-        "min_speech_ms": int, "vad_threshold": (int, float), "speech_pad_ms": int}
+        "min_speech_ms": int, "vad_threshold": (int, float), "speech_pad_ms": int,
+        "complete_wait_ms": int, "pause_onset_ms": int}
     _MODELS: ClassVar[dict[str, str]] = {"asr": "asr_model", "partial": "partial_model",
                                          "llm": "llm_model"}
     KNOWN: ClassVar[frozenset[str]] = frozenset(
@@ -235,7 +236,9 @@ async def agent_socket(ws: WebSocket) -> None:
                        "encoding": start.output_encoding},
             "voice": getattr(session.voice, "ref", None) and session.voice.ref.id,
             "language": config.language, "turn_detection": config.turn_detection,
-            "barge_in": config.barge_in})
+            "barge_in": config.barge_in, "end_of_turn_ms": config.end_of_turn_ms,
+            "complete_wait_ms": config.complete_wait_ms,
+            "pause_onset_ms": config.pause_onset_ms})
         door.writer = writer = asyncio.create_task(
             _write_events(ws, session, start.output_encoding), name=f"agent-writer-{session.id}")
         # after the config, idleness is the session's own rule (no speech, text or reply for
