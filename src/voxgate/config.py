@@ -95,6 +95,14 @@ class LlmSettings(BaseModel):
     summary_schema_in_prompt: bool = False
     summary_max_items: int = Field(5, ge=0, le=100)
     summary_max_item_chars: int = Field(200, ge=0, le=10_000)
+    # In-process llama.cpp (issue 12, bench/README.md "Voice agent: a llama.cpp slot per
+    # session"): slots kept for live conversations, each holding its own conversation's prompt
+    # cache (requests without a conversation share slot 0); -1: VOXGATE_AGENT__MAX_SESSIONS (at
+    # most 16); 0: one slot for everything, as before. The KV pool is shared: context_tokens +
+    # session_slot_tokens per session slot (28 KB a token for the 1.5B Qwen: 56 MB a slot);
+    # when it is full llama.cpp frees idle slots (a conversation then re-reads its prompt).
+    session_slots: int = Field(-1, ge=-1, le=64)
+    session_slot_tokens: int = Field(2048, ge=0, le=131_072)
 
 
 class TtsSettings(BaseModel):
