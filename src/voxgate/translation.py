@@ -15,6 +15,15 @@ One :class:`TranslationService` per process (a server component, like
 4. the translation is spoken sentence by sentence through the process's
    :class:`~voxgate.speech.SpeechService` with the target language's voice.
 
+Speculative MT (``VOXGATE_TRANSLATION__SPECULATIVE_MT``): the ASR decodes an utterance's final
+early, ~100 ms into a pause, while the endpointer still waits for the rest of its silence
+(:attr:`~voxgate.streaming.AsrSession.on_speculative`). When nothing earlier is still being
+translated, the session starts MT and TTS on that early text at once and keeps their events to
+itself; the committed final then adopts them when its text and language are the same (they
+are sent from there on, the time already spent saved), or they are dropped, the work
+cancelled, and the final is translated anew. Speech resuming drops them at once. A dropped
+attempt sends nothing.
+
 Events (:class:`TranslateEvent`, in order per utterance): ``partial`` (source, while speaking),
 ``transcript`` (source final), ``translation`` (text, or ``error`` when MT failed), ``audio``
 (one per spoken sentence), then ``done`` (the whole utterance: text, transcript, joined audio,
@@ -31,14 +40,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from .config import Settings
-from .engines.base import Mt, MtOptions
+from .engines.base import AsrResult, Mt, MtOptions
 from .errors import ConfigError, EngineError, ModelError, TextError
 from .speech import SpeechService, join_chunks
 from .stream_config import StreamConfigError, StreamLimitError
@@ -126,6 +135,51 @@ class TranslateEvent:
     sentence: int = 0  # audio: index of the spoken sentence
     tts_failed: bool = False
     error: str = ""
+
+
+_FINAL_FIELDS = ("utterance_id", "transcript", "start", "end", "language", "words")
+
+
+class _Attempt:
+    """One utterance's MT + TTS run and where its events go.
+
+    A live attempt sends its events as they come. A speculative one (started on the ASR's
+    early final) keeps them until :meth:`adopt` (the committed final is the same text: they
+    are patched with the final's times and words and sent, and later ones go straight out),
+    or for ever once :meth:`drop` ped: nothing of a dropped attempt is sent.
+    """
+
+    def __init__(self, key: tuple[int, str, str, str], base: dict[str, Any],
+                 emit: Callable[[TranslateEvent], None], speculative: bool) -> None:
+        self.key = key  # (utterance id, source text, source language, MT context)
+        self.base = base  # the events' common fields; updated in place on adoption
+        self._emit = emit
+        self.held: list[TranslateEvent] | None = [] if speculative else None
+        self.dropped = False
+        self.task: asyncio.Task[bool] | None = None
+
+    def out(self, event: TranslateEvent) -> None:
+        if self.dropped:
+            return
+        if self.held is None:
+            self._emit(event)
+        else:
+            self.held.append(event)
+
+    def adopt(self, base: dict[str, Any]) -> None:
+        """The committed final is this attempt's text: send what it held, then go live."""
+        self.base.update(base)
+        held, self.held = self.held or [], None
+        for event in held:
+            for name in _FINAL_FIELDS:
+                setattr(event, name, base[name])
+            self._emit(event)
+
+    def drop(self) -> None:
+        """Never send anything; cancel the work (MT generation, the sentence being spoken)."""
+        self.dropped = True
+        if self.task is not None:
+            self.task.cancel()
 
 
 def open_mt(settings: Settings, manager: Any) -> contextlib.AbstractContextManager[Mt]:
@@ -300,6 +354,13 @@ class TranslateSession:
         self.closed = False
         self._finishing = False
         self.utterances_done = 0
+        self._speculation: _Attempt | None = None  # MT started on the ASR's early final
+        self._dropping: set[asyncio.Task[bool]] = set()  # dropped attempts still stopping
+        self.speculative_started = 0
+        self.speculative_kept = 0  # adopted by the committed final
+        self.speculative_dropped = 0
+        if limits.speculative_mt:
+            asr.on_speculative = self._on_speculative
         self._asr_reader = asyncio.create_task(self._read_asr(), name=f"tr-asr-{session_id}")
         self._worker = asyncio.create_task(self._work(), name=f"tr-work-{session_id}")
         self._watchdog = asyncio.create_task(self._no_audio_watch(),
@@ -345,7 +406,8 @@ class TranslateSession:
         if self.closed:
             return
         self.closed = True
-        tasks = (self._watchdog, self._asr_reader, self._worker)
+        self._drop_speculation(count=False)
+        tasks = (self._watchdog, self._asr_reader, self._worker, *self._dropping)
         for task in tasks:
             task.cancel()
         # a cancellation absorbed below the worker (a stage that waits for its thread to end)
@@ -424,15 +486,69 @@ class TranslateSession:
                 self._room.release()
             self.utterances_done += 1
 
+    # ---- speculative MT ------------------------------------------------------------------
+    def _on_speculative(self, utterance_id: int, result: AsrResult | None) -> None:
+        """The ASR's hook: an early final (start MT + TTS on it, held back) or its withdrawal."""
+        spec = self._speculation
+        if result is None:
+            if spec is not None and spec.key[0] == utterance_id:
+                self._drop_speculation()
+            return
+        if spec is not None:
+            self._drop_speculation()  # a newer early text of the utterance replaces it
+        if self.closed or self._finishing or self._pending or self._asr.pending_finals:
+            return  # an earlier utterance is still translated: its MT and context come first
+        text = " ".join(result.text.split())
+        src = self.config.src if self.config.src != "auto" else result.language
+        if not text or src not in LANGUAGES:
+            return
+        base: dict[str, Any] = {"utterance_id": utterance_id, "transcript": text,
+                                "start": 0.0, "end": 0.0, "language": result.language,
+                                "words": []}
+        attempt = _Attempt((utterance_id, text, src, self._context), base, self._emit,
+                           speculative=True)
+        attempt.task = asyncio.create_task(
+            self._attempt(attempt, text, src, self.config.target_for(src)),
+            name=f"tr-spec-{self.id}")
+        attempt.task.add_done_callback(_retrieve)
+        self._speculation = attempt
+        self.speculative_started += 1
+        logger.debug("translation %s utterance %d: MT started on the early final",
+                     self.id, utterance_id)
+
+    def _drop_speculation(self, count: bool = True) -> None:
+        spec, self._speculation = self._speculation, None
+        if spec is None:
+            return
+        spec.drop()
+        if count:
+            self.speculative_dropped += 1
+        if spec.task is not None and not spec.task.done():
+            self._dropping.add(spec.task)
+            spec.task.add_done_callback(self._dropping.discard)
+
+    def _take_speculation(self, key: tuple[int, str, str, str]) -> _Attempt | None:
+        """The early attempt when it translated exactly this final (same text and language,
+        and the same previous utterance as context); else it is dropped."""
+        spec = self._speculation
+        if spec is not None and spec.key == key:
+            self._speculation = None
+            return spec
+        self._drop_speculation()
+        return None
+
+    # ---- one utterance ---------------------------------------------------------------------
     async def _utterance(self, final: AsrEvent) -> None:
         text = " ".join(final.text.split())
         if not text:
+            self._drop_speculation()
             return  # the endpointer heard something that was no speech (noise, a cough)
         src = self.config.src if self.config.src != "auto" else final.language
         base: dict[str, Any] = {"utterance_id": final.utterance_id, "transcript": text,
                                 "start": final.start, "end": final.end,
                                 "language": final.language, "words": final.words}
         if src not in LANGUAGES:
+            self._drop_speculation()
             self._emit(TranslateEvent("transcript", src=src, text=text, **base))
             self._emit(TranslateEvent(
                 "unsupported_language", src=src,
@@ -441,32 +557,53 @@ class TranslateSession:
             return
         tgt = self.config.target_for(src)
         self._emit(TranslateEvent("transcript", src=src, tgt=tgt, text=text, **base))
+        attempt = self._take_speculation((final.utterance_id, text, src, self._context))
+        if attempt is not None and attempt.task is not None:
+            self.speculative_kept += 1
+            attempt.adopt(base)
+            try:
+                translated = await attempt.task
+            finally:
+                if not attempt.task.done():  # the worker was cancelled (client gone)
+                    attempt.task.cancel()
+                    await asyncio.wait([attempt.task])
+        else:
+            attempt = _Attempt((final.utterance_id, text, src, self._context), base,
+                               self._emit, speculative=False)
+            translated = await self._attempt(attempt, text, src, tgt)
+        if translated:
+            self._context = text[-self.settings.translation.max_context_chars:]
+
+    async def _attempt(self, attempt: _Attempt, text: str, src: str, tgt: str) -> bool:
+        """MT then TTS of ``text``, events through ``attempt.out``; True when translated."""
+        if self._dropping:  # a dropped attempt still stopping holds the MT engine
+            await asyncio.wait(set(self._dropping))
+        base, out = attempt.base, attempt.out
         if hasattr(self._mt, "translate_stream"):
-            await self._utterance_streamed(text, src, tgt, base)
-            return
+            return await self._utterance_streamed(text, src, tgt, base, out)
         try:
             translation = await self._translate(text, src, tgt)
         except (EngineError, ConfigError, TimeoutError) as exc:
             message = str(exc) or f"translation took longer than " \
                                   f"{self.settings.translation.mt_timeout_s:g} s"
             logger.warning("translation %s utterance %d: MT failed: %s", self.id,
-                           final.utterance_id, message)
-            self._emit(TranslateEvent("translation", src=src, tgt=tgt, error=message, **base))
-            self._emit(TranslateEvent("done", src=src, tgt=tgt, error=message, **base))
-            return
-        self._context = text[-self.settings.translation.max_context_chars:]
-        self._emit(TranslateEvent("translation", src=src, tgt=tgt, text=translation, **base))
-        audio, rate, failure = await self._speak(translation, tgt, base)
-        self._emit(TranslateEvent("done", src=src, tgt=tgt, text=translation, audio=audio,
-                                  sample_rate=rate, tts_failed=failure is not None,
-                                  error="", **base))
+                           base["utterance_id"], message)
+            out(TranslateEvent("translation", src=src, tgt=tgt, error=message, **base))
+            out(TranslateEvent("done", src=src, tgt=tgt, error=message, **base))
+            return False
+        out(TranslateEvent("translation", src=src, tgt=tgt, text=translation, **base))
+        audio, rate, failure = await self._speak(translation, tgt, base, out)
+        out(TranslateEvent("done", src=src, tgt=tgt, text=translation, audio=audio,
+                           sample_rate=rate, tts_failed=failure is not None, error="", **base))
+        return True
 
-    async def _utterance_streamed(self, text: str, src: str, tgt: str,
-                                  base: dict[str, Any]) -> None:
+    async def _utterance_streamed(self, text: str, src: str, tgt: str, base: dict[str, Any],
+                                  out: Callable[[TranslateEvent], None]) -> bool:
         """MT and TTS overlapped: each piece the MT engine hands on (a checked sentence, or
         the head of a long one) is spoken at once; the ``translation`` event follows once the
         whole text is known. A failing TTS never stops the MT (the text still arrives); a
-        failing MT keeps what was already spoken and says why in ``error``."""
+        failing MT keeps what was already spoken and says why in ``error``. True when the
+        whole text was translated."""
         sentences: list[str] = []
         units: asyncio.Queue[str | None] = asyncio.Queue()
         options = MtOptions(context=self._context, glossary=self.config.glossary,
@@ -493,7 +630,7 @@ class TranslateSession:
 
         producer = asyncio.create_task(produce(), name=f"tr-mt-{self.id}")
         try:
-            audio, rate, failure = await self._speak_units(spoken_units(), tgt, base)
+            audio, rate, failure = await self._speak_units(spoken_units(), tgt, base, out)
             await asyncio.wait([producer])
         finally:
             if not producer.done():  # cancelled: the generation stops before the slot is free
@@ -510,16 +647,15 @@ class TranslateSession:
             failure = None if audio is None else failure  # said so far: not a TTS failure
         elif exc is not None:
             raise exc
-        else:
-            self._context = text[-self.settings.translation.max_context_chars:]
         if failure is not None and not error:
             logger.warning("translation %s utterance %d: TTS failed: %s", self.id,
                            base["utterance_id"], failure)
-        self._emit(TranslateEvent("translation", src=src, tgt=tgt, text=translation,
-                                  error=error, **base))
-        self._emit(TranslateEvent("done", src=src, tgt=tgt, text=translation, audio=audio,
-                                  sample_rate=rate, tts_failed=failure is not None and not error,
-                                  error=error, **base))
+        out(TranslateEvent("translation", src=src, tgt=tgt, text=translation, error=error,
+                           **base))
+        out(TranslateEvent("done", src=src, tgt=tgt, text=translation, audio=audio,
+                           sample_rate=rate, tts_failed=failure is not None and not error,
+                           error=error, **base))
+        return not error
 
     async def _translate(self, text: str, src: str, tgt: str) -> str:
         options = MtOptions(context=self._context, glossary=self.config.glossary,
@@ -527,7 +663,8 @@ class TranslateSession:
         return await asyncio.wait_for(self._mt.translate(text, src, tgt, options=options),
                                       self.settings.translation.mt_timeout_s)
 
-    async def _speak(self, text: str, language: str, base: dict[str, Any]
+    async def _speak(self, text: str, language: str, base: dict[str, Any],
+                     out: Callable[[TranslateEvent], None]
                      ) -> tuple[np.ndarray | None, int, str | None]:
         """Speak ``text`` sentence by sentence (an ``audio`` event each); the joined audio,
         or the reason it could not be spoken (the text has already been delivered)."""
@@ -538,27 +675,28 @@ class TranslateSession:
             logger.warning("translation %s utterance %d: TTS failed: %s", self.id,
                            base["utterance_id"], exc)
             return None, 0, str(exc)
-        return await self._speak_stream(self._speech.astream(request), base)
+        return await self._speak_stream(self._speech.astream(request), base, out)
 
     async def _speak_units(self, units: AsyncIterator[str], language: str,
-                           base: dict[str, Any]) -> tuple[np.ndarray | None, int, str | None]:
+                           base: dict[str, Any], out: Callable[[TranslateEvent], None]
+                           ) -> tuple[np.ndarray | None, int, str | None]:
         """:meth:`_speak` for text arriving in speakable units (a streamed translation)."""
         voice = self._voices.get(language, f"espeak:{language}")
         try:
             stream = self._speech.astream_units(units, voice)
         except ConfigError as exc:
             return None, 0, str(exc)
-        return await self._speak_stream(stream, base, log=False)  # the caller logs
+        return await self._speak_stream(stream, base, out, log=False)  # the caller logs
 
     async def _speak_stream(self, stream: AsyncIterator[Any], base: dict[str, Any],
-                            log: bool = True) -> tuple[np.ndarray | None, int, str | None]:
+                            out: Callable[[TranslateEvent], None], log: bool = True) -> tuple[np.ndarray | None, int, str | None]:
         chunks = []
         try:
             async with contextlib.aclosing(stream) as stream:
                 async for chunk in stream:
-                    self._emit(TranslateEvent("audio", text=chunk.text, audio=chunk.audio,
-                                              sample_rate=chunk.sample_rate,
-                                              sentence=len(chunks), **base))
+                    out(TranslateEvent("audio", text=chunk.text, audio=chunk.audio,
+                                       sample_rate=chunk.sample_rate, sentence=len(chunks),
+                                       **base))
                     chunks.append(chunk)
             audio, rate = join_chunks(chunks)
             return audio, rate, None
@@ -571,3 +709,10 @@ class TranslateSession:
     def _emit(self, event: TranslateEvent) -> None:
         if not self.closed:
             self._events.put_nowait(event)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Done callback of a speculative attempt: its failure is reported where it is awaited
+    (adopted) or was not wanted (dropped); never as 'exception was never retrieved'."""
+    if not task.cancelled():
+        task.exception()
