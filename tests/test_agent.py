@@ -104,9 +104,14 @@ class FakeLlm:
         self.cancelled = 0
         self.finished = 0
         self.kwargs: list[dict] = []
+        self.opened: list[list] = []  # the session's prompt read when it opened (no turn yet)
 
     async def stream(self, messages, *, max_tokens: int = 512, temperature: float = 0.0,
                      json_schema=None, cache_prompt: bool = False) -> AsyncIterator[str]:
+        if max_tokens == 1 and all(m.role == "system" for m in messages):
+            self.opened.append(list(messages))  # tested in test_agent_prefill.py
+            yield "Ok"
+            return
         self.requests.append(list(messages))
         self.kwargs.append({"cache_prompt": cache_prompt, "max_tokens": max_tokens})
         if self.fail:

@@ -9,24 +9,49 @@ reply, the history and most of the question are in the cache, and only the words
 had not heard yet (and the reply header) are left to read.
 
 One request at a time per session, never while the session's own reply runs (a prefill queued
-behind a reply in llama.cpp's single slot would evict that reply from the cache), and only for
-an engine with a prompt cache (others would pay a whole request for nothing).
+behind a reply in the session's slot would only delay it), and only for an engine with a prompt
+cache (others would pay a whole request for nothing).
+
+The session's first request reads its system prompt (and any history) when the session opens
+(:meth:`Prefill.open`), off the live path: the first turn then finds it cached too. An engine
+that keeps each conversation in a slot of its own (llama.cpp, ``cache_key``) gets the session
+id as the key, so two sessions never evict each other's prefix; :meth:`Prefill.close` gives the
+slot back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from ..engines.base import ChatMessage, Llm
+from ..engines.priority import live_llm_kwargs
 from ..errors import EngineError
 
-__all__ = ["Prefill"]
+__all__ = ["Prefill", "session_llm_kwargs"]
 
 logger = logging.getLogger(__name__)
+
+
+def session_llm_kwargs(llm: Llm, *, cache_prompt: bool, session_id: str) -> dict[str, Any]:
+    """What every LLM request of one session carries, as far as ``llm.stream`` takes it:
+    ``cache_prompt``, ``cache_key`` (the session id, when the prompt cache is on) and the live
+    priority (a reply is live work, not a job's)."""
+    try:
+        parameters = inspect.signature(llm.stream).parameters
+    except (TypeError, ValueError):
+        parameters = {}  # type: ignore[assignment]
+    kwargs: dict[str, Any] = {}
+    if "cache_prompt" in parameters:
+        kwargs["cache_prompt"] = cache_prompt
+        if cache_prompt and "cache_key" in parameters:
+            kwargs["cache_key"] = session_id
+    kwargs.update(live_llm_kwargs(llm))
+    return kwargs
 
 
 class Prefill:
@@ -46,6 +71,11 @@ class Prefill:
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    def open(self, messages: Sequence[ChatMessage]) -> bool:
+        """The session opened: read its prompt so far (system prompt, history) into the cache
+        now, before the user's first words; True when a request started."""
+        return self.warm(messages)
 
     def warm(self, messages: Sequence[ChatMessage]) -> bool:
         """Start reading ``messages`` into the cache unless a prefill is still running or the
@@ -67,11 +97,19 @@ class Prefill:
             await asyncio.wait({self._task})
 
     async def close(self) -> None:
-        """Stop (llama.cpp at its first token) and wait until the request has ended."""
+        """Stop (llama.cpp at its first token), wait until the request has ended, and give the
+        session's slot back to the engine."""
+        self.enabled = False
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait({task})
+        try:
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        finally:
+            release = getattr(self.llm, "release_cache", None)
+            key = self.kwargs.get("cache_key")
+            if release is not None and key is not None:
+                release(key)
 
     async def _read(self, messages: list[ChatMessage]) -> None:
         stream = self.llm.stream(messages, max_tokens=1, temperature=0.0, **self.kwargs)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 import uuid
@@ -28,7 +27,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..engines.base import ChatMessage, Llm
-from ..engines.priority import live_llm_kwargs
 from ..errors import EngineError, TextError
 from ..types import AsrEvent
 from .bargein import BargeIn as _BargeIn
@@ -47,7 +45,7 @@ from .history import Conversation, Item
 from .listening import TurnTaking
 from .options import AgentConfig
 from .playout import Playout, wait_event
-from .prefill import Prefill
+from .prefill import Prefill, session_llm_kwargs
 from .reply import Reply as _Reply
 from .reply import Voice, run_llm, run_tts
 from .turns import UserTurn as _UserTurn
@@ -95,10 +93,9 @@ class AgentSession(TurnTaking, BargeInHandling):
         self.conversation = Conversation(config.system_prompt, config.history_tokens)
         self._observers = list(observers)
         self._on_close = on_close
-        self._llm_kwargs: dict[str, Any] = {}
-        if "cache_prompt" in inspect.signature(llm.stream).parameters:
-            self._llm_kwargs["cache_prompt"] = config.cache_prompt
-        self._llm_kwargs.update(live_llm_kwargs(llm))  # a reply is live work, not a job's
+        # every request: the prompt cache, the session's own cache slot, live priority
+        self._llm_kwargs = session_llm_kwargs(llm, cache_prompt=config.cache_prompt,
+                                              session_id=self.id)
         self._prefill = Prefill(llm, self._llm_kwargs, enabled=config.prefill,
                                 timeout_s=config.llm_timeout_s, log_id=self.id)
         self._out: asyncio.Queue[AgentEvent | None] = asyncio.Queue()
@@ -125,6 +122,7 @@ class AgentSession(TurnTaking, BargeInHandling):
         self.speculative_dropped = 0
         self._reader = asyncio.create_task(self._read_asr(), name=f"agent-asr-{self.id}")
         self._watchdog = asyncio.create_task(self._idle_watch(), name=f"agent-idle-{self.id}")
+        self._prefill.open(self.conversation.messages())  # system prompt cached before turn 1
 
     # =========================================================================== input
     @property
