@@ -160,6 +160,53 @@ def test_context_is_per_request_under_concurrency(log_lines) -> None:
     assert seen == {f"hello n{i}": f"req-{i}" for i in range(12)}
 
 
+def test_work_handed_to_threads_logs_with_the_callers_context(log_lines) -> None:
+    """in_context carries the request id into pool and plain threads, several at once; a
+    thread started without it logs none (what run_in_executor used to do)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    buffer, _ = log_lines
+    probe = logging.getLogger("voxgate.probe")
+    barrier = threading.Barrier(4)
+
+    def work(i: int) -> None:
+        barrier.wait(10)  # four threads inside copies of one context at the same time
+        probe.info("pool %d", i)
+
+    with log_setup.bound(request_id="req-pool", door="grpc"), ThreadPoolExecutor(4) as pool:
+        list(pool.map(log_setup.in_context(work), range(4)))
+        plain = threading.Thread(target=log_setup.in_context(probe.info), args=("plain",))
+        bare = threading.Thread(target=probe.info, args=("bare",))
+        for thread in (plain, bare):
+            thread.start()
+            thread.join(10)
+    records = {r["message"]: r for r in _records(buffer) if r["logger"] == "voxgate.probe"}
+    assert {records[f"pool {i}"]["request_id"] for i in range(4)} == {"req-pool"}
+    assert records["plain"]["request_id"] == "req-pool" and records["plain"]["door"] == "grpc"
+    assert "request_id" not in records["bare"]
+
+
+async def test_slot_threads_and_webhook_threads_log_with_the_request_or_task_id(log_lines
+                                                                                ) -> None:
+    from voxgate.server.limits import TranscriptionSlots
+    from voxgate.webhooks import WebhookSender
+
+    buffer, settings = log_lines
+    slots = TranscriptionSlots(1)
+    assert slots.try_acquire()
+    with log_setup.bound(request_id="req-slot", door="grpc"):
+        await slots.run_held(lambda: logging.getLogger("voxgate.probe").info("decoding"))
+    with log_setup.bound(task_id="task-7", door="worker"):  # no secret: it logs and stops
+        WebhookSender(settings).send("https://example.invalid/hook", {"task_id": "task-7"}
+                                     ).join(10)
+    slots.executor.shutdown()
+    records = _records(buffer)
+    decoding = next(r for r in records if r["message"] == "decoding")
+    assert decoding["request_id"] == "req-slot" and decoding["door"] == "grpc"
+    webhook = next(r for r in records if r["logger"] == "voxgate.webhooks")
+    assert "not sent" in webhook["message"] and webhook["task_id"] == "task-7"
+
+
 def test_text_format_appends_the_context_and_keeps_tracebacks_below() -> None:
     formatter = log_setup.TextFormatter()
     context_filter = log_setup.ContextFilter()

@@ -16,16 +16,20 @@ import logging
 import re
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, ParamSpec, TypeVar
 
 from .config import Settings
 from .tracing import current_trace_id
 
 __all__ = ["CONTEXT_FIELDS", "ContextFilter", "JsonFormatter", "TextFormatter", "bind",
-           "bound", "current", "new_request_id", "request_id_or_new", "setup_logging"]
+           "bound", "current", "in_context", "new_request_id", "request_id_or_new",
+           "setup_logging"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 CONTEXT_FIELDS = ("request_id", "task_id", "session_id", "door")
 _VARS: dict[str, contextvars.ContextVar[str | None]] = {
@@ -65,6 +69,21 @@ def bound(**fields: str | None) -> Iterator[None]:
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
+
+
+def in_context(fn: Callable[P, T]) -> Callable[P, T]:
+    """``fn`` to hand to another thread (``run_in_executor``, ``threading.Thread``, a pool's
+    ``map``) so that it runs with the caller's context fields, as ``asyncio.to_thread`` does:
+    a pool thread otherwise logs without the request, task or session id it works for.
+
+    The caller's context is copied now; every call runs in a fresh copy of it, so calls on
+    several threads at once never share one (a ``Context`` cannot be entered twice)."""
+    context = contextvars.copy_context()
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return context.copy().run(fn, *args, **kwargs)
+
+    return run
 
 
 def current() -> dict[str, str]:

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 
 from .config import Settings
 from .errors import ConfigError
+from .log_setup import in_context
 
 __all__ = [
     "DELIVERY_HEADER",
@@ -249,8 +250,8 @@ class WebhookSender:
 
     def send(self, url: str, payload: dict[str, Any]) -> threading.Thread:
         """Start delivering ``payload`` now, in a thread, without waiting for the receiver."""
-        thread = threading.Thread(
-            target=deliver, name="voxgate-webhook", daemon=True,
+        thread = threading.Thread(  # its log lines name the job's task, as the job's do
+            target=in_context(deliver), name="voxgate-webhook", daemon=True,
             args=(url, payload, signing_secret(self.settings)),
             kwargs={"attempts": self.settings.webhook_max_attempts,
                     "timeout_s": self.settings.webhook_timeout_s,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EngineError
+from ..log_setup import in_context
 from ..types import AsrEvent, Segment, Word
 from .base import AsrCapabilities, AsrOptions, AsrResult
 from .riva_channel import RivaChannel, RivaOptions
@@ -117,7 +118,8 @@ class RivaAsr:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(min(len(chunks), 8), thread_name_prefix="riva-recognize") as pool:
-            return list(pool.map(lambda c: self.transcribe(c, options), chunks))
+            # retries log with the caller's request / task id
+            return list(pool.map(in_context(lambda c: self.transcribe(c, options)), chunks))
 
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         return self.options.language_code.split("-")[0], 1.0

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from ..log_setup import in_context
 from .state import AppState
 
 __all__ = ["TranscriptionSlots", "shared_slots", "transcription_slots"]
@@ -88,7 +89,8 @@ class TranscriptionSlots:
         still using the CPU, so the limit always counts the work that really runs.
         """
         try:
-            future = asyncio.get_running_loop().run_in_executor(self.executor, work)
+            # the thread logs with the request's context (request id, door), as to_thread would
+            future = asyncio.get_running_loop().run_in_executor(self.executor, in_context(work))
         except BaseException:
             self.release()
             raise

@@ -46,6 +46,7 @@ from ..errors import (
 )
 from ..formats import render
 from ..languages import language_name, primary_language
+from ..log_setup import in_context
 from ..transcriber import FileTranscriber, TranscribeRequest
 from ..types import Segment, Transcript
 from .deps import UploadRequest, api_key_from_headers, get_state, key_is_valid
@@ -306,7 +307,8 @@ class _Worker:
         self._slots = slots
 
     def start(self, work: Callable[[_Worker], None]) -> None:
-        future = self.loop.run_in_executor(self._slots.executor, self._run, work)
+        # the thread logs with the request's context (request id, door), as to_thread would
+        future = self.loop.run_in_executor(self._slots.executor, in_context(self._run), work)
         future.add_done_callback(lambda _: self._slots.release())
 
     def _run(self, work: Callable[[_Worker], None]) -> None:
