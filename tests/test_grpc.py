@@ -374,3 +374,41 @@ async def _take(slots) -> bool:
 
 async def _release(slots) -> None:
     slots.release()
+
+
+def test_stream_log_lines_name_the_stream_session(live, librivox):
+    """A gRPC stream's log lines carry its streaming session's id (the one its metrics and the
+    session's own messages use), not only the interceptor's request id."""
+    import logging
+
+    from voxgate.log_setup import ContextFilter
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep(logging.DEBUG)
+    keep.addFilter(ContextFilter())
+    log = logging.getLogger("voxgate.streaming")
+    level = log.level
+    log.addHandler(keep)
+    log.setLevel(logging.DEBUG)
+    try:
+        pcm, rate = _frames(librivox[4].path)
+        config = riva_client.StreamingRecognitionConfig(config=_config(
+            encoding=riva_client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate))
+        chunks = [pcm[i:i + 16000] for i in range(0, len(pcm), 16000)]
+        finals = [r for response in _asr(live).streaming_response_generator(iter(chunks), config)
+                  for r in response.results if r.is_final]
+        assert finals
+        assert live.wait_for(lambda: any(r.getMessage().startswith("stream ") and
+                                         "closed after" in r.getMessage() for r in records))
+    finally:
+        log.removeHandler(keep)
+        log.setLevel(level)
+    closed = [r for r in records if "closed after" in r.getMessage() and r.door == "grpc"]
+    assert closed and all(r.session_id == r.args[0] for r in closed), \
+        [(r.session_id, r.args) for r in closed]
+    assert all(r.request_id for r in closed)

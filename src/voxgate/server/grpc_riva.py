@@ -43,6 +43,7 @@ from ..errors import (
     VoxgateError,
 )
 from ..languages import primary_language
+from ..log_setup import bind as bind_log_context
 from ..streaming import (
     PcmInput,
     StreamConfig,
@@ -253,6 +254,7 @@ class RivaAsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                            riva_config.sample_rate_hertz or 16_000,
                            max(riva_config.audio_channel_count, 1))
             session = await service.open(stream_config)
+            bind_log_context(session_id=session.id)  # every log line of this stream names it
         except Exception as exc:
             if session is not None:
                 await session.close()

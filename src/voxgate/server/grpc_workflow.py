@@ -50,6 +50,7 @@ from ..agent import (
 )
 from ..audio import float32_to_pcm16
 from ..errors import AudioError, VoxgateError
+from ..log_setup import bind as bind_log_context
 from ..proto import voice_workflow_pb2 as pb
 from ..proto import voice_workflow_pb2_grpc as pb_grpc
 from ..stream_config import PcmInput, StreamConfigError
@@ -103,6 +104,7 @@ class VoiceWorkflowServicer(pb_grpc.VoiceWorkflowServicer):
             pcm = self._pcm(config)
             options = await client_agent_config(self.state, service, self._options(config))
             session = await service.open(options)
+            bind_log_context(session_id=session.id)  # every log line of this call names it
         except Exception as exc:  # mapped to a status code
             if session is not None:
                 await session.close()

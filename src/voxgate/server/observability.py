@@ -153,6 +153,8 @@ def _wrap_handler(handler: Any, details: Any, state: AppState) -> Any:
         request_id = request_id_or_new(metadata.get("x-request-id"))
         context.set_trailing_metadata((("x-request-id", request_id),))  # as HTTP's header
         started, error = time.perf_counter(), None
+        # a stream's servicer binds its session's own id once the session is open (ASR,
+        # translation, agent): this one names the call's lines until then
         with bound(request_id=request_id, door="grpc", task_id=None,
                    session_id=_session_id("grpc") if streaming else None), \
                 tracing.continued(f"gRPC {method.lstrip('/')}", metadata, kind="server",

@@ -47,6 +47,7 @@ import riva.client.proto.riva_nmt_pb2 as rnmt
 from ..audio import float32_to_pcm16, resample
 from ..errors import AudioError
 from ..languages import primary_language
+from ..log_setup import bind as bind_log_context
 from ..stream_config import PcmInput, StreamConfigError
 from ..translation import TranslateConfig, TranslateEvent, TranslateSession
 from .grpc_errors import IdleStream
@@ -228,6 +229,7 @@ class _Stream:
 
     async def open(self, config: TranslateConfig) -> TranslateSession:
         self.session = await (await translation_service(self.state)).open(config)
+        bind_log_context(session_id=self.session.id)  # every log line of this stream names it
         return self.session
 
     async def _next(self) -> Any:

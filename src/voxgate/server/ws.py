@@ -18,6 +18,7 @@ import logging
 from fastapi import APIRouter, WebSocket
 
 from ..errors import AudioError
+from ..log_setup import bind as bind_log_context
 from ..streaming import (
     AsrSession,
     PcmInput,
@@ -64,6 +65,7 @@ async def live_asr(ws: WebSocket) -> None:
         pcm = PcmInput(start.encoding, start.sample_rate, start.channels)
         config = service.config(**start.options)
         door.session = session = await service.open(config)
+        bind_log_context(session_id=session.id)  # every log line of this stream names it
         await ws.send_json(Ready(session.id, pcm.sample_rate, pcm.encoding, pcm.channels,
                                  config.final_model, config.partial_model, config.language,
                                  config.interim_results, config.endpointing_ms).to_wire())
