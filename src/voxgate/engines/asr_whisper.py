@@ -56,6 +56,10 @@ _MAX_TOKENS_PER_S = 8
 _MAX_WORDS_PER_S = 6
 _LOOP = re.compile(r"(.{2,6}?)\1{4,}")
 _MAX_REPEATED_PHRASE = 16  # words: longer immediate repeats are not looked for
+# a live chunk is VAD speech from (at most 1 s of) padding on: text that starts this late, or
+# covers this little of a chunk this long, is Whisper skipping most of the speech
+_LATE_START_S, _LATE_START_SHARE = 1.5, 0.4
+_SPARSE_MIN_S, _SPARSE_SHARE = 2.5, 0.3
 # Batched decoding with timestamp tokens has no seek loop: text after Whisper's last timestamp
 # pair is dropped. A chunk whose segments stop this far before its end gets its tail decoded.
 _TAIL_REDECODE_S = 1.0
@@ -374,12 +378,21 @@ def _implausible(result: AsrResult) -> bool:
 
     Empty text (the audio held speech: the VAD said so), more words per second than anyone
     speaks, a short pattern repeated five times in a row, or a run of three words that occurs
-    three times or more.
+    three times or more; text that starts late in the chunk or covers little of it (a 6 s window
+    over "Explain how a bicycle works, step by step." gave one segment, "explain", at 2.58-3.05
+    s of its 3.05 s).
     """
     text = result.text.lower()
     words = text.split()
     if not words:
         return True
+    timed = [seg for seg in result.segments if seg.text.strip()]
+    if timed and result.duration > 0:
+        first, covered = timed[0].start, sum(max(seg.end - seg.start, 0.0) for seg in timed)
+        if first > max(_LATE_START_S, _LATE_START_SHARE * result.duration):
+            return True
+        if result.duration >= _SPARSE_MIN_S and covered < _SPARSE_SHARE * result.duration:
+            return True
     if len(words) > _MAX_WORDS_PER_S * max(result.duration, 1.0):
         return True
     if _LOOP.search(text.replace(" ", "")):  # "dsdsdsdsds", "ha-ha-ha-ha-ha"
