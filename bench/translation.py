@@ -18,12 +18,25 @@ Measured (``quality`` subcommand):
   ``msu_ru_nsh_clunits``, then (a) Whisper base ``task=translate`` straight to English, and
   (b) Whisper base transcription (``language=ru``) + the MT engine; chrF against the English
   references, plus the ASR's own WER on the Russian. This picks the RU->EN default.
+* **LibriVox** (``--librivox``): the 5 sentences of the LibriVox clips that
+  ``translation_latency.py`` speaks (Debian pocketsphinx-testdata ``librivox/transcription``,
+  public domain, cased and punctuated as Whisper writes them), each translated EN->RU alone as a
+  live utterance: how many the guard refuses (after its retries), and the seconds per sentence.
+* **Engine variants** of ``llm`` (``--engines``), to measure the EN->RU choices of
+  ``engines/mt_llm.py``: ``llm`` (its defaults: Cyrillic grammar, names transliterated, no
+  worked example), ``llm-v1`` (no grammar: the engine before the grammar), ``llm-latin``
+  (grammar lets the source's names through in Latin), ``llm-example`` (a worked EN->RU example
+  in the prompt), ``llm-latin-example`` (both), ``llm-nocache`` (no llama.cpp prompt cache).
+  With ``--librivox`` the five requests are sent twice: ``changed_on_repeat`` counts answers
+  that differ the second time (determinism).
 * **Round trip**: each translated sentence spoken by the translation voice of its language
   (EN: Piper joe; RU: Festival msu_ru_nsh_clunits), transcribed back by Whisper base, WER
   against the translated text (Whisper's normalisers): is the translated speech intelligible?
 
     flock /tmp/voxgate-cpu.lock python bench/translation.py quality            # ~10 min, 2 cores
     python bench/translation.py quality --engines llm --speech 10
+    python bench/translation.py quality --engines llm llm-v1 --directions en-ru --librivox \
+        --speech 0 --skip-round-trip --out translation_quality_grammar.json
 
 Writes ``bench/results/translation_quality.json`` and prints a table.
 """
@@ -44,6 +57,26 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 RU_VOICE = "festival:msu_ru_nsh_clunits"
 EN_VOICE = "en_US-joe-medium"
+
+# engine variants (LlmMt keyword arguments), see the module doc
+VARIANTS: dict[str, dict[str, bool]] = {
+    "llm": {},
+    "llm-v1": {"constrain_script": False, "examples": False, "latin_names": True},
+    "llm-latin": {"latin_names": True},
+    "llm-example": {"examples": True},
+    "llm-latin-example": {"latin_names": True, "examples": True},
+    "llm-nocache": {"prompt_cache": False},
+}
+# the LibriVox clips of translation_latency.py (public domain), as Whisper writes them
+LIBRIVOX = [
+    ("And Mr. John Dashwood had then leisure to consider how much there might be prudently in "
+     "his power to do for them."),
+    "He was not an ill-disposed young man.",
+    "Unless to be rather cold-hearted and rather selfish is to be ill-disposed.",
+    ("Had he married a more amiable woman, he might have been made still more respectable "
+     "than he was."),
+    "He might even have been made amiable himself.",
+]
 
 # (English, Russian): written for this benchmark by the voxgate project, CC0 / public domain
 PAIRS: list[tuple[str, str]] = [
@@ -176,18 +209,20 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     asr = manager.get("asr", "whisper-base")
     engines: dict[str, Any] = {}
     for name in args.engines:
-        if name == "llm":
-            engines[name] = LlmMt(manager.get("llm", llm_model_id(settings)))
+        if name in VARIANTS:
+            engines[name] = LlmMt(manager.get("llm", llm_model_id(settings)), **VARIANTS[name])
         elif name == "copy":
             engines[name] = CopyMt()
         else:
-            raise SystemExit(f"unknown engine {name!r} (llm, copy)")
+            raise SystemExit(f"unknown engine {name!r} ({', '.join(VARIANTS)}, copy)")
 
     text_rows: list[dict[str, Any]] = []
     outputs: dict[str, dict[str, list[str]]] = {}
     for name, mt in engines.items():
         for source, target, src_texts, refs in (("en", "ru", english, russian),
                                                 ("ru", "en", russian, english)):
+            if f"{source}-{target}" not in args.directions:
+                continue
             hyps, seconds, failed = asyncio.run(translate_all(mt, src_texts, source, target,
                                                               args.block))
             outputs.setdefault(name, {})[f"{source}->{target}"] = hyps
@@ -196,6 +231,20 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
                    "failed_blocks": failed, "seconds": round(seconds, 1)}
             text_rows.append(row)
             print(row, flush=True)
+
+    librivox_rows: list[dict[str, Any]] = []
+    if args.librivox:
+        for name, mt in engines.items():
+            if name == "copy":
+                continue
+            hyps, seconds, failed = asyncio.run(translate_all(mt, LIBRIVOX, "en", "ru", 1))
+            outputs.setdefault(name, {})["librivox en->ru"] = hyps
+            # the same five requests again, in the same order: does the answer change?
+            again, _, _ = asyncio.run(translate_all(mt, LIBRIVOX, "en", "ru", 1))
+            librivox_rows.append({"engine": name, "sentences": len(LIBRIVOX), "refused": failed,
+                                  "seconds_per_sentence": round(seconds / len(LIBRIVOX), 2),
+                                  "changed_on_repeat": sum(a != b for a, b in zip(hyps, again))})
+            print(librivox_rows[-1], flush=True)
 
     speech_rows: list[dict[str, Any]] = []
     n = min(args.speech, len(PAIRS))
@@ -231,6 +280,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             if name == "copy":
                 continue
             for direction, language in (("en->ru", "ru"), ("ru->en", "en")):
+                if direction not in outputs.get(name, {}):
+                    continue
                 texts = outputs[name][direction][: args.round_trip]
                 trip_rows.append({"engine": name, "direction": direction,
                                   "voice": EN_VOICE if language == "en" else RU_VOICE,
@@ -241,6 +292,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "load_1m": round(os.getloadavg()[0], 2)},
             "versions": versions(), "block": args.block, "text": text_rows,
+            "librivox": librivox_rows,
             "speech_ru_to_en": speech_rows, "round_trip": trip_rows, "outputs": outputs}
 
 
@@ -260,6 +312,15 @@ def print_tables(report: dict[str, Any]) -> None:
     for row in report["text"]:
         print(f"| {row['engine']} | {row['direction']} | {row['chrf']} | "
               f"{row['failed_blocks']} | {row['seconds']} |")
+    if report["librivox"]:
+        print("\n| engine | LibriVox EN->RU refused | seconds per sentence | changed on repeat |")
+        print("|---|---|---|---|")
+        for row in report["librivox"]:
+            print(f"| {row['engine']} | {row['refused']} of {row['sentences']} | "
+                  f"{row['seconds_per_sentence']} | {row['changed_on_repeat']} |")
+        for name, out in report["outputs"].items():
+            for source, text in zip(LIBRIVOX, out.get("librivox en->ru", [])):
+                print(f"  {name}: {source!r} -> {text!r}")
     if report["speech_ru_to_en"]:
         print("\n| RU speech -> EN text | sentences | chrF | seconds |")
         print("|---|---|---|---|")
@@ -284,11 +345,17 @@ def main() -> None:
     q.add_argument("--round-trip", type=int, default=10,
                    help="translated sentences spoken and transcribed back, per direction")
     q.add_argument("--skip-round-trip", action="store_true")
+    q.add_argument("--directions", nargs="+", default=["en-ru", "ru-en"],
+                   choices=["en-ru", "ru-en"], help="text MT directions to measure")
+    q.add_argument("--librivox", action="store_true",
+                   help="also translate the 5 LibriVox sentences EN->RU one by one")
+    q.add_argument("--out", default="translation_quality.json",
+                   help="results file name under bench/results/")
     args = parser.parse_args()
     if args.command == "quality":
         report = quality(args)
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "translation_quality.json").write_text(
+        (RESULTS / args.out).write_text(
             json.dumps(report, ensure_ascii=False, indent=2))
         print_tables(report)
 

@@ -12,6 +12,12 @@ This engine makes it a checked one:
 * **guarded**: every output sentence must be in the target language's script (Cyrillic for
   ``ru``, Latin for ``en``), carry no commentary ("Here is the translation", "Перевод:"), keep
   every do-not-translate phrase verbatim and use the glossary's target terms;
+* **Cyrillic by construction** (llama.cpp only): for a Russian target the answer is sampled
+  under a GBNF grammar (``engines/mt_grammar.py``) whose strings hold Cyrillic words and only
+  the Latin tokens the source allows (do-not-translate marks, glossary targets, acronyms), so
+  "Дашwood" or "prudentным" cannot be written; names are written in Cyrillic (transliterated).
+  An engine whose ``stream`` takes no ``grammar`` (an OpenAI-compatible server) gets the JSON
+  schema as before, and the guard stays the last check either way;
 * a rejected answer is asked once more with the reason added to the conversation (so the retry
   is a different, still deterministic, request); a second rejection is an
   :class:`~voxgate.errors.EngineError` naming the reason, never a silently bad translation.
@@ -42,6 +48,7 @@ from typing import Any
 
 from ..errors import ConfigError, EngineError
 from .base import ChatMessage, Llm, MtOptions
+from .mt_grammar import answer_grammar, latin_tokens
 from .priority import live_llm_kwargs
 
 __all__ = ["LANGUAGE_NAMES", "LlmMt", "MtPiece", "check_translation", "split_for_translation"]
@@ -86,10 +93,10 @@ def split_for_translation(text: str) -> list[str]:
 
 
 def _kept_name(word: str, source: str) -> bool:
-    """A Latin word a Russian translation may keep: a name or acronym the source itself writes
-    capitalised (``Linux``, ``NASA``, ``Mr``); a lower-case word, or one the source does not
-    have, is English left in (or made up) and is not."""
-    return word[:1].isupper() and re.search(r"(?<!\w)" + re.escape(word) + r"(?!\w)",
+    """A Latin word a Russian translation may keep: a name, acronym or brand the source itself
+    writes with a capital (``Linux``, ``NASA``, ``Mr``, ``iPhone``); a lower-case word, or one
+    the source does not have, is English left in (or made up) and is not."""
+    return any(ch.isupper() for ch in word) and re.search(r"(?<!\w)" + re.escape(word) + r"(?!\w)",
                                              source) is not None
 
 
@@ -168,28 +175,43 @@ class LlmMt:
     Built on an engine the caller holds (``ModelManager.use("llm", ...)``), so the LLM is loaded
     once for cleanup, summaries and translation alike. ``clause_chars``: the shortest head of
     a sentence a stream hands on before the sentence is finished (0: whole sentences only).
+    ``constrain_script``: Russian answers under the Cyrillic grammar where the engine takes
+    one; ``latin_names``: that grammar lets the source's capitalised names through in Latin
+    (default: they must be transliterated, as Russian writes them); ``examples``: the EN->RU
+    prompt carries one worked example (off: it did not pay for its prompt tokens). Defaults
+    from ``bench/translation.py quality`` (bench/README.md "Translation quality").
     """
 
     name = "llm"
     languages = ("en", "ru")
 
     def __init__(self, llm: Llm, *, max_tokens_per_sentence: int = 160,
-                 retries: int = 1, clause_chars: int = 24) -> None:
+                 retries: int = 1, clause_chars: int = 24, constrain_script: bool = True,
+                 latin_names: bool = False, examples: bool = False,
+                 prompt_cache: bool = True) -> None:
         self.llm = llm
         self.max_tokens_per_sentence = max_tokens_per_sentence
         self.retries = retries
         self.clause_chars = clause_chars
+        self.latin_names = latin_names
+        self.examples = examples
         self._llm_kwargs = live_llm_kwargs(llm)
+        parameters: Any = {}
         with contextlib.suppress(TypeError, ValueError, AttributeError):
-            if "cache_prompt" in inspect.signature(llm.stream).parameters:
-                # live requests: read only what follows the prefix the last one left in the
-                # KV cache (the fixed instructions); see the module doc
-                self._llm_kwargs["cache_prompt"] = True
+            parameters = inspect.signature(llm.stream).parameters
+        if prompt_cache and "cache_prompt" in parameters:
+            # live requests: read only what follows the prefix the last one left in the
+            # KV cache (the fixed instructions); see the module doc
+            self._llm_kwargs["cache_prompt"] = True
+        # a grammar only where the engine takes one (llama.cpp); others keep the JSON schema
+        self.grammar = constrain_script and "grammar" in parameters
 
     def version_info(self) -> dict[str, Any]:
         """What changes the output: the LLM (file, seed, endpoint) and this prompt's version."""
         info = getattr(self.llm, "version_info", None)
-        return {"engine": self.name, "prompt": "mt-llm/1", "llm": info() if info else {}}
+        return {"engine": self.name, "prompt": "mt-llm/2" if self.examples else "mt-llm/1",
+                "grammar": "cyrillic/1" if self.grammar else None,
+                "latin_names": self.latin_names, "llm": info() if info else {}}
 
     async def translate(self, text: str, source: str, target: str, *,
                         options: MtOptions | None = None) -> str:
@@ -327,14 +349,20 @@ class LlmMt:
         anything is handed on: a merged sentence would otherwise be spoken before the count
         showed it.
         """
-        bound = self.llm.capabilities.json_schema
-        schema = self._schema(len(protected)) if bound else None
-        messages = self._messages(protected, source, target, options, rejected=rejected)
+        extra = dict(self._llm_kwargs)
+        if self.grammar and target == "ru":
+            allowed = latin_tokens(protected, glossary_targets=[w for _, w in options.glossary],
+                                   names=self.latin_names)
+            extra["grammar"] = answer_grammar(len(protected), allowed)
+        bound = self.llm.capabilities.json_schema or "grammar" in extra
+        schema = self._schema(len(protected)) if bound and "grammar" not in extra else None
+        messages = self._messages(protected, source, target, options, rejected=rejected,
+                                  examples=self.examples)
         max_tokens = 32 + self.max_tokens_per_sentence * len(protected)
         parser = _JsonStrings("translations")
         answer: list[str] = []
         llm_stream = self.llm.stream(messages, max_tokens=max_tokens, temperature=0.0,
-                                     json_schema=schema, **self._llm_kwargs)
+                                     json_schema=schema, **extra)
         try:
             async for delta in llm_stream:
                 if not bound:
@@ -369,7 +397,7 @@ class LlmMt:
 
     @staticmethod
     def _messages(sentences: list[str], source: str, target: str, options: MtOptions,
-                  rejected: str = "") -> list[ChatMessage]:
+                  rejected: str = "", *, examples: bool = False) -> list[ChatMessage]:
         src, dst = LANGUAGE_NAMES[source], LANGUAGE_NAMES[target]
         rules = [f"You are a professional {src}-to-{dst} translator.",
                  f"Translate each {src} sentence of the input into natural, fluent {dst}.",
@@ -386,9 +414,29 @@ class LlmMt:
         if options.context.strip():
             user += (f"Context, the previous utterance (do not translate it): "
                      f"{' '.join(options.context.split())[:1000]}\n\n")
-        user += f"{src} sentences ({len(sentences)}):\n" + json.dumps(
-            {"sentences": sentences}, ensure_ascii=False)
-        return [ChatMessage("system", " ".join(rules)), ChatMessage("user", user)]
+        user += _sentences_message(src, sentences)
+        shots: list[ChatMessage] = []
+        if examples and (source, target) in _EXAMPLES:
+            shown, answer = _EXAMPLES[(source, target)]
+            shots = [ChatMessage("user", _sentences_message(src, shown)),
+                     ChatMessage("assistant", json.dumps({"translations": answer},
+                                                         ensure_ascii=False))]
+        return [ChatMessage("system", " ".join(rules)), *shots, ChatMessage("user", user)]
+
+
+# One worked example shown before the request (few-shot) when ``examples`` is on: a name
+# transliterated, a clause. Measured (bench/README.md): +0.7 chrF EN->RU at most, not default.
+_EXAMPLES: dict[tuple[str, str], tuple[list[str], list[str]]] = {
+    ("en", "ru"): (["Mr. Brown was not a rich man, but he was kind and generous.",
+                    "Unless the train is late, we will arrive before dinner."],
+                   ["Мистер Браун не был богатым человеком, но он был добрым и щедрым.",
+                    "Если поезд не опоздает, мы приедем до ужина."]),
+}
+
+
+def _sentences_message(src: str, sentences: list[str]) -> str:
+    return f"{src} sentences ({len(sentences)}):\n" + json.dumps({"sentences": sentences},
+                                                                 ensure_ascii=False)
 
 
 def _protect(sentences: list[str], dnt: Sequence[str]) -> tuple[list[str], dict[str, str]]:
