@@ -443,3 +443,34 @@ def test_retention_sweep_deletes_objects_when_their_time_is_up(stack: Stack) -> 
     later = set(sweep_audio(settings, store, now=now + 3 * 3600, storage=storage))
     assert later == {ids["recent"]}  # its 2 hours are up; the running job's audio stays
     storage.delete(ids["running"])
+
+
+def test_worker_start_removes_only_its_stale_audio_copies(s3: S3Server, tmp_path: Path,
+                                                          manager) -> None:
+    """A worker killed mid-job leaves its local copy of the S3 audio; the next worker start on
+    that machine deletes copies older than any job can run, and nothing else."""
+    from voxgate.worker import build_worker
+
+    settings = _settings(tmp_path, storage=s3.options(), job_timeout_s=600)
+    storage = open_storage(settings)
+    staging = storage.staging_dir
+    staging.mkdir(parents=True)
+    now = time.time()
+    planted = {}
+    for name, age_s in [(".fetch-dead-job-1.wav", 600 + 3600 + 60),  # a killed job's copy
+                        (".fetch-running-job.wav", 300),  # another worker decodes it now
+                        (".upload-old-request", 3 * 24 * 3600),  # the API's spool: not ours
+                        ("f3c5e8a0-staged/raw.wav", 3 * 24 * 3600)]:  # an API staged upload
+        path = staging / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"RIFF" + bytes(64))
+        os.utime(path, (now - age_s, now - age_s))
+        planted[name] = path
+    redis = EmbeddedRedis(_settings(tmp_path / "redis-data"))
+    try:
+        build_worker(settings, manager, connect(redis.start()), name="starting",
+                     storage=storage)
+    finally:
+        redis.stop()
+    assert not planted[".fetch-dead-job-1.wav"].exists()
+    assert all(planted[n].exists() for n in planted if n != ".fetch-dead-job-1.wav")

@@ -42,6 +42,7 @@ __all__ = [
     "now_iso",
     "remove_task_audio",
     "sweep_audio",
+    "sweep_fetched_copies",
 ]
 
 logger = logging.getLogger(__name__)
@@ -207,17 +208,21 @@ def _finished_at(raw: dict[str, str]) -> float | None:
         return None
 
 
-def _sweep_staging(storage: AudioStorage, now: float, stale_s: float) -> list[str]:
-    """Local leftovers of requests or jobs that died: spool files, fetched copies and (when the
-    audio lives elsewhere) staged uploads never stored, once older than ``stale_s``."""
+def _sweep_staging(storage: AudioStorage, now: float, stale_s: float,
+                   files: tuple[str, ...] = (SPOOL_PREFIX, FETCH_PREFIX),
+                   staged_uploads: bool = True) -> list[str]:
+    """Local leftovers of requests or jobs that died: spool files, fetched copies (the files
+    named ``files*``) and, with ``staged_uploads`` when the audio lives elsewhere, staged
+    uploads never stored, once older than ``stale_s``."""
     root = storage.staging_dir
     if not root.is_dir():
         return []
     removed: list[str] = []
     for entry in root.iterdir():
-        if entry.name.startswith((SPOOL_PREFIX, FETCH_PREFIX)):
+        if entry.name.startswith(files):
             remove = entry.unlink
-        elif not storage.staging_is_storage and not entry.name.startswith("."):
+        elif staged_uploads and not storage.staging_is_storage \
+                and not entry.name.startswith("."):
             remove = lambda entry=entry: shutil.rmtree(entry, ignore_errors=True)  # noqa: E731
         else:
             continue
@@ -227,6 +232,34 @@ def _sweep_staging(storage: AudioStorage, now: float, stale_s: float) -> list[st
                 removed.append(entry.name)
         except FileNotFoundError:
             continue  # removed meanwhile
+    return removed
+
+
+def _fetch_stale_s(settings: Settings) -> float:
+    """Age past which a fetched copy belongs to no running job: a job is stopped at
+    ``job_timeout_s``, and its copy was written after it started (plus an hour's margin)."""
+    return settings.job_timeout_s + 3600.0
+
+
+def sweep_fetched_copies(settings: Settings, storage: AudioStorage,
+                         now: float | None = None) -> list[str]:
+    """At a worker's start: delete the local copies of job audio (``FETCH_PREFIX`` files in
+    the storage's staging dir) that a worker of this machine left when it was killed mid-job.
+
+    Only those files, and only past :func:`_fetch_stale_s`, so another worker sharing the dir
+    keeps the copy it decodes now and the API's uploads are never touched (the API's own sweep
+    handles its spool). A standalone worker on its own disk would otherwise keep them forever.
+    A dir that cannot be cleaned is logged, never a reason not to start."""
+    now = time.time() if now is None else now
+    try:
+        removed = _sweep_staging(storage, now, _fetch_stale_s(settings), files=(FETCH_PREFIX,),
+                                 staged_uploads=False)
+    except OSError as exc:
+        logger.warning("stale audio copies in %s not removed: %s", storage.staging_dir, exc)
+        return []
+    if removed:
+        logger.info("removed %d audio copies left by killed jobs from %s", len(removed),
+                    storage.staging_dir)
     return removed
 
 
@@ -244,7 +277,7 @@ def sweep_audio(settings: Settings, store: TaskStore, now: float | None = None,
     now = time.time() if now is None else now
     keep_s = settings.keep_job_audio_h * 3600
     # a fetched copy lives as long as its job may run
-    removed = _sweep_staging(storage, now, max(_STALE_SPOOL_S, settings.job_timeout_s + 3600))
+    removed = _sweep_staging(storage, now, max(_STALE_SPOOL_S, _fetch_stale_s(settings)))
     for task_id, modified in storage.list_tasks():
         age = now - modified
         raw = store.raw(task_id)

@@ -36,6 +36,7 @@ from .jobs import (
     connect,
     now_iso,
     remove_task_audio,
+    sweep_fetched_copies,
 )
 from .log_setup import bound
 from .pipeline import JobSpec, run_pipeline
@@ -264,6 +265,9 @@ def build_worker(settings: Settings, manager: ModelManager, connection: Any,
                  storage: AudioStorage | None = None):  # -> VoxgateWorker
     cls = _worker_class()
     job_queue = JobQueue(connection, settings, storage)
+    # copies of S3 audio a killed worker of this machine left behind (a standalone worker's
+    # disk has no other sweep)
+    sweep_fetched_copies(settings, job_queue.storage)
     # dequeue blocks at most worker_ttl - 15 s: 2 s, so stop requests act fast
     worker = cls([job_queue.queue], connection=connection, name=name, worker_ttl=17,
                  maintenance_interval=max(settings.worker_heartbeat_s, 5))
