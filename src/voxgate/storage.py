@@ -16,7 +16,8 @@ Nothing else knows which backend is in use: both implement :class:`AudioStorage`
   ``multipart_threshold_mb`` (memory: one part per thread in flight, never the whole file). A
   failed upload is aborted, so no partial object is left. Workers download the object to a
   temporary file in the staging dir, since decoders need to seek (MP4/M4A keep their index at
-  the end), and delete it after the job.
+  the end), and delete it after the job; a worker's start deletes the copies a killed worker
+  left (``jobs.sweep_fetched_copies``).
 
 Errors: :class:`StorageConfigError` (a :class:`ConfigError`: missing bucket, refused
 credentials; permanent) and :class:`StorageUnavailableError` (network down, 5xx, throttling;
