@@ -3,10 +3,19 @@ side by side in one run, on the same engines, over WebSocket, with real-time fed
 
 Input, per direction (explicit modes, so language detection is not part of the figure):
 
-* ``en->ru``: the 5 LibriVox clips of Debian ``pocketsphinx-testdata`` (real read speech);
-* ``ru->en``: 5 Russian sentences (written for this bench) spoken by Festival
-  ``msu_ru_nsh_clunits`` through voxgate's own TTS (Whisper base hears them at ~0-10% WER;
-  espeak-ng's Russian is misheard too often to be a fair input).
+* set ``single`` (one sentence per utterance):
+  * ``en->ru``: the 5 LibriVox clips of Debian ``pocketsphinx-testdata`` (real read speech);
+  * ``ru->en``: 5 Russian sentences (written for this bench) spoken by Festival
+    ``msu_ru_nsh_clunits`` through voxgate's own TTS (Whisper base hears them at ~0-10% WER;
+    espeak-ng's Russian is misheard too often to be a fair input);
+* set ``multi`` (2-3 sentences per utterance, where streamed MT and audio can speak the first
+  sentence while the rest is translated):
+  * ``en->ru``: two LibriVox clips that follow each other in the book's chapter, joined with
+    a 0.3 s pause (real speech), and 3 short texts written for this bench spoken by Festival
+    ``cmu_us_slt_arctic_hts`` (not the voice that speaks the translations);
+  * ``ru->en``: 3 texts written for this bench, spoken by ``msu_ru_nsh_clunits``.
+  Each input's longest pause inside the speech is recorded (``extra.max_pause_s``): all stay
+  below both sides' endpoints (500 ms of VAD silence, 900 ms idle), so no side cuts them.
 
 Each utterance is one fresh WebSocket stream, fed like the browser page feeds it: 48 kHz Int16
 mono in 40 ms frames, wall-clock paced (real time), 0.3 s of silence, the speech, then silence
@@ -88,6 +97,20 @@ RU_SENTENCES = (  # plain everyday sentences written for this bench (no third-pa
     "Мы будем рады видеть вас на следующей неделе.",
 )
 RU_VOICE = "festival:msu_ru_nsh_clunits"
+RU_MULTI = (  # 2-3 sentences per utterance, written for this bench
+    "Завтра будет тёплый день. Мы поедем на дачу к бабушке.",
+    "Я купил новую книгу. Она очень интересная, и я читаю её каждый вечер.",
+    "Магазин закрыт в воскресенье. Приходите в понедельник утром. Мы будем ждать вас.",
+)
+EN_VOICE = "festival:cmu_us_slt_arctic_hts"  # Piper joe speaks the translations into English
+EN_MULTI = (  # 2-3 sentences per utterance, written for this bench
+    "I left my umbrella at home this morning. Now it is raining, and I am wet.",
+    "The shop opens at nine. We can buy some bread and milk there.",
+    "My sister lives in a small town. She works at the school. She likes her job.",
+)
+LIBRIVOX_PAIR = ("0880", "0930")  # consecutive sentences of the chapter, read by one reader
+PAIR_GAP_S = 0.3
+SETS = ("single", "multi")
 
 
 # ---- input -----------------------------------------------------------------------------------
@@ -97,6 +120,7 @@ class Utterance:
     name: str
     reference: str  # what is said
     audio: np.ndarray  # 16 kHz float32, speech only (the stream adds lead and silence)
+    set: str = "single"  # "single": one sentence; "multi": 2-3 sentences
 
     @property
     def speech_end_s(self) -> float:
@@ -106,6 +130,15 @@ class Utterance:
         voiced = np.flatnonzero(np.sqrt(np.mean(frames ** 2, axis=1)) > VOICED_RMS)
         last = (voiced[-1] + 1) * win if voiced.size else self.audio.size
         return LEAD_S + last / SR
+
+    @property
+    def max_pause_s(self) -> float:
+        """The longest run of unvoiced 20 ms windows between the first and last voiced."""
+        win = SR // 50
+        frames = self.audio[: self.audio.size // win * win].reshape(-1, win)
+        voiced = np.flatnonzero(np.sqrt(np.mean(frames ** 2, axis=1)) > VOICED_RMS)
+        gaps = np.diff(voiced) - 1 if voiced.size > 1 else np.zeros(1)
+        return round(float(gaps.max()) * win / SR, 2)
 
 
 def english_clips() -> list[Utterance]:
@@ -128,13 +161,40 @@ def english_clips() -> list[Utterance]:
 
 def russian_sentences(speech: Any) -> list[Utterance]:
     """RU_SENTENCES spoken by Festival's Russian voice, at 16 kHz."""
+    return [_spoken(speech, "ru->en", f"ru{i + 1}", text, RU_VOICE, "single")
+            for i, text in enumerate(RU_SENTENCES)]
+
+
+def multi_sentence(speech: Any, mode: str) -> list[Utterance]:
+    """Set ``multi`` of ``mode`` (see the module doc)."""
+    if mode == "ru->en":
+        return [_spoken(speech, mode, f"ru-m{i + 1}", text, RU_VOICE, "multi")
+                for i, text in enumerate(RU_MULTI)]
+    clips = {u.name: u for u in english_clips()}
+    first, second = (clips[name] for name in LIBRIVOX_PAIR)
+    pair = np.concatenate([_trimmed(first.audio), np.zeros(int(PAIR_GAP_S * SR), np.float32),
+                           _trimmed(second.audio)])
+    out = [Utterance(mode, "+".join(LIBRIVOX_PAIR), f"{first.reference}. {second.reference}.",
+                     pair, "multi")]
+    return out + [_spoken(speech, mode, f"en-m{i + 1}", text, EN_VOICE, "multi")
+                  for i, text in enumerate(EN_MULTI)]
+
+
+def _spoken(speech: Any, mode: str, name: str, text: str, voice: str, set_: str) -> Utterance:
     from voxgate.audio import resample
 
-    out = []
-    for i, text in enumerate(RU_SENTENCES):
-        audio, rate = speech.synthesize(text, RU_VOICE)
-        out.append(Utterance("ru->en", f"ru{i + 1}", text, resample(audio, rate, SR)))
-    return out
+    audio, rate = speech.synthesize(text, voice)
+    return Utterance(mode, name, text, resample(audio, rate, SR), set_)
+
+
+def _trimmed(audio: np.ndarray) -> np.ndarray:
+    """A clip without its leading and trailing quiet (20 ms windows under VOICED_RMS)."""
+    win = SR // 50
+    frames = audio[: audio.size // win * win].reshape(-1, win)
+    voiced = np.flatnonzero(np.sqrt(np.mean(frames ** 2, axis=1)) > VOICED_RMS)
+    if not voiced.size:
+        return audio
+    return audio[voiced[0] * win:(voiced[-1] + 1) * win]
 
 
 # ---- the seed's design, as a bench-only door on the same app ----------------------------------
@@ -157,11 +217,12 @@ def add_seed_door(app: Any) -> None:
         options = AsrOptions(language=src, beam_size=settings.streaming.final_beam_size)
         asr = await asyncio.to_thread(state.manager.asr, settings.asr.model)
         transcript = (await asyncio.to_thread(asr.transcribe, audio, options)).text.strip()
-        try:
-            text = await mt.translate(transcript, src, tgt)
-        except EngineError as exc:  # the seed: "return a clear error to the client"
+        try:  # the same time limit as voxgate's sessions (VOXGATE_TRANSLATION__MT_TIMEOUT_S)
+            async with asyncio.timeout(settings.translation.mt_timeout_s):
+                text = await mt.translate(transcript, src, tgt)
+        except (EngineError, TimeoutError) as exc:  # the seed: "return a clear error"
             await ws.send_json({"src": src, "tgt": tgt, "text": "", "transcript": transcript,
-                                "error": str(exc), "end": end_s})
+                                "error": str(exc) or "MT timed out", "end": end_s})
             return
         out, rate = await asyncio.to_thread(speech.synthesize, text, voices[tgt])
         # "end" (bench only): stream seconds where the flushed buffer ended, so the client
@@ -301,6 +362,7 @@ class Measure:
     translation: str = ""
     results: int = 0  # result messages seen (an utterance cut in two gives 2)
     error: str = ""
+    set: str = "single"  # the input set (see the module doc)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -327,7 +389,7 @@ async def run_one(url: str, side: str, utt: Utterance,
     stream = np.concatenate([lead, wire])
     end_frame = int(utt.speech_end_s * WIRE_RATE) // step  # the frame holding the last voiced
     silence = float32_to_pcm16(np.zeros(step, np.float32))
-    measure = Measure(side, utt.mode, utt.name)
+    measure = Measure(side, utt.mode, utt.name, set=utt.set)
     speech_end: list[float] = []
     answered = asyncio.Event()
     control = {"mode": utt.mode, "src": src, "tgt": tgt, "sample_rate": WIRE_RATE,
@@ -417,33 +479,37 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 def summarise(measures: list[Measure]) -> dict[str, Any]:
+    """Per side, direction and input set (``single``, ``multi``, and ``all`` when a run has
+    both): counts and percentiles; the seed/voxgate ratios likewise. Keys: "side mode set"."""
     out: dict[str, Any] = {}
-    for side in SIDES:
-        for mode in ("en->ru", "ru->en"):
-            rows = [m for m in measures if m.side == side and m.mode == mode]
-            if not rows:
-                continue
+    present = [s for s in SETS if any(m.set == s for m in measures)]
+    groups = present + (["all"] if len(present) > 1 else [])
+    for side, mode, set_ in ((a, b, c) for c in groups for b in ("en->ru", "ru->en")
+                             for a in SIDES):
+        rows = [m for m in measures if m.side == side and m.mode == mode
+                and set_ in ("all", m.set)]
+        if rows:
             # latencies of answered utterances only: a failed one (the guard refused the
             # translation twice) has no translated audio to time, or only a head of it
             ok = [m for m in rows if not m.error]
             text = [m.text_s for m in ok if m.text_s is not None]
             audio = [m.audio_s for m in ok if m.audio_s is not None]
             first = [m.first_text_s for m in ok if m.first_text_s is not None]
-            out[f"{side} {mode}"] = {
+            out[f"{side} {mode} {set_}"] = {
                 "n": len(rows), "errors": sum(bool(m.error) for m in rows),
                 "first_text_p50_s": _pct(first, 50),
                 "text_p50_s": _pct(text, 50), "text_p95_s": _pct(text, 95),
                 "audio_p50_s": _pct(audio, 50), "audio_p95_s": _pct(audio, 95)}
-    for side in SIDES[:2]:
-        for mode in ("en->ru", "ru->en"):
-            ours, seed = out.get(f"{side} {mode}"), out.get(f"seed {mode}")
-            if ours and seed and ours["audio_p50_s"] and seed["audio_p50_s"]:
-                out[f"ratio {side} {mode}"] = {
-                    "first_audio_p50": seed["audio_p50_s"] / ours["audio_p50_s"],
-                    "first_audio_p95": (seed["audio_p95_s"] / ours["audio_p95_s"]
-                                        if ours["audio_p95_s"] else None),
-                    "text_p50": (seed["text_p50_s"] / ours["text_p50_s"]
-                                 if ours["text_p50_s"] else None)}
+    for side, mode, set_ in ((a, b, c) for c in groups for b in ("en->ru", "ru->en")
+                             for a in SIDES[:2]):
+        ours, seed = out.get(f"{side} {mode} {set_}"), out.get(f"seed {mode} {set_}")
+        if ours and seed and ours["audio_p50_s"] and seed["audio_p50_s"]:
+            out[f"ratio {side} {mode} {set_}"] = {
+                "first_audio_p50": seed["audio_p50_s"] / ours["audio_p50_s"],
+                "first_audio_p95": (seed["audio_p95_s"] / ours["audio_p95_s"]
+                                    if ours["audio_p95_s"] else None),
+                "text_p50": (seed["text_p50_s"] / ours["text_p50_s"]
+                             if ours["text_p50_s"] else None)}
     return out
 
 
@@ -451,14 +517,14 @@ def table(summary: dict[str, Any]) -> str:
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
-    head = ("| side | direction | n | errors | first text p50 | whole text p50 | text p95 | "
-            "first audio p50 | first audio p95 |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    head = ("| side | direction | set | n | errors | first text p50 | whole text p50 | "
+            "text p95 | first audio p50 | first audio p95 |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for key, row in summary.items():
         if key.startswith("ratio"):
             continue
-        side, mode = key.split(" ")
-        lines.append(f"| {side} | {mode} | {row['n']} | {row['errors']} | "
+        side, mode, set_ = (key.split(" ") + ["single"])[:3]  # older files: no set
+        lines.append(f"| {side} | {mode} | {set_} | {row['n']} | {row['errors']} | "
                      f"{f(row['first_text_p50_s'])} s | "
                      f"{f(row['text_p50_s'])} s | {f(row['text_p95_s'])} s | "
                      f"{f(row['audio_p50_s'])} s | {f(row['audio_p95_s'])} s |")
@@ -479,6 +545,8 @@ def main() -> None:
                         help="voxgate: /ws/translate with stream_audio (a WAV per spoken "
                              "piece); voxgate-contract: the same door on the seed's contract "
                              "(one WAV per utterance); seed: the seed's design")
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS),
+                        help="single: one sentence per utterance; multi: 2-3 sentences")
     parser.add_argument("--limit", type=int, default=0,
                         help="only the first N utterances of each direction (quick checks)")
     parser.add_argument("--output", type=Path, default=RESULTS / "translation_latency.json")
@@ -507,13 +575,18 @@ def main() -> None:
         settings = bench_settings(Path(tmp))  # what the server process runs with
         speech = SpeechService(settings, ModelManager(settings))  # the RU input voice
         inputs: list[Utterance] = []
-        if "en->ru" in args.directions:
-            inputs += english_clips()
-        if "ru->en" in args.directions:
-            inputs += russian_sentences(speech)
+        for mode in args.directions:
+            if "single" in args.sets:
+                inputs += english_clips() if mode == "en->ru" else russian_sentences(speech)
+            if "multi" in args.sets:
+                inputs += multi_sentence(speech, mode)
         if args.limit:
-            inputs = [u for mode in args.directions
-                      for u in [v for v in inputs if v.mode == mode][:args.limit]]
+            inputs = [u for mode in args.directions for set_ in args.sets
+                      for u in [v for v in inputs if v.mode == mode and v.set == set_]
+                      [:args.limit]]
+        for utt in inputs:
+            print(f"input {utt.mode} {utt.set} {utt.name}: {utt.audio.size / SR:.2f} s, "
+                  f"longest pause {utt.max_pause_s:.2f} s", flush=True)
         measures: list[Measure] = []
         load0 = os.getloadavg()[0]
         began = time.monotonic()
@@ -533,9 +606,10 @@ def main() -> None:
                 sides = args.sides[turn:] + args.sides[:turn]
                 for side in sides:
                     m = asyncio.run(run_one(srv.url(side), side, utt))
-                    m.extra = {"round": round_, "speech_s": round(utt.audio.size / SR, 2)}
+                    m.extra = {"round": round_, "speech_s": round(utt.audio.size / SR, 2),
+                               "max_pause_s": utt.max_pause_s}
                     measures.append(m)
-                    print(f"{side:16} {utt.mode} {utt.name}: text "
+                    print(f"{side:16} {utt.mode} {utt.set} {utt.name}: text "
                           f"{m.text_s if m.text_s is None else round(m.text_s, 2)} s, audio "
                           f"{m.audio_s if m.audio_s is None else round(m.audio_s, 2)} s "
                           f"{m.error} | {m.transcript!r} -> {m.translation!r}", flush=True)
