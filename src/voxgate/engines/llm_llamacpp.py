@@ -14,6 +14,15 @@ Speed on the 2-core dev machine, quiet (bench/README.md "Jobs"): ~75 prompt tok/
 generated tok/s with the defaults below (threads = cores, n_batch 2048 / n_ubatch 512, flash
 attention auto); forcing flash attention on, or one generation thread, is slower there.
 Requests bypass the prompt cache (see ``_NO_PROMPT_CACHE``) so outputs are reproducible.
+
+Slots: a live conversation (a voice agent session, ``stream(cache_key=...)``) gets a llama.cpp
+slot of its own (``VOXGATE_LLM__SESSION_SLOTS``), so its conversation stays in the KV cache
+between turns whatever other sessions or translations read meanwhile; everything else shares
+slot 0. The slots draw on one KV pool (``kv_unified``) of ``context_tokens`` +
+``session_slot_tokens`` per session slot, and idle slots keep their cache
+(``cache_idle_slots`` off: llama.cpp would otherwise clear every idle slot of a unified pool
+whenever another starts). Measured in bench/README.md "Voice agent: a llama.cpp slot per
+session".
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import os
 import secrets
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,9 +47,14 @@ from .base import ChatMessage, LlmCapabilities
 from .llm_openai import chat_body, content_of
 from .priority import Priority, run_at_nice
 
-__all__ = ["LlamaCppLlm", "find_gguf", "native_log_verbosity"]
+__all__ = ["MAX_AUTO_SESSION_SLOTS", "LlamaCppLlm", "find_gguf", "native_log_verbosity",
+           "session_slots"]
 
 logger = logging.getLogger(__name__)
+# one line per request with llama.cpp's own count of the prompt tokens it read and took from the
+# cache (DEBUG): the way to see whether a conversation found its prefix in its slot
+timings_logger = logging.getLogger(f"{__name__}.timings")
+MAX_AUTO_SESSION_SLOTS = 16  # session_slots=-1 follows the agent's max_sessions up to this
 _QUIET = -1  # llama.cpp's common log prints entries with verbosity <= threshold; -1 mutes all
 # A prompt served from the KV cache re-evaluates only its last token, and those logits differ in
 # the last bits from a full evaluation: greedy output then depends on the previous request. Every
@@ -53,6 +68,14 @@ def native_log_verbosity() -> int:
     return 3 if logger.isEnabledFor(logging.DEBUG) else _QUIET
 
 
+def session_slots(settings: Settings) -> int:
+    """llama.cpp slots kept for live conversations (see the module docstring)."""
+    slots = settings.llm.session_slots
+    if slots < 0:
+        slots = min(settings.agent.max_sessions, MAX_AUTO_SESSION_SLOTS)
+    return slots
+
+
 def find_gguf(path: Path) -> Path:
     """The model file: ``path`` itself, or the single ``*.gguf`` inside a directory."""
     if path.is_file():
@@ -64,7 +87,8 @@ def find_gguf(path: Path) -> Path:
 
 
 class LlamaCppLlm:
-    """One loaded GGUF model; concurrent requests queue inside llama.cpp (one slot).
+    """One loaded GGUF model; requests queue inside llama.cpp per slot (slot 0, or a live
+    conversation's own slot: see the module docstring), slots decode in one batch.
 
     Live and file work: a generation cannot be paused, so a voice agent's or a translation's
     request (``priority`` below ``Priority.FILE``) would wait behind a job's cleanup of a long
@@ -91,33 +115,45 @@ class LlamaCppLlm:
         self._file_server: Any = None
         self._file_lane_lock = threading.Lock()
         self._served_live = False
+        self.session_slots = session_slots(settings)
+        self._slot_of: OrderedDict[str, int] = OrderedDict()  # cache key -> slot, LRU first
+        self._slots_lock = threading.Lock()
 
     @classmethod
     def load(cls, resolved: ResolvedModel, settings: Settings) -> LlamaCppLlm:
         path = find_gguf(resolved.path)
-        params = xllamacpp.CommonParams()
-        params.model.path = str(path)
-        params.n_ctx = settings.llm.context_tokens
-        params.n_parallel = 1
         threads = settings.llm.threads or max(os.cpu_count() or 1, 1)
-        params.cpuparams.n_threads = threads
-        params.cpuparams_batch.n_threads = threads
-        params.warmup = False
-        params.verbosity = native_log_verbosity()
         key = secrets.token_urlsafe(24)
-        params.api_keys = [key]  # the embedded HTTP listener is loopback-only and locked
+        slots = session_slots(settings)
 
-        def make_server() -> Any:
+        def make_params(live: bool) -> Any:
+            params = xllamacpp.CommonParams()
+            params.model.path = str(path)
+            params.n_ctx = settings.llm.context_tokens
+            params.n_parallel = 1
+            if live and slots:  # the file lane keeps one slot: jobs' output stays bit-exact
+                params.n_parallel = 1 + slots
+                params.kv_unified = True
+                params.cache_idle_slots = False
+                params.n_ctx += slots * settings.llm.session_slot_tokens
+            params.cpuparams.n_threads = threads
+            params.cpuparams_batch.n_threads = threads
+            params.warmup = False
+            params.verbosity = native_log_verbosity()
+            params.api_keys = [key]  # the embedded HTTP listener is loopback-only and locked
+            return params
+
+        def make_server(live: bool = False) -> Any:
             try:
-                return xllamacpp.Server(params)
+                return xllamacpp.Server(make_params(live))
             except Exception as exc:  # llama.cpp reports load failures as generic exceptions
                 raise ModelError(f"{resolved.spec.id}: llama.cpp could not load {path}: "
                                  f"{exc}") from exc
 
-        engine = cls(make_server(), path, settings, make_server)
+        engine = cls(make_server(live=True), path, settings, make_server)
         engine._http_key = key
-        logger.info("llama.cpp loaded %s (%d threads, n_ctx=%d)", path.name, threads,
-                    settings.llm.context_tokens)
+        logger.info("llama.cpp loaded %s (%d threads, n_ctx=%d, %d session slots)", path.name,
+                    threads, settings.llm.context_tokens, slots)
         return engine
 
     @property
@@ -145,6 +181,33 @@ class LlamaCppLlm:
                             "requests never wait for it", self.file_lane_nice)
             return self._file_server
 
+    def _slot_for(self, server: Any, cache_key: str | None) -> dict[str, Any]:
+        """``id_slot`` of a request: the conversation's own slot on the live server (a new key
+        takes a free slot, else the least recently used conversation's), slot 0 for the rest;
+        nothing on a one-slot server."""
+        if server is not self._server or not self.session_slots:
+            return {}
+        if cache_key is None:
+            return {"id_slot": 0}
+        with self._slots_lock:
+            slot = self._slot_of.get(cache_key)
+            if slot is None:
+                taken = set(self._slot_of.values())
+                free = [s for s in range(1, self.session_slots + 1) if s not in taken]
+                if free:
+                    slot = free[0]
+                else:  # more conversations than slots: the least recently used one gives way
+                    _, slot = self._slot_of.popitem(last=False)
+                self._slot_of[cache_key] = slot
+            self._slot_of.move_to_end(cache_key)
+            return {"id_slot": slot}
+
+    def release_cache(self, cache_key: str) -> None:
+        """The conversation ``cache_key`` is over: its slot goes to the next one first (the
+        cache it holds, e.g. the shared system prompt, stays until overwritten)."""
+        with self._slots_lock:
+            self._slot_of.pop(cache_key, None)
+
     def version_info(self) -> dict[str, Any]:
         return {"engine": self.name, "runtime": f"xllamacpp {xllamacpp.__version__}",
                 "file": self.model_path.name, "seed": self.seed}
@@ -156,7 +219,8 @@ class LlamaCppLlm:
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
                          seed=self.seed, json_schema=json_schema)
         server = self._server_for(priority)
-        return server.handle_chat_completions({**body, **_NO_PROMPT_CACHE})
+        return server.handle_chat_completions({**body, **_NO_PROMPT_CACHE,
+                                               **self._slot_for(server, None)})
 
     def complete_sync(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                       temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
@@ -175,7 +239,8 @@ class LlamaCppLlm:
     async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
                      cache_prompt: bool = False, priority: int = Priority.FILE,
-                     grammar: str | None = None) -> AsyncIterator[str]:
+                     grammar: str | None = None, cache_key: str | None = None,
+                     ) -> AsyncIterator[str]:
         """Deltas as llama.cpp produces them; closing the iterator stops generation.
 
         ``cache_prompt=True`` (the voice agent) reuses the KV cache of the prompt prefix the
@@ -185,6 +250,8 @@ class LlamaCppLlm:
         ``grammar``: a GBNF grammar the output must follow (llama.cpp's ``grammar`` field),
         used instead of ``json_schema`` (llama.cpp refuses both in one request), e.g. the
         Cyrillic-only translation answer of ``engines/mt_grammar.py``.
+        ``cache_key`` names a live conversation: its requests share a slot of their own, so
+        its prefix stays cached between turns (see the module docstring).
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -196,8 +263,14 @@ class LlamaCppLlm:
         if grammar:
             body["grammar"] = grammar
         server = self._server_for(priority)
+        body.update(self._slot_for(server, cache_key))
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
+            timings = chunk.get("timings")
+            if timings and timings_logger.isEnabledFor(logging.DEBUG):
+                timings_logger.debug("slot %s: prompt %s tokens read, %s from the cache, %.0f ms",
+                                     body.get("id_slot", 0), timings.get("prompt_n"),
+                                     timings.get("cache_n"), timings.get("prompt_ms") or 0.0)
             loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
             return stop  # True asks llama.cpp to stop generating
 
