@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -77,6 +78,29 @@ def test_real_en_to_ru_is_russian_deterministic_and_keeps_dnt_and_glossary(qwen:
     assert "погод" in first.lower()
     assert "voxgate" in first and "сервер" in first.lower()
     assert asyncio.run(qwen.translate(text, "en", "ru", options=options)) == first
+
+
+def test_real_en_to_ru_under_the_grammar_is_all_cyrillic_deterministic_and_streamed_alike(
+        qwen: LlmMt) -> None:
+    # a LibriVox sentence the model answered without the grammar as "И Mr. Джон Дашwood ...
+    # prudentным в его poderе" (refused by the guard, twice): now Cyrillic, names included.
+    # Without llama.cpp's prompt cache: a cached prefix's KV depends on the requests before it
+    # (last-bit differences that can flip a near tie), so only uncached requests are bit-exact
+    # whatever came before (bench/README.md "Translation quality", grammar subsection).
+    text = ("And Mr. John Dashwood had then leisure to consider how much there might be "
+            "prudently in his power to do for them.")
+    mt = LlmMt(qwen.llm, prompt_cache=False)
+    assert mt.grammar
+    first = asyncio.run(mt.translate(text, "en", "ru"))
+    assert not re.search(r"[A-Za-z]", first), first
+    assert len(re.findall(r"[\u0400-\u04ff]", first)) > 40, first
+
+    async def streamed() -> str:
+        async with contextlib.aclosing(mt.translate_stream(text, "en", "ru")) as pieces:
+            return "".join([piece.text async for piece in pieces])
+
+    # the same request again, read as a stream (the live path): the same answer
+    assert " ".join(asyncio.run(streamed()).split()) == first
 
 
 def test_engine_meets_the_mt_protocol() -> None:
