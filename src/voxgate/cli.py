@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -53,6 +55,27 @@ class Task(str, Enum):
 
 def _fail(message: str) -> None:
     err.print(f"[red]voxgate: error:[/red] {message}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _command_errors(debug: bool, output: object, config_exit: int | None = None
+                    ) -> Iterator[None]:
+    """A command's expected errors as one line and an exit status: any voxgate error 1 (its
+    traceback with ``--debug``), bad configuration ``config_exit`` when given, an output file
+    that cannot be written 1 (named)."""
+    try:
+        yield
+    except VoxgateError as exc:
+        if config_exit is not None and isinstance(exc, ConfigError):
+            _fail(str(exc))
+            raise typer.Exit(config_exit) from None
+        if debug:
+            raise
+        _fail(str(exc))
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        _fail(f"{output}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
 
 
 @app.callback()
@@ -230,7 +253,7 @@ def say(
         chosen = chosen if chosen in AUDIO_FORMATS else "wav"
     else:
         chosen = fmt.value
-    try:
+    with _command_errors(debug, output):
         source = sys.stdin.read() if text == "-" else text
         service = SpeechService(settings)
         request = service.prepare(source, voice, speed)
@@ -248,14 +271,6 @@ def say(
         else:
             data = encode_chunks(chunks, chosen, rate)
             Path(output).write_bytes(data)
-    except VoxgateError as exc:
-        if debug:
-            raise
-        _fail(str(exc))
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        _fail(f"{output}: {exc.strerror or exc}")
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -294,19 +309,8 @@ def talk(
         target=server or f"127.0.0.1:{settings.grpc_port}",
         api_key=api_key or (settings.api_keys[0] if settings.api_keys else None), tls=tls,
         voice=voice, language=language, system_prompt=system, asr_model=asr, llm_model=llm)
-    try:
+    with _command_errors(debug, output, config_exit=2):
         run_talk(options, input_file, output, realtime=not fast, printer=TalkPrinter())
-    except ConfigError as exc:
-        _fail(str(exc))
-        raise typer.Exit(2) from None
-    except VoxgateError as exc:
-        if debug:
-            raise
-        _fail(str(exc))
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        _fail(f"{output}: {exc.strerror or exc}")
-        raise typer.Exit(1) from None
 
 
 @app.command()
