@@ -220,3 +220,56 @@ async def test_a_live_stream_announces_the_onset_of_real_speech_before_its_start
         assert not any(e.kind.startswith("speech_") for e in seen[None])
     finally:
         await service.stop()
+
+
+# ------------------------------------------------------- real engines, spoken barge-in
+@pytest.mark.slow
+async def test_real_speech_over_the_agent_pauses_it_in_the_chunk_where_it_begins(
+        settings, manager, tmp_path):
+    """Whisper + Silero + Qwen + Piper: the user's real speech (Festival, not the agent's voice)
+    over a reply pauses it once the first 100 ms chunk holding speech is in (the old rule,
+    160 ms of speech, needed the second or third), then confirms it and cuts the history."""
+    from conftest import require_pack
+    from media import festival_speech
+
+    from voxgate.agent import AgentService
+    from voxgate.speech import SpeechService
+
+    for model_id in ("whisper-base", "whisper-tiny.en", "qwen2.5-coder-1.5b-instruct-q4km",
+                     "en_US-joe-medium"):
+        require_pack(model_id, settings.cache_dir)
+    words = festival_speech("Wait, stop, tell me something else instead.",
+                            tmp_path / "interruption.wav")
+    loud = np.flatnonzero(np.abs(words) > 0.02)
+    words = words[loud[0]:loud[-1] + 1]
+    streaming = StreamingService(settings, manager)
+    await streaming.start()
+    service = AgentService(settings, manager, streaming, SpeechService(settings, manager))
+    session = await service.open(service.config(max_reply_tokens=60, system_prompt=(
+        "Answer in three long sentences.")))
+    events = Events(session)
+    chunk = 1600  # 100 ms, as clients send it
+    try:
+        await session.send_text("Tell me about the history of Rome.")
+        await events.wait(lambda e: isinstance(e, AgentAudio), 120)
+        for _ in range(3):  # some silence on the input clock while the reply plays
+            await session.accept(np.zeros(chunk, np.float32))
+        speech_at = session.position
+        paused_at = None
+        audio = np.concatenate([words, np.zeros(16_000, np.float32)])
+        for i in range(0, audio.size, chunk):
+            await session.accept(audio[i:i + chunk])
+            await asyncio.sleep(0.05)  # the reader hands the stream's events to the agent
+            if paused_at is None and events.of(AudioPaused):
+                paused_at = session.position
+        assert paused_at is not None, events.types()
+        assert paused_at - speech_at <= 0.1 + 1e-6, paused_at - speech_at  # the first chunk
+        cut = await events.wait(lambda e: isinstance(e, Interruption), 60)
+        assert cut.reason == "barge_in"
+        end = await events.wait(_agent_end, 60)
+        assert end.reason == "interrupted" and end.text == cut.played_text
+        assistant = [i for i in session.history if i.role == "assistant"]
+        assert assistant[0].text == cut.played_text and assistant[0].interrupted
+    finally:
+        await session.close()
+        await streaming.stop()
