@@ -53,3 +53,32 @@ def test_the_live_final_of_the_bicycle_question_is_whole(manager, tmp_path):
         priority=Priority.LIVE_FINAL))[0]
     assert wer(QUESTION, result.text) <= 0.15, result.text
     assert result.text[:1].isupper(), result.text
+
+
+def test_an_uncased_unpunctuated_final_is_suspect_but_a_sentence_is_not():
+    from voxgate.engines.asr_whisper import _uncased
+
+    assert _uncased(_result(3.0, (0.0, 2.9, " explain how bicycle works step by step")))
+    assert not _uncased(_result(3.0, (0.0, 2.9, " Explain how a bicycle works step by step.")))
+    assert not _uncased(_result(3.0, (0.0, 2.9, " explain how a bicycle works, step by step")))
+    assert not _uncased(_result(1.0, (0.0, 0.9, " ok sure")))  # two words: too little to judge
+    assert not _uncased(_result(2.0, (0.0, 1.9, " 42 17 99")))
+    assert not _uncased(_result(2.0, (0.0, 1.9, " 你好 世界 朋友")))  # no case: never
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("padding_s", [0.05, 0.13])
+def test_a_final_decoded_uncased_in_the_short_window_is_decoded_again(manager, tmp_path,
+                                                                        padding_s):
+    """Less padding before the speech: the 6 s window wrote 'explain how bicycle works step by
+    step' (both paddings, before this rule)."""
+    require_pack("whisper-base", manager.settings.cache_dir)
+    audio = festival_speech(QUESTION, tmp_path / "question.wav")
+    loud = np.flatnonzero(np.abs(audio) > 0.02)
+    chunk = np.concatenate([np.zeros(int(padding_s * 16_000), np.float32),
+                            audio[loud[0]:loud[-1] + 1], np.zeros(1600, np.float32)])
+    asr = manager.asr("whisper-base")
+    options = AsrOptions(language="en", beam_size=1, word_timestamps=True, window_margin_s=2.0,
+                         priority=Priority.LIVE_FINAL)
+    text = asr.transcribe_batch([chunk], options)[0].text
+    assert wer(QUESTION, text) <= 0.15 and text[:1].isupper(), text

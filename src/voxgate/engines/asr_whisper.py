@@ -258,7 +258,9 @@ class WhisperAsr:
         window = min(30, math.ceil(longest + max(options.window_margin_s, 0.0)))
         results = self._decode(chunks, options, language, window_s=window,
                                max_new_tokens=int(longest * _MAX_TOKENS_PER_S) + 16)
-        retry = [i for i, r in enumerate(results) if _implausible(r)]
+        final = options.priority <= Priority.LIVE_FINAL  # partials: best effort, no 2nd decode
+        retry = [i for i, r in enumerate(results)
+                 if _implausible(r) or (final and _uncased(r))]
         if retry:
             logger.debug("short-window decode implausible for %d of %d chunk(s); re-decoding "
                          "them with the 30 s window", len(retry), len(chunks))
@@ -371,6 +373,19 @@ def _needs_fallback(result: AsrResult) -> bool:
     looped = get_compression_ratio(" ".join(s.text for s in result.segments)) \
         > _COMPRESSION_RATIO_MAX
     return looped or unsure
+
+
+def _uncased(result: AsrResult) -> bool:
+    """Three or more words without a capital letter or any punctuation: how a short window
+    decodes a final it has half lost ("explain how bicycle works step by step" for "Explain how
+    a bicycle works, step by step."); with the 30 s window Whisper writes sentences. Scripts
+    without case never match."""
+    text = result.text.strip()
+    return (len(text.split()) >= 3 and text[:1].islower() and not any(c.isupper() for c in text)
+            and not any(c in _PUNCTUATION for c in text))
+
+
+_PUNCTUATION = frozenset(".,?!;:")
 
 
 def _implausible(result: AsrResult) -> bool:
