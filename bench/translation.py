@@ -29,6 +29,9 @@ Measured (``quality`` subcommand):
   in the prompt), ``llm-latin-example`` (both), ``llm-nocache`` (no llama.cpp prompt cache).
   With ``--librivox`` the five requests are sent twice: ``changed_on_repeat`` counts answers
   that differ the second time (determinism).
+* **Grammar speed** (``--grammar-speed``): llama.cpp's own timings (generated and prompt
+  tokens/s, no prompt cache) for the same one-sentence EN->RU requests (the 5 LibriVox and the
+  first 10 set sentences) sampled under the JSON schema and under the Cyrillic grammar.
 * **Round trip**: each translated sentence spoken by the translation voice of its language
   (EN: Piper joe; RU: Festival msu_ru_nsh_clunits), transcribed back by Whisper base, WER
   against the translated text (Whisper's normalisers): is the translated speech intelligible?
@@ -175,6 +178,32 @@ async def translate_all(mt: Any, sentences: list[str], source: str, target: str,
     return out, time.perf_counter() - started, failed
 
 
+def grammar_speed(llm: Any) -> list[dict[str, Any]]:
+    """Generation speed under the JSON schema vs the Cyrillic grammar (see the module doc)."""
+    from voxgate.engines.base import MtOptions
+    from voxgate.engines.llm_openai import chat_body
+    from voxgate.engines.mt_grammar import answer_grammar, latin_tokens
+    from voxgate.engines.mt_llm import LlmMt
+
+    server = llm._server  # bench only: one request, llama.cpp's timings, no prompt cache
+    totals = {"schema": [0, 0.0, 0, 0.0], "grammar": [0, 0.0, 0, 0.0]}
+    for text in LIBRIVOX + [en for en, _ in PAIRS[:10]]:
+        messages = LlmMt._messages([text], "en", "ru", MtOptions())
+        for kind, total in totals.items():
+            body = chat_body(messages, max_tokens=192, temperature=0.0, seed=42,
+                             json_schema=LlmMt._schema(1) if kind == "schema" else None)
+            body["cache_prompt"] = False
+            if kind == "grammar":
+                body["grammar"] = answer_grammar(1, latin_tokens([text]))
+            timings = server.handle_chat_completions(body)["timings"]
+            for i, key in enumerate(("predicted_n", "predicted_ms", "prompt_n", "prompt_ms")):
+                total[i] += timings[key]
+    return [{"kind": kind, "sentences": len(LIBRIVOX) + 10, "generated_tokens": n,
+             "generated_tok_s": round(1000 * n / ms, 1),
+             "prompt_tok_s": round(1000 * pn / pms, 1)}
+            for kind, (n, ms, pn, pms) in totals.items()]
+
+
 def round_trip(speech: Any, asr: Any, texts: list[str], language: str) -> float:
     from voxgate.audio import resample
     from voxgate.engines.base import AsrOptions
@@ -246,6 +275,12 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
                                   "changed_on_repeat": sum(a != b for a, b in zip(hyps, again))})
             print(librivox_rows[-1], flush=True)
 
+    speed_rows: list[dict[str, Any]] = []
+    if args.grammar_speed and not settings.llm.base_url:
+        speed_rows = grammar_speed(manager.get("llm", llm_model_id(settings)))
+        for row in speed_rows:
+            print(row, flush=True)
+
     speech_rows: list[dict[str, Any]] = []
     n = min(args.speech, len(PAIRS))
     if n:
@@ -292,7 +327,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "load_1m": round(os.getloadavg()[0], 2)},
             "versions": versions(), "block": args.block, "text": text_rows,
-            "librivox": librivox_rows,
+            "librivox": librivox_rows, "grammar_speed": speed_rows,
             "speech_ru_to_en": speech_rows, "round_trip": trip_rows, "outputs": outputs}
 
 
@@ -349,6 +384,8 @@ def main() -> None:
                    choices=["en-ru", "ru-en"], help="text MT directions to measure")
     q.add_argument("--librivox", action="store_true",
                    help="also translate the 5 LibriVox sentences EN->RU one by one")
+    q.add_argument("--grammar-speed", action="store_true",
+                   help="also time generation under the JSON schema vs the Cyrillic grammar")
     q.add_argument("--out", default="translation_quality.json",
                    help="results file name under bench/results/")
     args = parser.parse_args()

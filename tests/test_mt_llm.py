@@ -237,8 +237,8 @@ def test_script_check_ignores_kept_phrases_and_numbers() -> None:
 
 @pytest.mark.parametrize("output, reason", [
     # this morning's bench run accepted this answer
-    ("И Mr. Джон Дашwood тогда имел время подумать, сколько может быть prudentным в его "
-     "poderе сделать для них.", "mixing Latin and Cyrillic letters (Дашwood, prudentным, poderе)"),
+    (("И Mr. Джон Дашwood тогда имел время подумать, сколько может быть prudentным в его "
+      "poderе сделать для них."), "mixing Latin and Cyrillic letters (Дашwood, prudentным, poderе)"),
     ("Быть холодным и selfishным не плохо.", "mixing Latin and Cyrillic letters (selfishным)"),
     # an English word the source does not even have, or one it has in lower case
     ("Он был даже more милым.", "English words left untranslated (more)"),
