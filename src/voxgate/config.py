@@ -73,6 +73,10 @@ class LlmSettings(BaseModel):
     context_tokens: int = 8192
     threads: int = 0
     seed: int = 42  # fixed sampling seed: identical input -> identical output
+    # the OpenAI-compatible server (base_url) takes llama.cpp's GBNF ``grammar`` field (a
+    # llama.cpp server): Russian translations are then constrained to Cyrillic as in-process
+    # (engines/mt_grammar.py); off: JSON schema + guard only (OpenAI rejects the field)
+    grammar: bool = False
     summary_retries: int = Field(2, ge=0, le=10)  # re-asks after a schema validation error
     summary_max_tokens: int = Field(768, ge=32)
     cleanup_max_edit_rate: float = Field(0.35, ge=0.0, le=1.0)  # above: keep the raw chunk
