@@ -150,3 +150,70 @@ def test_an_engine_without_grammar_support_falls_back_to_schema_and_guard() -> N
     assert mt.version_info()["grammar"] is None
     assert llm.requests[0]["grammar"] is None and llm.requests[0]["json_schema"] is not None
     assert "mixing Latin and Cyrillic" in llm.requests[1]["messages"][0].content
+
+
+# ---- an OpenAI-compatible server: the grammar only when it is declared to take one ----------
+def _sse_server(bodies: list[dict[str, Any]], answer: str) -> Any:
+    import httpx
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        chunk = {"choices": [{"delta": {"content": answer}}]}
+        return httpx.Response(200, text=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n")
+
+    return httpx.MockTransport(handle)
+
+
+def _openai(transport: Any, *, accepts_grammar: bool) -> Any:
+    from voxgate.engines.llm_openai import OpenAiLlm
+
+    return OpenAiLlm("http://llm.test/v1", "m", "", timeout_s=5, max_retries=0, seed=1,
+                     context_tokens=4096, transport=transport, accepts_grammar=accepts_grammar)
+
+
+def test_openai_server_declared_to_take_a_grammar_gets_it_instead_of_the_schema() -> None:
+    bodies: list[dict[str, Any]] = []
+    llm = _openai(_sse_server(bodies, _answer("Он был благоразумным.")), accepts_grammar=True)
+    mt = LlmMt(llm)
+    assert mt.grammar
+    assert asyncio.run(mt.translate("He was prudent.", "en", "ru")) == "Он был благоразумным."
+    assert "grammar" in bodies[0] and "response_format" not in bodies[0]
+    assert bodies[0]["grammar"].startswith("root ::=")
+
+
+def test_openai_server_not_declared_keeps_the_schema_and_is_never_sent_a_grammar() -> None:
+    from voxgate.errors import ConfigError
+
+    bodies: list[dict[str, Any]] = []
+    llm = _openai(_sse_server(bodies, _answer("Он был благоразумным.")), accepts_grammar=False)
+    mt = LlmMt(llm)
+    assert not mt.grammar
+    assert asyncio.run(mt.translate("He was prudent.", "en", "ru")) == "Он был благоразумным."
+    assert "grammar" not in bodies[0] and bodies[0]["response_format"]["type"] == "json_schema"
+
+    async def ask() -> None:
+        async for _ in llm.stream([ChatMessage("user", "hi")], grammar="root ::= \"x\""):
+            pass
+
+    with pytest.raises(ConfigError, match="VOXGATE_LLM__GRAMMAR"):
+        asyncio.run(ask())
+    assert len(bodies) == 1
+
+
+def test_real_llama_cpp_server_over_http_takes_the_grammar(manager, settings) -> None:
+    """llama.cpp's own OpenAI-compatible HTTP server (inside xllamacpp) with the grammar: the
+    sentence the model answered "... selfishным ..." without it comes back all Cyrillic."""
+    import re
+
+    from conftest import require_pack
+
+    from voxgate.engines.llm_openai import OpenAiLlm
+
+    require_pack(settings.llm.model, settings.cache_dir)
+    base_url, key = manager.get("llm", settings.llm.model).http_endpoint
+    remote = OpenAiLlm(base_url, "qwen", key, timeout_s=300, max_retries=0, seed=settings.llm.seed,
+                       context_tokens=4096, accepts_grammar=True)
+    out = asyncio.run(LlmMt(remote).translate(
+        "Unless to be rather cold-hearted and rather selfish is to be ill-disposed.", "en", "ru"))
+    assert not re.search(r"[A-Za-z]", out), out
+    assert len(re.findall(r"[\u0400-\u04ff]", out)) > 20, out

@@ -3,7 +3,10 @@
 Timeouts and retries live here: connection errors, 429 and 5xx are retried with exponential
 backoff (``settings.llm.max_retries``); other 4xx are the caller's fault and fail at once.
 JSON-schema output is requested with ``response_format`` (vLLM, llama.cpp and recent Ollama honour
-it); the caller still validates, because some servers ignore it.
+it); the caller still validates, because some servers ignore it. A GBNF grammar (llama.cpp's own
+``grammar`` field, e.g. the Cyrillic translation answer of ``engines/mt_grammar.py``) is sent only
+when the server is declared to take one (``VOXGATE_LLM__GRAMMAR``, ``accepts_grammar``): OpenAI
+itself answers an unknown field with HTTP 400, other servers may ignore it silently.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ class OpenAiLlm:
 
     def __init__(self, base_url: str, model: str, api_key: str, *, timeout_s: float,
                  max_retries: int, seed: int, context_tokens: int,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 accepts_grammar: bool = False) -> None:
         if urlsplit(base_url).scheme not in ("http", "https"):
             raise ConfigError(f"LLM base URL must be http(s)://..., got {base_url!r}")
         self.base_url = base_url.rstrip("/")
@@ -83,6 +87,7 @@ class OpenAiLlm:
         self.timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._transport = transport
+        self.accepts_grammar = accepts_grammar  # the server takes llama.cpp's ``grammar`` field
         self.capabilities = LlmCapabilities(json_schema=True, streaming=True,
                                             context_tokens=context_tokens)
 
@@ -92,7 +97,8 @@ class OpenAiLlm:
         if not llm.base_url:
             raise ConfigError("VOXGATE_LLM__BASE_URL is empty: no OpenAI-compatible server set")
         return cls(llm.base_url, llm.model, llm.api_key, timeout_s=llm.timeout_s,
-                   max_retries=llm.max_retries, seed=llm.seed, context_tokens=llm.context_tokens)
+                   max_retries=llm.max_retries, seed=llm.seed, context_tokens=llm.context_tokens,
+                   accepts_grammar=llm.grammar)
 
     def version_info(self) -> dict[str, Any]:
         return {"engine": self.name, "base_url": _redacted(self.base_url),
@@ -138,10 +144,18 @@ class OpenAiLlm:
 
     async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 512,
                      temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
-                     priority: int = 2) -> AsyncIterator[str]:
-        """Server-sent deltas; connection failures before the first byte are retried."""
+                     priority: int = 2, grammar: str | None = None) -> AsyncIterator[str]:
+        """Server-sent deltas; connection failures before the first byte are retried.
+        ``grammar`` (GBNF) replaces ``json_schema`` when the server ``accepts_grammar``; a
+        server that does not is never sent one (callers check ``accepts_grammar``)."""
+        if grammar and not self.accepts_grammar:
+            raise ConfigError("this OpenAI-compatible server is not declared to take a grammar "
+                              "(VOXGATE_LLM__GRAMMAR)")
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
-                         seed=self.seed, json_schema=json_schema, stream=True, model=self.model)
+                         seed=self.seed, json_schema=None if grammar else json_schema,
+                         stream=True, model=self.model)
+        if grammar:
+            body["grammar"] = grammar
         async with self._client() as client:
             for attempt in range(self.max_retries + 1):
                 try:

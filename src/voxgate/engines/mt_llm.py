@@ -16,8 +16,9 @@ This engine makes it a checked one:
   under a GBNF grammar (``engines/mt_grammar.py``) whose strings hold Cyrillic words and only
   the Latin tokens the source allows (do-not-translate marks, glossary targets, acronyms), so
   "Дашwood" or "prudentным" cannot be written; names are written in Cyrillic (transliterated).
-  An engine whose ``stream`` takes no ``grammar`` (an OpenAI-compatible server) gets the JSON
-  schema as before, and the guard stays the last check either way;
+  An engine whose ``stream`` takes no ``grammar``, or an OpenAI-compatible server not declared
+  to take one (``VOXGATE_LLM__GRAMMAR``, for a llama.cpp server), gets the JSON schema as
+  before, and the guard stays the last check either way;
 * a rejected answer is asked once more with the reason added to the conversation (so the retry
   is a different, still deterministic, request); a second rejection is an
   :class:`~voxgate.errors.EngineError` naming the reason, never a silently bad translation.
@@ -203,8 +204,10 @@ class LlmMt:
             # live requests: read only what follows the prefix the last one left in the
             # KV cache (the fixed instructions); see the module doc
             self._llm_kwargs["cache_prompt"] = True
-        # a grammar only where the engine takes one (llama.cpp); others keep the JSON schema
-        self.grammar = constrain_script and "grammar" in parameters
+        # a grammar only where the engine takes one (llama.cpp in-process, or a server declared
+        # to: ``accepts_grammar``); others keep the JSON schema
+        self.grammar = (constrain_script and "grammar" in parameters
+                        and getattr(llm, "accepts_grammar", True))
 
     def version_info(self) -> dict[str, Any]:
         """What changes the output: the LLM (file, seed, endpoint) and this prompt's version."""
