@@ -852,3 +852,28 @@ async def test_a_close_cancelled_half_way_still_frees_the_stream_and_the_slot():
     await session.close()  # a second close is a no-op, not a second release
     assert freed == [True]
     await asyncio.wait_for(events.task, 5)
+
+
+async def test_wait_closed_lasts_until_a_close_begun_elsewhere_has_released_everything():
+    """A server shutting down closes its sessions; one whose door is already closing it (the
+    client left) returns from close() at once, so shutdown waits on wait_closed() instead of
+    stopping the loop under a half-done close (tasks destroyed pending, slot never freed)."""
+
+    class SlowCloseAsr(FakeAsr):
+        async def close(self) -> None:
+            await asyncio.sleep(0.3)  # e.g. the stream's last decode finishing
+            await super().close()
+
+    asr, llm, voice = SlowCloseAsr(), FakeLlm(), FakeVoice()
+    config = AgentConfig(system_prompt="Be brief.", end_of_turn_ms=600, idle_timeout_s=30.0)
+    config.validate()
+    freed: list[bool] = []
+    session = AgentSession(config, asr, llm, voice, on_close=lambda: freed.append(True))
+    Events(session)
+    door_close = asyncio.create_task(session.close())
+    await asyncio.sleep(0.05)
+    await session.close()  # the shutdown's close: already under way, returns at once
+    assert not asr.closed and not freed
+    await asyncio.wait_for(session.wait_closed(), 5)
+    assert asr.closed and freed == [True]
+    await door_close

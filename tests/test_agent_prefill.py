@@ -30,8 +30,10 @@ class SlotLlm:
     name = "slot-llm"
 
     def __init__(self, reply: str = "Paris is the capital of France.", hang_first: bool = False,
-                 ) -> None:
+                 stop_lag_s: float = 0.0) -> None:
         self.reply, self.hang_first = reply, hang_first
+        self.stop_lag_s = stop_lag_s  # a cancelled request runs on this long (llama.cpp
+        # reading a prompt checks for a stop only between generated tokens)
         self.requests: list[tuple[list[ChatMessage], dict]] = []
         self.released: list[str] = []
         self.running = 0
@@ -44,7 +46,11 @@ class SlotLlm:
         self.running += 1
         try:
             if self.hang_first and len(self.requests) == 1:
-                await asyncio.Event().wait()
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    await asyncio.shield(asyncio.sleep(self.stop_lag_s))
+                    raise
             for i, word in enumerate(self.reply.split(" ")[:max_tokens]):
                 await asyncio.sleep(0.005)
                 yield word if i == 0 else " " + word
@@ -100,12 +106,18 @@ async def test_a_session_reads_its_system_prompt_when_it_opens_in_its_own_slot()
     assert sorted(llm.released) == sorted([first.id, second.id])  # each slot given back once
 
 
-async def test_close_waits_for_the_open_read_before_giving_the_slot_back():
-    llm = SlotLlm(hang_first=True)  # the open-time read never answers
+async def test_close_does_not_wait_for_the_open_read_but_gives_the_slot_back_after_it():
+    """A session closed while its open-time read still runs frees its server slot at once (a
+    client reconnecting is not refused for seconds); llama.cpp's cache slot is given back only
+    when the request has really stopped, and the session says which request that is."""
+    llm = SlotLlm(hang_first=True, stop_lag_s=0.5)  # the read never answers, stops slowly
     session, _ = _open(llm)
     await asyncio.sleep(0.05)
     assert llm.running == 1
-    await asyncio.wait_for(session.close(), 5)
+    await asyncio.wait_for(session.close(), 0.4)  # not the 0.5 s the request takes to stop
+    assert session.lingering is not None and llm.running == 1 and llm.released == []
+    await asyncio.wait_for(asyncio.wait({session.lingering}), 5)
+    await asyncio.sleep(0)  # the done callback
     assert llm.running == 0 and llm.released == [session.id]
 
 

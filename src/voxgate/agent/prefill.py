@@ -96,20 +96,26 @@ class Prefill:
         if self._task is not None and not self._task.done():
             await asyncio.wait({self._task})
 
-    async def close(self) -> None:
-        """Stop (llama.cpp at its first token), wait until the request has ended, and give the
-        session's slot back to the engine."""
+    async def close(self) -> asyncio.Task[None] | None:
+        """Stop the prefill and give the session's cache slot back to the engine once its
+        request has ended. Returns that request's task when it is still running: llama.cpp
+        sees a stop only between generated tokens, not while it reads a prompt (seconds under
+        load), and the session must not hold its server slot that long, so the caller does
+        not wait here; it keeps the task to wait for before the engine goes away."""
         self.enabled = False
         task, self._task = self._task, None
-        try:
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.wait({task})
-        finally:
-            release = getattr(self.llm, "release_cache", None)
-            key = self.kwargs.get("cache_key")
-            if release is not None and key is not None:
-                release(key)
+        if task is None or task.done():
+            self._release_cache()
+            return None
+        task.cancel()
+        task.add_done_callback(lambda _: self._release_cache())
+        return task
+
+    def _release_cache(self) -> None:
+        release = getattr(self.llm, "release_cache", None)
+        key = self.kwargs.get("cache_key")
+        if release is not None and key is not None:
+            release(key)
 
     async def _read(self, messages: list[ChatMessage]) -> None:
         stream = self.llm.stream(messages, max_tokens=1, temperature=0.0, **self.kwargs)

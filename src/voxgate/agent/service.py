@@ -30,6 +30,10 @@ __all__ = ["AgentLimitError", "AgentService", "SpeechVoice", "agent_llm_id"]
 
 logger = logging.getLogger(__name__)
 
+# how long a shutting-down server waits for sessions still closing (a reply being cut, the
+# LLM stopping at its next token, the stream released): seconds in practice
+_STOP_WAIT_S = 15.0
+
 
 class AgentLimitError(StreamLimitError):
     """Every agent session slot is taken (WebSocket 1013, gRPC RESOURCE_EXHAUSTED)."""
@@ -79,6 +83,7 @@ class AgentService:
         self.speech = speech
         self.max_sessions = settings.agent.max_sessions
         self.sessions: dict[str, AgentSession | None] = {}  # None: still opening
+        self._lingering: set[asyncio.Task[None]] = set()  # closed sessions' last LLM requests
         self.observers: list[Observer] = []
         self.opened_total = 0
 
@@ -121,8 +126,20 @@ class AgentService:
             asr = await self.streaming.open(stream_config)
 
             def release() -> None:
-                stack.close()
+                # the session's slot is free now; the engines it used stay held until an
+                # LLM request it left running (a prefill reading its prompt) has ended
                 self.sessions.pop(session_id, None)
+                lingering = session.lingering
+                if lingering is None or lingering.done():
+                    stack.close()
+                    return
+                self._lingering.add(lingering)
+
+                def ended(task: asyncio.Task[None]) -> None:
+                    self._lingering.discard(task)
+                    stack.close()
+
+                lingering.add_done_callback(ended)
 
             session = AgentSession(config, asr, llm, voice, observers=self.observers,
                                    on_close=release, session_id=session_id)
@@ -154,5 +171,17 @@ class AgentService:
         return None
 
     async def stop(self, state: Any = None) -> None:
-        for session in [s for s in self.sessions.values() if s is not None]:
+        sessions = [s for s in self.sessions.values() if s is not None]
+        for session in sessions:
             await session.close()
+        # a session whose door began closing it (client gone) may still be releasing: wait,
+        # bounded, so the loop is not stopped under it (its tasks would be destroyed pending)
+        closing = [asyncio.ensure_future(s.wait_closed()) for s in sessions]
+        closing += [asyncio.ensure_future(asyncio.wait({t})) for t in self._lingering]
+        if closing:
+            _, pending = await asyncio.wait(closing, timeout=_STOP_WAIT_S)
+            for waiter in pending:
+                waiter.cancel()
+            if pending:
+                logger.warning("agent: %d session(s) still closing after %.0f s at shutdown",
+                               len(pending), _STOP_WAIT_S)

@@ -101,6 +101,9 @@ class AgentSession(TurnTaking, BargeInHandling):
         self._out: asyncio.Queue[AgentEvent | None] = asyncio.Queue()
         self._queued_audio = 0  # samples in _out not yet taken by the door
         self._drained = asyncio.Event()
+        self._close_done = asyncio.Event()  # set when close() has released everything
+        # an LLM request that outlives close() (a prefill reading its prompt), if any
+        self.lingering: asyncio.Task[None] | None = None
         self._activity = asyncio.Event()
         self._turn_counter = 0
         self._turn: _UserTurn | None = None
@@ -276,7 +279,9 @@ class AgentSession(TurnTaking, BargeInHandling):
             if self._barge is not None and self._barge.timer is not None:
                 self._barge.timer.cancel()
             await self._cancel_reply(self._reply)
-            await self._prefill.close()
+            # a prefill still reading its prompt is not waited for (see Prefill.close): the
+            # service holds the engine until it has ended
+            self.lingering = await self._prefill.close()
             for task in (self._reader, self._watchdog):
                 task.cancel()
             current = asyncio.current_task()
@@ -288,8 +293,16 @@ class AgentSession(TurnTaking, BargeInHandling):
             finally:
                 self._out.put_nowait(None)
                 self._drained.set()
+                self._close_done.set()
                 if self._on_close is not None:
                     self._on_close()
+
+    async def wait_closed(self) -> None:
+        """Until a close begun elsewhere (e.g. the door's handler, cancelled by a client that
+        left) has released the stream, the LLM slot and the models: a server that shuts down
+        must not stop its event loop half-way through it (close() itself returns at once when
+        a close is already under way)."""
+        await self._close_done.wait()
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         """Events in order until :meth:`end` has finished, :meth:`close`, or a fatal error."""

@@ -180,10 +180,19 @@ def _wrap_handler(handler: Any, details: Any, state: AppState) -> Any:
         return call
 
     def wrap_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def call(request: Any, context: Any) -> Any:
+        # A coroutine writing through the context, not an async generator: when the client
+        # cancels, gRPC cancels the handler's task wherever it waits; a generator paused at its
+        # `yield` (gRPC sending the last message) would be left unclosed, its `finally` (close
+        # the session, free the slot) only run by the garbage collector, maybe after the loop
+        # is gone. Here the servicer's generator is always closed, in this call's context.
+        async def call(request: Any, context: Any) -> None:
             with observed(context):
-                async for response in behavior(request, context):
-                    yield response
+                responses = behavior(request, context)
+                try:
+                    async for response in responses:
+                        await context.write(response)
+                finally:
+                    await responses.aclose()
 
         return call
 
