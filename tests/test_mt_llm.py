@@ -84,9 +84,9 @@ def test_real_en_to_ru_under_the_grammar_is_all_cyrillic_deterministic_and_strea
         qwen: LlmMt) -> None:
     # a LibriVox sentence the model answered without the grammar as "И Mr. Джон Дашwood ...
     # prudentным в его poderе" (refused by the guard, twice): now Cyrillic, names included.
-    # Without llama.cpp's prompt cache: a cached prefix's KV depends on the requests before it
-    # (last-bit differences that can flip a near tie), so only uncached requests are bit-exact
-    # whatever came before (bench/README.md "Translation quality", grammar subsection).
+    # Without llama.cpp's prompt cache: with it, what is evaluated depends on the requests
+    # before (last-bit differences that can flip a near tie), so only uncached requests are
+    # bit-exact whatever came before (bench/README.md "Translation quality", grammar subsection).
     text = ("And Mr. John Dashwood had then leisure to consider how much there might be "
             "prudently in his power to do for them.")
     mt = LlmMt(qwen.llm, prompt_cache=False)

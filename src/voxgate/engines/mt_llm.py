@@ -5,7 +5,9 @@ A general LLM is a loose translator: it adds "Here is the translation:", merges 
 sentences, answers in the wrong language, or keeps a name it was told to keep in another form.
 This engine makes it a checked one:
 
-* **deterministic**: temperature 0 and the LLM's fixed seed (``VOXGATE_LLM__SEED``);
+* **deterministic**: temperature 0 and the LLM's fixed seed (``VOXGATE_LLM__SEED``); with
+  llama.cpp's prompt cache (live requests, ``prompt_cache``) bit-exact only for the same
+  sequence of requests: a near tie can flip with what the cache held (bench/README.md);
 * **sentence-aligned**: the text is cut into sentences, the model answers a JSON object
   ``{"translations": [...]}`` constrained by a JSON schema (grammar-enforced on llama.cpp) with
   exactly one string per input sentence, and the count is checked again on the answer;
