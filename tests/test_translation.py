@@ -382,3 +382,16 @@ def test_mt_failing_mid_way_keeps_what_was_spoken_and_says_why(manager, settings
     assert "failed mid-way" in translation.error and "failed mid-way" in done.error
     assert done.text == "Hello, this is the first sentence." and not done.tts_failed
     assert done.audio is not None and done.audio.size > 0
+
+
+def test_the_translation_prompt_cache_setting_reaches_the_llm_translator(settings, manager):
+    """VOXGATE_TRANSLATION__MT_PROMPT_CACHE=false: bit-exact translations whatever was asked
+    before (no llama.cpp prompt cache); the default keeps the cache for speed."""
+    from voxgate.translation import open_mt
+
+    require_pack("qwen2.5-coder-1.5b-instruct-q4km", settings.cache_dir)
+    exact = settings.model_copy(update={"translation": settings.translation.model_copy(
+        update={"mt_prompt_cache": False})})
+    with open_mt(settings, manager) as cached, open_mt(exact, manager) as uncached:
+        assert cached._llm_kwargs.get("cache_prompt") is True
+        assert "cache_prompt" not in uncached._llm_kwargs

@@ -199,7 +199,7 @@ def _held_mt(settings: Settings, manager: Any) -> Iterator[Mt]:
         from .postprocess import llm_model_id
 
         with manager.use("llm", llm_model_id(settings)) as llm:
-            yield LlmMt(llm)
+            yield LlmMt(llm, prompt_cache=settings.translation.mt_prompt_cache)
     else:
         with manager.use("mt", name) as engine:
             yield engine
