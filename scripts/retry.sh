@@ -4,7 +4,7 @@
 # one dropped download must not fail a fresh install. Steps are idempotent, so a rerun only fetches
 # what is missing (pip keeps finished wheels in its cache).
 retry() {
-    local attempt=1 max="${VOXGATE_SETUP_ATTEMPTS:-4}" pause=15
+    local attempt=1 max="${VOXGATE_SETUP_ATTEMPTS:-4}" pause="${VOXGATE_SETUP_RETRY_PAUSE_S:-15}"
     until "$@"; do
         if [ "$attempt" -ge "$max" ]; then
             echo "retry: '$*' failed $attempt times; giving up" >&2

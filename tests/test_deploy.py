@@ -562,36 +562,63 @@ def test_dockerfile_image_contract() -> None:
     assert "/usr/share/pocketsphinx/test/data/librivox/" in smoke and "grep" in smoke
 
 
-def _fake_tools(bin_dir: Path, log: Path) -> None:
-    """apt-get, sudo and a venv python that only record their calls."""
+def _fake_tools(bin_dir: Path, log: Path, failures: dict[str, str] | None = None) -> None:
+    """apt-get, sudo and a venv python that only record their calls; ``failures``: which calls
+    of a tool fail (a dropped download), as a shell case pattern of call numbers ("2", "*")."""
     bin_dir.mkdir(parents=True)
     for tool in ("apt-get", "sudo", "python3"):
         script = bin_dir / tool
+        fail = (failures or {}).get(tool)
+        failing = "" if fail is None else (
+            f'n=$(grep -c "^{tool} " "{log}"); case "$n" in {fail}) exit 1;; esac\n')
         script.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\n'
                           + ('if [ "$2" = venv ]; then mkdir -p .venv/bin; '
-                             'cp "$0" .venv/bin/python; fi\n' if tool == "python3" else ""))
+                             'cp "$0" .venv/bin/python; fi\n' if tool == "python3" else "")
+                          + failing)
         script.chmod(0o755)
+
+
+def _run_setup(tmp_path: Path, *args: str, failures: dict[str, str] | None = None,
+               ) -> tuple[subprocess.CompletedProcess[str], str]:
+    """setup.sh (with the retry helper it sources) in a throwaway repo, on fake tools."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("setup.sh", "retry.sh"):
+        (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
+    log = tmp_path / "calls.log"
+    log.touch()
+    _fake_tools(tmp_path / "bin", log, failures)
+    argv = ["bash", str(repo / "scripts" / "setup.sh"), *args]
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "VOXGATE_SETUP_RETRY_PAUSE_S": "0", "VOXGATE_SETUP_ATTEMPTS": "3"}
+    run = subprocess.run(argv, cwd=tmp_path, env=env, check=False, capture_output=True,
+                         text=True, timeout=60)
+    return run, log.read_text()
 
 
 @pytest.mark.parametrize(("mode", "apt", "pip"), [
     ("--system", True, False), ("--python", False, True), (None, True, True)])
 def test_setup_script_halves(tmp_path: Path, mode: str | None, apt: bool, pip: bool) -> None:
     """setup.sh --system / --python run exactly their half (the Dockerfile's two stages)."""
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    (repo / "scripts" / "setup.sh").write_text((ROOT / "scripts" / "setup.sh").read_text())
-    log = tmp_path / "calls.log"
-    log.touch()
-    _fake_tools(tmp_path / "bin", log)
-    argv = ["bash", str(repo / "scripts" / "setup.sh"), *([mode] if mode else []), "server,tts"]
-    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    run = subprocess.run(argv, cwd=tmp_path, env=env, check=False, capture_output=True,
-                         text=True, timeout=60)
+    run, calls = _run_setup(tmp_path, *([mode] if mode else []), "server,tts")
     assert run.returncode == 0, run.stderr
-    calls = log.read_text()
     assert ("apt-get install" in calls) is apt, calls
     assert ("espeak-ng" in calls) is apt, calls
     assert ("pip install -q -e .[server,tts]" in calls) is pip, calls
+
+
+def test_setup_retries_a_dropped_download_and_gives_up_with_a_clear_error(tmp_path: Path) -> None:
+    """A network step that fails once (a mirror dropping a connection) is run again and the
+    install goes on; one that keeps failing stops the install after its attempts, saying so."""
+    run, calls = _run_setup(tmp_path / "once", "server", failures={"apt-get": "1", "python3": "2"})
+    assert run.returncode == 0, run.stderr
+    assert calls.count("apt-get update") == 2, calls
+    assert calls.count("pip install -q --upgrade pip") == 2, calls  # python3 -m venv was call 1
+    assert "trying again" in run.stderr
+    run, calls = _run_setup(tmp_path / "always", "--system", failures={"apt-get": "*"})
+    assert run.returncode != 0
+    assert calls.count("apt-get update") == 3, calls
+    assert "failed 3 times; giving up" in run.stderr
 
 
 def test_build_context_leaves_out_secrets_and_local_state() -> None:
