@@ -224,6 +224,7 @@ def test_early_final_is_translated_held_back_and_kept(settings, stream: bool) ->
     h = _run(scenario())
     assert mt.calls == [("Привет мир", "")]  # translated once: the early attempt was kept
     assert h.session.speculative_kept == 1 and h.session.speculative_dropped == 0
+    assert h.service.speculative_outcomes == {"kept": 1, "dropped": 0, "withdrawn": 0}
     kinds = [e.kind for e in h.events]
     if stream:
         assert kinds == ["transcript", "audio", "audio", "translation", "done"], kinds
@@ -255,6 +256,7 @@ def test_a_different_final_drops_the_early_attempt_and_translates_anew(settings)
     assert [c[0] for c in mt.calls] == ["Привет", "Привет мир"]
     assert mt.cancelled == ["Привет"]  # the early generation was stopped
     assert h.session.speculative_dropped == 1 and h.session.speculative_kept == 0
+    assert h.service.speculative_outcomes == {"kept": 0, "dropped": 1, "withdrawn": 0}
     sent = [e.text for e in h.events if e.kind in ("audio", "translation", "done")]
     assert sent == ["Привет мир one.", "Привет мир two.", "Привет мир one. Привет мир two.",
                     "Привет мир one. Привет мир two."]  # nothing of the dropped attempt
@@ -280,6 +282,7 @@ def test_speech_resuming_drops_the_early_attempt_at_once(settings) -> None:
     assert mt.cancelled == ["Привет"] and [c[0] for c in mt.calls] == ["Привет", "Привет мир"]
     assert h.session.speculative_started == 2 and h.session.speculative_kept == 1
     assert h.session.speculative_dropped == 1
+    assert h.service.speculative_outcomes == {"kept": 1, "dropped": 0, "withdrawn": 1}
     assert all(e.transcript == "Привет мир" for e in h.events)
     assert "Привет one." not in [e.text for e in h.events]
 
@@ -339,6 +342,45 @@ def test_client_gone_during_an_early_attempt_cancels_it_and_sends_nothing(settin
     h = _run(scenario())
     assert mt.cancelled == ["Привет"] and h.events == []
     assert h.service.active == 0 and h.asr.closed
+    # the client left: the attempt had no outcome, and none is counted
+    assert h.service.speculative_outcomes == {"kept": 0, "dropped": 0, "withdrawn": 0}
+
+
+def test_speculative_outcomes_are_in_the_servers_metrics(settings) -> None:
+    """The server's translation component exports the service's counts on /metrics, one
+    series per outcome (zero ones included, so a dashboard sees the series from the start)."""
+    from prometheus_client import generate_latest
+
+    from voxgate.server.metrics import metrics_of
+    from voxgate.server.state import AppState
+    from voxgate.server.translation_state import TranslationComponent
+
+    mt = GatedStreamMt()
+    mt.release.set()
+
+    async def scenario() -> tuple[AppState, TranslationComponent]:
+        state = AppState(settings=settings, manager=object())  # type: ignore[arg-type]
+        component = TranslationComponent(settings, object(), ScriptedStreaming(),  # type: ignore[arg-type]
+                                         FakeSpeech(), mt=mt)
+        await component.start(state)
+        session = await component.open(TranslateConfig.of(mode="ru->en", partials=False))
+        asr = component.streaming.asr  # type: ignore[union-attr]
+        asr.speculate(0, "Привет")
+        asr.withdraw(0)
+        asr.speculate(0, "Привет мир")
+        asr.final(0, "Привет мир")
+        async for event in session.events():
+            if event.kind == "done":
+                break
+        await session.close()
+        await component.stop(state)
+        return state, component
+
+    state, component = _run(scenario())
+    scraped = generate_latest(metrics_of(state).registry).decode()
+    assert 'voxgate_translation_speculative_total{outcome="kept"} 1.0' in scraped, scraped
+    assert 'voxgate_translation_speculative_total{outcome="withdrawn"} 1.0' in scraped
+    assert 'voxgate_translation_speculative_total{outcome="dropped"} 0.0' in scraped
 
 
 def test_an_early_final_in_another_language_starts_nothing(settings) -> None:

@@ -56,6 +56,7 @@ from .types import AsrEvent, Word
 
 __all__ = [
     "LANGUAGES",
+    "SPECULATIVE_OUTCOMES",
     "TranslateConfig",
     "TranslateEvent",
     "TranslateSession",
@@ -205,6 +206,11 @@ def _held_mt(settings: Settings, manager: Any) -> Iterator[Mt]:
             yield engine
 
 
+# kept: adopted by the committed final (its time saved); dropped: the final differed (text,
+# language, context) or was no speech; withdrawn: the speaker went on before the endpoint
+SPECULATIVE_OUTCOMES = ("kept", "dropped", "withdrawn")
+
+
 class TranslationService:
     """Process-wide: the translation slots, the shared streaming and speech services.
 
@@ -225,6 +231,14 @@ class TranslationService:
         self.max_sessions = settings.translation.max_sessions
         self.sessions: dict[str, TranslateSession | None] = {}
         self.opened_total = 0
+        # what became of the MT attempts started on an early final, over all sessions (the
+        # server's /metrics shows them: how often speculative MT saves its time)
+        self.speculative_outcomes: dict[str, int] = dict.fromkeys(SPECULATIVE_OUTCOMES, 0)
+
+    def count_speculative(self, outcome: str) -> None:
+        """A session's early MT attempt ended as ``outcome`` (one of
+        :data:`SPECULATIVE_OUTCOMES`)."""
+        self.speculative_outcomes[outcome] += 1
 
     async def start(self, state: Any = None) -> None:
         if state is not None:
@@ -358,7 +372,7 @@ class TranslateSession:
         self._dropping: set[asyncio.Task[bool]] = set()  # dropped attempts still stopping
         self.speculative_started = 0
         self.speculative_kept = 0  # adopted by the committed final
-        self.speculative_dropped = 0
+        self.speculative_dropped = 0  # withdrawn ones included
         if limits.speculative_mt:
             asr.on_speculative = self._on_speculative
         self._asr_reader = asyncio.create_task(self._read_asr(), name=f"tr-asr-{session_id}")
@@ -492,7 +506,7 @@ class TranslateSession:
         spec = self._speculation
         if result is None:
             if spec is not None and spec.key[0] == utterance_id:
-                self._drop_speculation()
+                self._drop_speculation(outcome="withdrawn")
             return
         if spec is not None:
             self._drop_speculation()  # a newer early text of the utterance replaces it
@@ -516,13 +530,15 @@ class TranslateSession:
         logger.debug("translation %s utterance %d: MT started on the early final",
                      self.id, utterance_id)
 
-    def _drop_speculation(self, count: bool = True) -> None:
+    def _drop_speculation(self, count: bool = True, outcome: str = "dropped") -> None:
+        """Drop the early attempt; ``count``: it ended as ``outcome`` (not on close)."""
         spec, self._speculation = self._speculation, None
         if spec is None:
             return
         spec.drop()
         if count:
             self.speculative_dropped += 1
+            self.service.count_speculative(outcome)
         if spec.task is not None and not spec.task.done():
             self._dropping.add(spec.task)
             spec.task.add_done_callback(self._dropping.discard)
@@ -560,6 +576,7 @@ class TranslateSession:
         attempt = self._take_speculation((final.utterance_id, text, src, self._context))
         if attempt is not None and attempt.task is not None:
             self.speculative_kept += 1
+            self.service.count_speculative("kept")
             attempt.adopt(base)
             try:
                 translated = await attempt.task

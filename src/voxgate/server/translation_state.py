@@ -28,6 +28,14 @@ class TranslationComponent(SessionComponent, TranslationService):
                                 "Live translation streams open now", value=self.active)
         yield CounterMetricFamily("voxgate_translation_streams_opened",
                                   "Live translation streams opened", value=self.opened_total)
+        speculative = CounterMetricFamily(
+            "voxgate_translation_speculative",
+            "MT attempts started on the ASR's early final, by outcome: kept (adopted by the "
+            "final), dropped (the final differed), withdrawn (speech resumed)",
+            labels=["outcome"])
+        for outcome, count in self.speculative_outcomes.items():
+            speculative.add_metric([outcome], count)
+        yield speculative
 
 
 async def translation_service(state: AppState) -> TranslationService:
