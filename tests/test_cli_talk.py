@@ -17,12 +17,13 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import normalise, require_pack
 from live_server import API_KEY, live_settings, start_agent_server
 from media import festival_speech
 
-from voxgate.audio import SAMPLE_RATE, decode_audio
+from voxgate.audio import SAMPLE_RATE, decode_audio, encode_audio
 from voxgate.config import AgentSettings
 from voxgate.engines.base import AsrOptions
 
@@ -109,8 +110,56 @@ def test_talk_without_input_or_microphone_says_how_to_fix_it():
 def test_talk_help_names_the_options():
     done = _talk("--help", timeout=60)
     assert done.returncode == 0
-    for option in ("--input", "--output", "--fast", "--server", "--api-key"):
+    for option in ("--input", "--output", "--fast", "--server", "--api-key",
+                   "--complete-wait-ms", "--pause-onset-ms"):
         assert option in done.stdout
+    words = " ".join(re.sub(r"[│─╭╮╰╯]", " ", done.stdout).split())  # rich's frame wraps
+    assert "echo cancellation" in words  # when to raise the onset
+
+
+def _silence_wav(path):
+    path.write_bytes(encode_audio(np.zeros(SAMPLE_RATE // 2, np.float32), SAMPLE_RATE, "wav"))
+    return path
+
+
+@pytest.mark.parametrize(("flag", "value", "field"), [
+    ("--complete-wait-ms", "50", "complete_wait_ms"),
+    ("--pause-onset-ms", "6000", "pause_onset_ms")])
+def test_talk_turn_option_out_of_the_servers_range_is_refused(server, tmp_path, flag, value,
+                                                                field):
+    """The flag reaches the server's SessionConfig (only the server refuses it): its
+    INVALID_ARGUMENT, naming the field, is the command's one error line, exit 1."""
+    done = _talk("--input", str(_silence_wav(tmp_path / "s.wav")), "--fast", "--server",
+                 server.grpc_uri, "--api-key", API_KEY, flag, value, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "INVALID_ARGUMENT" in done.stderr and field in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_talk_turn_options_in_range_are_accepted(server, tmp_path):
+    done = _talk("--input", str(_silence_wav(tmp_path / "s.wav")), "--fast", "--server",
+                 server.grpc_uri, "--api-key", API_KEY, "--complete-wait-ms", "500",
+                 "--pause-onset-ms", "300", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "you: " not in done.stdout  # silence: no turn
+
+
+def test_talk_negative_turn_option_is_a_usage_error():
+    """A SessionConfig field cannot hold a negative number: the command line refuses it."""
+    done = _talk("--pause-onset-ms", "-1", "--server", "127.0.0.1:1", timeout=60)
+    assert done.returncode == 2
+    assert "--pause-onset-ms" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_talk_options_reach_the_session_config_only_when_given():
+    """Unset flags leave the fields absent (the server's defaults apply)."""
+    from voxgate.talk import TalkOptions, session_config
+
+    unset = session_config(TalkOptions())
+    assert not unset.HasField("complete_wait_ms") and not unset.HasField("pause_onset_ms")
+    given = session_config(TalkOptions(complete_wait_ms=500, pause_onset_ms=0))
+    assert given.complete_wait_ms == 500
+    assert given.HasField("pause_onset_ms") and given.pause_onset_ms == 0
 
 
 def test_an_audio_source_error_is_reported_as_itself(server):

@@ -273,6 +273,9 @@ def say(
             Path(output).write_bytes(data)
 
 
+_UINT32_MAX = 2**32 - 1  # what a SessionConfig field holds; the server checks the real range
+
+
 @app.command()
 def talk(
     input_file: Annotated[Optional[Path], typer.Option(
@@ -295,6 +298,15 @@ def talk(
     system: Annotated[str, typer.Option(help="System prompt (default: the server's).")] = "",
     asr: Annotated[str, typer.Option(help="ASR model id (default: the server's).")] = "",
     llm: Annotated[str, typer.Option(help="LLM model id (default: the server's).")] = "",
+    complete_wait_ms: Annotated[Optional[int], typer.Option(
+        "--complete-wait-ms", min=0, max=_UINT32_MAX,
+        help="Silence (ms) that ends a turn whose text is a complete question (server range "
+             "100-10000; default: the server's).")] = None,
+    pause_onset_ms: Annotated[Optional[int], typer.Option(
+        "--pause-onset-ms", min=0, max=_UINT32_MAX,
+        help="Speech (ms) over the agent that pauses its reply (server range 0-5000; default: "
+             "the server's). Raise it (e.g. 300) with a real microphone and speakers without "
+             "echo cancellation, so the agent's own voice does not pause it.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """Talk to the voice agent of a running server (gRPC voxgate.v1.VoiceWorkflow).
@@ -308,7 +320,8 @@ def talk(
     options = TalkOptions(
         target=server or f"127.0.0.1:{settings.grpc_port}",
         api_key=api_key or (settings.api_keys[0] if settings.api_keys else None), tls=tls,
-        voice=voice, language=language, system_prompt=system, asr_model=asr, llm_model=llm)
+        voice=voice, language=language, system_prompt=system, asr_model=asr, llm_model=llm,
+        complete_wait_ms=complete_wait_ms, pause_onset_ms=pause_onset_ms)
     with _command_errors(debug, output, config_exit=2):
         run_talk(options, input_file, output, realtime=not fast, printer=TalkPrinter())
 

@@ -47,6 +47,7 @@ __all__ = [
     "microphone_audio",
     "read_input",
     "run_talk",
+    "session_config",
     "talk",
 ]
 
@@ -67,6 +68,9 @@ class TalkOptions:
     asr_model: str = ""
     llm_model: str = ""
     interim_results: bool = True
+    # turn taking (None: the server's; the server checks the range and refuses a bad value)
+    complete_wait_ms: int | None = None  # silence that ends a turn ending in a question
+    pause_onset_ms: int | None = None  # speech over the agent this long pauses it
     tail_silence_s: float = 1.5  # after a file: lets its last user turn end naturally
     end_timeout_s: float = 120.0  # after END: the most the agent's last turn may take
 
@@ -198,6 +202,20 @@ class Speaker:
 Printer = Callable[[str, Any], None]
 
 
+def session_config(options: TalkOptions) -> Any:
+    """The call's first message: ``options`` as a ``SessionConfig``; an optional field is set
+    only when given, so the server's default applies otherwise (and the server checks it)."""
+    from .proto import voice_workflow_pb2 as pb
+
+    optional = {name: value for name in ("complete_wait_ms", "pause_onset_ms")
+                if (value := getattr(options, name)) is not None}
+    return pb.SessionConfig(
+        asr_model=options.asr_model, llm_model=options.llm_model, voice=options.voice,
+        language=options.language, system_prompt=options.system_prompt,
+        sample_rate_hz=SAMPLE_RATE, encoding=pb.PCM16, interim_results=options.interim_results,
+        **optional)
+
+
 async def talk(options: TalkOptions, audio: AsyncIterator[bytes],
                on_event: Printer | None = None,
                on_audio: Callable[[bytes, int], None] | None = None,
@@ -217,10 +235,7 @@ async def talk(options: TalkOptions, audio: AsyncIterator[bytes],
     from .proto import voice_workflow_pb2 as pb
     from .proto import voice_workflow_pb2_grpc as pb_grpc
 
-    config = pb.SessionConfig(
-        asr_model=options.asr_model, llm_model=options.llm_model, voice=options.voice,
-        language=options.language, system_prompt=options.system_prompt,
-        sample_rate_hz=SAMPLE_RATE, encoding=pb.PCM16, interim_results=options.interim_results)
+    config = session_config(options)
     metadata = (("x-api-key", options.api_key),) if options.api_key else ()
     result = TalkResult() if result is None else result
     ended = asyncio.Event()
