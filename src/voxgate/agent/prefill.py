@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from ..engines.base import ChatMessage, Llm
-from ..engines.priority import live_llm_kwargs
+from ..engines.priority import live_llm_kwargs, stream_parameters
 from ..errors import EngineError
 
 __all__ = ["Prefill", "session_llm_kwargs"]
@@ -41,10 +40,7 @@ def session_llm_kwargs(llm: Llm, *, cache_prompt: bool, session_id: str) -> dict
     """What every LLM request of one session carries, as far as ``llm.stream`` takes it:
     ``cache_prompt``, ``cache_key`` (the session id, when the prompt cache is on) and the live
     priority (a reply is live work, not a job's)."""
-    try:
-        parameters = inspect.signature(llm.stream).parameters
-    except (TypeError, ValueError):
-        parameters = {}  # type: ignore[assignment]
+    parameters = stream_parameters(llm)
     kwargs: dict[str, Any] = {}
     if "cache_prompt" in parameters:
         kwargs["cache_prompt"] = cache_prompt

@@ -41,7 +41,6 @@ request left (the fixed instructions): only the new text is read (``cache_prompt
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import re
@@ -52,7 +51,7 @@ from typing import Any
 from ..errors import ConfigError, EngineError
 from .base import ChatMessage, Llm, MtOptions
 from .mt_grammar import answer_grammar, latin_tokens
-from .priority import live_llm_kwargs
+from .priority import live_llm_kwargs, stream_parameters
 
 __all__ = ["LANGUAGE_NAMES", "LlmMt", "MtPiece", "check_translation", "split_for_translation"]
 
@@ -199,9 +198,7 @@ class LlmMt:
         self.latin_names = latin_names
         self.examples = examples
         self._llm_kwargs = live_llm_kwargs(llm)
-        parameters: Any = {}
-        with contextlib.suppress(TypeError, ValueError, AttributeError):
-            parameters = inspect.signature(llm.stream).parameters
+        parameters = stream_parameters(llm)
         if prompt_cache and "cache_prompt" in parameters:
             # live requests: read only what follows the prefix the last one left in the
             # KV cache (the fixed instructions); see the module doc

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from enum import IntEnum
 from typing import Any, TypeVar
 
-__all__ = ["Priority", "PriorityGate", "live_llm_kwargs", "run_at_nice"]
+__all__ = ["Priority", "PriorityGate", "live_llm_kwargs", "run_at_nice", "stream_parameters"]
 
 T = TypeVar("T")
 
@@ -107,12 +107,19 @@ def run_at_nice(build: Callable[[], T], nice: int) -> T:
     return box["value"]
 
 
+def stream_parameters(llm: Any) -> frozenset[str]:
+    """The keyword names ``llm.stream`` takes beyond the ``Llm`` protocol's (``priority``,
+    ``cache_prompt``, ``cache_key``, ``grammar``... on the built-in engines): callers pass an
+    optional knob only where it is understood, so a user's own engine or a test double need
+    not know them; empty when the signature cannot be read."""
+    try:
+        return frozenset(inspect.signature(llm.stream).parameters)
+    except (TypeError, ValueError, AttributeError):
+        return frozenset()
+
+
 def live_llm_kwargs(llm: Any) -> dict[str, Any]:
     """``{"priority": Priority.LIVE_FINAL}`` for an Llm whose ``stream`` takes a priority (the
     built-in engines), nothing for one that does not (a user's own engine, a test double), so
     live sessions mark their requests without requiring every Llm to know about priorities."""
-    try:
-        parameters = inspect.signature(llm.stream).parameters
-    except (TypeError, ValueError, AttributeError):
-        return {}
-    return {"priority": Priority.LIVE_FINAL} if "priority" in parameters else {}
+    return {"priority": Priority.LIVE_FINAL} if "priority" in stream_parameters(llm) else {}
