@@ -257,11 +257,8 @@ class LlamaCppLlm:
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         stop = False
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
-                         seed=self.seed, json_schema=None if grammar else json_schema,
-                         stream=True)
+                         seed=self.seed, json_schema=json_schema, stream=True, grammar=grammar)
         body.update({"cache_prompt": True} if cache_prompt else _NO_PROMPT_CACHE)
-        if grammar:
-            body["grammar"] = grammar
         server = self._server_for(priority)
         body.update(self._slot_for(server, cache_key))
 

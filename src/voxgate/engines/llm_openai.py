@@ -46,13 +46,16 @@ def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
 
 def chat_body(messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float,
               seed: int, json_schema: dict[str, Any] | None, stream: bool = False,
-              model: str | None = None) -> dict[str, Any]:
-    """An OpenAI chat-completions request body (shared with the OpenAI-compatible engine)."""
+              model: str | None = None, grammar: str | None = None) -> dict[str, Any]:
+    """An OpenAI chat-completions request body (shared with the OpenAI-compatible engine).
+    ``grammar`` (llama.cpp's GBNF field) replaces ``json_schema``: llama.cpp refuses both."""
     body: dict[str, Any] = {"messages": _messages(messages), "max_tokens": max_tokens,
                             "temperature": temperature, "seed": seed, "stream": stream}
     if model:
         body["model"] = model
-    if json_schema is not None:
+    if grammar:
+        body["grammar"] = grammar
+    elif json_schema is not None:
         body["response_format"] = {"type": "json_schema",
                                    "json_schema": {"name": "output", "schema": json_schema,
                                                    "strict": True}}
@@ -152,10 +155,8 @@ class OpenAiLlm:
             raise ConfigError("this OpenAI-compatible server is not declared to take a grammar "
                               "(VOXGATE_LLM__GRAMMAR)")
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature,
-                         seed=self.seed, json_schema=None if grammar else json_schema,
-                         stream=True, model=self.model)
-        if grammar:
-            body["grammar"] = grammar
+                         seed=self.seed, json_schema=json_schema, stream=True, model=self.model,
+                         grammar=grammar)
         async with self._client() as client:
             for attempt in range(self.max_retries + 1):
                 try:
