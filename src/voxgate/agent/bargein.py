@@ -46,8 +46,6 @@ class BargeIn:
     speech_end_wall: float | None = None
 
 
-_BargeIn = BargeIn
-
 
 class BargeInHandling:
     """The barge-in part of ``AgentSession`` (see the module docstring)."""
@@ -83,17 +81,22 @@ class BargeInHandling:
     def _start_barge_in(self, reply: _Reply, event: AsrEvent) -> None:
         played = reply.playout.pause()
         self._observe("barge_in_stop", time.monotonic() - self._wall_of(event.start))
-        self._barge = _BargeIn(reply, event.start, event.utterance_id, played)
+        self._barge = BargeIn(reply, event.start, event.utterance_id, played)
         self._barge.timer = asyncio.get_running_loop().call_later(
             self.config.resume_after_ms / 1000, self._resume_playback)
         self._emit(AudioPaused(reply.turn_id, played, reply.item.id if reply.item else ""))
 
-    def _resume_playback(self) -> None:
+    def _take_barge_in(self) -> BargeIn | None:
+        """The pending barge-in, now ended (its resume timer stopped), if any."""
         barge, self._barge = self._barge, None
+        if barge is not None and barge.timer is not None:
+            barge.timer.cancel()
+        return barge
+
+    def _resume_playback(self) -> None:
+        barge = self._take_barge_in()
         if barge is None:
             return
-        if barge.timer is not None:
-            barge.timer.cancel()
         self.false_interruptions += 1
         self._deaf.update(barge.utterances)  # finals still to come are not a turn
         if self._reply is barge.reply and not barge.reply.done:
@@ -103,11 +106,9 @@ class BargeInHandling:
         self._activity.set()
 
     async def _confirm_barge_in(self) -> None:
-        barge, self._barge = self._barge, None
+        barge = self._take_barge_in()
         if barge is None:
             return
-        if barge.timer is not None:
-            barge.timer.cancel()
         self.interruptions += 1
         if self._reply is barge.reply:
             await self._cut_reply("barge_in", played_s=barge.played_s)
@@ -128,10 +129,9 @@ class BargeInHandling:
             self._drop_speculative()
             return None
         if self._barge is not None and self._barge.reply is reply:
-            if self._barge.timer is not None:
-                self._barge.timer.cancel()
-            played_s = self._barge.played_s if played_s is None else played_s
-            self._barge = None
+            barge = self._take_barge_in()
+            if barge is not None and played_s is None:
+                played_s = barge.played_s
         playout = reply.playout
         heard = playout.played_s if played_s is None else min(max(played_s, 0.0), playout.audio_s)
         self._reply = None

@@ -29,7 +29,7 @@ import numpy as np
 from ..engines.base import ChatMessage, Llm
 from ..errors import EngineError, TextError
 from ..types import AsrEvent
-from .bargein import BargeIn as _BargeIn
+from .bargein import BargeIn
 from .bargein import BargeInHandling
 from .events import (
     AgentAudio,
@@ -108,7 +108,7 @@ class AgentSession(TurnTaking, BargeInHandling):
         self._turn_counter = 0
         self._turn: _UserTurn | None = None
         self._reply: _Reply | None = None
-        self._barge: _BargeIn | None = None
+        self._barge: BargeIn | None = None
         self._speaking = False
         self._utterance: int | None = None  # open ASR utterance
         self._awaiting: set[int] = set()  # utterances ended, final not yet delivered
@@ -276,8 +276,7 @@ class AgentSession(TurnTaking, BargeInHandling):
             return
         self.closed = True
         try:
-            if self._barge is not None and self._barge.timer is not None:
-                self._barge.timer.cancel()
+            self._take_barge_in()  # its resume timer must not fire on a closed session
             await self._cancel_reply(self._reply)
             # a prefill still reading its prompt is not waited for (see Prefill.close): the
             # service holds the engine until it has ended
