@@ -17,6 +17,7 @@ from translation_support import (
     russian_speech,
     silence,
     spanish_speech_16k,
+    start_services,
     trim_silence,
 )
 
@@ -116,11 +117,7 @@ async def _run(manager, settings, config: TranslateConfig, parts: list[np.ndarra
                after_block: Callable[[TranslateSession], None] | None = None,
                on_event: Callable[[TranslateEvent], None] | None = None,
                ) -> tuple[list[TranslateEvent], TranslationService, StreamingService]:
-    streaming = StreamingService(settings, manager)
-    await streaming.start()
-    service = TranslationService(settings, manager, streaming,
-                                 speech or SpeechService(settings, manager), mt=mt)
-    await service.start()
+    streaming, service = await start_services(settings, manager, mt, speech)
     session = await service.open(config)
     events: list[TranslateEvent] = []
 
@@ -217,11 +214,7 @@ def test_no_audio_for_900_ms_ends_the_utterance(manager, settings) -> None:
     speech = trim_silence(russian_speech())
 
     async def scenario() -> tuple[float, list[TranslateEvent]]:
-        streaming = StreamingService(settings, manager)
-        await streaming.start()
-        service = TranslationService(settings, manager, streaming,
-                                     SpeechService(settings, manager), mt=mt)
-        await service.start()
+        streaming, service = await start_services(settings, manager, mt)
         session = await service.open(TranslateConfig.of(mode="ru->en", partials=False))
         events: list[TranslateEvent] = []
         try:
@@ -259,11 +252,7 @@ def test_client_gone_cancels_the_work_and_frees_the_slot(manager, settings) -> N
     mt = FakeMt(block=True)
 
     async def scenario() -> tuple[TranslationService, StreamingService]:
-        streaming = StreamingService(settings, manager)
-        await streaming.start()
-        service = TranslationService(settings, manager, streaming,
-                                     SpeechService(settings, manager), mt=mt)
-        await service.start()
+        streaming, service = await start_services(settings, manager, mt)
         session = await service.open(TranslateConfig.of(mode="ru->en", partials=False))
         audio = russian_speech()
         for i in range(0, audio.size, FEED):

@@ -12,13 +12,12 @@ from typing import Any, Self
 
 import numpy as np
 import pytest
-from translation_support import russian_speech, silence
+from translation_support import russian_speech, silence, start_services
 
 from voxgate.engines.base import AsrResult, MtOptions
 from voxgate.engines.mt_llm import MtPiece
 from voxgate.errors import EngineError
 from voxgate.speech import SpeechService
-from voxgate.streaming import StreamingService
 from voxgate.translation import TranslateConfig, TranslateEvent, TranslationService
 from voxgate.types import AsrEvent, Segment, TtsChunk, Word
 
@@ -409,11 +408,7 @@ def test_real_speech_early_final_is_kept(manager, settings) -> None:
     speech = russian_speech()
 
     async def scenario() -> tuple[list[TranslateEvent], Any, list[TranslateEvent]]:
-        streaming = StreamingService(slow_end, manager)
-        await streaming.start()
-        service = TranslationService(slow_end, manager, streaming,
-                                     SpeechService(slow_end, manager), mt=mt)
-        await service.start()
+        streaming, service = await start_services(slow_end, manager, mt)
         session = await service.open(TranslateConfig.of(mode="ru->en", partials=False))
         events: list[TranslateEvent] = []
 

@@ -1,6 +1,7 @@
 """Speech for the translation tests: Russian read by Festival's msu_ru_nsh_clunits voice (the
 offline Russian voice Whisper understands best: espeak-ng's Russian is barely intelligible to
-it), English from the LibriVox clips, and helpers to feed a session like a client."""
+it), English from the LibriVox clips, helpers to feed a session like a client, and the real
+services a session runs on."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,3 +73,20 @@ def browser_frames(audio: np.ndarray, rate: int = 48_000, frame_ms: int = 20) ->
     pcm = float32_to_pcm16(resample(audio, SAMPLE_RATE, rate))
     step = rate * frame_ms // 1000 * 2
     return [pcm[i:i + step] for i in range(0, len(pcm), step)]
+
+
+async def start_services(settings: Any, manager: Any, mt: Any = None, speech: Any = None
+                         ) -> tuple[Any, Any]:
+    """The process's streaming and translation services, started on the real models (``mt``:
+    a test engine instead of the configured one; ``speech``: a SpeechService of the test's).
+    The caller stops the streaming service."""
+    from voxgate.speech import SpeechService
+    from voxgate.streaming import StreamingService
+    from voxgate.translation import TranslationService
+
+    streaming = StreamingService(settings, manager)
+    await streaming.start()
+    service = TranslationService(settings, manager, streaming,
+                                 speech or SpeechService(settings, manager), mt=mt)
+    await service.start()
+    return streaming, service
