@@ -706,7 +706,8 @@ class TranslateSession:
         return await self._speak_stream(stream, base, out, log=False)  # the caller logs
 
     async def _speak_stream(self, stream: AsyncIterator[Any], base: dict[str, Any],
-                            out: Callable[[TranslateEvent], None], log: bool = True) -> tuple[np.ndarray | None, int, str | None]:
+                            out: Callable[[TranslateEvent], None], log: bool = True
+                            ) -> tuple[np.ndarray | None, int, str | None]:
         chunks = []
         try:
             async with contextlib.aclosing(stream) as stream:

@@ -76,8 +76,8 @@ def _tokens(allowed: Iterable[str]) -> list[str]:
 
 def string_pattern(allowed: Iterable[str] = ()) -> re.Pattern[str]:
     """The language of one answer string of :func:`answer_grammar` (its JSON-escaped content,
-    without the quotes) as a Python regex, built from the same parts: to check an answer from a
-    server that may have ignored the grammar, and to test what the grammar allows."""
+    without the quotes) as a Python regex, built from the same parts, so what the grammar
+    allows and forbids can be checked without a model (tests/test_mt_grammar.py)."""
     word = "|".join([_CYRILLIC + "+", *(re.escape(t) for t in _tokens(allowed))])
     other = f"(?:{_OTHER}|{re.escape(_ESCAPED_QUOTE)})"
     return re.compile(f"(?:{other}*(?:{word})(?:{other}+(?:{word}))*{other}*|{other}+)")
