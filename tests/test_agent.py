@@ -877,3 +877,38 @@ async def test_wait_closed_lasts_until_a_close_begun_elsewhere_has_released_ever
     await asyncio.wait_for(session.wait_closed(), 5)
     assert asr.closed and freed == [True]
     await door_close
+
+
+@pytest.mark.slow
+async def test_a_new_session_waits_while_closed_sessions_llm_requests_pile_up(settings, manager,
+                                                                             real_parts):
+    """Closing a session does not wait for its LLM request to stop (a prefill reading its
+    prompt); so that a client opening and closing sessions in a loop cannot pile such requests
+    up without bound, a new session waits (its slot taken) while as many linger as there are
+    session slots, and opens once one has ended."""
+    from voxgate.agent import AgentService
+    from voxgate.streaming import StreamingService
+
+    speech, _ = real_parts
+    streaming = StreamingService(settings, manager)
+    await streaming.start()
+    service = AgentService(settings, manager, streaming, speech)
+    config = service.config(system_prompt="Be brief.", prefill=False)
+    await (await service.open(config)).close()  # the models are loaded: an open is quick now
+    stopping = [asyncio.get_running_loop().create_future() for _ in range(service.max_sessions)]
+    lingering = [asyncio.ensure_future(f) for f in stopping]
+    service._lingering.update(lingering)  # as close() leaves them
+    opening = asyncio.create_task(service.open(config))
+    try:
+        await asyncio.sleep(3.0)
+        assert not opening.done() and service.active == 1  # waiting, its slot taken
+        stopping[0].set_result(None)  # one request has stopped
+        session = await asyncio.wait_for(opening, 60)
+        await session.close()
+    finally:
+        for future in stopping:
+            if not future.done():
+                future.set_result(None)
+        opening.cancel()
+        await streaming.stop()
+    assert not service.sessions and not streaming.sessions

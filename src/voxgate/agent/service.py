@@ -112,6 +112,11 @@ class AgentService:
         stack = contextlib.ExitStack()
         asr = None
         try:
+            if len(self._lingering) >= self.max_sessions:
+                # closed sessions' LLM requests still stopping (see Prefill.close): a client
+                # that opens and closes sessions faster than they stop would pile them up in
+                # the LLM; the next session waits (its slot taken) until one has ended
+                await asyncio.wait(set(self._lingering), return_when=asyncio.FIRST_COMPLETED)
             voice = await asyncio.to_thread(self._voice, config)
             llm: Llm = await asyncio.to_thread(self._use_llm, stack, config.llm_model)
             s = self.settings.agent
